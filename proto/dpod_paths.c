@@ -1,0 +1,48 @@
+#include "dpod_paths.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dpod_error.h"
+
+char *dpod_default_addr(char *buf, size_t len) {
+  const char *env = getenv("DPOD_ADDR");
+  const char *rt = getenv("XDG_RUNTIME_DIR");
+  if (env && *env)
+    snprintf(buf, len, "%s", env);
+  else if (rt && *rt)
+    snprintf(buf, len, "unix:%s/dpod/dpod.sock", rt);
+  else
+    snprintf(buf, len, "unix:/tmp/dpod-%u/dpod.sock", (unsigned)getuid());
+  return buf;
+}
+
+char *dpod_default_state_dir(char *buf, size_t len) {
+  const char *xdg = getenv("XDG_STATE_HOME");
+  const char *home = getenv("HOME");
+  if (xdg && *xdg)
+    snprintf(buf, len, "%s/dpod", xdg);
+  else
+    snprintf(buf, len, "%s/.local/state/dpod", home && *home ? home : "/tmp");
+  return buf;
+}
+
+int dpod_mkdirs(const char *path) {
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
+    errno = ENAMETOOLONG;
+    return DPOD_EIO;
+  }
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return DPOD_EIO;
+    *p = '/';
+  }
+  if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return DPOD_EIO;
+  return 0;
+}

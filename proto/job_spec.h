@@ -1,0 +1,62 @@
+/* Job specs: defaults, validation and the mapping from YAML job files and `key=value` overrides onto
+ * dpod.v1.JobSpec, shared by dpoctl (which refuses a bad file before submitting) and dpod (which refuses
+ * a bad SubmitJob, whatever client sent it).
+ *
+ * Keys are dotted field paths of the JobSpec message: "name", "ranks", "train.beta", "model.config".
+ * The mapping walks the protobuf-c descriptors, so a field added to dpod.proto is a YAML key at once. */
+#ifndef DPOD_JOB_SPEC_H
+#define DPOD_JOB_SPEC_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "dpod.pb-c.h"
+
+/* Makes sure every sub-message exists, so that every field of the spec reads as its value or its
+ * default. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
+ * (i.e. from job_spec_new() or protobuf unpack). Returns 0 or DPOD_ENOMEM. */
+int job_spec_normalize(Dpod__V1__JobSpec *spec);
+
+/* A new, normalized spec holding only defaults. Free with protobuf_c_message_free_unpacked(spec, NULL). */
+Dpod__V1__JobSpec *job_spec_new(void);
+
+/* Checks every value for sense: beta > 0, ranks >= 1, steps >= 1, 0 <= warmup_fraction < 1, learning
+ * rate finite and > 0, ... On failure returns DPOD_EINVAL and writes "train.beta: must be > 0 (got 0)"
+ * into err. `max_ranks` > 0 also refuses ranks above it (the daemon passes its slot count). */
+int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen);
+
+/* Sets one field from text: job_spec_set(spec, "train.beta", "2000"). Unknown keys, values of the wrong
+ * type ("train.steps=abc", "ranks=-1", a map where a scalar belongs) and out-of-range integers are
+ * refused with DPOD_EINVAL and a message naming the key. Enums accept their short lower-case name
+ * ("dpo", "sft") or the full proto name. */
+int job_spec_set(Dpod__V1__JobSpec *spec, const char *key, const char *value, char *err, size_t errlen);
+
+/* Reads a YAML job file (a mapping whose keys are the spec's fields, nested mappings for
+ * sub-messages) into `spec` on top of what it already holds. Errors name the file, line and key. */
+int job_spec_load_yaml(Dpod__V1__JobSpec *spec, const char *path, char *err, size_t errlen);
+
+/* The same from a string already in memory (`name` is used in error messages). */
+int job_spec_parse_yaml(Dpod__V1__JobSpec *spec, const char *text, size_t len, const char *name, char *err,
+                        size_t errlen);
+
+/* Short lower-case names: "queued", "running", ... and "dpo"/"sft". Static storage. */
+const char *job_state_name(Dpod__V1__JobState s);
+const char *objective_name(Dpod__V1__Objective o);
+
+/* The short lower-case name of any enum value, as job files spell it: "dpo" for OBJECTIVE_DPO, "running"
+ * for JOB_STATE_RUNNING; the number for values the descriptor does not know. Returns `buf`. */
+const char *job_spec_enum_name(const ProtobufCEnumDescriptor *ed, int value, char *buf, size_t len);
+
+/* Parses "running" or "JOB_STATE_RUNNING" (any case). Returns 0 or DPOD_EINVAL. */
+int job_state_parse(const char *text, Dpod__V1__JobState *out);
+
+/* Writes the whole spec as a YAML job file (every field, defaults included; enums by short name), each
+ * line indented by `indent` spaces. Reading it back with job_spec_parse_yaml() gives the same spec.
+ * Returns 0 or DPOD_EIO. */
+int job_spec_write_yaml(const Dpod__V1__JobSpec *spec, FILE *out, int indent);
+
+/* Formats one scalar field of `msg` as text, as a job file would write it (strings unquoted). Returns 0,
+ * or DPOD_EUNSUPPORTED for fields that are not scalars. */
+int job_spec_format_value(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,114 @@
+/* The libtorch shim: a C API over a diffusers-compatible UNet2DConditionModel.
+ *
+ * This header is plain C; unet_shim.cpp is the only C++ in the tree and the only file that includes
+ * torch. Every C++ exception is caught at the extern "C" boundary and turned into a negative
+ * dpod_status plus a message kept in the handle (unet_last_error) or written to `err`.
+ *
+ * Tensors cross the boundary as contiguous float32 host arrays in row-major order; the shape of each is
+ * written next to its argument. The model handle owns its parameters, gradients and optimizer state. */
+#ifndef DPOD_UNET_SHIM_H
+#define DPOD_UNET_SHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct unet *unet_t;
+
+typedef struct {
+  int threads;         /* intra-op threads; 0 keeps libtorch's default */
+  uint64_t seed;       /* seed of the random initialisation (used when no weights are loaded) */
+  const char *device;  /* "cpu" (default) or "cuda"; unet_grad_buffer/unet_param_buffer need "cpu" */
+} unet_params;
+
+unet_params unet_default_params(void);
+
+/* Builds a UNet2DConditionModel from the text of a diffusers config.json (NULL: the built-in tiny
+ * config, the shape of ../shared/fixtures/tiny-sd). Keys with values we do not support are refused by
+ * name (DPOD_EUNSUPPORTED). Parameters are randomly initialised from p->seed the way diffusers'
+ * defaults would (PyTorch's default Linear/Conv init; zero-init is not used). Flush-denormal is turned on.
+ * On success *out is owned by the caller: free with unet_free(). On failure err holds the reason. */
+int unet_create(const char *config_json, const unet_params *p, unet_t *out, char *err, size_t errlen);
+void unet_free(unet_t m);
+
+/* The message of the last failed call on this handle; "" if none. Valid until the next call. */
+const char *unet_last_error(unet_t m);
+
+typedef struct {
+  int in_channels;          /* latent channels (4 for SD) */
+  int out_channels;
+  int sample_size;          /* latent height = width from the config */
+  int cross_attention_dim;  /* width of encoder_hidden_states */
+  size_t num_params;        /* trainable parameters (elements) */
+  size_t num_tensors;       /* parameter tensors, as in the state dict */
+} unet_info;
+
+void unet_get_info(unet_t m, unet_info *info);
+
+/* The config as diffusers JSON text, every key filled in; owned by the handle, valid while it lives. */
+const char *unet_config_json(unet_t m);
+
+/* Loads weights with diffusers names from a safetensors file (F32, F16 or BF16; memory-mapped).
+ * Missing, unexpected or mis-shaped tensors are refused by name and nothing is changed. */
+int unet_load_weights(unet_t m, const char *safetensors_path);
+
+/* Copies every parameter of `src` into `dst` (same config). */
+int unet_copy_weights(unet_t dst, unet_t src);
+
+/* Makes the model a frozen reference: no gradients, inference mode for every later forward. */
+void unet_freeze(unet_t m);
+
+/* Writes `dir`/diffusion_pytorch_model.safetensors (F32, diffusers names, written to a temporary name,
+ * fsynced and renamed) and `dir`/config.json, so UNet2DConditionModel.from_pretrained(dir) loads it.
+ * Creates `dir` if needed. *bytes_out (may be NULL) receives the size of the weights file. */
+int unet_save(unet_t m, const char *dir, uint64_t *bytes_out);
+
+/* Inference: x [n, C, H, W], t [n] (timesteps as floats), ehs [n, text_len, cross_attention_dim];
+ * out [n, C, H, W]. */
+int unet_forward(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                 const float *ehs, float *out);
+
+/* Training forward: predicts on x (shapes as in unet_forward) and writes the per-sample loss
+ * mse[i] = mean over C,H,W of (pred_i - target_i)^2 into mse [n]; pred [n, C, H, W] may be NULL.
+ * If the model is not frozen, the graph is kept for unet_backward_mse; a second forward discards it. */
+int unet_forward_mse(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                     const float *ehs, const float *target, float *mse, float *pred);
+
+/* Back-propagates d(objective)/d(mse[i]) = grad_mse[i] (length n of the last forward) through the graph
+ * kept by unet_forward_mse and adds the result into the gradient buffer. Releases the graph. */
+int unet_backward_mse(unet_t m, const float *grad_mse);
+
+/* All trainable parameters live in one contiguous float32 buffer and their gradients in another, in
+ * state-dict order, so gradients can be all-reduced in a few large calls. The pointers stay valid for
+ * the handle's lifetime. CPU only (NULL otherwise). *n receives the element count. */
+float *unet_grad_buffer(unet_t m, size_t *n);
+float *unet_param_buffer(unet_t m, size_t *n);
+void unet_zero_grad(unet_t m);
+
+/* Parameter tensor i (0 <= i < num_tensors) in state-dict order: its diffusers name, element offset in
+ * the flat buffers, and shape. Strings owned by the handle. */
+int unet_param_at(unet_t m, size_t i, const char **name, size_t *offset, int *ndim, int64_t shape[8]);
+
+typedef struct {
+  double lr;             /* learning rate of this step */
+  double beta1, beta2;   /* Adam moments (0.9, 0.999) */
+  double eps;            /* 1e-8 */
+  double weight_decay;   /* decoupled, 1e-2 */
+  double max_grad_norm;  /* clip the global norm to this; <= 0 disables */
+} unet_adamw_params;
+
+unet_adamw_params unet_adamw_default_params(void);
+
+/* Clips the gradient buffer by global norm, then takes one AdamW step (PyTorch's torch.optim.AdamW
+ * arithmetic, bias-corrected). The optimizer state lives in the handle. *grad_norm (may be NULL)
+ * receives the norm before clipping. */
+int unet_adamw_step(unet_t m, const unet_adamw_params *p, double *grad_norm);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
