@@ -1,0 +1,526 @@
+/* dpo-worker: one rank of a data-parallel Diffusion-DPO job.
+ *
+ * Launched by dpod as `mpirun -np N dpo-worker --spec spec.pb --run-dir DIR [--job-id ID --report-addr A]`
+ * (or by hand, without the last two, to train standalone). Every rank holds the policy UNet and the frozen
+ * reference UNet through the libtorch shim, reads its share of each global batch, computes the loss in C
+ * (dpo_math.c) and lets the shim back-propagate it; gradients are summed over ranks with MPI_Allreduce on
+ * one flat buffer, so every rank takes the same AdamW step and the replicas never drift apart. Rank 0
+ * reports metrics and checkpoints to the daemon through a background thread and writes the weights.
+ *
+ * A step, for a global batch of G pairs (ranks x batch_size x grad_accum):
+ *   for each micro-batch: noise and timestep per pair (shared by winner and loser, drawn from the seed and
+ *   the pair's global position), x_t = sqrt(acp) x0 + sqrt(1 - acp) noise, policy and reference MSEs on
+ *   [winners; losers], dpo_loss -> d loss / d mse, unet_backward_mse;
+ *   then all-reduce the gradients and the metric sums (with rank 0's stop flag), clip, AdamW. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "dpo_math.h"
+#include "dpod_error.h"
+#include "dpod_log.h"
+#include "dpod_paths.h"
+#include "job_spec.h"
+#include "reporter.h"
+#include "unet_shim.h"
+
+/* Gradients are all-reduced in buckets of this many floats (64 MiB): few, large calls. */
+#define ALLREDUCE_BUCKET ((size_t)16 << 20)
+
+static int g_rank = 0, g_world = 1;
+
+/* Fail fast, saying why and where. Every rank that hits a fatal error logs it; MPI_Abort takes the others
+ * down with it so mpirun exits with our status. */
+static void worker_die_(int status, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), noreturn));
+static void worker_die_(int status, const char *file, int line, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  dpod_log_write_(DPOD_LOG_ERROR, file, line, "rank %d: %s", g_rank, msg);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, status);
+  exit(status);
+}
+#define worker_die(...) worker_die_(WORKER_EXIT_FAILED, __FILE__, __LINE__, __VA_ARGS__)
+
+static double now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Reads a whole file into a NUL-terminated buffer the caller frees; NULL with errno set on failure. */
+static char *read_file(const char *path, size_t *len_out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (cap - len < 4096) {
+      cap = cap ? cap * 2 : 8192;
+      char *nb = realloc(buf, cap + 1);
+      if (!nb) {
+        free(buf);
+        fclose(f);
+        errno = ENOMEM;
+        return NULL;
+      }
+      buf = nb;
+    }
+    size_t n = fread(buf + len, 1, cap - len, f);
+    len += n;
+    if (n == 0) break;
+  }
+  int bad = ferror(f);
+  fclose(f);
+  if (bad) {
+    free(buf);
+    errno = EIO;
+    return NULL;
+  }
+  buf[len] = '\0';
+  if (len_out) *len_out = len;
+  return buf;
+}
+
+typedef struct {
+  const char *spec_path;
+  const char *run_dir;
+  const char *report_addr;
+  uint64_t job_id;
+} worker_args;
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: dpo-worker --spec SPEC.pb --run-dir DIR [--job-id ID --report-addr ADDR]\n"
+          "\n"
+          "One rank of a Diffusion-DPO job; start it under mpirun. SPEC.pb is a packed dpod.v1.JobSpec.\n"
+          "With --report-addr, rank 0 reports to dpod at ADDR, authenticated by $%s.\n"
+          "Exit status: 0 done, 1 failed, 2 usage, 3 cancelled by dpod, 4 preempted.\n",
+          DPOD_ENV_JOB_SECRET);
+}
+
+static int parse_args(int argc, char **argv, worker_args *a) {
+  static const struct option opts[] = {{"spec", required_argument, 0, 's'},
+                                       {"run-dir", required_argument, 0, 'r'},
+                                       {"job-id", required_argument, 0, 'j'},
+                                       {"report-addr", required_argument, 0, 'a'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  memset(a, 0, sizeof *a);
+  int c;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+      case 's': a->spec_path = optarg; break;
+      case 'r': a->run_dir = optarg; break;
+      case 'j': a->job_id = strtoull(optarg, NULL, 10); break;
+      case 'a': a->report_addr = optarg; break;
+      case 'h': usage(stdout); return 1;
+      default: usage(stderr); return -1;
+    }
+  }
+  if (!a->spec_path || !a->run_dir || optind != argc) {
+    usage(stderr);
+    return -1;
+  }
+  return 0;
+}
+
+static Dpod__V1__JobSpec *load_spec(const char *path) {
+  size_t len = 0;
+  char *bytes = read_file(path, &len);
+  if (!bytes) worker_die("cannot read job spec %s: %s", path, strerror(errno));
+  Dpod__V1__JobSpec *spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
+  free(bytes);
+  if (!spec) worker_die("%s: not a valid dpod.v1.JobSpec", path);
+  if (job_spec_normalize(spec) != 0) worker_die("out of memory");
+  char err[512];
+  if (job_spec_validate(spec, 0, err, sizeof err) != 0) worker_die("%s: %s", path, err);
+  return spec;
+}
+
+/* The trainer's state on one rank. */
+typedef struct {
+  const Dpod__V1__JobSpec *spec;
+  const Dpod__V1__TrainSpec *train;
+  unet_t policy, ref;        /* ref is NULL for the sft objective */
+  unet_info info;
+  dpo_schedule sched;
+  dpo_dataset data;
+  dpo_sampler sampler;
+  int dpo;                   /* objective is dpo (else sft) */
+  size_t img;                /* floats per latent image */
+  size_t emb;                /* floats per prompt embedding */
+  uint32_t global_batch;     /* pairs per optimizer step over all ranks */
+  double peak_lr;
+  uint32_t warmup_steps;
+  /* Micro-batch buffers: up to 2B images (winners then losers). */
+  float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
+  int64_t *t_int;
+  reporter *rep;
+} trainer;
+
+static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec, const char *weights) {
+  unet_params p = unet_default_params();
+  p.threads = (int)spec->threads_per_rank;
+  p.seed = spec->train->seed;
+  unet_t m = NULL;
+  char err[1024];
+  int rc = unet_create(config_text, &p, &m, err, sizeof err);
+  if (rc) worker_die("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
+  if (weights && *weights) {
+    rc = unet_load_weights(m, weights);
+    if (rc) worker_die("%s", unet_last_error(m));
+  }
+  return m;
+}
+
+static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
+  memset(tr, 0, sizeof *tr);
+  tr->spec = spec;
+  tr->train = spec->train;
+  tr->dpo = spec->train->objective == DPOD__V1__OBJECTIVE__OBJECTIVE_DPO;
+  char err[1024];
+
+  /* Model and reference. */
+  char *config_text = NULL;
+  if (*spec->model->config) {
+    config_text = read_file(spec->model->config, NULL);
+    if (!config_text) worker_die("model.config %s: %s", spec->model->config, strerror(errno));
+  }
+  tr->policy = build_unet(config_text, spec, spec->model->weights);
+  unet_get_info(tr->policy, &tr->info);
+  size_t nparam = 0;
+  float *params = unet_param_buffer(tr->policy, &nparam);
+  if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");
+  /* Random initialisation is seeded identically on every rank, but broadcasting rank 0's weights makes
+   * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
+  if (MPI_Bcast(params, (int)nparam, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+    worker_die("MPI_Bcast of the initial weights failed");
+  if (tr->dpo) {
+    const char *ref_weights = *spec->model->reference_weights ? spec->model->reference_weights : NULL;
+    tr->ref = build_unet(config_text, spec, ref_weights);
+    if (!ref_weights && unet_copy_weights(tr->ref, tr->policy) != 0) worker_die("%s", unet_last_error(tr->ref));
+    if (ref_weights) {
+      size_t n = 0;
+      float *rp = unet_param_buffer(tr->ref, &n);
+      if (MPI_Bcast(rp, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+        worker_die("MPI_Bcast of the reference weights failed");
+    }
+    unet_freeze(tr->ref);
+  }
+  free(config_text);
+
+  /* Noise schedule. */
+  if (*spec->model->scheduler_config) {
+    char *json = read_file(spec->model->scheduler_config, NULL);
+    if (!json) worker_die("model.scheduler_config %s: %s", spec->model->scheduler_config, strerror(errno));
+    if (dpo_schedule_from_json(&tr->sched, json, err, sizeof err) != 0)
+      worker_die("%s: %s", spec->model->scheduler_config, err);
+    free(json);
+  } else if (dpo_schedule_default(&tr->sched) != 0) {
+    worker_die("out of memory");
+  }
+
+  /* Data. */
+  const Dpod__V1__DataSpec *d = spec->data;
+  if (strcmp(d->dataset, "builtin:synthetic") != 0)
+    worker_die("data.dataset '%s': only builtin:synthetic is supported by this worker", d->dataset);
+  dataset_builtin_params dp = {.pairs = d->pairs,
+                               .prompts = d->prompts,
+                               .text_len = d->text_len,
+                               .seed = d->seed,
+                               .channels = tr->info.in_channels,
+                               .height = tr->info.sample_size,
+                               .width = tr->info.sample_size,
+                               .embed_dim = tr->info.cross_attention_dim,
+                               .mode_noise = 0.3};
+  if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
+  tr->img = dataset_image_size(&tr->data);
+  tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
+
+  uint32_t b = tr->train->batch_size, a = tr->train->grad_accum;
+  tr->global_batch = b * a * (uint32_t)g_world;
+  if (tr->data.num_pairs < tr->global_batch)
+    worker_die("the dataset has %zu pairs, fewer than one global batch of %u (ranks %d x batch_size %u x "
+               "grad_accum %u)", tr->data.num_pairs, tr->global_batch, g_world, b, a);
+  if (sampler_init(&tr->sampler, tr->data.num_pairs, tr->global_batch, tr->train->seed) != 0)
+    worker_die("out of memory");
+
+  /* Learning rate: the reference script's scaling rule and warmup as steps or as a fraction of the run. */
+  tr->peak_lr = tr->train->learning_rate;
+  if (tr->train->scale_lr) tr->peak_lr *= (double)b * a * g_world;
+  tr->warmup_steps = tr->train->warmup_fraction > 0
+                         ? (uint32_t)llround(tr->train->warmup_fraction * tr->train->steps)
+                         : tr->train->warmup_steps;
+
+  size_t n = 2 * (size_t)b;
+  tr->x0 = malloc(sizeof(float) * n * tr->img);
+  tr->noise = malloc(sizeof(float) * n * tr->img);
+  tr->x_t = malloc(sizeof(float) * n * tr->img);
+  tr->target = malloc(sizeof(float) * n * tr->img);
+  tr->ehs = malloc(sizeof(float) * n * tr->emb);
+  tr->timesteps = malloc(sizeof(float) * n);
+  tr->t_int = malloc(sizeof(int64_t) * n);
+  tr->mse_policy = malloc(sizeof(float) * n);
+  tr->mse_ref = malloc(sizeof(float) * n);
+  tr->grad_mse = malloc(sizeof(float) * n);
+  if (!tr->x0 || !tr->noise || !tr->x_t || !tr->target || !tr->ehs || !tr->timesteps || !tr->t_int ||
+      !tr->mse_policy || !tr->mse_ref || !tr->grad_mse)
+    worker_die("out of memory");
+}
+
+/* Fills the micro-batch buffers with pairs at global positions g0 .. g0 + B - 1: winners in rows 0..B-1,
+ * losers in rows B..2B-1, each pair's noise and timestep shared by its two images and drawn from a stream
+ * keyed by the global position, so the numbers do not depend on how the batch is split over ranks. */
+static void trainer_fill_batch(trainer *tr, uint64_t g0, int b) {
+  const int T = tr->sched.num_train_timesteps;
+  for (int i = 0; i < b; i++) {
+    uint64_t g = g0 + (uint64_t)i;
+    size_t pair = sampler_pair(&tr->sampler, g);
+    memcpy(tr->x0 + (size_t)i * tr->img, dataset_winner(&tr->data, pair), sizeof(float) * tr->img);
+    memcpy(tr->x0 + (size_t)(b + i) * tr->img, dataset_loser(&tr->data, pair), sizeof(float) * tr->img);
+    memcpy(tr->ehs + (size_t)i * tr->emb, dataset_prompt(&tr->data, pair), sizeof(float) * tr->emb);
+    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, dataset_prompt(&tr->data, pair), sizeof(float) * tr->emb);
+
+    dpo_rng r;
+    dpo_rng_seed(&r, tr->train->seed, g);
+    int64_t t = dpo_rng_below(&r, (uint32_t)T);
+    float *e = tr->noise + (size_t)i * tr->img;
+    dpo_rng_fill_normal(&r, e, tr->img);
+    if (tr->train->offset_noise > 0) {
+      /* Offset noise: one extra normal per channel, constant over the image. */
+      size_t hw = (size_t)tr->data.height * tr->data.width;
+      for (int c = 0; c < tr->data.channels; c++) {
+        float off = (float)(tr->train->offset_noise * dpo_rng_normal(&r));
+        for (size_t j = 0; j < hw; j++) e[(size_t)c * hw + j] += off;
+      }
+    }
+    memcpy(tr->noise + (size_t)(b + i) * tr->img, e, sizeof(float) * tr->img);
+    tr->t_int[i] = tr->t_int[b + i] = t;
+  }
+  for (int i = 0; i < 2 * b; i++) tr->timesteps[i] = (float)tr->t_int[i];
+  dpo_add_noise(&tr->sched, 2 * b, tr->img, tr->x0, tr->noise, tr->t_int, tr->x_t, tr->target);
+}
+
+/* One micro-batch: forward both models, the loss in C, backward into the gradient buffer. */
+static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
+  const int b = (int)tr->train->batch_size;
+  const int h = tr->data.height, w = tr->data.width, L = tr->data.text_len;
+  trainer_fill_batch(tr, g0, b);
+  const double scale = 1.0 / (double)tr->global_batch;
+  /* sft trains on the winners only: rows 0..B-1. */
+  int n = tr->dpo ? 2 * b : b;
+  if (unet_forward_mse(tr->policy, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_policy,
+                       NULL) != 0)
+    worker_die("policy forward: %s", unet_last_error(tr->policy));
+  if (tr->dpo) {
+    if (unet_forward_mse(tr->ref, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_ref,
+                         NULL) != 0)
+      worker_die("reference forward: %s", unet_last_error(tr->ref));
+    dpo_loss(b, tr->mse_policy, tr->mse_ref, tr->train->beta, scale, sums, NULL, tr->grad_mse);
+  } else {
+    sft_loss(b, tr->mse_policy, NULL, scale, sums, tr->grad_mse);
+  }
+  if (unet_backward_mse(tr->policy, tr->grad_mse) != 0)
+    worker_die("backward: %s", unet_last_error(tr->policy));
+}
+
+/* Sums the gradient buffer over ranks in a few large in-place calls. */
+static void allreduce_grads(trainer *tr) {
+  if (g_world == 1) return;
+  size_t n = 0;
+  float *g = unet_grad_buffer(tr->policy, &n);
+  for (size_t off = 0; off < n; off += ALLREDUCE_BUCKET) {
+    size_t len = n - off < ALLREDUCE_BUCKET ? n - off : ALLREDUCE_BUCKET;
+    if (MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+      worker_die("MPI_Allreduce of gradients failed");
+  }
+}
+
+static void report(trainer *tr, const Dpod__V1__WorkerEvent *ev) {
+  if (tr->rep && reporter_push(tr->rep, ev) != 0) log_warn("cannot queue a report: out of memory");
+}
+
+/* Writes the policy as a diffusers model directory and tells the daemon. Rank 0 only. */
+static void trainer_save(trainer *tr, uint32_t step, const char *run_dir, Dpod__V1__StepMetrics *m) {
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/checkpoints/step-%06u", run_dir, step);
+  uint64_t bytes = 0;
+  double t0 = now_seconds();
+  if (unet_save(tr->policy, dir, &bytes) != 0) worker_die("saving %s: %s", dir, unet_last_error(tr->policy));
+  log_info("wrote checkpoint %s (%.1f MB in %.2f s)", dir, (double)bytes / 1e6, now_seconds() - t0);
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  ck.has_step = 1;
+  ck.step = step;
+  ck.path = dir;
+  ck.has_size_bytes = 1;
+  ck.size_bytes = bytes;
+  ck.metrics = m;
+  Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+  ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT;
+  ev.checkpoint = &ck;
+  report(tr, &ev);
+}
+
+static int trainer_run(trainer *tr, const char *run_dir) {
+  const uint32_t steps = tr->train->steps, b = tr->train->batch_size, accum = tr->train->grad_accum;
+  unet_adamw_params opt = unet_adamw_default_params();
+  opt.beta1 = tr->train->adam_beta1;
+  opt.beta2 = tr->train->adam_beta2;
+  opt.eps = tr->train->adam_eps;
+  opt.weight_decay = tr->train->weight_decay;
+  opt.max_grad_norm = tr->train->max_grad_norm;
+
+  if (g_rank == 0) {
+    Dpod__V1__WorkerStarted st = DPOD__V1__WORKER_STARTED__INIT;
+    st.has_world_size = st.has_total_steps = st.has_parameters = st.has_start_step = 1;
+    st.world_size = (uint32_t)g_world;
+    st.total_steps = steps;
+    st.parameters = tr->info.num_params;
+    st.start_step = 0;
+    Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+    ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_STARTED;
+    ev.started = &st;
+    report(tr, &ev);
+    log_info("training %s: %u steps, %d ranks x %u pairs x %u accumulation = %u pairs per step, "
+             "%zu parameters, beta %g, lr %g (warmup %u steps)",
+             tr->dpo ? "dpo" : "sft", steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
+             tr->train->beta, tr->peak_lr, tr->warmup_steps);
+  }
+
+  Dpod__V1__StepMetrics last = DPOD__V1__STEP_METRICS__INIT;
+  for (uint32_t step = 1; step <= steps; step++) {
+    double t0 = now_seconds();
+    unet_zero_grad(tr->policy);
+    dpo_loss_sums sums = {0};
+    for (uint32_t a = 0; a < accum; a++) {
+      /* This rank's slice of the global batch: micro-batch a, rank r. */
+      uint64_t g0 = (uint64_t)(step - 1) * tr->global_batch + (uint64_t)a * g_world * b + (uint64_t)g_rank * b;
+      trainer_micro_step(tr, g0, &sums);
+    }
+    allreduce_grads(tr);
+
+    /* Metric sums and rank 0's stop flag travel in one small all-reduce. */
+    double red[8] = {sums.loss_sum, sums.acc_sum,  sums.margin_sum, sums.policy_mse_sum,
+                     sums.ref_mse_sum, sums.pairs, sums.samples,    0.0};
+    if (g_rank == 0 && tr->rep && reporter_directive(tr->rep) == DPOD__V1__DIRECTIVE__DIRECTIVE_CANCEL)
+      red[7] = 1.0;
+    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 8, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+      worker_die("MPI_Allreduce of metrics failed");
+    if (red[7] > 0) {
+      if (g_rank == 0) log_info("cancelled by dpod at step %u", step);
+      return WORKER_EXIT_CANCELLED;
+    }
+    if (!isfinite(red[0])) worker_die("step %u: the loss is not finite (%g)", step, red[0]);
+
+    opt.lr = dpo_lr_at(tr->peak_lr, tr->warmup_steps, step);
+    double gnorm = 0;
+    if (unet_adamw_step(tr->policy, &opt, &gnorm) != 0) worker_die("optimizer: %s", unet_last_error(tr->policy));
+    double dt = now_seconds() - t0;
+
+    if (g_rank == 0) {
+      Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
+      m.has_step = m.has_total_steps = m.has_loss = m.has_policy_mse = m.has_grad_norm = 1;
+      m.has_learning_rate = m.has_samples_per_sec = m.has_step_seconds = 1;
+      m.step = step;
+      m.total_steps = steps;
+      m.loss = red[0] / red[5];
+      m.policy_mse = red[3] / red[6];
+      m.grad_norm = gnorm;
+      m.learning_rate = opt.lr;
+      m.samples_per_sec = red[6] / dt;
+      m.step_seconds = dt;
+      if (tr->dpo) {
+        m.has_implicit_acc = m.has_ref_mse = m.has_reward_margin = 1;
+        m.implicit_acc = red[1] / red[5];
+        m.ref_mse = red[4] / red[6];
+        m.reward_margin = red[2] / red[5];
+        printf("step %u/%u loss %.6f acc %.3f mse %.6f/%.6f margin %.4g gnorm %.4g lr %.3g %.1f samples/s\n", step,
+               steps, m.loss, m.implicit_acc, m.policy_mse, m.ref_mse, m.reward_margin, m.grad_norm, m.learning_rate,
+               m.samples_per_sec);
+      } else {
+        printf("step %u/%u loss %.6f gnorm %.4g lr %.3g %.1f samples/s\n", step, steps, m.loss, m.grad_norm,
+               m.learning_rate, m.samples_per_sec);
+      }
+      fflush(stdout);
+      Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+      ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_METRICS;
+      ev.metrics = &m;
+      report(tr, &ev);
+      last = m;
+      uint32_t every = tr->train->checkpoint_every;
+      if (step == steps || (every > 0 && step % every == 0)) trainer_save(tr, step, run_dir, &last);
+    }
+  }
+  return WORKER_EXIT_OK;
+}
+
+static void trainer_free(trainer *tr) {
+  unet_free(tr->policy);
+  unet_free(tr->ref);
+  dpo_schedule_free(&tr->sched);
+  dataset_free(&tr->data);
+  sampler_free(&tr->sampler);
+  free(tr->x0);
+  free(tr->noise);
+  free(tr->x_t);
+  free(tr->target);
+  free(tr->ehs);
+  free(tr->timesteps);
+  free(tr->t_int);
+  free(tr->mse_policy);
+  free(tr->mse_ref);
+  free(tr->grad_mse);
+}
+
+int main(int argc, char **argv) {
+  worker_args args;
+  int pa = parse_args(argc, argv, &args);
+  if (pa != 0) return pa > 0 ? 0 : WORKER_EXIT_USAGE;
+
+  MPI_Init(&argc, &argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_world);
+  /* Info lines from rank 0 only; warnings and errors from every rank, which says which it is. */
+  dpod_log_init("dpo-worker", g_rank == 0 ? DPOD_LOG_INFO : DPOD_LOG_WARN);
+
+  Dpod__V1__JobSpec *spec = load_spec(args.spec_path);
+  if (spec->ranks != (uint32_t)g_world)
+    worker_die("the job asks for %u ranks but mpirun started %d", spec->ranks, g_world);
+
+  trainer tr;
+  trainer_init(&tr, spec);
+  if (g_rank == 0 && args.report_addr) {
+    const char *secret = getenv(DPOD_ENV_JOB_SECRET);
+    if (!secret || !*secret) worker_die("--report-addr given but $%s is not set", DPOD_ENV_JOB_SECRET);
+    char err[512];
+    if (reporter_start(args.report_addr, args.job_id, secret, &tr.rep, err, sizeof err) != 0)
+      worker_die("cannot report to %s: %s", args.report_addr, err);
+  }
+
+  int status = trainer_run(&tr, args.run_dir);
+
+  if (tr.rep) {
+    /* The daemon learns of the last step and the final checkpoint before we exit. */
+    if (status == WORKER_EXIT_OK && reporter_flush(tr.rep, 30000) != 0)
+      log_warn("could not deliver every report to dpod before exiting");
+    reporter_stop(tr.rep);
+  }
+  trainer_free(&tr);
+  dpod__v1__job_spec__free_unpacked(spec, NULL);
+  MPI_Finalize();
+  return status;
+}
