@@ -1,0 +1,840 @@
+/* dpoctl: the command-line client of dpod.
+ *
+ * `dpoctl [--addr ADDR] COMMAND [ARGS]`, one function per command, each with its own --help. Job files
+ * are checked here with the daemon's own code (proto/job_spec.c), so a misspelled key is refused before
+ * any connection is made. Exit statuses are part of the interface, for scripts:
+ *   0 success (for watch: the job SUCCEEDED), 1 failure (the job ended otherwise, or dpod refused),
+ *   2 usage error or invalid job spec, 3 dpod cannot be reached.
+ * Human output goes to stdout; errors go to stderr as one line starting "dpoctl: "; --json and
+ * --events-jsonl are the machine-readable forms. */
+#include <errno.h>
+#include <getopt.h>
+#include <grpc/status.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dpod_error.h"
+#include "dpod_paths.h"
+#include "format.h"
+#include "health.pb-c.h"
+#include "job_spec.h"
+#include "rpc_client.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
+
+#define RPC_TIMEOUT_MS 10000
+#define WATCH_RETRIES 10
+#define M_SUBMIT "/dpod.v1.Coordinator/SubmitJob"
+#define M_GET "/dpod.v1.Coordinator/GetJob"
+#define M_LIST "/dpod.v1.Coordinator/ListJobs"
+#define M_CANCEL "/dpod.v1.Coordinator/CancelJob"
+#define M_WATCH "/dpod.v1.Coordinator/WatchJob"
+#define M_HEALTH "/grpc.health.v1.Health/Check"
+
+typedef struct {
+  char addr[1024];
+  rpc_client *client;
+} ctl;
+
+typedef struct {
+  int jsonl;        /* --events-jsonl */
+  int progress;     /* progress bar in front of metrics lines (stdout is a TTY) */
+  int retries;      /* reconnect attempts after the stream breaks */
+} watch_opts;
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Usage. */
+
+static const char *const usage_main =
+    "usage: dpoctl [--addr ADDR] COMMAND [ARGS]\n"
+    "\n"
+    "Commands:\n"
+    "  submit JOB.yaml   validate a job file and submit it\n"
+    "  list              list jobs, newest first\n"
+    "  get ID            describe one job\n"
+    "  watch ID          follow a job's events until it ends\n"
+    "  cancel ID         cancel a job\n"
+    "  health            ask dpod whether it is serving\n"
+    "\n"
+    "Options:\n"
+    "  --addr ADDR       dpod's address (unix:/path or host:port); default $DPOD_ADDR, else\n"
+    "                    unix:$XDG_RUNTIME_DIR/dpod/dpod.sock\n"
+    "  -h, --help        this help; `dpoctl COMMAND --help` for a command's\n"
+    "\n"
+    "Exit status: 0 ok, 1 failed (watch: the job did not succeed), 2 usage or invalid spec,\n"
+    "3 dpod unreachable.\n";
+
+static const char *const usage_submit =
+    "usage: dpoctl submit JOB.yaml [--set KEY=VALUE]... [--name NAME] [--dry-run] [--watch]\n"
+    "\n"
+    "Reads a YAML job file (\"-\" for stdin), applies the overrides in order, checks every value and\n"
+    "submits the job. Keys are dotted field names of the spec: name, ranks, threads_per_rank,\n"
+    "model.*, data.*, train.* (see deploy/examples/tiny-dpo.yaml).\n"
+    "\n"
+    "  --set KEY=VALUE   override one key, e.g. --set train.beta=2000 (repeatable)\n"
+    "  --name NAME       the job's name (same as --set name=NAME)\n"
+    "  --dry-run         print the complete spec, defaults included, and submit nothing\n"
+    "  --watch           then follow the job like `dpoctl watch` (and exit like it)\n"
+    "  --events-jsonl    with --watch: events as JSON lines\n"
+    "  --no-progress     with --watch: no progress bar\n";
+
+static const char *const usage_list =
+    "usage: dpoctl list [--state STATE]... [--limit N] [--json]\n"
+    "\n"
+    "  --state STATE   only jobs in this state (queued, starting, running, succeeded, failed,\n"
+    "                  cancelled, preempted); repeatable or comma-separated\n"
+    "  --limit N       at most N jobs (default 100)\n"
+    "  --json          one JSON array of jobs\n";
+
+static const char *const usage_get =
+    "usage: dpoctl get ID [--json]\n"
+    "\n"
+    "Describes a job: state, reason, times, run directory, its complete spec, the last metrics and the\n"
+    "last checkpoint.\n"
+    "  --json   the job as JSON\n";
+
+static const char *const usage_watch =
+    "usage: dpoctl watch ID [--after-seq K] [--events-jsonl] [--no-progress]\n"
+    "\n"
+    "Prints the job's events (state changes, one line per optimizer step, checkpoints) until it ends,\n"
+    "then a summary. Reconnects if the daemon restarts, without losing or repeating events.\n"
+    "Exits 0 only if the job succeeded.\n"
+    "  --after-seq K    start after event K (default: replay from the first event)\n"
+    "  --events-jsonl   each event as one JSON line with its seq; the summary goes to stderr\n"
+    "  --no-progress    no progress bar, even on a terminal\n"
+    "  --retries N      reconnect attempts before giving up (default 10)\n";
+
+static const char *const usage_cancel =
+    "usage: dpoctl cancel ID\n"
+    "\n"
+    "Asks dpod to cancel the job. A running job stops at its next step and ends CANCELLED.\n";
+
+static const char *const usage_health =
+    "usage: dpoctl health [--service NAME]\n"
+    "\n"
+    "Calls grpc.health.v1.Health/Check and prints the status (SERVING). Exits 0 only if serving.\n";
+
+static int usage_error(const char *cmd, const char *fmt, const char *arg) {
+  fprintf(stderr, "dpoctl: %s%s", cmd ? cmd : "", cmd ? ": " : "");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, " (see dpoctl %s%s--help)\n", cmd ? cmd : "", cmd ? " " : "");
+  return EXIT_USAGE;
+}
+
+/* getopt_long with our own messages; argv[0] is the command name. Returns the option or -1. */
+static int next_opt(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *longopts,
+                    int *bad) {
+  int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+  if (c == '?' || c == ':') {
+    const char *what = optind - 1 < argc ? argv[optind - 1] : "?";
+    if (c == ':')
+      usage_error(cmd, "option '%s' needs a value", what);
+    else
+      usage_error(cmd, "unknown option '%s'", what);
+    *bad = 1;
+  }
+  return c;
+}
+
+static int parse_id(const char *cmd, const char *text, uint64_t *id) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(text, &end, 10);
+  if (!*text || *end || errno || v == 0 || text[0] == '-') return usage_error(cmd, "bad job id '%s'", text);
+  *id = v;
+  return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Talking to dpod. */
+
+static int ctl_connect(ctl *c) {
+  if (c->client) return 0;
+  char err[512];
+  if (rpc_client_open(c->addr, &c->client, err, sizeof err) != 0) {
+    fprintf(stderr, "dpoctl: cannot reach dpod at %s: %s\n", c->addr, err);
+    return EXIT_CONN;
+  }
+  return 0;
+}
+
+static void ctl_disconnect(ctl *c) {
+  rpc_client_close(c->client);
+  c->client = NULL;
+}
+
+/* The rpc layer's message without the leading "/service/Method: ". */
+static const char *strip_method(const char *err) {
+  if (err[0] != '/') return err;
+  const char *p = strstr(err, ": ");
+  return p ? p + 2 : err;
+}
+
+static int is_conn_status(int st) { return st == GRPC_STATUS_UNAVAILABLE || st == GRPC_STATUS_DEADLINE_EXCEEDED; }
+
+/* Reports a failed call and picks the exit status. */
+static int rpc_failed(ctl *c, const char *what, const char *err) {
+  int st = rpc_last_grpc_status();
+  if (is_conn_status(st)) {
+    fprintf(stderr, "dpoctl: cannot reach dpod at %s: %s\n", c->addr, strip_method(err));
+    fprintf(stderr, "hint: is dpod running? start it (dpod --listen %s) or point --addr / DPOD_ADDR at it\n",
+            c->addr);
+    return EXIT_CONN;
+  }
+  fprintf(stderr, "dpoctl: %s: %s\n", what, strip_method(err));
+  return st == GRPC_STATUS_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_FAIL;
+}
+
+static int ctl_unary(ctl *c, const char *what, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **resp) {
+  int rc = ctl_connect(c);
+  if (rc) return rc;
+  char err[1024];
+  if (rpc_unary(c->client, method, req, desc, resp, RPC_TIMEOUT_MS, err, sizeof err) != 0)
+    return rpc_failed(c, what, err);
+  return 0;
+}
+
+static int get_job(ctl *c, uint64_t id, Dpod__V1__GetJobResponse **out) {
+  Dpod__V1__GetJobRequest req = DPOD__V1__GET_JOB_REQUEST__INIT;
+  req.has_job_id = 1;
+  req.job_id = id;
+  char what[64];
+  snprintf(what, sizeof what, "job %" PRIu64, id);
+  ProtobufCMessage *resp;
+  int rc = ctl_unary(c, what, M_GET, &req.base, &dpod__v1__get_job_response__descriptor, &resp);
+  if (rc) return rc;
+  *out = (Dpod__V1__GetJobResponse *)resp;
+  if (!(*out)->job) {
+    fprintf(stderr, "dpoctl: job %" PRIu64 ": the daemon returned no job\n", id);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return EXIT_FAIL;
+  }
+  return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* watch */
+
+static int is_terminal(Dpod__V1__JobState s) {
+  return s == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED || s == DPOD__V1__JOB_STATE__JOB_STATE_FAILED ||
+         s == DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED || s == DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED;
+}
+
+typedef struct {
+  uint64_t last_seq;
+  int have_metrics, have_ckpt, terminal;
+  Dpod__V1__JobState state;
+  char reason[256];
+  Dpod__V1__StepMetrics metrics;  /* a copy: StepMetrics holds no pointers */
+  uint32_t ckpt_step;
+  char ckpt_path[1024];
+  int64_t first_ms, last_ms;
+} watch_state;
+
+static void watch_print_event(const watch_opts *o, watch_state *w, const Dpod__V1__JobEvent *ev) {
+  if (o->jsonl) {
+    cJSON *j = fmt_message_json(&ev->base);
+    char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (s) puts(s);
+    cJSON_free(s);
+    cJSON_Delete(j);
+  } else {
+    char line[1024], bar[64] = "";
+    if (o->progress && ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS)
+      fmt_progress_bar(ev->metrics->step, ev->metrics->total_steps, 20, bar, sizeof bar);
+    printf("%s%s\n", bar, fmt_event(ev, line, sizeof line));
+  }
+  fflush(stdout);
+  (void)w;
+}
+
+static void watch_note_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
+  w->last_seq = ev->seq;
+  if (ev->has_time_unix_ms) {
+    if (!w->first_ms) w->first_ms = ev->time_unix_ms;
+    w->last_ms = ev->time_unix_ms;
+  }
+  switch (ev->event_case) {
+    case DPOD__V1__JOB_EVENT__EVENT_STATE:
+      w->state = ev->state->state;
+      snprintf(w->reason, sizeof w->reason, "%s", ev->state->reason ? ev->state->reason : "");
+      if (is_terminal(w->state)) w->terminal = 1;
+      break;
+    case DPOD__V1__JOB_EVENT__EVENT_METRICS:
+      w->metrics = *ev->metrics;
+      w->have_metrics = 1;
+      break;
+    case DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT:
+      w->have_ckpt = 1;
+      w->ckpt_step = ev->checkpoint->step;
+      snprintf(w->ckpt_path, sizeof w->ckpt_path, "%s", ev->checkpoint->path ? ev->checkpoint->path : "");
+      break;
+    default: break;
+  }
+}
+
+/* "job 7 succeeded in 1m12s: 20/20 steps, loss 0.6931, acc 0.50; last checkpoint step 20: /path". The
+ * daemon's view of the job (times, last checkpoint) is preferred when it can be had. */
+static void watch_summary(ctl *c, const watch_opts *o, uint64_t id, watch_state *w) {
+  FILE *out = o->jsonl ? stderr : stdout;
+  Dpod__V1__GetJobResponse *resp = NULL;
+  double secs = w->last_ms > w->first_ms ? (w->last_ms - w->first_ms) / 1000.0 : 0;
+  char dur[32];
+  if (c->client) {
+    Dpod__V1__GetJobRequest req = DPOD__V1__GET_JOB_REQUEST__INIT;
+    req.has_job_id = 1;
+    req.job_id = id;
+    char err[512];
+    ProtobufCMessage *m;
+    if (rpc_unary(c->client, M_GET, &req.base, &dpod__v1__get_job_response__descriptor, &m, RPC_TIMEOUT_MS, err,
+                  sizeof err) == 0)
+      resp = (Dpod__V1__GetJobResponse *)m;
+  }
+  const Dpod__V1__Job *job = resp ? resp->job : NULL;
+  if (job && job->started_unix_ms > 0 && job->finished_unix_ms >= job->started_unix_ms)
+    secs = (job->finished_unix_ms - job->started_unix_ms) / 1000.0;
+  if (job && job->last_metrics && !w->have_metrics) {
+    w->metrics = *job->last_metrics;
+    w->have_metrics = 1;
+  }
+  if (job && job->last_checkpoint) {
+    w->have_ckpt = 1;
+    w->ckpt_step = job->last_checkpoint->step;
+    snprintf(w->ckpt_path, sizeof w->ckpt_path, "%s", job->last_checkpoint->path ? job->last_checkpoint->path : "");
+  }
+
+  fprintf(out, "job %" PRIu64 " %s", id, job_state_name(w->state));
+  if (w->state != DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED && w->reason[0]) fprintf(out, " (%s)", w->reason);
+  fprintf(out, " after %s", fmt_duration(secs, dur, sizeof dur));
+  if (w->have_metrics) {
+    const Dpod__V1__StepMetrics *m = &w->metrics;
+    fprintf(out, ": step %u/%u", m->step, m->total_steps);
+    if (m->has_loss) fprintf(out, ", loss %.4f", m->loss);
+    if (m->has_implicit_acc) fprintf(out, ", acc %.2f", m->implicit_acc);
+  } else {
+    fprintf(out, ": no steps reported");
+  }
+  if (w->have_ckpt) fprintf(out, "; last checkpoint step %u: %s", w->ckpt_step, w->ckpt_path);
+  fprintf(out, "\n");
+  fflush(out);
+  if (resp) protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+/* Follows the job's events. A broken stream (dpod restarting) is reopened with after_seq = the last
+ * seq printed, so the user sees every event exactly once; a fresh channel each time avoids waiting out
+ * the old one's reconnect backoff. */
+static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *o) {
+  watch_state w = {.last_seq = after_seq};
+  int got_any = 0, failures = 0;
+  char err[1024];
+
+  for (;;) {
+    int rc = ctl_connect(c);
+    if (rc) return rc;
+    Dpod__V1__WatchJobRequest req = DPOD__V1__WATCH_JOB_REQUEST__INIT;
+    req.has_job_id = 1;
+    req.job_id = id;
+    req.has_after_seq = 1;
+    req.after_seq = w.last_seq;
+    rpc_stream *s = NULL;
+    rc = rpc_stream_open(c->client, M_WATCH, &req.base, &s, err, sizeof err);
+    if (rc == 0) {
+      ProtobufCMessage *m;
+      while ((rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, &m, 0, err, sizeof err)) == 1) {
+        Dpod__V1__JobEvent *ev = (Dpod__V1__JobEvent *)m;
+        got_any = 1;
+        failures = 0;
+        if (ev->seq <= w.last_seq) {  /* replayed after a reconnect: already shown */
+          protobuf_c_message_free_unpacked(m, NULL);
+          continue;
+        }
+        if (ev->seq != w.last_seq + 1)
+          fprintf(stderr, "dpoctl: warning: events %" PRIu64 "..%" PRIu64 " of job %" PRIu64 " are missing\n",
+                  w.last_seq + 1, ev->seq - 1, id);
+        watch_print_event(o, &w, ev);
+        watch_note_event(&w, ev);
+        protobuf_c_message_free_unpacked(m, NULL);
+      }
+      rpc_stream_close(s);
+    }
+    if (w.terminal) break;
+
+    int st = rpc_last_grpc_status();
+    if (rc < 0 && !is_conn_status(st) && st != GRPC_STATUS_CANCELLED && st != GRPC_STATUS_INTERNAL &&
+        st != GRPC_STATUS_UNKNOWN) {
+      char what[64];
+      snprintf(what, sizeof what, "job %" PRIu64, id);
+      return rpc_failed(c, what, err);  /* NOT_FOUND and the like: retrying will not help */
+    }
+    if (!got_any && rc < 0) return rpc_failed(c, "watch", err);  /* never connected */
+    if (++failures > o->retries) {
+      fprintf(stderr, "dpoctl: lost dpod at %s and gave up after %d attempts (last seen event %" PRIu64 "): %s\n",
+              c->addr, o->retries, w.last_seq, rc < 0 ? strip_method(err) : "stream ended early");
+      return EXIT_CONN;
+    }
+    fprintf(stderr, "dpoctl: stream to dpod broke (%s); reconnecting after event %" PRIu64 " (%d/%d)\n",
+            rc < 0 ? strip_method(err) : "ended before the job did", w.last_seq, failures, o->retries);
+    ctl_disconnect(c);
+    int delay_ms = failures < 4 ? 250 << failures : 2000;
+    struct timespec ts = {.tv_sec = delay_ms / 1000, .tv_nsec = (long)(delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
+
+  watch_summary(c, o, id, &w);
+  return w.state == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED ? EXIT_OK : EXIT_FAIL;
+}
+
+static int cmd_watch(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"after-seq", required_argument, NULL, 'a'},
+                                           {"events-jsonl", no_argument, NULL, 'j'},
+                                           {"no-progress", no_argument, NULL, 'P'},
+                                           {"retries", required_argument, NULL, 'r'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  watch_opts o = {.progress = isatty(STDOUT_FILENO), .retries = WATCH_RETRIES};
+  uint64_t after = 0;
+  int opt, bad = 0;
+  while ((opt = next_opt("watch", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'a': {
+        char *end;
+        errno = 0;
+        after = strtoull(optarg, &end, 10);
+        if (!*optarg || *end || errno || optarg[0] == '-') return usage_error("watch", "bad --after-seq '%s'", optarg);
+        break;
+      }
+      case 'j': o.jsonl = 1; break;
+      case 'P': o.progress = 0; break;
+      case 'r': o.retries = atoi(optarg); break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_watch, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("watch", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("watch", argv[optind], &id)) return EXIT_USAGE;
+  if (o.jsonl) o.progress = 0;
+  return watch_job(c, id, after, &o);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* submit */
+
+static int read_stdin(char **out, size_t *len) {
+  size_t cap = 8192, n = 0;
+  char *buf = malloc(cap);
+  if (!buf) return DPOD_ENOMEM;
+  size_t k;
+  while ((k = fread(buf + n, 1, cap - n, stdin)) > 0) {
+    n += k;
+    if (n == cap) {
+      char *nb = realloc(buf, cap *= 2);
+      if (!nb) return free(buf), DPOD_ENOMEM;
+      buf = nb;
+    }
+  }
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+static int cmd_submit(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"set", required_argument, NULL, 's'},
+                                           {"name", required_argument, NULL, 'n'},
+                                           {"dry-run", no_argument, NULL, 'd'},
+                                           {"watch", no_argument, NULL, 'w'},
+                                           {"events-jsonl", no_argument, NULL, 'j'},
+                                           {"no-progress", no_argument, NULL, 'P'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  char err[1024];
+  int rc = EXIT_USAGE, opt, bad = 0, dry_run = 0, watch = 0;
+  watch_opts o = {.progress = isatty(STDOUT_FILENO), .retries = WATCH_RETRIES};
+  const char *name = NULL;
+  char **sets = calloc((size_t)argc, sizeof *sets);
+  size_t n_sets = 0;
+  Dpod__V1__JobSpec *spec = NULL;
+  if (!sets) return EXIT_FAIL;
+
+  while ((opt = next_opt("submit", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 's': sets[n_sets++] = optarg; break;
+      case 'n': name = optarg; break;
+      case 'd': dry_run = 1; break;
+      case 'w': watch = 1; break;
+      case 'j': o.jsonl = 1; break;
+      case 'P': o.progress = 0; break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_submit, stdout); rc = EXIT_OK; goto done;
+    }
+  }
+  if (bad) goto done;
+  if (optind != argc - 1) {
+    usage_error("submit", "%s", optind >= argc ? "expected a job file (JOB.yaml, or - for stdin)"
+                                               : "expected exactly one job file");
+    goto done;
+  }
+  const char *path = argv[optind];
+
+  spec = job_spec_new();
+  if (!spec) {
+    fprintf(stderr, "dpoctl: out of memory\n");
+    rc = EXIT_FAIL;
+    goto done;
+  }
+  int st;
+  if (strcmp(path, "-") == 0) {
+    char *text;
+    size_t len;
+    st = read_stdin(&text, &len);
+    if (st == 0) {
+      st = job_spec_parse_yaml(spec, text, len, "<stdin>", err, sizeof err);
+      free(text);
+    } else {
+      snprintf(err, sizeof err, "<stdin>: cannot read");
+    }
+  } else {
+    st = job_spec_load_yaml(spec, path, err, sizeof err);
+  }
+  if (st) {
+    fprintf(stderr, "dpoctl: %s\n", err);
+    goto done;
+  }
+  for (size_t i = 0; i < n_sets; i++) {
+    char *eq = strchr(sets[i], '=');
+    if (!eq) {
+      usage_error("submit", "--set '%s': expected KEY=VALUE", sets[i]);
+      goto done;
+    }
+    *eq = '\0';
+    st = job_spec_set(spec, sets[i], eq + 1, err, sizeof err);
+    *eq = '=';
+    if (st) {
+      fprintf(stderr, "dpoctl: --set %s: %s\n", sets[i], err);
+      goto done;
+    }
+  }
+  if (name && job_spec_set(spec, "name", name, err, sizeof err) != 0) {
+    fprintf(stderr, "dpoctl: --name: %s\n", err);
+    goto done;
+  }
+  if (job_spec_validate(spec, 0, err, sizeof err) != 0) {
+    fprintf(stderr, "dpoctl: %s: invalid job spec: %s\n", path, err);
+    goto done;
+  }
+  if (dry_run) {
+    printf("# %s, normalized (every default filled in); not submitted\n", path);
+    job_spec_write_yaml(spec, stdout, 0);
+    rc = EXIT_OK;
+    goto done;
+  }
+
+  Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
+  req.spec = spec;
+  ProtobufCMessage *m;
+  rc = ctl_unary(c, "submit", M_SUBMIT, &req.base, &dpod__v1__submit_job_response__descriptor, &m);
+  if (rc) goto done;
+  Dpod__V1__SubmitJobResponse *resp = (Dpod__V1__SubmitJobResponse *)m;
+  if (!resp->job || !resp->job->has_id) {
+    fprintf(stderr, "dpoctl: submit: the daemon returned no job id\n");
+    protobuf_c_message_free_unpacked(m, NULL);
+    rc = EXIT_FAIL;
+    goto done;
+  }
+  uint64_t id = resp->job->id;
+  protobuf_c_message_free_unpacked(m, NULL);
+  fprintf(watch && o.jsonl ? stderr : stdout, "submitted job %" PRIu64 "\n", id);
+  fflush(stdout);
+  rc = watch ? watch_job(c, id, 0, &o) : EXIT_OK;
+
+done:
+  if (spec) protobuf_c_message_free_unpacked(&spec->base, NULL);
+  free(sets);
+  return rc;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* list, get, cancel, health */
+
+static void progress_cell(const Dpod__V1__Job *j, char *buf, size_t len) {
+  uint32_t total = j->spec && j->spec->train ? j->spec->train->steps : 0;
+  if (j->last_metrics && j->last_metrics->total_steps) total = j->last_metrics->total_steps;
+  if (j->last_metrics)
+    snprintf(buf, len, "%u/%u", j->last_metrics->step, total);
+  else
+    snprintf(buf, len, "-/%u", total);
+}
+
+static int cmd_list(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"state", required_argument, NULL, 's'},
+                                           {"limit", required_argument, NULL, 'l'},
+                                           {"json", no_argument, NULL, 'j'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  Dpod__V1__JobState states[16];
+  size_t n_states = 0;
+  uint32_t limit = 0;
+  int opt, bad = 0, json = 0;
+  while ((opt = next_opt("list", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 's': {
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", optarg);
+        for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+          if (n_states == 16) return usage_error("list", "%s", "too many --state values");
+          if (job_state_parse(tok, &states[n_states]) != 0) return usage_error("list", "unknown state '%s'", tok);
+          n_states++;
+        }
+        break;
+      }
+      case 'l': {
+        char *end;
+        unsigned long v = strtoul(optarg, &end, 10);
+        if (!*optarg || *end || optarg[0] == '-' || v == 0 || v > UINT32_MAX)
+          return usage_error("list", "bad --limit '%s'", optarg);
+        limit = (uint32_t)v;
+        break;
+      }
+      case 'j': json = 1; break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_list, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc) return usage_error("list", "unexpected argument '%s'", argv[optind]);
+
+  Dpod__V1__ListJobsRequest req = DPOD__V1__LIST_JOBS_REQUEST__INIT;
+  req.n_states = n_states;
+  req.states = states;
+  if (limit) {
+    req.has_limit = 1;
+    req.limit = limit;
+  }
+  ProtobufCMessage *m;
+  int rc = ctl_unary(c, "list", M_LIST, &req.base, &dpod__v1__list_jobs_response__descriptor, &m);
+  if (rc) return rc;
+  Dpod__V1__ListJobsResponse *resp = (Dpod__V1__ListJobsResponse *)m;
+  if (json) {
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < resp->n_jobs; i++) cJSON_AddItemToArray(arr, fmt_message_json(&resp->jobs[i]->base));
+    char *s = cJSON_Print(arr);
+    if (s) puts(s);
+    cJSON_free(s);
+    cJSON_Delete(arr);
+  } else if (resp->n_jobs == 0) {
+    printf("no jobs%s\n", n_states ? " in that state" : "");
+  } else {
+    int64_t now = fmt_now_ms();
+    printf("%-6s %-24s %-10s %-11s %-8s %-5s %s\n", "ID", "NAME", "STATE", "STEP/TOTAL", "LOSS", "ACC", "AGE");
+    for (size_t i = 0; i < resp->n_jobs; i++) {
+      const Dpod__V1__Job *j = resp->jobs[i];
+      char name[25], prog[32], loss[16] = "-", acc[16] = "-", age[16] = "-";
+      const char *nm = j->name && *j->name ? j->name : (j->spec && j->spec->name && *j->spec->name ? j->spec->name : "-");
+      if (strlen(nm) > 24)
+        snprintf(name, sizeof name, "%.21s...", nm);
+      else
+        snprintf(name, sizeof name, "%s", nm);
+      progress_cell(j, prog, sizeof prog);
+      if (j->last_metrics && j->last_metrics->has_loss) snprintf(loss, sizeof loss, "%.4f", j->last_metrics->loss);
+      if (j->last_metrics && j->last_metrics->has_implicit_acc)
+        snprintf(acc, sizeof acc, "%.2f", j->last_metrics->implicit_acc);
+      if (j->created_unix_ms > 0) fmt_age(now - j->created_unix_ms, age, sizeof age);
+      printf("%-6" PRIu64 " %-24s %-10s %-11s %-8s %-5s %s\n", j->id, name, job_state_name(j->state), prog, loss, acc,
+             age);
+    }
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  return EXIT_OK;
+}
+
+static void print_job(const Dpod__V1__Job *j) {
+  char t[64], ago[32], line[1024];
+  int64_t now = fmt_now_ms();
+  printf("job %" PRIu64 "%s%s%s\n", j->id, j->name && *j->name ? " (" : "", j->name && *j->name ? j->name : "",
+         j->name && *j->name ? ")" : "");
+  printf("  state:       %s\n", job_state_name(j->state));
+  if (j->reason && *j->reason) printf("  reason:      %s\n", j->reason);
+  if (j->has_exit_code && is_terminal(j->state)) printf("  exit code:   %d\n", j->exit_code);
+  if (j->created_unix_ms > 0)
+    printf("  created:     %s (%s ago)\n", fmt_time(j->created_unix_ms, t, sizeof t),
+           fmt_age(now - j->created_unix_ms, ago, sizeof ago));
+  if (j->started_unix_ms > 0) printf("  started:     %s\n", fmt_time(j->started_unix_ms, t, sizeof t));
+  if (j->finished_unix_ms > 0) {
+    printf("  finished:    %s", fmt_time(j->finished_unix_ms, t, sizeof t));
+    if (j->started_unix_ms > 0)
+      printf(" (ran %s)", fmt_duration((j->finished_unix_ms - j->started_unix_ms) / 1000.0, ago, sizeof ago));
+    printf("\n");
+  }
+  if (j->run_dir && *j->run_dir) printf("  run dir:     %s\n", j->run_dir);
+  if (j->has_last_seq) printf("  events:      %" PRIu64 " (watch with: dpoctl watch %" PRIu64 ")\n", j->last_seq, j->id);
+  if (j->last_metrics) printf("  last step:   %s\n", fmt_metrics(j->last_metrics, line, sizeof line));
+  if (j->last_checkpoint) {
+    Dpod__V1__JobEvent ev = DPOD__V1__JOB_EVENT__INIT;
+    ev.event_case = DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT;
+    ev.checkpoint = j->last_checkpoint;
+    printf("  checkpoint:  %s\n", fmt_event(&ev, line, sizeof line) + strlen("checkpoint "));
+  }
+  if (j->spec) {
+    printf("  spec:\n");
+    job_spec_write_yaml(j->spec, stdout, 4);
+  }
+}
+
+static int cmd_get(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  int opt, bad = 0, json = 0;
+  while ((opt = next_opt("get", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'j': json = 1; break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_get, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("get", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("get", argv[optind], &id)) return EXIT_USAGE;
+  Dpod__V1__GetJobResponse *resp;
+  int rc = get_job(c, id, &resp);
+  if (rc) return rc;
+  if (json) {
+    cJSON *j = fmt_message_json(&resp->job->base);
+    char *s = j ? cJSON_Print(j) : NULL;
+    if (s) puts(s);
+    cJSON_free(s);
+    cJSON_Delete(j);
+  } else {
+    print_job(resp->job);
+  }
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return EXIT_OK;
+}
+
+static int cmd_cancel(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"addr", required_argument, NULL, 'A'}, {"help", no_argument, NULL, 'h'}, {0}};
+  int opt, bad = 0;
+  while ((opt = next_opt("cancel", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_cancel, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("cancel", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("cancel", argv[optind], &id)) return EXIT_USAGE;
+  Dpod__V1__CancelJobRequest req = DPOD__V1__CANCEL_JOB_REQUEST__INIT;
+  req.has_job_id = 1;
+  req.job_id = id;
+  char what[64];
+  snprintf(what, sizeof what, "cancel job %" PRIu64, id);
+  ProtobufCMessage *m;
+  int rc = ctl_unary(c, what, M_CANCEL, &req.base, &dpod__v1__cancel_job_response__descriptor, &m);
+  if (rc) return rc;
+  Dpod__V1__CancelJobResponse *resp = (Dpod__V1__CancelJobResponse *)m;
+  if (resp->job)
+    printf("cancelled job %" PRIu64 " (state: %s)\n", id, job_state_name(resp->job->state));
+  else
+    printf("cancelled job %" PRIu64 "\n", id);
+  protobuf_c_message_free_unpacked(m, NULL);
+  return EXIT_OK;
+}
+
+static int cmd_health(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"service", required_argument, NULL, 's'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  const char *service = "";
+  int opt, bad = 0;
+  while ((opt = next_opt("health", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 's': service = optarg; break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_health, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc) return usage_error("health", "unexpected argument '%s'", argv[optind]);
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  req.service = (char *)service;
+  ProtobufCMessage *m;
+  int rc = ctl_unary(c, "health", M_HEALTH, &req.base, &grpc__health__v1__health_check_response__descriptor, &m);
+  if (rc) return rc;
+  Grpc__Health__V1__HealthCheckResponse *resp = (Grpc__Health__V1__HealthCheckResponse *)m;
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+      &grpc__health__v1__health_check_response__serving_status__descriptor, resp->status);
+  printf("%s\n", v ? v->name : "UNKNOWN");
+  rc = resp->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING ? EXIT_OK : EXIT_FAIL;
+  protobuf_c_message_free_unpacked(m, NULL);
+  return rc;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+
+typedef struct {
+  const char *name;
+  int (*fn)(ctl *, int, char **);
+  const char *usage;
+} command;
+
+static const command commands[] = {
+    {"submit", cmd_submit, usage_submit}, {"list", cmd_list, usage_list},       {"get", cmd_get, usage_get},
+    {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"health", cmd_health, usage_health},
+};
+
+int main(int argc, char **argv) {
+  ctl c = {0};
+  dpod_default_addr(c.addr, sizeof c.addr);
+  int i = 1;
+  for (; i < argc && argv[i][0] == '-'; i++) {
+    const char *a = argv[i];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(usage_main, stdout);
+      return EXIT_OK;
+    } else if (strcmp(a, "--addr") == 0) {
+      if (++i == argc) return usage_error(NULL, "%s", "--addr needs a value");
+      snprintf(c.addr, sizeof c.addr, "%s", argv[i]);
+    } else if (strncmp(a, "--addr=", 7) == 0) {
+      snprintf(c.addr, sizeof c.addr, "%s", a + 7);
+    } else {
+      return usage_error(NULL, "unknown option '%s'", a);
+    }
+  }
+  if (i == argc) {
+    fputs(usage_main, stderr);
+    return EXIT_USAGE;
+  }
+  const char *name = argv[i];
+  if (strcmp(name, "help") == 0) {
+    if (i + 1 == argc) {
+      fputs(usage_main, stdout);
+      return EXIT_OK;
+    }
+    name = argv[i + 1];
+    for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++)
+      if (strcmp(commands[k].name, name) == 0) return fputs(commands[k].usage, stdout), EXIT_OK;
+    return usage_error(NULL, "unknown command '%s'", name);
+  }
+  for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
+    if (strcmp(commands[k].name, name) != 0) continue;
+    optind = 0;  /* GNU: reinitialize getopt for the command's own arguments */
+    opterr = 0;
+    int rc = commands[k].fn(&c, argc - i, argv + i);
+    ctl_disconnect(&c);
+    return rc;
+  }
+  return usage_error(NULL, "unknown command '%s'", name);
+}

@@ -1,0 +1,226 @@
+/* Rendering for dpoctl: kept apart from the command logic so that what a user reads lives in one place. */
+#include "format.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "job_spec.h"
+
+int64_t fmt_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+char *fmt_age(int64_t ms, char *buf, size_t len) {
+  int64_t s = ms / 1000;
+  if (s < 0) s = 0;
+  if (s < 120)
+    snprintf(buf, len, "%" PRId64 "s", s);
+  else if (s < 2 * 3600)
+    snprintf(buf, len, "%" PRId64 "m", s / 60);
+  else if (s < 2 * 86400)
+    snprintf(buf, len, "%" PRId64 "h", s / 3600);
+  else
+    snprintf(buf, len, "%" PRId64 "d", s / 86400);
+  return buf;
+}
+
+char *fmt_duration(double seconds, char *buf, size_t len) {
+  if (!(seconds >= 0)) seconds = 0;
+  if (seconds < 60) {
+    snprintf(buf, len, "%.1fs", seconds);
+  } else if (seconds < 3600) {
+    long s = (long)seconds;
+    snprintf(buf, len, "%ldm%02lds", s / 60, s % 60);
+  } else {
+    long m = (long)(seconds / 60);
+    snprintf(buf, len, "%ldh%02ldm", m / 60, m % 60);
+  }
+  return buf;
+}
+
+char *fmt_time(int64_t unix_ms, char *buf, size_t len) {
+  if (unix_ms <= 0) {
+    snprintf(buf, len, "-");
+    return buf;
+  }
+  time_t t = (time_t)(unix_ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+char *fmt_bytes(uint64_t n, char *buf, size_t len) {
+  static const char *units[] = {"KiB", "MiB", "GiB", "TiB"};
+  if (n < 1024) {
+    snprintf(buf, len, "%" PRIu64 " B", n);
+    return buf;
+  }
+  double v = (double)n / 1024;
+  int u = 0;
+  while (v >= 1024 && u < 3) v /= 1024, u++;
+  snprintf(buf, len, "%.1f %s", v, units[u]);
+  return buf;
+}
+
+/* Appends printf output at buf[*n], never past len. */
+static void fmt_cat(char *buf, size_t len, size_t *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static void fmt_cat(char *buf, size_t len, size_t *n, const char *fmt, ...) {
+  if (*n >= len) return;
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(buf + *n, len - *n, fmt, ap);
+  va_end(ap);
+  if (k > 0) *n = *n + (size_t)k < len ? *n + (size_t)k : len - 1;
+}
+
+char *fmt_metrics(const Dpod__V1__StepMetrics *m, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  if (m->total_steps)
+    fmt_cat(buf, len, &n, "step %u/%u", m->step, m->total_steps);
+  else
+    fmt_cat(buf, len, &n, "step %u", m->step);
+  if (m->has_loss) fmt_cat(buf, len, &n, " loss %.4f", m->loss);
+  if (m->has_implicit_acc) fmt_cat(buf, len, &n, " acc %.2f", m->implicit_acc);
+  if (m->has_policy_mse && m->has_ref_mse)
+    fmt_cat(buf, len, &n, " mse %.4f/%.4f", m->policy_mse, m->ref_mse);
+  else if (m->has_policy_mse)
+    fmt_cat(buf, len, &n, " mse %.4f", m->policy_mse);
+  if (m->has_reward_margin) fmt_cat(buf, len, &n, " margin %.3g", m->reward_margin);
+  if (m->has_grad_norm) fmt_cat(buf, len, &n, " gnorm %.3g", m->grad_norm);
+  if (m->has_learning_rate) fmt_cat(buf, len, &n, " lr %.1e", m->learning_rate);
+  if (m->has_samples_per_sec) fmt_cat(buf, len, &n, " %.1f samples/s", m->samples_per_sec);
+  return buf;
+}
+
+char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len) {
+  char tmp[64];
+  switch (ev->event_case) {
+    case DPOD__V1__JOB_EVENT__EVENT_STATE: {
+      const Dpod__V1__StateChange *s = ev->state;
+      if (s->reason && *s->reason)
+        snprintf(buf, len, "state %s: %s", job_state_name(s->state), s->reason);
+      else
+        snprintf(buf, len, "state %s", job_state_name(s->state));
+      break;
+    }
+    case DPOD__V1__JOB_EVENT__EVENT_METRICS: fmt_metrics(ev->metrics, buf, len); break;
+    case DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT: {
+      const Dpod__V1__CheckpointInfo *c = ev->checkpoint;
+      if (c->has_size_bytes)
+        snprintf(buf, len, "checkpoint step %u: %s (%s)", c->step, c->path ? c->path : "?",
+                 fmt_bytes(c->size_bytes, tmp, sizeof tmp));
+      else
+        snprintf(buf, len, "checkpoint step %u: %s", c->step, c->path ? c->path : "?");
+      break;
+    }
+    default: snprintf(buf, len, "event %" PRIu64 " (unknown kind)", ev->seq); break;
+  }
+  return buf;
+}
+
+char *fmt_progress_bar(uint32_t step, uint32_t total, int width, char *buf, size_t len) {
+  if (!total || width <= 0 || (size_t)width + 4 > len) {
+    if (len) buf[0] = '\0';
+    return buf;
+  }
+  int done = (int)((uint64_t)(step > total ? total : step) * (uint64_t)width / total);
+  size_t n = 0;
+  buf[n++] = '[';
+  for (int i = 0; i < width; i++) buf[n++] = i < done ? '#' : '.';
+  buf[n++] = ']';
+  buf[n++] = ' ';
+  buf[n] = '\0';
+  return buf;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* JSON by descriptor. */
+
+static cJSON *fmt_value_json(const ProtobufCFieldDescriptor *f, const void *p) {
+  char tmp[64];
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+      const char *s = *(char *const *)p;
+      return cJSON_CreateString(s ? s : "");
+    }
+    case PROTOBUF_C_TYPE_BOOL: return cJSON_CreateBool(*(const protobuf_c_boolean *)p);
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32: return cJSON_CreateNumber(*(const uint32_t *)p);
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64: return cJSON_CreateNumber((double)*(const uint64_t *)p);
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32: return cJSON_CreateNumber(*(const int32_t *)p);
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64: return cJSON_CreateNumber((double)*(const int64_t *)p);
+    case PROTOBUF_C_TYPE_DOUBLE: {
+      double v = *(const double *)p;
+      return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+    }
+    case PROTOBUF_C_TYPE_FLOAT: {
+      double v = *(const float *)p;
+      return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+    }
+    case PROTOBUF_C_TYPE_ENUM:
+      return cJSON_CreateString(job_spec_enum_name(f->descriptor, *(const int *)p, tmp, sizeof tmp));
+    case PROTOBUF_C_TYPE_MESSAGE: {
+      const ProtobufCMessage *m = *(ProtobufCMessage *const *)p;
+      return m ? fmt_message_json(m) : cJSON_CreateNull();
+    }
+    default: return cJSON_CreateNull();
+  }
+}
+
+static size_t fmt_elem_size(const ProtobufCFieldDescriptor *f) {
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64:
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64:
+    case PROTOBUF_C_TYPE_DOUBLE: return 8;
+    case PROTOBUF_C_TYPE_STRING:
+    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
+    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
+    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
+    default: return 4;
+  }
+}
+
+cJSON *fmt_message_json(const ProtobufCMessage *msg) {
+  cJSON *obj = cJSON_CreateObject();
+  if (!obj) return NULL;
+  const ProtobufCMessageDescriptor *d = msg->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    const char *base = (const char *)msg;
+    const void *member = base + f->offset;
+    if (f->type == PROTOBUF_C_TYPE_BYTES) continue;
+    if (f->label == PROTOBUF_C_LABEL_REPEATED) {
+      size_t n = *(const size_t *)(base + f->quantifier_offset);
+      const char *arr = *(char *const *)member;
+      cJSON *a = cJSON_AddArrayToObject(obj, f->name);
+      for (size_t k = 0; a && k < n; k++) cJSON_AddItemToArray(a, fmt_value_json(f, arr + k * fmt_elem_size(f)));
+      continue;
+    }
+    if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+      if (*(const uint32_t *)(base + f->quantifier_offset) != f->id) continue;
+    } else if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      if (!*(void *const *)member) continue;
+    } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL) {
+      if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset) && !f->default_value) continue;
+    }
+    cJSON_AddItemToObject(obj, f->name, fmt_value_json(f, member));
+  }
+  return obj;
+}

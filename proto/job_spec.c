@@ -1,0 +1,790 @@
+/* Job specs: the YAML and `key=value` mapping onto dpod.v1.JobSpec, and the sanity checks.
+ *
+ * Nothing here names a JobSpec field by hand except job_spec_validate(): keys are resolved by walking
+ * the protobuf-c descriptors, so a field added to dpod.proto is settable from YAML and --set at once.
+ * Memory follows protobuf-c's rules (malloc/free, strings that still point at a field's default value
+ * are not owned), so every spec we touch stays freeable with protobuf_c_message_free_unpacked(). */
+#include "job_spec.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <yaml.h>
+
+#include "dpod_error.h"
+
+#define JS_KEY_MAX 256      /* longest dotted key we handle */
+#define JS_NAME_MAX 128     /* longest job name */
+
+static int js_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Writes a message into err (if any) and returns DPOD_EINVAL, so that failures read `return js_errf(...)`. */
+static int js_errf(char *err, size_t errlen, const char *fmt, ...) {
+  if (err && errlen > 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return DPOD_EINVAL;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Normalization. */
+
+static int js_normalize_message(ProtobufCMessage *msg) {
+  const ProtobufCMessageDescriptor *d = msg->descriptor;
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED ||
+        (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+      continue;
+    ProtobufCMessage **sub = (ProtobufCMessage **)((char *)msg + f->offset);
+    if (!*sub) {
+      const ProtobufCMessageDescriptor *sd = f->descriptor;
+      ProtobufCMessage *m = malloc(sd->sizeof_message);
+      if (!m) return DPOD_ENOMEM;
+      protobuf_c_message_init(sd, m);
+      *sub = m;
+    }
+    int rc = js_normalize_message(*sub);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+int job_spec_normalize(Dpod__V1__JobSpec *spec) {
+  if (!spec) return DPOD_EINVAL;
+  return js_normalize_message(&spec->base);
+}
+
+Dpod__V1__JobSpec *job_spec_new(void) {
+  Dpod__V1__JobSpec *spec = malloc(sizeof *spec);
+  if (!spec) return NULL;
+  dpod__v1__job_spec__init(spec);
+  if (job_spec_normalize(spec) != 0) {
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    return NULL;
+  }
+  return spec;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Enums: "dpo" or "OBJECTIVE_DPO" for Objective.OBJECTIVE_DPO. */
+
+/* "JobState" -> "JOB_STATE_", the prefix proto style puts on every value name. */
+static void js_enum_prefix(const ProtobufCEnumDescriptor *ed, char *buf, size_t len) {
+  size_t n = 0;
+  const char *s = ed->short_name;
+  for (size_t i = 0; s[i] && n + 3 < len; i++) {
+    if (i > 0 && isupper((unsigned char)s[i]) && islower((unsigned char)s[i - 1])) buf[n++] = '_';
+    buf[n++] = (char)toupper((unsigned char)s[i]);
+  }
+  buf[n++] = '_';
+  buf[n] = '\0';
+}
+
+/* The short lower-case name of an enum value into buf ("dpo"); the full name if it lacks the prefix. */
+static const char *js_enum_short(const ProtobufCEnumDescriptor *ed, const char *full, char *buf, size_t len) {
+  char prefix[128];
+  js_enum_prefix(ed, prefix, sizeof prefix);
+  size_t pl = strlen(prefix);
+  const char *s = strncmp(full, prefix, pl) == 0 && full[pl] ? full + pl : full;
+  size_t n = 0;
+  for (; s[n] && n + 1 < len; n++) buf[n] = (char)tolower((unsigned char)s[n]);
+  buf[n] = '\0';
+  return buf;
+}
+
+static int js_enum_parse(const ProtobufCEnumDescriptor *ed, const char *text, int *out) {
+  char shortname[128];
+  for (unsigned i = 0; i < ed->n_values; i++) {
+    const ProtobufCEnumValue *v = &ed->values[i];
+    js_enum_short(ed, v->name, shortname, sizeof shortname);
+    if (strcasecmp(text, v->name) == 0 || strcasecmp(text, shortname) == 0) {
+      *out = v->value;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+const char *job_spec_enum_name(const ProtobufCEnumDescriptor *ed, int value, char *buf, size_t len) {
+  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(ed, value);
+  if (!v) {
+    snprintf(buf, len, "%d", value);
+    return buf;
+  }
+  return js_enum_short(ed, v->name, buf, len);
+}
+
+const char *job_state_name(Dpod__V1__JobState s) {
+  switch (s) {
+    case DPOD__V1__JOB_STATE__JOB_STATE_UNSPECIFIED: return "unspecified";
+    case DPOD__V1__JOB_STATE__JOB_STATE_QUEUED: return "queued";
+    case DPOD__V1__JOB_STATE__JOB_STATE_STARTING: return "starting";
+    case DPOD__V1__JOB_STATE__JOB_STATE_RUNNING: return "running";
+    case DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED: return "succeeded";
+    case DPOD__V1__JOB_STATE__JOB_STATE_FAILED: return "failed";
+    case DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED: return "cancelled";
+    case DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED: return "preempted";
+    default: return "unknown";
+  }
+}
+
+const char *objective_name(Dpod__V1__Objective o) {
+  switch (o) {
+    case DPOD__V1__OBJECTIVE__OBJECTIVE_DPO: return "dpo";
+    case DPOD__V1__OBJECTIVE__OBJECTIVE_SFT: return "sft";
+    default: return "unknown";
+  }
+}
+
+int job_state_parse(const char *text, Dpod__V1__JobState *out) {
+  int v;
+  if (!text || js_enum_parse(&dpod__v1__job_state__descriptor, text, &v) != 0) return DPOD_EINVAL;
+  *out = (Dpod__V1__JobState)v;
+  return 0;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Key lookup, with a suggestion for near misses. */
+
+static size_t js_levenshtein(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > JS_KEY_MAX || lb > JS_KEY_MAX) return (size_t)-1;
+  size_t row[JS_KEY_MAX + 1];
+  for (size_t j = 0; j <= lb; j++) row[j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= lb; j++) {
+      size_t up = row[j];
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      size_t best = diag + cost;
+      if (up + 1 < best) best = up + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[lb];
+}
+
+typedef struct {
+  const char *key;   /* what the user wrote */
+  const char *last;  /* its last component */
+  char best[JS_KEY_MAX];
+  size_t best_dist;
+  int same_leaf;     /* best has the same last component ("beta" -> "train.beta") */
+} js_suggest;
+
+static void js_suggest_walk(js_suggest *s, const ProtobufCMessageDescriptor *d, const char *prefix) {
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    char path[JS_KEY_MAX];
+    if (snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", f->name) >= (int)sizeof path) continue;
+    int same_leaf = strcmp(f->name, s->last) == 0;
+    size_t dist = js_levenshtein(s->key, path);
+    if ((same_leaf && !s->same_leaf) || (same_leaf == s->same_leaf && dist < s->best_dist)) {
+      snprintf(s->best, sizeof s->best, "%s", path);
+      s->best_dist = dist;
+      s->same_leaf = same_leaf;
+    }
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE && f->label != PROTOBUF_C_LABEL_REPEATED)
+      js_suggest_walk(s, f->descriptor, path);
+  }
+}
+
+/* Writes " (did you mean 'train.beta'?)" into buf when some key is close to `key`, else "". */
+static const char *js_suggestion(const char *key, char *buf, size_t len) {
+  js_suggest s = {.key = key, .best_dist = (size_t)-1};
+  const char *dot = strrchr(key, '.');
+  s.last = dot ? dot + 1 : key;
+  js_suggest_walk(&s, &dpod__v1__job_spec__descriptor, "");
+  size_t klen = strlen(key);
+  size_t limit = klen / 4 > 2 ? klen / 4 : 2;
+  buf[0] = '\0';
+  if (s.best[0] && (s.same_leaf || s.best_dist <= limit)) snprintf(buf, len, " (did you mean '%s'?)", s.best);
+  return buf;
+}
+
+/* Resolves `rel` (a dotted path below `msg`) to the message and field it names, creating sub-messages on
+ * the way. `full` is the whole key as the user sees it, for messages. */
+static int js_resolve(ProtobufCMessage *msg, const char *rel, const char *full, ProtobufCMessage **out_msg,
+                      const ProtobufCFieldDescriptor **out_field, char *err, size_t errlen) {
+  char buf[JS_KEY_MAX];
+  char hint[JS_KEY_MAX + 32];
+  if (!*rel) return js_errf(err, errlen, "key '%s': empty key", full);
+  if (snprintf(buf, sizeof buf, "%s", rel) >= (int)sizeof buf) return js_errf(err, errlen, "key '%.64s...': too long", full);
+  char *comp = buf;
+  for (;;) {
+    char *dot = strchr(comp, '.');
+    if (dot) *dot = '\0';
+    if (!*comp) return js_errf(err, errlen, "key '%s': empty component in dotted key", full);
+    const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field_by_name(msg->descriptor, comp);
+    if (!f) return js_errf(err, errlen, "key '%s': unknown key%s", full, js_suggestion(full, hint, sizeof hint));
+    if (!dot) {
+      *out_msg = msg;
+      *out_field = f;
+      return 0;
+    }
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED)
+      return js_errf(err, errlen, "key '%s': '%s' is a value, not a section", full, comp);
+    ProtobufCMessage **sub = (ProtobufCMessage **)((char *)msg + f->offset);
+    if (!*sub) {
+      const ProtobufCMessageDescriptor *sd = f->descriptor;
+      ProtobufCMessage *m = malloc(sd->sizeof_message);
+      if (!m) return DPOD_ENOMEM;
+      protobuf_c_message_init(sd, m);
+      *sub = m;
+    }
+    msg = *sub;
+    comp = dot + 1;
+  }
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Scalars from text. */
+
+static int js_parse_u64(const char *text, uint64_t max, uint64_t *out) {
+  const char *p = text;
+  if (!isdigit((unsigned char)*p)) return -1;  /* no sign, no blanks, no empty string */
+  errno = 0;
+  char *end;
+  unsigned long long v = strtoull(p, &end, 10);
+  if (*end) return -1;
+  if (errno == ERANGE || v > max) return -2;
+  *out = v;
+  return 0;
+}
+
+static int js_parse_i64(const char *text, int64_t min, int64_t max, int64_t *out) {
+  const char *p = text;
+  if (*p == '-' || *p == '+') p++;
+  if (!isdigit((unsigned char)*p)) return -1;
+  errno = 0;
+  char *end;
+  long long v = strtoll(text, &end, 10);
+  if (*end) return -1;
+  if (errno == ERANGE || v < min || v > max) return -2;
+  *out = v;
+  return 0;
+}
+
+static int js_parse_bool(const char *text, protobuf_c_boolean *out) {
+  static const char *yes[] = {"true", "yes", "on"}, *no[] = {"false", "no", "off"};
+  for (size_t i = 0; i < 3; i++) {
+    if (strcasecmp(text, yes[i]) == 0) return *out = 1, 0;
+    if (strcasecmp(text, no[i]) == 0) return *out = 0, 0;
+  }
+  return -1;
+}
+
+static void js_mark_present(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f) {
+  if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->type != PROTOBUF_C_TYPE_STRING &&
+      f->type != PROTOBUF_C_TYPE_MESSAGE)
+    *(protobuf_c_boolean *)((char *)msg + f->quantifier_offset) = 1;
+}
+
+/* Sets field `f` of `msg` from `text`; `key` names it in messages. */
+static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key, const char *text,
+                         char *err, size_t errlen) {
+  void *member = (char *)msg + f->offset;
+  if (f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+    return js_errf(err, errlen, "key '%s': lists and one-of fields cannot be set from a job file", key);
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_MESSAGE: {
+      const ProtobufCMessageDescriptor *sd = f->descriptor;
+      return js_errf(err, errlen, "key '%s': is a section, not a value (set its fields, e.g. '%s.%s')", key, key,
+                     sd->n_fields ? sd->fields[0].name : "...");
+    }
+    case PROTOBUF_C_TYPE_STRING: {
+      char *dup = strdup(text);
+      if (!dup) return DPOD_ENOMEM;
+      char **p = member;
+      if (*p && *p != (const char *)f->default_value) free(*p);
+      *p = dup;
+      return 0;
+    }
+    case PROTOBUF_C_TYPE_BOOL: {
+      protobuf_c_boolean b;
+      if (js_parse_bool(text, &b) != 0)
+        return js_errf(err, errlen, "key '%s': expected true or false, got '%s'", key, text);
+      *(protobuf_c_boolean *)member = b;
+      break;
+    }
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32:
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64: {
+      int is32 = f->type == PROTOBUF_C_TYPE_UINT32 || f->type == PROTOBUF_C_TYPE_FIXED32;
+      uint64_t max = is32 ? UINT32_MAX : UINT64_MAX, v;
+      int rc = js_parse_u64(text, max, &v);
+      if (rc == -1 && text[0] == '-')
+        return js_errf(err, errlen, "key '%s': must not be negative (got %s)", key, text);
+      if (rc == -1) return js_errf(err, errlen, "key '%s': expected a whole number >= 0, got '%s'", key, text);
+      if (rc == -2) return js_errf(err, errlen, "key '%s': %s is out of range (max %" PRIu64 ")", key, text, max);
+      if (is32)
+        *(uint32_t *)member = (uint32_t)v;
+      else
+        *(uint64_t *)member = v;
+      break;
+    }
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32:
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64: {
+      int is32 = f->type == PROTOBUF_C_TYPE_INT32 || f->type == PROTOBUF_C_TYPE_SINT32 ||
+                 f->type == PROTOBUF_C_TYPE_SFIXED32;
+      int64_t v;
+      int rc = js_parse_i64(text, is32 ? INT32_MIN : INT64_MIN, is32 ? INT32_MAX : INT64_MAX, &v);
+      if (rc == -1) return js_errf(err, errlen, "key '%s': expected a whole number, got '%s'", key, text);
+      if (rc == -2) return js_errf(err, errlen, "key '%s': %s is out of range", key, text);
+      if (is32)
+        *(int32_t *)member = (int32_t)v;
+      else
+        *(int64_t *)member = v;
+      break;
+    }
+    case PROTOBUF_C_TYPE_DOUBLE:
+    case PROTOBUF_C_TYPE_FLOAT: {
+      char *end;
+      errno = 0;
+      double v = strtod(text, &end);
+      if (end == text || *end || isspace((unsigned char)text[0]))
+        return js_errf(err, errlen, "key '%s': expected a number, got '%s'", key, text);
+      if (!isfinite(v) || errno == ERANGE)
+        return js_errf(err, errlen, "key '%s': must be a finite number (got %s)", key, text);
+      if (f->type == PROTOBUF_C_TYPE_DOUBLE)
+        *(double *)member = v;
+      else
+        *(float *)member = (float)v;
+      break;
+    }
+    case PROTOBUF_C_TYPE_ENUM: {
+      const ProtobufCEnumDescriptor *ed = f->descriptor;
+      int v;
+      if (js_enum_parse(ed, text, &v) != 0) {
+        char list[256] = "", one[64];
+        for (unsigned i = 0; i < ed->n_values; i++) {
+          size_t n = strlen(list);
+          snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "",
+                   js_enum_short(ed, ed->values[i].name, one, sizeof one));
+        }
+        return js_errf(err, errlen, "key '%s': unknown value '%s' (expected one of: %s)", key, text, list);
+      }
+      *(int *)member = v;
+      break;
+    }
+    default:
+      return js_errf(err, errlen, "key '%s': fields of this type cannot be set from a job file", key);
+  }
+  js_mark_present(msg, f);
+  return 0;
+}
+
+int job_spec_set(Dpod__V1__JobSpec *spec, const char *key, const char *value, char *err, size_t errlen) {
+  if (!spec || !key || !value) return js_errf(err, errlen, "job_spec_set: NULL argument");
+  ProtobufCMessage *msg;
+  const ProtobufCFieldDescriptor *f;
+  int rc = js_resolve(&spec->base, key, key, &msg, &f, err, errlen);
+  if (rc) return rc;
+  return js_set_scalar(msg, f, key, value, err, errlen);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* YAML job files, through libyaml's document API (line numbers come from the node marks). */
+
+typedef struct {
+  yaml_document_t *doc;
+  const char *name;  /* file name for messages */
+  char *err;
+  size_t errlen;
+  char **assigned;   /* dotted keys given so far: a key given twice, in any spelling, is an error */
+  size_t *assigned_line;
+  size_t n_assigned, cap_assigned;
+} js_yaml_ctx;
+
+static int js_yaml_errf(js_yaml_ctx *c, const yaml_node_t *at, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int js_yaml_errf(js_yaml_ctx *c, const yaml_node_t *at, const char *fmt, ...) {
+  if (c->err && c->errlen > 0) {
+    int n = snprintf(c->err, c->errlen, "%s:%lu: ", c->name, (unsigned long)at->start_mark.line + 1);
+    if (n < 0) n = 0;
+    if ((size_t)n < c->errlen) {
+      va_list ap;
+      va_start(ap, fmt);
+      vsnprintf(c->err + n, c->errlen - n, fmt, ap);
+      va_end(ap);
+    }
+  }
+  return DPOD_EINVAL;
+}
+
+static int js_yaml_is_null(const yaml_node_t *n) {
+  if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return 0;
+  const char *v = (const char *)n->data.scalar.value;
+  return !*v || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 || strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
+}
+
+static const char *js_yaml_kind(const yaml_node_t *n) {
+  switch (n->type) {
+    case YAML_MAPPING_NODE: return "a mapping";
+    case YAML_SEQUENCE_NODE: return "a list";
+    default: return "a scalar";
+  }
+}
+
+/* Records that `key` was given on `line`; refuses a second time. */
+static int js_yaml_assign(js_yaml_ctx *c, const yaml_node_t *at, const char *key) {
+  for (size_t i = 0; i < c->n_assigned; i++)
+    if (strcmp(c->assigned[i], key) == 0)
+      return js_yaml_errf(c, at, "key '%s': duplicate key (first given on line %zu)", key, c->assigned_line[i]);
+  if (c->n_assigned == c->cap_assigned) {
+    size_t cap = c->cap_assigned ? 2 * c->cap_assigned : 16;
+    char **a = realloc(c->assigned, cap * sizeof *a);
+    if (!a) return DPOD_ENOMEM;
+    c->assigned = a;
+    size_t *l = realloc(c->assigned_line, cap * sizeof *l);
+    if (!l) return DPOD_ENOMEM;
+    c->assigned_line = l;
+    c->cap_assigned = cap;
+  }
+  char *dup = strdup(key);
+  if (!dup) return DPOD_ENOMEM;
+  c->assigned[c->n_assigned] = dup;
+  c->assigned_line[c->n_assigned++] = at->start_mark.line + 1;
+  return 0;
+}
+
+static int js_yaml_mapping(js_yaml_ctx *c, yaml_node_t *map, ProtobufCMessage *msg, const char *prefix) {
+  for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+    yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
+    if (!k || !v) return js_yaml_errf(c, map, "malformed mapping");
+    if (k->type != YAML_SCALAR_NODE)
+      return js_yaml_errf(c, k, "%s%skeys must be plain names, not %s", prefix ? "in section " : "",
+                          prefix ? prefix : "", js_yaml_kind(k));
+    const char *ktext = (const char *)k->data.scalar.value;
+    char full[JS_KEY_MAX];
+    if (snprintf(full, sizeof full, "%s%s%s", prefix ? prefix : "", prefix ? "." : "", ktext) >= (int)sizeof full)
+      return js_yaml_errf(c, k, "key '%.64s...': too long", full);
+
+    /* The same key twice in one mapping (libyaml keeps both). */
+    for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
+      yaml_node_t *k2 = yaml_document_get_node(c->doc, q->key);
+      if (k2 && k2->type == YAML_SCALAR_NODE && strcmp((const char *)k2->data.scalar.value, ktext) == 0)
+        return js_yaml_errf(c, k, "key '%s': duplicate key (first given on line %lu)", full,
+                            (unsigned long)k2->start_mark.line + 1);
+    }
+
+    ProtobufCMessage *target;
+    const ProtobufCFieldDescriptor *f;
+    char msgbuf[512];
+    int rc = js_resolve(msg, ktext, full, &target, &f, msgbuf, sizeof msgbuf);
+    if (rc == DPOD_ENOMEM) return rc;
+    if (rc) return js_yaml_errf(c, k, "%s", msgbuf);
+
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE && f->label != PROTOBUF_C_LABEL_REPEATED) {
+      if (js_yaml_is_null(v)) continue;  /* "train:" with every field commented out */
+      if (v->type != YAML_MAPPING_NODE)
+        return js_yaml_errf(c, v, "key '%s': is a section and expects a mapping of its fields, got %s%s%s%s", full,
+                            js_yaml_kind(v), v->type == YAML_SCALAR_NODE ? " '" : "",
+                            v->type == YAML_SCALAR_NODE ? (const char *)v->data.scalar.value : "",
+                            v->type == YAML_SCALAR_NODE ? "'" : "");
+      ProtobufCMessage **sub = (ProtobufCMessage **)((char *)target + f->offset);
+      if (!*sub) {
+        const ProtobufCMessageDescriptor *sd = f->descriptor;
+        ProtobufCMessage *m = malloc(sd->sizeof_message);
+        if (!m) return DPOD_ENOMEM;
+        protobuf_c_message_init(sd, m);
+        *sub = m;
+      }
+      rc = js_yaml_mapping(c, v, *sub, full);
+      if (rc) return rc;
+      continue;
+    }
+
+    if (v->type != YAML_SCALAR_NODE)
+      return js_yaml_errf(c, v, "key '%s': expects a single value, got %s", full, js_yaml_kind(v));
+    if (f->type != PROTOBUF_C_TYPE_STRING && js_yaml_is_null(v))
+      return js_yaml_errf(c, k, "key '%s': missing value", full);
+    rc = js_yaml_assign(c, k, full);
+    if (rc == DPOD_ENOMEM) return rc;
+    if (rc) return rc;
+    rc = js_set_scalar(target, f, full, js_yaml_is_null(v) ? "" : (const char *)v->data.scalar.value, msgbuf,
+                       sizeof msgbuf);
+    if (rc == DPOD_ENOMEM) return rc;
+    if (rc) return js_yaml_errf(c, v, "%s", msgbuf);
+  }
+  return 0;
+}
+
+int job_spec_parse_yaml(Dpod__V1__JobSpec *spec, const char *text, size_t len, const char *name, char *err,
+                        size_t errlen) {
+  if (!spec || !text) return js_errf(err, errlen, "job_spec_parse_yaml: NULL argument");
+  if (!name) name = "<spec>";
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  int have_doc = 0, rc = 0;
+  js_yaml_ctx c = {.doc = &doc, .name = name, .err = err, .errlen = errlen};
+
+  if (!yaml_parser_initialize(&parser)) return DPOD_ENOMEM;
+  yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+  if (!yaml_parser_load(&parser, &doc)) {
+    rc = js_errf(err, errlen, "%s:%lu: invalid YAML: %s%s%s", name, (unsigned long)parser.problem_mark.line + 1,
+                 parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
+                 parser.context ? parser.context : "");
+    goto fail;
+  }
+  have_doc = 1;
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (!root || js_yaml_is_null(root)) goto done;  /* an empty file changes nothing */
+  if (root->type != YAML_MAPPING_NODE) {
+    rc = js_yaml_errf(&c, root, "the job file must be a mapping of keys (name:, ranks:, train:, ...), got %s",
+                      js_yaml_kind(root));
+    goto fail;
+  }
+  rc = js_yaml_mapping(&c, root, &spec->base, NULL);
+  if (rc) goto fail;
+
+  /* A second document is almost certainly a mistake ("---" between two jobs). */
+  yaml_document_t extra;
+  if (!yaml_parser_load(&parser, &extra)) {
+    rc = js_errf(err, errlen, "%s:%lu: invalid YAML: %s", name, (unsigned long)parser.problem_mark.line + 1,
+                 parser.problem ? parser.problem : "syntax error");
+    goto fail;
+  }
+  yaml_node_t *extra_root = yaml_document_get_root_node(&extra);
+  if (extra_root) {
+    rc = js_errf(err, errlen, "%s:%lu: only one YAML document (one job) per file", name,
+                 (unsigned long)extra_root->start_mark.line + 1);
+    yaml_document_delete(&extra);
+    goto fail;
+  }
+  yaml_document_delete(&extra);
+
+done:
+fail:
+  for (size_t i = 0; i < c.n_assigned; i++) free(c.assigned[i]);
+  free(c.assigned);
+  free(c.assigned_line);
+  if (have_doc) yaml_document_delete(&doc);
+  yaml_parser_delete(&parser);
+  if (rc == DPOD_ENOMEM) js_errf(err, errlen, "%s: out of memory", name);
+  return rc;
+}
+
+int job_spec_load_yaml(Dpod__V1__JobSpec *spec, const char *path, char *err, size_t errlen) {
+  if (!path) return js_errf(err, errlen, "job_spec_load_yaml: NULL path");
+  FILE *fp = fopen(path, "rb");
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  int rc;
+  if (!fp) {
+    js_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return DPOD_ENOENT;
+  }
+  for (;;) {
+    if (len + 4096 > cap) {
+      cap = cap ? 2 * cap : 8192;
+      char *nb = realloc(buf, cap);
+      if (!nb) {
+        rc = js_errf(err, errlen, "%s: out of memory", path);
+        rc = DPOD_ENOMEM;
+        goto fail;
+      }
+      buf = nb;
+    }
+    size_t n = fread(buf + len, 1, cap - len, fp);
+    len += n;
+    if (n == 0) break;
+  }
+  if (ferror(fp)) {
+    js_errf(err, errlen, "%s: read error: %s", path, strerror(errno));
+    rc = DPOD_EIO;
+    goto fail;
+  }
+  rc = job_spec_parse_yaml(spec, buf ? buf : "", len, path, err, errlen);
+fail:
+  free(buf);
+  fclose(fp);
+  return rc;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Writing specs back out. */
+
+/* Shortest "%g" form that reads back as the same double. */
+static const char *js_fmt_double(double v, char *buf, size_t len) {
+  for (int prec = 6; prec <= 17; prec++) {
+    snprintf(buf, len, "%.*g", prec, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  /* Keep it a YAML float and make integers look like numbers either way. */
+  return buf;
+}
+
+static void js_fmt_string(const char *s, FILE *out) {
+  fputc('"', out);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      fprintf(out, "\\%c", *p);
+    else if (*p == '\n')
+      fputs("\\n", out);
+    else if (*p == '\t')
+      fputs("\\t", out);
+    else if (*p < 0x20 || *p == 0x7f)
+      fprintf(out, "\\x%02x", *p);
+    else
+      fputc(*p, out);
+  }
+  fputc('"', out);
+}
+
+int job_spec_format_value(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, char *buf, size_t len) {
+  const void *m = (const char *)msg + f->offset;
+  switch (f->type) {
+    case PROTOBUF_C_TYPE_STRING: {
+      const char *s = *(char *const *)m;
+      snprintf(buf, len, "%s", s ? s : "");
+      return 0;
+    }
+    case PROTOBUF_C_TYPE_BOOL: snprintf(buf, len, "%s", *(const protobuf_c_boolean *)m ? "true" : "false"); return 0;
+    case PROTOBUF_C_TYPE_UINT32:
+    case PROTOBUF_C_TYPE_FIXED32: snprintf(buf, len, "%" PRIu32, *(const uint32_t *)m); return 0;
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64: snprintf(buf, len, "%" PRIu64, *(const uint64_t *)m); return 0;
+    case PROTOBUF_C_TYPE_INT32:
+    case PROTOBUF_C_TYPE_SINT32:
+    case PROTOBUF_C_TYPE_SFIXED32: snprintf(buf, len, "%" PRId32, *(const int32_t *)m); return 0;
+    case PROTOBUF_C_TYPE_INT64:
+    case PROTOBUF_C_TYPE_SINT64:
+    case PROTOBUF_C_TYPE_SFIXED64: snprintf(buf, len, "%" PRId64, *(const int64_t *)m); return 0;
+    case PROTOBUF_C_TYPE_DOUBLE: js_fmt_double(*(const double *)m, buf, len); return 0;
+    case PROTOBUF_C_TYPE_FLOAT: js_fmt_double(*(const float *)m, buf, len); return 0;
+    case PROTOBUF_C_TYPE_ENUM: job_spec_enum_name(f->descriptor, *(const int *)m, buf, len); return 0;
+    default: snprintf(buf, len, "?"); return DPOD_EUNSUPPORTED;
+  }
+}
+
+static void js_write_message(const ProtobufCMessage *msg, const ProtobufCMessageDescriptor *d, FILE *out,
+                             int indent) {
+  ProtobufCMessage *defaults = NULL;
+  if (!msg) {  /* an absent sub-message reads as its defaults */
+    defaults = malloc(d->sizeof_message);
+    if (!defaults) return;
+    protobuf_c_message_init(d, defaults);
+    msg = defaults;
+  }
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) continue;
+    if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
+      fprintf(out, "%*s%s:\n", indent, "", f->name);
+      js_write_message(*(ProtobufCMessage *const *)((const char *)msg + f->offset), f->descriptor, out, indent + 2);
+      continue;
+    }
+    char val[128];
+    fprintf(out, "%*s%s: ", indent, "", f->name);
+    if (f->type == PROTOBUF_C_TYPE_STRING) {
+      const char *s = *(char *const *)((const char *)msg + f->offset);
+      js_fmt_string(s ? s : "", out);
+    } else {
+      job_spec_format_value(msg, f, val, sizeof val);
+      fputs(val, out);
+    }
+    fputc('\n', out);
+  }
+  free(defaults);
+}
+
+int job_spec_write_yaml(const Dpod__V1__JobSpec *spec, FILE *out, int indent) {
+  if (!spec || !out) return DPOD_EINVAL;
+  js_write_message(&spec->base, spec->base.descriptor, out, indent);
+  return ferror(out) ? DPOD_EIO : 0;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* Validation. */
+
+int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen) {
+  static const Dpod__V1__DataSpec data_defaults = DPOD__V1__DATA_SPEC__INIT;
+  static const Dpod__V1__TrainSpec train_defaults = DPOD__V1__TRAIN_SPEC__INIT;
+  if (!spec) return js_errf(err, errlen, "spec: missing");
+  const Dpod__V1__DataSpec *d = spec->data ? spec->data : &data_defaults;
+  const Dpod__V1__TrainSpec *t = spec->train ? spec->train : &train_defaults;
+
+  const char *name = spec->name ? spec->name : "";
+  size_t nlen = strlen(name);
+  if (nlen > JS_NAME_MAX)
+    return js_errf(err, errlen, "name: at most %d characters (got %zu)", JS_NAME_MAX, nlen);
+  for (size_t i = 0; i < nlen; i++) {
+    unsigned char ch = (unsigned char)name[i];
+    if (ch < 0x20 || ch == 0x7f)  /* bytes >= 0x80 are UTF-8 and allowed */
+      return js_errf(err, errlen, "name: must be printable (control character 0x%02x at offset %zu)", ch, i);
+  }
+
+  if (spec->ranks < 1) return js_errf(err, errlen, "ranks: must be >= 1 (got %u)", spec->ranks);
+  if (max_ranks > 0 && spec->ranks > max_ranks)
+    return js_errf(err, errlen, "ranks: %u ranks requested but the daemon has only %u worker slot%s", spec->ranks,
+                   max_ranks, max_ranks == 1 ? "" : "s");
+  if (spec->threads_per_rank < 1)
+    return js_errf(err, errlen, "threads_per_rank: must be >= 1 (got %u)", spec->threads_per_rank);
+
+  const char *ds = d->dataset ? d->dataset : "";
+  int builtin = strcmp(ds, "builtin:synthetic") == 0;
+  if (!*ds) return js_errf(err, errlen, "data.dataset: must be \"builtin:synthetic\" or a path (got an empty string)");
+  if (!builtin && strncmp(ds, "builtin:", 8) == 0)
+    return js_errf(err, errlen, "data.dataset: unknown built-in dataset '%s' (the only one is builtin:synthetic)", ds);
+  if (builtin) {
+    if (d->pairs < 1) return js_errf(err, errlen, "data.pairs: must be >= 1 (got %u)", d->pairs);
+    if (d->prompts < 1) return js_errf(err, errlen, "data.prompts: must be >= 1 (got %u)", d->prompts);
+    if (d->text_len < 1) return js_errf(err, errlen, "data.text_len: must be >= 1 (got %u)", d->text_len);
+  }
+
+  if (t->steps < 1) return js_errf(err, errlen, "train.steps: must be >= 1 (got %u)", t->steps);
+  if (t->batch_size < 1) return js_errf(err, errlen, "train.batch_size: must be >= 1 (got %u)", t->batch_size);
+  if (t->grad_accum < 1) return js_errf(err, errlen, "train.grad_accum: must be >= 1 (got %u)", t->grad_accum);
+  if (builtin && (uint64_t)d->pairs < (uint64_t)t->batch_size * spec->ranks)
+    return js_errf(err, errlen,
+                   "data.pairs: %u pairs cannot fill a batch of %u on each of %u ranks (need >= %" PRIu64
+                   ", else a rank would have no data)",
+                   d->pairs, t->batch_size, spec->ranks, (uint64_t)t->batch_size * spec->ranks);
+  if (!protobuf_c_enum_descriptor_get_value(&dpod__v1__objective__descriptor, t->objective))
+    return js_errf(err, errlen, "train.objective: unknown objective %d (expected dpo or sft)", (int)t->objective);
+  if (!(t->beta > 0) || !isfinite(t->beta))
+    return js_errf(err, errlen, "train.beta: must be > 0 and finite (got %g)", t->beta);
+  if (!(t->learning_rate > 0) || !isfinite(t->learning_rate))
+    return js_errf(err, errlen, "train.learning_rate: must be > 0 and finite (got %g)", t->learning_rate);
+  if (!(t->warmup_fraction >= 0 && t->warmup_fraction < 1))
+    return js_errf(err, errlen, "train.warmup_fraction: must be >= 0 and < 1 (got %g)", t->warmup_fraction);
+  if (t->warmup_steps > t->steps)
+    return js_errf(err, errlen, "train.warmup_steps: must be <= train.steps (%u) (got %u)", t->steps, t->warmup_steps);
+  if (!(t->adam_beta1 >= 0 && t->adam_beta1 < 1))
+    return js_errf(err, errlen, "train.adam_beta1: must be >= 0 and < 1 (got %g)", t->adam_beta1);
+  if (!(t->adam_beta2 >= 0 && t->adam_beta2 < 1))
+    return js_errf(err, errlen, "train.adam_beta2: must be >= 0 and < 1 (got %g)", t->adam_beta2);
+  if (!(t->adam_eps > 0) || !isfinite(t->adam_eps))
+    return js_errf(err, errlen, "train.adam_eps: must be > 0 and finite (got %g)", t->adam_eps);
+  if (!(t->weight_decay >= 0) || !isfinite(t->weight_decay))
+    return js_errf(err, errlen, "train.weight_decay: must be >= 0 and finite (got %g)", t->weight_decay);
+  if (!(t->max_grad_norm >= 0) || !isfinite(t->max_grad_norm))
+    return js_errf(err, errlen, "train.max_grad_norm: must be >= 0 and finite (0 disables clipping) (got %g)",
+                   t->max_grad_norm);
+  if (!(t->offset_noise >= 0) || !isfinite(t->offset_noise))
+    return js_errf(err, errlen, "train.offset_noise: must be >= 0 and finite (got %g)", t->offset_noise);
+  if (t->keep_last < 1) return js_errf(err, errlen, "train.keep_last: must be >= 1 (got %u)", t->keep_last);
+  return 0;
+}

@@ -1,0 +1,65 @@
+#!/bin/sh
+# dpoctl against the scripted fake dpod (fake_server.h): output, exit statuses, and watch's reconnect
+# (job 5's first stream breaks after three events; the next one resends an event the client has seen).
+# usage: dpoctl_fake_server.sh DPOCTL FAKE_DPOD EXAMPLE_JOB
+set -u
+dpoctl=$1 fake=$2 example=$3
+tmp=$(mktemp -d) || exit 1
+addr=unix:$tmp/fake.sock
+"$fake" "$addr" &
+fake_pid=$!
+trap 'kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+i=0
+while [ ! -S "$tmp/fake.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+failures=0
+
+# check STATUS DESCRIPTION FILE FRAGMENT ARGS...: runs dpoctl; checks the exit status and that the
+# named output (out or err) holds FRAGMENT.
+check() {
+  want=$1 what=$2 file=$3 frag=$4
+  shift 4
+  "$dpoctl" --addr "$addr" "$@" >"$tmp/out" 2>"$tmp/err"
+  got=$?
+  if [ "$got" -ne "$want" ] || ! grep -qF -- "$frag" "$tmp/$file"; then
+    echo "FAIL: $what: dpoctl $*: exit $got (want $want), $file should hold '$frag'"
+    sed 's/^/  out| /' "$tmp/out"; sed 's/^/  err| /' "$tmp/err"
+    failures=$((failures + 1))
+  else
+    echo "ok: $what"
+  fi
+}
+
+check 0 "health prints SERVING" out SERVING health
+check 0 "submit prints the job id" out "submitted job 42" submit "$example"
+check 0 "list shows a table" out "STEP/TOTAL" list
+check 0 "list --state filters parse" out "fake" list --state running,queued --limit 5
+check 0 "get describes the job" out "run dir:" get 7
+check 0 "get --json" out '"run_dir"' get 7 --json
+check 1 "get of a missing job" err "no job 404" get 404
+check 0 "cancel" out "cancelled job 9" cancel 9
+check 0 "watch of a job that succeeds" out "job 1 succeeded" watch 1 --no-progress
+check 0 "watch prints metrics lines" out "step 1/3 loss 0.6631 acc 0.50 mse 1.0433/1.0436 margin 0.012 gnorm 1.23 lr 1.0e-05 12.3 samples/s" watch 1
+check 0 "watch prints checkpoints" out "checkpoint step 3: /runs/job/checkpoint-3" watch 1
+check 1 "watch of a job that fails exits 1" out "exit status 3" watch 2
+check 1 "watch of a missing job" err "job 999" watch 999
+check 0 "watch --after-seq" out "state succeeded" watch 1 --after-seq 6
+
+# Reconnect: every seq exactly once, in order, despite the break and the resent event.
+"$dpoctl" --addr "$addr" watch 5 --events-jsonl >"$tmp/jsonl" 2>"$tmp/err"
+rc=$?
+seqs=$(sed -n 's/.*"seq":\([0-9]*\).*/\1/p' "$tmp/jsonl" | tr '\n' ' ')
+if [ $rc -eq 0 ] && [ "$seqs" = "1 2 3 4 5 6 7 " ] && grep -q reconnecting "$tmp/err"; then
+  echo "ok: watch reconnects without gaps or duplicates"
+else
+  echo "FAIL: watch 5 --events-jsonl: exit $rc, seqs '$seqs'"; cat "$tmp/jsonl" "$tmp/err"
+  failures=$((failures + 1))
+fi
+
+# submit --watch continues as watch; the fake's job 42 is unknown to WatchJob, so it fails with 1.
+check 1 "submit --watch follows the job" out "submitted job 42" submit "$example" --watch
+
+kill "$fake_pid"
+wait "$fake_pid" 2>/dev/null
+check 3 "a stopped daemon is a connection error" err "cannot reach dpod" list
+
+[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }

@@ -1,0 +1,520 @@
+/* Job specs: defaults, the YAML and --set mapping, validation, and the wire round trip.
+ * Every refusal must name the key the user got wrong; that is most of what these tests check.
+ * `test_job_spec NAME` runs one test (ctest registers each on its own). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "dpod_error.h"
+#include "job_spec.h"
+
+#ifndef EXAMPLE_JOB
+#error "EXAMPLE_JOB must name deploy/examples/tiny-dpo.yaml"
+#endif
+
+static Dpod__V1__JobSpec *spec;
+static char err[1024];
+
+static int setup(void **state) {
+  (void)state;
+  spec = job_spec_new();
+  err[0] = '\0';
+  return spec ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  spec = NULL;
+  return 0;
+}
+
+static int parse(const char *yaml) { return job_spec_parse_yaml(spec, yaml, strlen(yaml), "job.yaml", err, sizeof err); }
+
+/* The message must mention every given fragment. */
+#define assert_err_has(frag)                                                        \
+  do {                                                                              \
+    if (!strstr(err, (frag))) fail_msg("error \"%s\" lacks \"%s\"", err, (frag));  \
+  } while (0)
+
+static void refused_yaml(const char *yaml, const char *key) {
+  err[0] = '\0';
+  assert_int_equal(parse(yaml), DPOD_EINVAL);
+  assert_err_has(key);
+  assert_err_has("job.yaml:");
+}
+
+static void refused_validate(unsigned max_ranks, const char *key_prefix) {
+  err[0] = '\0';
+  assert_int_equal(job_spec_validate(spec, max_ranks, err, sizeof err), DPOD_EINVAL);
+  if (strncmp(err, key_prefix, strlen(key_prefix)) != 0) fail_msg("error \"%s\" does not start with \"%s\"", err, key_prefix);
+}
+
+static void set_ok(const char *key, const char *value) {
+  if (job_spec_set(spec, key, value, err, sizeof err) != 0) fail_msg("set %s=%s: %s", key, value, err);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+
+static void defaults_present_after_new(void **state) {
+  (void)state;
+  assert_non_null(spec->model);
+  assert_non_null(spec->data);
+  assert_non_null(spec->train);
+  assert_string_equal(spec->name, "");
+  assert_int_equal(spec->ranks, 1);
+  assert_int_equal(spec->threads_per_rank, 1);
+  assert_string_equal(spec->model->config, "");
+  assert_string_equal(spec->data->dataset, "builtin:synthetic");
+  assert_int_equal(spec->data->pairs, 64);
+  assert_int_equal(spec->data->prompts, 8);
+  assert_int_equal(spec->data->seed, 1234);
+  assert_int_equal(spec->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_DPO);
+  assert_int_equal(spec->train->steps, 20);
+  assert_true(spec->train->beta == 5000);
+  assert_true(spec->train->learning_rate == 1e-5);
+  assert_true(spec->train->adam_beta2 == 0.999);
+  assert_int_equal(spec->train->keep_last, 2);
+  assert_false(spec->train->has_beta);  /* defaults are not "given" */
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+static void loads_example_job_file(void **state) {
+  (void)state;
+  if (job_spec_load_yaml(spec, EXAMPLE_JOB, err, sizeof err) != 0) fail_msg("%s", err);
+  assert_string_equal(spec->name, "tiny-dpo");
+  assert_int_equal(spec->ranks, 2);
+  assert_string_equal(spec->data->dataset, "builtin:synthetic");
+  assert_true(spec->train->has_steps);
+  assert_int_equal(spec->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_DPO);
+  if (job_spec_validate(spec, 2, err, sizeof err) != 0) fail_msg("%s", err);
+}
+
+static void loads_every_type(void **state) {
+  (void)state;
+  int rc = parse("name: \"my job\"\n"
+                 "ranks: 3\n"
+                 "model: {config: /tmp/unet.json}\n"
+                 "data:\n  pairs: 48\n  seed: 18446744073709551615\n"
+                 "train:\n  objective: sft\n  beta: 2.5e3\n  scale_lr: yes\n  warmup_fraction: 0.25\n"
+                 "train.keep_last: 5\n");
+  if (rc) fail_msg("%s", err);
+  assert_string_equal(spec->name, "my job");
+  assert_int_equal(spec->ranks, 3);
+  assert_string_equal(spec->model->config, "/tmp/unet.json");
+  assert_int_equal(spec->data->pairs, 48);
+  assert_true(spec->data->seed == UINT64_MAX);
+  assert_int_equal(spec->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_SFT);
+  assert_true(spec->train->beta == 2500);
+  assert_true(spec->train->scale_lr);
+  assert_true(spec->train->warmup_fraction == 0.25);
+  assert_int_equal(spec->train->keep_last, 5);
+  assert_int_equal(spec->train->steps, 20);  /* untouched keys keep their defaults */
+}
+
+static void empty_file_and_empty_section_change_nothing(void **state) {
+  (void)state;
+  assert_int_equal(parse(""), 0);
+  assert_int_equal(parse("# only a comment\n"), 0);
+  assert_int_equal(parse("train:\n  # beta: 1\nranks: 2\n"), 0);
+  assert_int_equal(spec->ranks, 2);
+  assert_true(spec->train->beta == 5000);
+}
+
+static void refuses_unknown_key_top_level(void **state) {
+  (void)state;
+  refused_yaml("ranks: 1\nbetta: 2\n", "'betta'");
+  assert_err_has("job.yaml:2:");
+  assert_err_has("unknown key");
+}
+
+static void refuses_unknown_key_nested(void **state) {
+  (void)state;
+  refused_yaml("train:\n  steps: 3\n  betta: 2000\n", "'train.betta'");
+  assert_err_has("job.yaml:3:");
+  assert_err_has("did you mean 'train.beta'");
+}
+
+static void suggests_section_for_misplaced_key(void **state) {
+  (void)state;
+  refused_yaml("beta: 2000\n", "'beta'");
+  assert_err_has("train.beta");
+}
+
+static void refuses_string_for_int(void **state) {
+  (void)state;
+  refused_yaml("train:\n  steps: abc\n", "train.steps");
+  refused_yaml("data: {pairs: 1.5}\n", "data.pairs");
+  refused_yaml("train: {beta: lots}\n", "train.beta");
+  refused_yaml("train: {scale_lr: maybe}\n", "train.scale_lr");
+}
+
+static void refuses_negative_and_overflowing_ints(void **state) {
+  (void)state;
+  refused_yaml("ranks: -1\n", "ranks");
+  assert_err_has("negative");
+  refused_yaml("train: {steps: 4294967296}\n", "train.steps");
+  assert_err_has("out of range");
+  refused_yaml("data: {seed: 18446744073709551616}\n", "data.seed");
+}
+
+static void refuses_non_finite_doubles(void **state) {
+  (void)state;
+  refused_yaml("train: {beta: .inf}\n", "train.beta");
+  refused_yaml("train: {learning_rate: nan}\n", "train.learning_rate");
+  refused_yaml("train: {beta: 1e999}\n", "train.beta");
+}
+
+static void refuses_scalar_vs_mapping(void **state) {
+  (void)state;
+  refused_yaml("train: 5\n", "'train'");
+  assert_err_has("mapping");
+  refused_yaml("ranks:\n  count: 2\n", "'ranks'");
+  refused_yaml("train:\n  beta: [1, 2]\n", "'train.beta'");
+  refused_yaml("ranks.count: 2\n", "ranks.count");
+  refused_yaml("- ranks: 2\n", "mapping");
+}
+
+static void refuses_missing_value(void **state) {
+  (void)state;
+  refused_yaml("ranks:\n", "'ranks'");
+  assert_err_has("missing value");
+}
+
+static void refuses_duplicate_keys(void **state) {
+  (void)state;
+  refused_yaml("ranks: 1\nranks: 2\n", "'ranks'");
+  assert_err_has("duplicate");
+  assert_err_has("line 1");
+  refused_yaml("train: {beta: 1}\ntrain: {steps: 2}\n", "'train'");
+  assert_err_has("duplicate");
+  refused_yaml("train.beta: 1\ntrain:\n  beta: 2\n", "'train.beta'");
+  assert_err_has("duplicate");
+}
+
+static void refuses_bad_enum(void **state) {
+  (void)state;
+  refused_yaml("train: {objective: ppo}\n", "train.objective");
+  assert_err_has("dpo, sft");
+}
+
+static void accepts_enum_spellings(void **state) {
+  (void)state;
+  const char *ok[] = {"sft", "SFT", "OBJECTIVE_SFT", "objective_sft"};
+  for (size_t i = 0; i < 4; i++) {
+    set_ok("train.objective", "dpo");
+    set_ok("train.objective", ok[i]);
+    assert_int_equal(spec->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_SFT);
+  }
+  assert_true(spec->train->has_objective);
+}
+
+static void refuses_invalid_yaml_with_line(void **state) {
+  (void)state;
+  refused_yaml("train:\n  beta: [1\n", "invalid YAML");
+}
+
+static void refuses_second_document(void **state) {
+  (void)state;
+  refused_yaml("ranks: 1\n---\nranks: 2\n", "one YAML document");
+}
+
+static void load_names_missing_file(void **state) {
+  (void)state;
+  assert_int_equal(job_spec_load_yaml(spec, "/nonexistent/job.yaml", err, sizeof err), DPOD_ENOENT);
+  assert_err_has("/nonexistent/job.yaml");
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+
+static void set_overrides_values(void **state) {
+  (void)state;
+  set_ok("train.beta", "2000");
+  set_ok("name", "override");
+  set_ok("ranks", "4");
+  set_ok("train.scale_lr", "true");
+  set_ok("data.dataset", "/data/pairs");
+  set_ok("model.weights", "/w/unet.safetensors");
+  set_ok("model.weights", "/w/other.safetensors");  /* replacing a set string frees the old one */
+  assert_true(spec->train->beta == 2000);
+  assert_true(spec->train->has_beta);
+  assert_string_equal(spec->name, "override");
+  assert_int_equal(spec->ranks, 4);
+  assert_true(spec->has_ranks);
+  assert_true(spec->train->scale_lr);
+  assert_string_equal(spec->data->dataset, "/data/pairs");
+  assert_string_equal(spec->model->weights, "/w/other.safetensors");
+}
+
+static void set_after_yaml_wins(void **state) {
+  (void)state;
+  assert_int_equal(parse("train: {beta: 100}\n"), 0);
+  set_ok("train.beta", "300");
+  assert_true(spec->train->beta == 300);
+}
+
+static void refused_set(const char *key, const char *value, const char *frag) {
+  err[0] = '\0';
+  assert_int_equal(job_spec_set(spec, key, value, err, sizeof err), DPOD_EINVAL);
+  assert_err_has(key);
+  if (frag) assert_err_has(frag);
+}
+
+static void set_refuses_bad_input(void **state) {
+  (void)state;
+  refused_set("train.betta", "1", "did you mean 'train.beta'");
+  refused_set("nosuch", "1", "unknown key");
+  refused_set("train.steps", "abc", NULL);
+  refused_set("train.steps", "", NULL);
+  refused_set("train.steps", " 3", NULL);
+  refused_set("ranks", "-1", "negative");
+  refused_set("ranks", "4294967296", "out of range");
+  refused_set("data.seed", "18446744073709551616", "out of range");
+  refused_set("train", "1", "section");
+  refused_set("ranks.x", "1", "not a section");
+  refused_set("train.", "1", NULL);
+  refused_set("train.beta", "inf", "finite");
+  refused_set("train.beta", "1.5x", NULL);
+  refused_set("train.scale_lr", "maybe", NULL);
+  refused_set("train.objective", "ppo", "dpo, sft");
+  /* Nothing was changed by the refusals. */
+  assert_int_equal(spec->ranks, 1);
+  assert_false(spec->has_ranks);
+  assert_int_equal(spec->train->steps, 20);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+
+static void validate_refuses_nonpositive_beta(void **state) {
+  (void)state;
+  set_ok("train.beta", "0");
+  refused_validate(0, "train.beta:");
+  set_ok("train.beta", "-5");
+  refused_validate(0, "train.beta:");
+}
+
+static void validate_refuses_zero_ranks(void **state) {
+  (void)state;
+  set_ok("ranks", "0");
+  refused_validate(0, "ranks:");
+}
+
+static void validate_refuses_ranks_above_slots(void **state) {
+  (void)state;
+  set_ok("ranks", "4");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  assert_int_equal(job_spec_validate(spec, 4, err, sizeof err), 0);
+  refused_validate(2, "ranks:");
+  assert_err_has("2 worker slots");
+}
+
+static void validate_refuses_warmup_fraction_one(void **state) {
+  (void)state;
+  set_ok("train.warmup_fraction", "1.0");
+  refused_validate(0, "train.warmup_fraction:");
+  set_ok("train.warmup_fraction", "-0.1");
+  refused_validate(0, "train.warmup_fraction:");
+  set_ok("train.warmup_fraction", "0.99");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+static void validate_refuses_each_bad_value(void **state) {
+  (void)state;
+  static const struct {
+    const char *key, *value, *prefix;
+  } cases[] = {
+      {"threads_per_rank", "0", "threads_per_rank:"},
+      {"train.steps", "0", "train.steps:"},
+      {"train.batch_size", "0", "train.batch_size:"},
+      {"train.grad_accum", "0", "train.grad_accum:"},
+      {"train.learning_rate", "0", "train.learning_rate:"},
+      {"train.warmup_steps", "21", "train.warmup_steps:"},
+      {"train.adam_beta1", "1", "train.adam_beta1:"},
+      {"train.adam_beta2", "-0.5", "train.adam_beta2:"},
+      {"train.adam_eps", "0", "train.adam_eps:"},
+      {"train.weight_decay", "-1", "train.weight_decay:"},
+      {"train.max_grad_norm", "-1", "train.max_grad_norm:"},
+      {"train.offset_noise", "-0.1", "train.offset_noise:"},
+      {"train.keep_last", "0", "train.keep_last:"},
+      {"data.pairs", "0", "data.pairs:"},
+      {"data.prompts", "0", "data.prompts:"},
+      {"data.text_len", "0", "data.text_len:"},
+      {"data.dataset", "", "data.dataset:"},
+      {"data.dataset", "builtin:imagenet", "data.dataset:"},
+      {"name", "tab\there", "name:"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    Dpod__V1__JobSpec *saved = spec;
+    spec = job_spec_new();
+    set_ok(cases[i].key, cases[i].value);
+    refused_validate(0, cases[i].prefix);
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    spec = saved;
+  }
+  /* Sane values of the same keys pass. */
+  set_ok("train.warmup_steps", "20");
+  set_ok("train.max_grad_norm", "0");
+  set_ok("data.dataset", "/data/pairs");
+  set_ok("data.pairs", "0");  /* not checked for a dataset on disk */
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+static void validate_refuses_long_name(void **state) {
+  (void)state;
+  char name[130];
+  memset(name, 'x', 129);
+  name[129] = '\0';
+  set_ok("name", name);
+  refused_validate(0, "name:");
+  name[128] = '\0';
+  set_ok("name", name);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+static void validate_says_why_pairs_too_few(void **state) {
+  (void)state;
+  set_ok("ranks", "4");
+  set_ok("train.batch_size", "4");
+  set_ok("data.pairs", "15");
+  refused_validate(0, "data.pairs:");
+  assert_err_has("no data");
+  set_ok("data.pairs", "16");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+static void validate_accepts_unnormalized_spec(void **state) {
+  (void)state;
+  Dpod__V1__JobSpec bare = DPOD__V1__JOB_SPEC__INIT;
+  assert_int_equal(job_spec_validate(&bare, 0, err, sizeof err), 0);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+
+static void pack_unpack_round_trip_preserves_values(void **state) {
+  (void)state;
+  set_ok("name", "round-trip");
+  set_ok("ranks", "2");
+  set_ok("train.beta", "1234.5");
+  set_ok("train.objective", "sft");
+  set_ok("train.seed", "18446744073709551615");
+  set_ok("data.dataset", "/data/x");
+  set_ok("train.scale_lr", "true");
+  size_t n = protobuf_c_message_get_packed_size(&spec->base);
+  uint8_t *buf = malloc(n);
+  assert_non_null(buf);
+  protobuf_c_message_pack(&spec->base, buf);
+  Dpod__V1__JobSpec *back = dpod__v1__job_spec__unpack(NULL, n, buf);
+  free(buf);
+  assert_non_null(back);
+  assert_int_equal(job_spec_normalize(back), 0);
+  assert_string_equal(back->name, "round-trip");
+  assert_int_equal(back->ranks, 2);
+  assert_true(back->train->beta == 1234.5);
+  assert_int_equal(back->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_SFT);
+  assert_true(back->train->seed == UINT64_MAX);
+  assert_true(back->train->scale_lr);
+  assert_string_equal(back->data->dataset, "/data/x");
+  /* Defaults come back as defaults. */
+  assert_int_equal(back->train->steps, 20);
+  assert_true(back->train->learning_rate == 1e-5);
+  assert_string_equal(back->model->config, "");
+  assert_int_equal(job_spec_validate(back, 0, err, sizeof err), 0);
+  /* A normalized unpacked spec accepts edits and frees cleanly. */
+  if (job_spec_set(back, "model.config", "/c.json", err, sizeof err) != 0) fail_msg("%s", err);
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+}
+
+static void written_yaml_reads_back_the_same(void **state) {
+  (void)state;
+  set_ok("name", "quote \" and \\ here");
+  set_ok("train.beta", "0.1");
+  set_ok("train.learning_rate", "3e-7");
+  set_ok("train.objective", "sft");
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  assert_non_null(f);
+  assert_int_equal(job_spec_write_yaml(spec, f, 0), 0);
+  fclose(f);
+  Dpod__V1__JobSpec *back = job_spec_new();
+  if (job_spec_parse_yaml(back, text, len, "written", err, sizeof err) != 0) fail_msg("%s\n%s", err, text);
+  free(text);
+  assert_string_equal(back->name, spec->name);
+  assert_true(back->train->beta == 0.1);
+  assert_true(back->train->learning_rate == 3e-7);
+  assert_int_equal(back->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_SFT);
+  assert_int_equal(back->data->pairs, spec->data->pairs);
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+}
+
+static void names_of_states_and_objectives(void **state) {
+  (void)state;
+  assert_string_equal(job_state_name(DPOD__V1__JOB_STATE__JOB_STATE_RUNNING), "running");
+  assert_string_equal(job_state_name(DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), "succeeded");
+  assert_string_equal(job_state_name(DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED), "preempted");
+  assert_string_equal(objective_name(DPOD__V1__OBJECTIVE__OBJECTIVE_DPO), "dpo");
+  assert_string_equal(objective_name(DPOD__V1__OBJECTIVE__OBJECTIVE_SFT), "sft");
+  Dpod__V1__JobState s;
+  assert_int_equal(job_state_parse("cancelled", &s), 0);
+  assert_int_equal(s, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+  assert_int_equal(job_state_parse("JOB_STATE_QUEUED", &s), 0);
+  assert_int_equal(s, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  assert_int_equal(job_state_parse("nope", &s), DPOD_EINVAL);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(int argc, char **argv) {
+  const struct CMUnitTest tests[] = {
+      T(defaults_present_after_new),
+      T(loads_example_job_file),
+      T(loads_every_type),
+      T(empty_file_and_empty_section_change_nothing),
+      T(refuses_unknown_key_top_level),
+      T(refuses_unknown_key_nested),
+      T(suggests_section_for_misplaced_key),
+      T(refuses_string_for_int),
+      T(refuses_negative_and_overflowing_ints),
+      T(refuses_non_finite_doubles),
+      T(refuses_scalar_vs_mapping),
+      T(refuses_missing_value),
+      T(refuses_duplicate_keys),
+      T(refuses_bad_enum),
+      T(accepts_enum_spellings),
+      T(refuses_invalid_yaml_with_line),
+      T(refuses_second_document),
+      T(load_names_missing_file),
+      T(set_overrides_values),
+      T(set_after_yaml_wins),
+      T(set_refuses_bad_input),
+      T(validate_refuses_nonpositive_beta),
+      T(validate_refuses_zero_ranks),
+      T(validate_refuses_ranks_above_slots),
+      T(validate_refuses_warmup_fraction_one),
+      T(validate_refuses_each_bad_value),
+      T(validate_refuses_long_name),
+      T(validate_says_why_pairs_too_few),
+      T(validate_accepts_unnormalized_spec),
+      T(pack_unpack_round_trip_preserves_values),
+      T(written_yaml_reads_back_the_same),
+      T(names_of_states_and_objectives),
+  };
+  if (argc > 1) {
+    /* An unknown name would run nothing and pass: refuse it. */
+    size_t i = 0;
+    while (i < sizeof tests / sizeof tests[0] && strcmp(tests[i].name, argv[1]) != 0) i++;
+    if (i == sizeof tests / sizeof tests[0]) {
+      fprintf(stderr, "test_job_spec: no test named '%s'\n", argv[1]);
+      return 2;
+    }
+    cmocka_set_test_filter(argv[1]);
+  }
+  return cmocka_run_group_tests_name("job_spec", tests, NULL, NULL);
+}
