@@ -1,0 +1,280 @@
+/* dpo-tool: the offline companion of dpo-worker.
+ *
+ *   dpo-tool inspect FILE.safetensors
+ *   dpo-tool forward --config C --weights W --inputs I --out O [--threads N]
+ *
+ * One function per subcommand, registered in `commands` below; each parses its own options, prints its
+ * own usage and returns a process exit status. Errors go to stderr prefixed with the subcommand. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpod_error.h"
+#include "safetensors.h"
+#include "unet_shim.h"
+
+typedef struct {
+  const char *name;
+  int (*run)(int argc, char **argv);
+  const char *args;
+  const char *summary;
+} dpo_tool_command;
+
+static int cmd_inspect(int argc, char **argv);
+static int cmd_forward(int argc, char **argv);
+
+static const dpo_tool_command commands[] = {
+    {"inspect", cmd_inspect, "FILE.safetensors",
+     "list tensors (name, dtype, shape), the parameter count and the header metadata"},
+    {"forward", cmd_forward, "--config C --weights W --inputs I --out O [--threads N]",
+     "run the UNet on `sample`, `timestep` and `encoder_hidden_states` from I; write `sample` to O"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *out) {
+  fprintf(out, "usage: dpo-tool COMMAND [ARGS]\n\ncommands:\n");
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    fprintf(out, "  %-8s %s\n           %s\n", commands[i].name, commands[i].args, commands[i].summary);
+  fprintf(out, "\n`dpo-tool COMMAND --help` describes one command.\n");
+}
+
+static void command_usage(const dpo_tool_command *c, FILE *out) {
+  fprintf(out, "usage: dpo-tool %s %s\n  %s\n", c->name, c->args, c->summary);
+}
+
+static char *read_text(const char *path, const char *what) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "dpo-tool: cannot open %s %s: %s\n", what, path, strerror(errno));
+    return NULL;
+  }
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (len + 4096 + 1 > cap) {
+      cap = cap ? 2 * cap : 65536;
+      char *nb = realloc(buf, cap);
+      if (!nb) {
+        free(buf);
+        fclose(f);
+        fprintf(stderr, "dpo-tool: out of memory reading %s\n", path);
+        return NULL;
+      }
+      buf = nb;
+    }
+    size_t k = fread(buf + len, 1, 4096, f);
+    len += k;
+    if (k < 4096) break;
+  }
+  int bad = ferror(f);
+  fclose(f);
+  if (bad) {
+    free(buf);
+    fprintf(stderr, "dpo-tool: read error on %s\n", path);
+    return NULL;
+  }
+  buf[len] = 0;
+  return buf;
+}
+
+static void print_shape(FILE *out, const int64_t *shape, int ndim) {
+  fputc('[', out);
+  for (int i = 0; i < ndim; i++) fprintf(out, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  fputc(']', out);
+}
+
+/* ---- inspect ---- */
+
+static int cmd_inspect(int argc, char **argv) {
+  const dpo_tool_command *self = &commands[0];
+  if (argc != 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    command_usage(self, argc == 2 ? stdout : stderr);
+    return argc == 2 ? 0 : 2;
+  }
+  char err[1024];
+  st_file *f = NULL;
+  int rc = st_open(argv[1], &f, err, sizeof err);
+  if (rc != 0) {
+    fprintf(stderr, "dpo-tool inspect: %s (%s)\n", err, dpod_err_name(rc));
+    return 1;
+  }
+  uint64_t params = 0, bytes = 0;
+  for (size_t i = 0; i < st_count(f); i++) {
+    const st_tensor *t = st_at(f, i);
+    printf("%-72s %-5s ", t->name, st_dtype_name(t->dtype));
+    print_shape(stdout, t->shape, t->ndim);
+    printf("\n");
+    params += (uint64_t)t->numel;
+    bytes += t->nbytes;
+  }
+  printf("%zu tensors, %llu parameters, %llu bytes of data\n", st_count(f), (unsigned long long)params,
+         (unsigned long long)bytes);
+  for (size_t i = 0; i < st_metadata_count(f); i++) {
+    const char *k, *v;
+    st_metadata_at(f, i, &k, &v);
+    printf("metadata %s = %s\n", k, v);
+  }
+  st_close(f);
+  return 0;
+}
+
+/* ---- forward ---- */
+
+/* A float32 copy of tensor `name`, checked to have `ndim` dimensions. */
+static float *input_f32(const st_file *f, const char *path, const char *name, int ndim, const st_tensor **out) {
+  const st_tensor *t = st_find(f, name);
+  if (!t) {
+    fprintf(stderr, "dpo-tool forward: %s has no tensor '%s'\n", path, name);
+    return NULL;
+  }
+  if (t->ndim != ndim) {
+    fprintf(stderr, "dpo-tool forward: %s: '%s' has %d dimensions, expected %d\n", path, name, t->ndim, ndim);
+    return NULL;
+  }
+  if (t->dtype == ST_BOOL || (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 && t->dtype != ST_F64 &&
+                              t->dtype != ST_I64 && t->dtype != ST_I32)) {
+    fprintf(stderr, "dpo-tool forward: %s: '%s' has unsupported dtype %s\n", path, name, st_dtype_name(t->dtype));
+    return NULL;
+  }
+  float *v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+  if (!v || st_to_f32(t, v) != 0) {
+    free(v);
+    fprintf(stderr, "dpo-tool forward: out of memory converting '%s'\n", name);
+    return NULL;
+  }
+  *out = t;
+  return v;
+}
+
+static int cmd_forward(int argc, char **argv) {
+  const dpo_tool_command *self = &commands[1];
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'}, {"weights", required_argument, NULL, 'w'},
+      {"inputs", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
+      {"threads", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *config = NULL, *weights = NULL, *inputs = NULL, *outp = NULL;
+  int threads = 0;
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, "c:w:i:o:t:h", opts, NULL)) != -1) {
+    switch (c) {
+      case 'c': config = optarg; break;
+      case 'w': weights = optarg; break;
+      case 'i': inputs = optarg; break;
+      case 'o': outp = optarg; break;
+      case 't': {
+        char *end;
+        long v = strtol(optarg, &end, 10);
+        if (*end || v < 0 || v > 1024) {
+          fprintf(stderr, "dpo-tool forward: --threads wants a count, got '%s'\n", optarg);
+          return 2;
+        }
+        threads = (int)v;
+        break;
+      }
+      case 'h': command_usage(self, stdout); return 0;
+      default: command_usage(self, stderr); return 2;
+    }
+  }
+  if (optind != argc || !config || !weights || !inputs || !outp) {
+    if (optind != argc) fprintf(stderr, "dpo-tool forward: unexpected argument '%s'\n", argv[optind]);
+    else fprintf(stderr, "dpo-tool forward: --config, --weights, --inputs and --out are required\n");
+    command_usage(self, stderr);
+    return 2;
+  }
+
+  int status = 1;
+  char err[1024];
+  char *cfg = NULL;
+  unet_t m = NULL;
+  st_file *in = NULL;
+  float *x = NULL, *t = NULL, *e = NULL, *y = NULL;
+  st_writer *w = NULL;
+
+  if (!(cfg = read_text(config, "config"))) goto fail;
+  unet_params p = unet_default_params();
+  p.threads = threads;
+  int rc = unet_create(cfg, &p, &m, err, sizeof err);
+  if (rc != 0) {
+    fprintf(stderr, "dpo-tool forward: %s: %s (%s)\n", config, err, dpod_err_name(rc));
+    goto fail;
+  }
+  if ((rc = unet_load_weights(m, weights)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
+    goto fail;
+  }
+  if ((rc = st_open(inputs, &in, err, sizeof err)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s (%s)\n", err, dpod_err_name(rc));
+    goto fail;
+  }
+  const st_tensor *ts, *tt, *te;
+  if (!(x = input_f32(in, inputs, "sample", 4, &ts))) goto fail;
+  if (!(t = input_f32(in, inputs, "timestep", 1, &tt))) goto fail;
+  if (!(e = input_f32(in, inputs, "encoder_hidden_states", 3, &te))) goto fail;
+  unet_info info;
+  unet_get_info(m, &info);
+  int64_t n = ts->shape[0], h = ts->shape[2], wd = ts->shape[3], L = te->shape[1];
+  if (ts->shape[1] != info.in_channels || n <= 0 || h <= 0 || wd <= 0 || n > 1 << 20 || h > 1 << 16 || wd > 1 << 16) {
+    fprintf(stderr, "dpo-tool forward: %s: 'sample' is ", inputs);
+    print_shape(stderr, ts->shape, 4);
+    fprintf(stderr, ", expected [n, %d, H, W]\n", info.in_channels);
+    goto fail;
+  }
+  if (tt->shape[0] != n) {
+    fprintf(stderr, "dpo-tool forward: %s: 'timestep' has %lld entries for %lld samples\n", inputs,
+            (long long)tt->shape[0], (long long)n);
+    goto fail;
+  }
+  if (te->shape[0] != n || te->shape[2] != info.cross_attention_dim || L <= 0 || L > 1 << 20) {
+    fprintf(stderr, "dpo-tool forward: %s: 'encoder_hidden_states' is ", inputs);
+    print_shape(stderr, te->shape, 3);
+    fprintf(stderr, ", expected [%lld, L, %d]\n", (long long)n, info.cross_attention_dim);
+    goto fail;
+  }
+  size_t ny = (size_t)n * (size_t)info.out_channels * (size_t)h * (size_t)wd;
+  if (!(y = malloc(ny * sizeof(float)))) {
+    fprintf(stderr, "dpo-tool forward: out of memory\n");
+    goto fail;
+  }
+  if ((rc = unet_forward(m, (int)n, (int)h, (int)wd, (int)L, x, t, e, y)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
+    goto fail;
+  }
+  int64_t yshape[4] = {n, info.out_channels, h, wd};
+  if (!(w = st_writer_new()) || st_writer_add(w, "sample", ST_F32, 4, yshape, y) != 0) {
+    fprintf(stderr, "dpo-tool forward: out of memory\n");
+    goto fail;
+  }
+  if ((rc = st_writer_write(w, outp, NULL, err, sizeof err)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s (%s)\n", err, dpod_err_name(rc));
+    goto fail;
+  }
+  status = 0;
+
+fail:
+  st_writer_free(w);
+  free(x);
+  free(t);
+  free(e);
+  free(y);
+  st_close(in);
+  unet_free(m);
+  free(cfg);
+  return status;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+  fprintf(stderr, "dpo-tool: unknown command '%s'\n\n", argv[1]);
+  usage(stderr);
+  return 2;
+}
