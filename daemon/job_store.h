@@ -1,0 +1,87 @@
+/* job_store: the daemon's durable state in SQLite (STATE_DIR/dpod.db).
+ *
+ * Two tables: `jobs` (one row per job, the columns of dpod.v1.Job plus the secret and the cancel flag)
+ * and `events` (every JobEvent of every job, keyed by (job_id, seq)). The events table is the source of
+ * truth for WatchJob; `jobs` is a summary kept in step with it: every append runs in one transaction
+ * that takes the next seq, inserts the event and updates the summary columns it implies.
+ *
+ * The store is used from the loop thread only; statements are prepared once and kept open. The schema
+ * carries a version in `PRAGMA user_version` so that later work (resume from checkpoints) can extend it
+ * with ALTER TABLE steps in job_store_migrate_(). */
+#ifndef DPOD_JOB_STORE_H
+#define DPOD_JOB_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpod.pb-c.h"
+
+#define JOB_STORE_SCHEMA_VERSION 1
+#define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
+
+typedef struct job_store job_store;
+
+/* What the Report path and the launcher need about a job, without unpacking its spec. */
+typedef struct {
+  uint64_t id;
+  Dpod__V1__JobState state;
+  bool cancel_requested;
+  uint64_t last_seq;
+  char secret[JOB_SECRET_HEX_LEN + 1]; /* "" until the job is launched */
+} job_info;
+
+/* Opens (creating if needed) the database at `path`: WAL, synchronous=NORMAL, a busy timeout, schema
+ * created or migrated. On failure returns DPOD_EDB (or DPOD_EUNSUPPORTED for a database written by a
+ * newer dpod) and writes why into err. The handle is owned by the caller: job_store_close(). */
+int job_store_open(const char *path, job_store **out, char *err, size_t errlen);
+void job_store_close(job_store *s);
+/* The message of the last failed call on this handle; valid until the next call. */
+const char *job_store_last_error(const job_store *s);
+
+/* Creates a QUEUED job from a normalized spec and appends its first event (seq 1, state QUEUED), in one
+ * transaction. run_dir is set to "<jobs_dir>/<id>". `now_ms` is Unix time in milliseconds. */
+int job_store_create(job_store *s, const Dpod__V1__JobSpec *spec, const char *jobs_dir, int64_t now_ms,
+                     uint64_t *id_out);
+
+/* Appends `ev` to the job's events with the next seq, and updates the summary columns:
+ *   state      -> state, reason, exit_code; started_ms on STARTING, finished_ms on terminal states;
+ *   metrics    -> last_metrics; skipped when a metrics event of that step or a later one is stored;
+ *   checkpoint -> last_checkpoint; skipped likewise by step (a retried Report must not duplicate).
+ * ev->job_id, ev->seq and ev->time_unix_ms are filled in here (ev is modified; it stays owned by the
+ * caller). *seq_out (may be NULL) receives the new seq, or 0 when the event was skipped as a duplicate.
+ * Returns DPOD_ENOENT for an unknown job. */
+int job_store_append(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *ev, int64_t now_ms,
+                     uint64_t *seq_out);
+
+/* Convenience: appends a state change (reason may be NULL; exit_code is stored as given). */
+int job_store_append_state(job_store *s, uint64_t job_id, Dpod__V1__JobState state, const char *reason,
+                           int exit_code, int64_t now_ms, uint64_t *seq_out);
+
+/* The event of `job_id` with sequence number `seq`. Returns DPOD_ENOENT when there is none (yet).
+ * *out is owned by the caller: protobuf_c_message_free_unpacked(&(*out)->base, NULL). */
+int job_store_get_event(job_store *s, uint64_t job_id, uint64_t seq, Dpod__V1__JobEvent **out);
+
+/* The full Job message (normalized spec, last metrics and checkpoint, last_seq, run_dir).
+ * Returns DPOD_ENOENT for an unknown job. Free with protobuf_c_message_free_unpacked(&(*out)->base, NULL). */
+int job_store_get(job_store *s, uint64_t job_id, Dpod__V1__Job **out);
+
+/* The small per-job facts, cheaply. Returns DPOD_ENOENT for an unknown job. */
+int job_store_get_info(job_store *s, uint64_t job_id, job_info *out);
+
+/* Jobs in any of `states` (n_states 0: all), ordered by id, newest first unless `oldest_first`;
+ * at most `limit` of them (0: no limit). *out is a malloc'd array of *n messages; free it with
+ * job_store_free_jobs(). */
+int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_states, uint32_t limit,
+                   bool oldest_first, Dpod__V1__Job ***out, size_t *n);
+void job_store_free_jobs(Dpod__V1__Job **jobs, size_t n);
+
+/* Stores the job's secret (set when it is launched). */
+int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret);
+/* Persists the cancel request of a STARTING/RUNNING job. */
+int job_store_set_cancel_requested(job_store *s, uint64_t job_id);
+
+/* Terminal states: SUCCEEDED, FAILED, CANCELLED, PREEMPTED. */
+bool job_state_is_terminal(Dpod__V1__JobState s);
+
+#endif

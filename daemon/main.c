@@ -1,0 +1,361 @@
+/* dpod: the coordinator daemon.
+ *
+ * One libuv loop owns all state. The gRPC server (rpc_server.c) drains its completion queue on a
+ * thread of its own and hands every completion to the loop through uv_async_send; handlers
+ * (coordinator.c) run on the loop, read and write the SQLite job store (job_store.c) synchronously,
+ * queue jobs FIFO over a fixed number of worker slots (sched.c) and start each job as an mpirun
+ * process group (launcher.c) whose exit the loop observes through uv_spawn's exit callback.
+ * Signals only start the shutdown sequence; a 1 s cron runs the slower chores.
+ *
+ * Shutdown: stop accepting calls, SIGTERM every job's process group, SIGKILL what is left after a grace
+ * period, record the jobs FAILED "dpod shut down", cancel the calls still open, let the
+ * completion-queue thread drain and exit, close the store, remove the socket. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "coordinator.h"
+#include "dpod_error.h"
+#include "dpod_log.h"
+#include "dpod_paths.h"
+#include "launcher.h"
+#include "rpc_server.h"
+
+#define CRON_PERIOD_MS 1000
+#define SHUTDOWN_CALL_GRACE_MS 2000 /* open calls may end by themselves this long after the last job */
+#define SHUTDOWN_DEADLINE_MS 30000  /* last resort if a call or a process never lets go */
+
+static struct {
+  uv_loop_t *loop;
+  rpc_server *srv;
+  coord *co;
+  uv_signal_t sigint, sigterm;
+  uv_timer_t cron, grace, deadline;
+  uint64_t cronloops;
+  bool shutting_down, jobs_done, rpc_done;
+  char socket_path[PATH_MAX]; /* "" when not listening on a unix socket */
+} dpod;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: dpod [options]\n"
+          "  --listen ADDR      address to serve on (default: $DPOD_ADDR or unix:$XDG_RUNTIME_DIR/dpod/dpod.sock)\n"
+          "  --state-dir DIR    database and job directories (default: $XDG_STATE_HOME/dpod)\n"
+          "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2)\n"
+          "  --worker PATH      dpo-worker binary (default: next to dpod, or ../workers/dpo-worker)\n"
+          "  --mpirun PATH      mpirun binary (default: mpirun from PATH)\n"
+          "  --log-level L      error, warn, info or debug (default info)\n"
+          "  --help             this text\n");
+}
+
+/* Error messages are truncated to their buffer on purpose; going through vsnprintf keeps gcc's
+ * -Wformat-truncation for the copies where truncation would be a bug. */
+__attribute__((format(printf, 3, 4))) static void fmt_into(char *err, size_t len, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, len, fmt, ap);
+  va_end(ap);
+}
+
+/* Copies a string that must fit: returns -1 (and copies nothing) when it does not. */
+static int str_copy(char *dst, size_t len, const char *src) {
+  size_t n = strlen(src);
+  if (n >= len) return -1;
+  memcpy(dst, src, n + 1);
+  return 0;
+}
+
+static int arg_too_long(const char *opt) {
+  fprintf(stderr, "dpod: %s: argument too long\n", opt);
+  return 2;
+}
+
+/* The unix socket path of "unix:/p" or "unix:///p", or NULL for a TCP address. */
+static const char *unix_path(const char *addr) {
+  if (strncmp(addr, "unix://", 7) == 0) return addr + 7;
+  if (strncmp(addr, "unix:", 5) == 0) return addr + 5;
+  return NULL;
+}
+
+/* Creates the socket's directory (0700: the socket is the only access control) and removes a socket
+ * file left by a daemon that died, refusing to start if a live daemon still answers on it. */
+static int prepare_socket(const char *path, char *err, size_t errlen) {
+  char dir[PATH_MAX];
+  struct sockaddr_un sa;
+  if (str_copy(dir, sizeof dir, path) != 0 || strlen(path) >= sizeof sa.sun_path) {
+    fmt_into(err, errlen, "socket path too long: %s", path);
+    return DPOD_EINVAL;
+  }
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = '\0';
+    if (dpod_mkdirs(dir) != 0) {
+      fmt_into(err, errlen, "creating %s: %s", dir, strerror(errno));
+      return DPOD_EIO;
+    }
+  }
+  struct stat st;
+  if (lstat(path, &st) != 0) return 0;
+  if (!S_ISSOCK(st.st_mode)) {
+    fmt_into(err, errlen, "%s exists and is not a socket", path);
+    return DPOD_EIO;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  memcpy(sa.sun_path, path, strlen(path) + 1);
+  int live = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  if (fd >= 0) close(fd);
+  if (live) {
+    fmt_into(err, errlen, "another dpod is listening on %s", path);
+    return DPOD_ESTATE;
+  }
+  if (unlink(path) != 0) {
+    fmt_into(err, errlen, "removing the stale socket %s: %s", path, strerror(errno));
+    return DPOD_EIO;
+  }
+  log_info("removed stale socket %s", path);
+  return 0;
+}
+
+/* Workers dial the daemon back; a wildcard listen address is not something one can dial. */
+static void make_report_addr(const char *listen, char *buf, size_t len) {
+  const char *port = NULL;
+  if (strncmp(listen, "0.0.0.0:", 8) == 0) port = listen + 8;
+  else if (strncmp(listen, "[::]:", 5) == 0) port = listen + 5;
+  else if (listen[0] == ':') port = listen + 1;
+  if (port) fmt_into(buf, len, "localhost:%s", port);
+  else fmt_into(buf, len, "%s", listen);
+}
+
+static void close_handle(uv_handle_t *h) {
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Both halves of the shutdown are over: nothing runs any more, release everything. */
+static void shutdown_finish(void) {
+  if (!dpod.jobs_done || !dpod.rpc_done) return;
+  rpc_server_free(dpod.srv);
+  dpod.srv = NULL;
+  coord_free(dpod.co);
+  dpod.co = NULL;
+  close_handle((uv_handle_t *)&dpod.sigint);
+  close_handle((uv_handle_t *)&dpod.sigterm);
+  close_handle((uv_handle_t *)&dpod.cron);
+  close_handle((uv_handle_t *)&dpod.grace);
+  close_handle((uv_handle_t *)&dpod.deadline);
+}
+
+static void on_rpc_done(void *arg) {
+  (void)arg;
+  log_debug("rpc server stopped");
+  dpod.rpc_done = true;
+  shutdown_finish();
+}
+
+static void on_call_grace(uv_timer_t *t) {
+  (void)t;
+  if (!dpod.rpc_done) {
+    log_info("cancelling the calls still open");
+    rpc_server_cancel_all(dpod.srv);
+  }
+}
+
+static void on_jobs_done(void *arg) {
+  (void)arg;
+  log_debug("no job process left");
+  dpod.jobs_done = true;
+  /* The jobs' final events are stored; watchers now send them and end by themselves. Calls that would
+   * not end on their own (a watch of a job still queued) are cut off after a short grace. */
+  if (!dpod.rpc_done) uv_timer_start(&dpod.grace, on_call_grace, SHUTDOWN_CALL_GRACE_MS, 0);
+  shutdown_finish();
+}
+
+static void on_deadline(uv_timer_t *t) {
+  (void)t;
+  log_error("shutdown did not finish within %d s; exiting anyway", SHUTDOWN_DEADLINE_MS / 1000);
+  if (dpod.socket_path[0]) unlink(dpod.socket_path);
+  _exit(1);
+}
+
+static void start_shutdown(int signum) {
+  if (dpod.shutting_down) {
+    log_info("signal %d: already shutting down", signum);
+    return;
+  }
+  dpod.shutting_down = true;
+  log_info("signal %d: shutting down", signum);
+  uv_timer_start(&dpod.deadline, on_deadline, SHUTDOWN_DEADLINE_MS, 0);
+  rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
+  coord_shutdown(dpod.co, on_jobs_done, NULL);
+}
+
+/* uv_signal callbacks run on the loop, not in signal context: starting the shutdown here is safe. */
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  start_shutdown(signum);
+}
+
+static void on_cron(uv_timer_t *t) {
+  (void)t;
+  dpod.cronloops++;
+  if (dpod.co && !dpod.shutting_down) coord_cron(dpod.co, dpod.cronloops, CRON_PERIOD_MS);
+}
+
+int main(int argc, char **argv) {
+  char addr[PATH_MAX + 16], state_dir[PATH_MAX], worker[PATH_MAX], report_addr[PATH_MAX + 16];
+  char err[1024];
+  const char *mpirun = "mpirun";
+  unsigned long slots = 2;
+  int level = DPOD_LOG_INFO;
+  int rc = 1;
+
+  dpod_default_addr(addr, sizeof addr);
+  dpod_default_state_dir(state_dir, sizeof state_dir);
+  launcher_default_worker(worker, sizeof worker);
+
+  enum { OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP };
+  static const struct option opts[] = {
+      {"listen", required_argument, NULL, OPT_LISTEN}, {"state-dir", required_argument, NULL, OPT_STATE},
+      {"slots", required_argument, NULL, OPT_SLOTS},   {"worker", required_argument, NULL, OPT_WORKER},
+      {"mpirun", required_argument, NULL, OPT_MPIRUN}, {"log-level", required_argument, NULL, OPT_LEVEL},
+      {"help", no_argument, NULL, OPT_HELP},           {NULL, 0, NULL, 0},
+  };
+  int c;
+  char *end;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+      case OPT_LISTEN:
+        if (str_copy(addr, sizeof addr, optarg) != 0) return arg_too_long("--listen");
+        break;
+      case OPT_STATE:
+        if (str_copy(state_dir, sizeof state_dir, optarg) != 0) return arg_too_long("--state-dir");
+        break;
+      case OPT_SLOTS:
+        errno = 0;
+        slots = strtoul(optarg, &end, 10);
+        if (errno || *end || slots < 1 || slots > 4096) {
+          fprintf(stderr, "dpod: --slots: expected a number from 1 to 4096, got \"%s\"\n", optarg);
+          return 2;
+        }
+        break;
+      case OPT_WORKER:
+        if (str_copy(worker, sizeof worker, optarg) != 0) return arg_too_long("--worker");
+        break;
+      case OPT_MPIRUN: mpirun = optarg; break;
+      case OPT_LEVEL:
+        if ((level = dpod_log_parse_level(optarg)) < 0) {
+          fprintf(stderr, "dpod: --log-level: expected error, warn, info or debug, got \"%s\"\n", optarg);
+          return 2;
+        }
+        break;
+      case 'h':
+      case OPT_HELP: usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "dpod: unexpected argument \"%s\"\n", argv[optind]);
+    usage(stderr);
+    return 2;
+  }
+  dpod_log_init("dpod", (dpod_log_level)level);
+  /* A client that disconnects mid-write must not kill the daemon. */
+  signal(SIGPIPE, SIG_IGN);
+
+  /* Job directories are handed to workers that run elsewhere in the tree: make the path absolute. */
+  if (dpod_mkdirs(state_dir) != 0) {
+    log_error("creating %s: %s", state_dir, strerror(errno));
+    return 1;
+  }
+  char resolved[PATH_MAX];
+  if (realpath(state_dir, resolved)) snprintf(state_dir, sizeof state_dir, "%s", resolved);
+  /* Two daemons on one database would launch the same queued jobs twice. The lock lives as long as
+   * the process (O_CLOEXEC keeps it out of the jobs). */
+  char lock_path[PATH_MAX + 16];
+  fmt_into(lock_path, sizeof lock_path, "%s/dpod.lock", state_dir);
+  int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    log_error("%s: %s", lock_path, lock_fd < 0 ? strerror(errno) : "another dpod uses this state directory");
+    return 1;
+  }
+  if (access(worker, X_OK) != 0) log_warn("worker %s is not executable (yet); jobs will fail to start", worker);
+
+  const char *sock = unix_path(addr);
+  if (sock) {
+    if (prepare_socket(sock, err, sizeof err) != 0) {
+      log_error("%s", err);
+      return 1;
+    }
+    str_copy(dpod.socket_path, sizeof dpod.socket_path, sock); /* fits: checked above */
+  }
+  make_report_addr(addr, report_addr, sizeof report_addr);
+
+  dpod.loop = uv_default_loop();
+  coord_params cp = coord_default_params();
+  cp.state_dir = state_dir;
+  cp.report_addr = report_addr;
+  cp.slots = (unsigned)slots;
+  cp.worker = worker;
+  cp.mpirun = mpirun;
+  if (coord_open(dpod.loop, &cp, &dpod.co, err, sizeof err) != 0) {
+    log_error("%s", err);
+    goto fail;
+  }
+  if (rpc_server_create(dpod.loop, &dpod.srv) != 0 || coord_register(dpod.co, dpod.srv) != 0) {
+    log_error("cannot set up the rpc server");
+    goto fail;
+  }
+  if (rpc_server_start(dpod.srv, addr, err, sizeof err) != 0) {
+    log_error("%s", err);
+    goto fail;
+  }
+  if (coord_recover(dpod.co) != 0) {
+    log_error("recovering jobs failed; serving anyway");
+  }
+
+  uv_signal_init(dpod.loop, &dpod.sigint);
+  uv_signal_init(dpod.loop, &dpod.sigterm);
+  uv_signal_start(&dpod.sigint, on_signal, SIGINT);
+  uv_signal_start(&dpod.sigterm, on_signal, SIGTERM);
+  uv_timer_init(dpod.loop, &dpod.cron);
+  uv_timer_start(&dpod.cron, on_cron, CRON_PERIOD_MS, CRON_PERIOD_MS);
+  uv_timer_init(dpod.loop, &dpod.grace);
+  uv_timer_init(dpod.loop, &dpod.deadline);
+  uv_unref((uv_handle_t *)&dpod.deadline);
+
+  printf("dpod listening on %s (state %s, %lu slots)\n", addr, state_dir, slots);
+  fflush(stdout);
+  log_info("worker %s, mpirun %s, report address %s", worker, mpirun, report_addr);
+
+  uv_run(dpod.loop, UV_RUN_DEFAULT);
+  rc = 0;
+  log_info("dpod stopped");
+  goto out;
+
+fail:
+  if (dpod.srv) {
+    /* Never served a call: nothing of ours is in flight. */
+    rpc_server_free(dpod.srv);
+    dpod.srv = NULL;
+  }
+  coord_free(dpod.co);
+  dpod.co = NULL;
+  uv_run(dpod.loop, UV_RUN_NOWAIT); /* runs pending close callbacks */
+out:
+  if (dpod.socket_path[0]) unlink(dpod.socket_path);
+  uv_loop_close(dpod.loop);
+  return rc;
+}

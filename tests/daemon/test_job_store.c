@@ -1,0 +1,295 @@
+/* The job store: rows and events survive, seqs are gap-free, appends are atomic, retries dedupe. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dpod_error.h"
+#include "job_spec.h"
+#include "job_store.h"
+
+typedef struct {
+  char dir[64];
+  char db[128];
+  job_store *s;
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  snprintf(f->dir, sizeof f->dir, "/tmp/dpod-test-store-XXXXXX");
+  if (!mkdtemp(f->dir)) return -1;
+  snprintf(f->db, sizeof f->db, "%s/dpod.db", f->dir);
+  char err[256];
+  if (job_store_open(f->db, &f->s, err, sizeof err) != 0) {
+    fprintf(stderr, "open: %s\n", err);
+    return -1;
+  }
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  job_store_close(f->s);
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+  if (system(cmd) != 0) return -1;
+  free(f);
+  return 0;
+}
+
+static uint64_t create_job(fixture *f, const char *name, unsigned ranks) {
+  Dpod__V1__JobSpec *spec = job_spec_new();
+  assert_non_null(spec);
+  spec->name = strdup(name);
+  spec->has_ranks = 1;
+  spec->ranks = ranks;
+  uint64_t id = 0;
+  assert_int_equal(job_store_create(f->s, spec, "/state/jobs", 1000, &id), 0);
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  return id;
+}
+
+static uint64_t append_metrics(fixture *f, uint64_t id, unsigned step) {
+  Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
+  m.has_step = 1;
+  m.step = step;
+  m.has_loss = 1;
+  m.loss = 0.5 / step;
+  Dpod__V1__JobEvent ev = DPOD__V1__JOB_EVENT__INIT;
+  ev.event_case = DPOD__V1__JOB_EVENT__EVENT_METRICS;
+  ev.metrics = &m;
+  uint64_t seq = 99;
+  assert_int_equal(job_store_append(f->s, id, &ev, 2000 + step, &seq), 0);
+  return seq;
+}
+
+static void created_job_reads_back_with_its_first_event(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "alpha", 2);
+  assert_int_equal(id, 1);
+  Dpod__V1__Job *job = NULL;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_string_equal(job->name, "alpha");
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  assert_non_null(job->spec);
+  assert_int_equal(job->spec->ranks, 2);
+  assert_non_null(job->spec->train);
+  assert_string_equal(job->run_dir, "/state/jobs/1");
+  assert_int_equal(job->last_seq, 1);
+  assert_int_equal(job->created_unix_ms, 1000);
+  assert_null(job->last_metrics);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+
+  Dpod__V1__JobEvent *ev = NULL;
+  assert_int_equal(job_store_get_event(f->s, id, 1, &ev), 0);
+  assert_int_equal(ev->seq, 1);
+  assert_int_equal(ev->job_id, id);
+  assert_int_equal(ev->event_case, DPOD__V1__JOB_EVENT__EVENT_STATE);
+  assert_int_equal(ev->state->state, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  protobuf_c_message_free_unpacked(&ev->base, NULL);
+  assert_int_equal(job_store_get_event(f->s, id, 2, &ev), DPOD_ENOENT);
+  assert_int_equal(job_store_get(f->s, 42, &job), DPOD_ENOENT);
+}
+
+static void events_append_gap_free_and_read_back_in_order(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "beta", 1);
+  uint64_t other = create_job(f, "other", 1);
+  uint64_t seq = 0;
+  assert_int_equal(job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, NULL, 0, 1500, &seq), 0);
+  assert_int_equal(seq, 2);
+  /* Another job's events have their own sequence. */
+  assert_int_equal(job_store_append_state(f->s, other, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED, "x", 0, 1500, &seq), 0);
+  assert_int_equal(seq, 2);
+  assert_int_equal(job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, NULL, 0, 1600, &seq), 0);
+  assert_int_equal(seq, 3);
+  assert_int_equal(append_metrics(f, id, 1), 4);
+  assert_int_equal(append_metrics(f, id, 2), 5);
+  assert_int_equal(job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "dpo-worker exited with status 1", 1,
+                                          3000, &seq),
+                   0);
+  assert_int_equal(seq, 6);
+
+  static const int kinds[] = {DPOD__V1__JOB_EVENT__EVENT_STATE, DPOD__V1__JOB_EVENT__EVENT_STATE,
+                              DPOD__V1__JOB_EVENT__EVENT_STATE, DPOD__V1__JOB_EVENT__EVENT_METRICS,
+                              DPOD__V1__JOB_EVENT__EVENT_METRICS, DPOD__V1__JOB_EVENT__EVENT_STATE};
+  for (uint64_t s = 1; s <= 6; s++) {
+    Dpod__V1__JobEvent *ev = NULL;
+    assert_int_equal(job_store_get_event(f->s, id, s, &ev), 0);
+    assert_int_equal(ev->seq, s);
+    assert_int_equal(ev->event_case, kinds[s - 1]);
+    protobuf_c_message_free_unpacked(&ev->base, NULL);
+  }
+  Dpod__V1__Job *job = NULL;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  assert_string_equal(job->reason, "dpo-worker exited with status 1");
+  assert_int_equal(job->exit_code, 1);
+  assert_int_equal(job->started_unix_ms, 1500);
+  assert_int_equal(job->finished_unix_ms, 3000);
+  assert_int_equal(job->last_seq, 6);
+  assert_non_null(job->last_metrics);
+  assert_int_equal(job->last_metrics->step, 2);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
+static void retried_metrics_and_checkpoints_are_stored_once(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "gamma", 1);
+  assert_int_equal(append_metrics(f, id, 1), 2);
+  assert_int_equal(append_metrics(f, id, 2), 3);
+  assert_int_equal(append_metrics(f, id, 2), 0); /* retry */
+  assert_int_equal(append_metrics(f, id, 1), 0); /* older */
+  assert_int_equal(append_metrics(f, id, 3), 4);
+
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  ck.has_step = 1;
+  ck.step = 3;
+  ck.path = "/ckpt/3";
+  Dpod__V1__JobEvent ev = DPOD__V1__JOB_EVENT__INIT;
+  ev.event_case = DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT;
+  ev.checkpoint = &ck;
+  uint64_t seq = 0;
+  assert_int_equal(job_store_append(f->s, id, &ev, 5000, &seq), 0);
+  assert_int_equal(seq, 5);
+  assert_int_equal(job_store_append(f->s, id, &ev, 5001, &seq), 0);
+  assert_int_equal(seq, 0);
+
+  job_info info;
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_int_equal(info.last_seq, 5);
+  Dpod__V1__Job *job = NULL;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_int_equal(job->last_metrics->step, 3);
+  assert_string_equal(job->last_checkpoint->path, "/ckpt/3");
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
+static void append_to_unknown_job_stores_nothing(void **state) {
+  fixture *f = *state;
+  uint64_t seq = 7;
+  assert_int_equal(job_store_append_state(f->s, 77, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, NULL, 0, 1, &seq), DPOD_ENOENT);
+  assert_int_equal(seq, 0);
+  Dpod__V1__JobEvent *ev = NULL;
+  assert_int_equal(job_store_get_event(f->s, 77, 1, &ev), DPOD_ENOENT);
+}
+
+/* A failure after the event row is written must take the row back with it: last_seq and the events
+ * never disagree. A trigger makes the last_seq update fail. */
+static void failed_append_rolls_back_event_and_last_seq(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "delta", 1);
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db,
+                                "CREATE TRIGGER no_seq BEFORE UPDATE OF last_seq ON jobs "
+                                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+                                NULL, NULL, NULL),
+                   SQLITE_OK);
+  uint64_t seq = 5;
+  assert_int_equal(job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, NULL, 0, 1, &seq), DPOD_EDB);
+  assert_int_equal(seq, 0);
+  Dpod__V1__JobEvent *ev = NULL;
+  assert_int_equal(job_store_get_event(f->s, id, 2, &ev), DPOD_ENOENT);
+  job_info info;
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_int_equal(info.last_seq, 1);
+  assert_int_equal(info.state, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+
+  assert_int_equal(sqlite3_exec(db, "DROP TRIGGER no_seq", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  assert_int_equal(job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, NULL, 0, 1, &seq), 0);
+  assert_int_equal(seq, 2);
+}
+
+static void reopened_store_finds_its_data(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "epsilon", 1);
+  assert_int_equal(append_metrics(f, id, 1), 2);
+  assert_int_equal(job_store_set_secret(f->s, id, "abc"), 0);
+  assert_int_equal(job_store_set_cancel_requested(f->s, id), 0);
+  job_store_close(f->s);
+  f->s = NULL;
+
+  char err[256];
+  assert_int_equal(job_store_open(f->db, &f->s, err, sizeof err), 0);
+  job_info info;
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_int_equal(info.last_seq, 2);
+  assert_string_equal(info.secret, "abc");
+  assert_true(info.cancel_requested);
+  Dpod__V1__JobEvent *ev = NULL;
+  assert_int_equal(job_store_get_event(f->s, id, 2, &ev), 0);
+  assert_int_equal(ev->metrics->step, 1);
+  protobuf_c_message_free_unpacked(&ev->base, NULL);
+  /* Ids keep counting; dedupe state survived too. */
+  assert_int_equal(create_job(f, "zeta", 1), id + 1);
+  assert_int_equal(append_metrics(f, id, 1), 0);
+}
+
+static void list_filters_by_state_newest_first(void **state) {
+  fixture *f = *state;
+  uint64_t a = create_job(f, "a", 1), b = create_job(f, "b", 1), c = create_job(f, "c", 1);
+  job_store_append_state(f->s, b, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED, "cancelled by user", 0, 1, NULL);
+  Dpod__V1__Job **jobs = NULL;
+  size_t n = 0;
+  assert_int_equal(job_store_list(f->s, NULL, 0, 0, false, &jobs, &n), 0);
+  assert_int_equal(n, 3);
+  assert_int_equal(jobs[0]->id, c);
+  assert_int_equal(jobs[2]->id, a);
+  job_store_free_jobs(jobs, n);
+
+  Dpod__V1__JobState queued = DPOD__V1__JOB_STATE__JOB_STATE_QUEUED;
+  assert_int_equal(job_store_list(f->s, &queued, 1, 0, true, &jobs, &n), 0);
+  assert_int_equal(n, 2);
+  assert_int_equal(jobs[0]->id, a);
+  assert_int_equal(jobs[1]->id, c);
+  job_store_free_jobs(jobs, n);
+
+  assert_int_equal(job_store_list(f->s, NULL, 0, 1, false, &jobs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(jobs[0]->id, c);
+  job_store_free_jobs(jobs, n);
+}
+
+static void newer_schema_is_refused(void **state) {
+  fixture *f = *state;
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+  int version = 0;
+  sqlite3_stmt *st;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+  version = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  assert_int_equal(version, JOB_STORE_SCHEMA_VERSION);
+  assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  job_store *s2 = NULL;
+  char err[256];
+  assert_int_equal(job_store_open(f->db, &s2, err, sizeof err), DPOD_EUNSUPPORTED);
+  assert_null(s2);
+  assert_non_null(strstr(err, "99"));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(created_job_reads_back_with_its_first_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(events_append_gap_free_and_read_back_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(retried_metrics_and_checkpoints_are_stored_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(append_to_unknown_job_stores_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(failed_append_rolls_back_event_and_last_seq, setup, teardown),
+      cmocka_unit_test_setup_teardown(reopened_store_finds_its_data, setup, teardown),
+      cmocka_unit_test_setup_teardown(list_filters_by_state_newest_first, setup, teardown),
+      cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
