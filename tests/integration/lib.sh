@@ -1,0 +1,79 @@
+# Shared set-up for the integration tests: each test starts its own dpod on a private socket and state
+# directory, talks to it only through dpoctl, and tears everything down on exit. On failure the daemon
+# log and the job logs are printed.
+set -euo pipefail
+
+: "${DPOD_BIN:?}" "${DPOCTL_BIN:?}" "${WORKER_BIN:?}" "${TOOL_BIN:?}" "${DPOD_SOURCE_DIR:?}"
+command -v jq >/dev/null || { echo "jq is required (apt-get install jq)"; exit 1; }
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/dpod-it.XXXXXX")
+export DPOD_ADDR="unix:$T/run/dpod.sock"
+DPOD_PID=""
+
+it_dump_logs() {
+  echo "---- dpod log"; cat "$T/dpod.log" 2>/dev/null || true
+  for f in "$T"/state/jobs/*/job.log; do
+    [ -f "$f" ] && { echo "---- $f"; tail -n 40 "$f"; }
+  done
+}
+
+it_fail() {
+  echo "FAIL: $*" >&2
+  it_dump_logs >&2
+  exit 1
+}
+
+it_cleanup() {
+  local rc=$?
+  if [ -n "$DPOD_PID" ] && kill -0 "$DPOD_PID" 2>/dev/null; then
+    kill -TERM "$DPOD_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$DPOD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DPOD_PID" 2>/dev/null || true
+  fi
+  [ $rc -ne 0 ] && it_dump_logs >&2
+  rm -rf "$T"
+  exit $rc
+}
+trap it_cleanup EXIT
+
+# it_start_dpod [extra dpod args...]
+it_start_dpod() {
+  mkdir -p "$T/run"
+  "$DPOD_BIN" --listen "$DPOD_ADDR" --state-dir "$T/state" --slots "${SLOTS:-2}" --worker "$WORKER_BIN" "$@" \
+    >"$T/dpod.log" 2>&1 &
+  DPOD_PID=$!
+  for _ in $(seq 1 200); do
+    "$DPOCTL_BIN" health >/dev/null 2>&1 && return 0
+    kill -0 "$DPOD_PID" 2>/dev/null || it_fail "dpod exited during start-up"
+    sleep 0.05
+  done
+  it_fail "dpod did not answer health checks within 10 s"
+}
+
+# it_submit FILE [dpoctl submit args...] -> prints the job id
+it_submit() {
+  local out
+  out=$("$DPOCTL_BIN" submit "$@") || it_fail "dpoctl submit $* failed: $out"
+  echo "$out" | grep -oE '[0-9]+' | head -n 1
+}
+
+# it_job_field ID JQ-PATH -> a field of `dpoctl get ID --json`
+it_job_field() {
+  "$DPOCTL_BIN" get "$1" --json | jq -r "$2"
+}
+
+# it_wait_state ID STATE TIMEOUT_S
+it_wait_state() {
+  local s
+  for _ in $(seq 1 $(($3 * 10))); do
+    s=$(it_job_field "$1" .state)
+    [ "$s" = "$2" ] && return 0
+    sleep 0.1
+  done
+  it_fail "job $1 is '$s', not '$2', after $3 s"
+}
+
+# Processes of a job, found by its run directory on their command line.
+it_job_procs() {
+  pgrep -f -- "$T/state/jobs/$1/" || true
+}
