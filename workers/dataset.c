@@ -1,11 +1,17 @@
 #include "dataset.h"
 
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dpo_math.h"
 #include "dpod_error.h"
+#include "pref_format.h"
+#include "safetensors.h"
 
 /* Streams of the dataset generator's RNG, so each table is independent of the others' sizes. */
 enum { STREAM_EMBEDDINGS = 1, STREAM_MODES = 2, STREAM_PAIRS = 3, STREAM_SHUFFLE = 4 };
@@ -57,13 +63,515 @@ int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err,
   return 0;
 }
 
+/* ---- the on-disk format ------------------------------------------------------------------------- */
+
+typedef struct {
+  st_file *f;
+  char *path;
+  const unsigned char *winner, *loser;  /* [count, C, H, W] in the latent dtype */
+  const unsigned char *prompt;          /* [count] I32 or I64 */
+  st_dtype prompt_dtype;
+  size_t first, count;                  /* pairs [first, first + count) of the split */
+} ds_shard_;
+
+typedef struct {
+  st_file *f;
+  const unsigned char *emb;             /* [count, L, D] in the embedding dtype */
+  size_t first, count;
+} ds_prompt_shard_;
+
+struct dataset_store_ {
+  st_dtype latent_dtype, embed_dtype;
+  ds_shard_ *shards;
+  size_t nshards;
+  ds_prompt_shard_ *pshards;
+  size_t npshards;
+  st_file *empty_f;
+  const unsigned char *empty;           /* [L, D] in the embedding dtype, or NULL */
+};
+
+static void ds_store_free_(struct dataset_store_ *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->nshards; i++) {
+    st_close(s->shards[i].f);
+    free(s->shards[i].path);
+  }
+  for (size_t i = 0; i < s->npshards; i++) st_close(s->pshards[i].f);
+  st_close(s->empty_f);
+  free(s->shards);
+  free(s->pshards);
+  free(s);
+}
+
 void dataset_free(dpo_dataset *ds) {
+  if (!ds) return;
   free(ds->latents);
   free(ds->prompt_of);
   free(ds->embeddings);
-  ds->latents = ds->embeddings = NULL;
+  free(ds->empty_prompt);
+  ds_store_free_(ds->store_);
+  ds->latents = ds->embeddings = ds->empty_prompt = NULL;
   ds->prompt_of = NULL;
+  ds->store_ = NULL;
 }
+
+dataset_open_params dataset_open_default_params(void) {
+  dataset_open_params p = {0};
+  p.split = "train";
+  p.check_values = 1;
+  return p;
+}
+
+static int ds_fail_(char *err, size_t errlen, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int ds_fail_(char *err, size_t errlen, int status, const char *fmt, ...) {
+  if (err && errlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return status;
+}
+
+static char *ds_read_text_(const char *path, int *errnum) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    *errnum = errno;
+    return NULL;
+  }
+  char *buf = NULL;
+  size_t len = 0, cap = 0;
+  for (;;) {
+    if (len + 4097 > cap) {
+      cap = cap ? 2 * cap : 65536;
+      char *nb = realloc(buf, cap);
+      if (!nb) {
+        free(buf);
+        fclose(f);
+        *errnum = ENOMEM;
+        return NULL;
+      }
+      buf = nb;
+    }
+    size_t n = fread(buf + len, 1, 4096, f);
+    len += n;
+    if (n < 4096) break;
+  }
+  int bad = ferror(f);
+  fclose(f);
+  if (bad) {
+    free(buf);
+    *errnum = EIO;
+    return NULL;
+  }
+  buf[len] = 0;
+  return buf;
+}
+
+/* A manifest integer field in [lo, hi]. */
+static int ds_json_int_(const cJSON *o, const char *key, double lo, double hi, int64_t *out) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsNumber(j) || j->valuedouble != floor(j->valuedouble) || j->valuedouble < lo ||
+      j->valuedouble > hi)
+    return -1;
+  *out = (int64_t)j->valuedouble;
+  return 0;
+}
+
+/* A shard file name from the manifest: a plain name inside the dataset directory. */
+static const char *ds_json_file_(const cJSON *o, const char *key) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!cJSON_IsString(j) || !*j->valuestring || strchr(j->valuestring, '/') || strcmp(j->valuestring, "..") == 0)
+    return NULL;
+  return j->valuestring;
+}
+
+static int ds_parse_dtype_(const cJSON *m, const char *key, st_dtype *out) {
+  const cJSON *j = cJSON_GetObjectItemCaseSensitive(m, key);
+  if (!cJSON_IsString(j)) return -1;
+  if (strcmp(j->valuestring, "F16") == 0) *out = ST_F16;
+  else if (strcmp(j->valuestring, "F32") == 0) *out = ST_F32;
+  else return -1;
+  return 0;
+}
+
+static void ds_shape_str_(const st_tensor *t, char *buf, size_t n) {
+  size_t k = (size_t)snprintf(buf, n, "%s [", st_dtype_name(t->dtype));
+  for (int i = 0; i < t->ndim && k < n; i++)
+    k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+  if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+/* Checks that tensor `name` of shard `path` exists with `dtype` and shape dims[0..ndim). */
+static int ds_expect_tensor_(st_file *f, const char *path, const char *name, st_dtype dtype, int ndim,
+                             const int64_t *dims, const st_tensor **out, char *err, size_t errlen) {
+  const st_tensor *t = st_find(f, name);
+  if (!t) return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: no tensor '%s'", path, name);
+  int ok = t->dtype == dtype && t->ndim == ndim;
+  for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == dims[i];
+  if (!ok) {
+    char have[160], want[160] = "";
+    ds_shape_str_(t, have, sizeof have);
+    size_t k = (size_t)snprintf(want, sizeof want, "%s [", st_dtype_name(dtype));
+    for (int i = 0; i < ndim && k < sizeof want; i++)
+      k += (size_t)snprintf(want + k, sizeof want - k, "%s%lld", i ? ", " : "", (long long)dims[i]);
+    if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
+    return ds_fail_(err, errlen, DPOD_ESHAPE, "%s: tensor '%s' is %s, expected %s", path, name, have, want);
+  }
+  *out = t;
+  return 0;
+}
+
+/* Index of the first non-finite value among n values of `dtype` at p, or n. */
+static size_t ds_first_nonfinite_(st_dtype dtype, const unsigned char *p, size_t n, float *value) {
+  for (size_t i = 0; i < n; i++) {
+    float v;
+    if (dtype == ST_F16) {
+      uint16_t h;
+      memcpy(&h, p + 2 * i, 2);
+      if ((h & 0x7c00u) != 0x7c00u) continue;
+      v = pref_f16_to_f32(h);
+    } else {
+      memcpy(&v, p + 4 * i, 4);
+      if (isfinite(v)) continue;
+    }
+    *value = v;
+    return i;
+  }
+  return n;
+}
+
+static void ds_load_(st_dtype dtype, const unsigned char *p, size_t n, float *out) {
+  if (dtype == ST_F32) {
+    memcpy(out, p, n * 4);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, p + 2 * i, 2);
+    out[i] = pref_f16_to_f32(h);
+  }
+}
+
+static int64_t ds_prompt_at_(const ds_shard_ *s, size_t r) {
+  if (s->prompt_dtype == ST_I32) {
+    int32_t v;
+    memcpy(&v, s->prompt + 4 * r, 4);
+    return v;
+  }
+  int64_t v;
+  memcpy(&v, s->prompt + 8 * r, 8);
+  return v;
+}
+
+static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, struct dataset_store_ *st,
+                            dpo_dataset *ds, int check_values, char *err, size_t errlen) {
+  const cJSON *prompts = cJSON_GetObjectItemCaseSensitive(m, "prompts");
+  int64_t count;
+  const cJSON *shards = cJSON_GetObjectItemCaseSensitive(prompts, "shards");
+  if (!cJSON_IsObject(prompts) || ds_json_int_(prompts, "count", 1, (double)INT32_MAX, &count) != 0 ||
+      !cJSON_IsArray(shards))
+    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'prompts' needs a positive 'count' and a 'shards' array",
+                    mpath);
+  ds->num_prompts = (size_t)count;
+  size_t n = (size_t)cJSON_GetArraySize(shards);
+  if (!(st->pshards = calloc(n ? n : 1, sizeof *st->pshards)))
+    return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+  size_t emb = dataset_prompt_size(ds), esz = st_dtype_size(st->embed_dtype), first = 0;
+  char path[4096];
+  const cJSON *o;
+  cJSON_ArrayForEach(o, shards) {
+    const char *file = ds_json_file_(o, "file");
+    int64_t c;
+    if (!file || ds_json_int_(o, "count", 1, (double)INT32_MAX, &c) != 0)
+      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: prompt shard %zu needs a plain 'file' name and a positive "
+                      "'count'", mpath, st->npshards);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    ds_prompt_shard_ *ps = &st->pshards[st->npshards++];
+    int rc = st_open(path, &ps->f, err, errlen);
+    if (rc) return rc;
+    const st_tensor *t;
+    int64_t dims[3] = {c, ds->text_len, ds->embed_dim};
+    if ((rc = ds_expect_tensor_(ps->f, path, "embedding", st->embed_dtype, 3, dims, &t, err, errlen)) != 0)
+      return rc;
+    ps->emb = t->data;
+    ps->first = first;
+    ps->count = (size_t)c;
+    if (check_values) {
+      for (size_t r = 0; r < ps->count; r++) {
+        float v;
+        size_t e = ds_first_nonfinite_(st->embed_dtype, ps->emb + r * emb * esz, emb, &v);
+        if (e < emb)
+          return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: record %zu (prompt %zu): 'embedding' holds %g at "
+                          "element %zu", path, r, first + r, v, e);
+      }
+    }
+    first += ps->count;
+  }
+  if (first != ds->num_prompts)
+    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: the prompt shards hold %zu prompts, 'prompts.count' says %zu",
+                    mpath, first, ds->num_prompts);
+
+  const char *empty = NULL;
+  if (cJSON_GetObjectItemCaseSensitive(m, "empty_prompt")) {
+    if (!(empty = ds_json_file_(m, "empty_prompt")))
+      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'empty_prompt' is not a plain file name", mpath);
+    snprintf(path, sizeof path, "%s/%s", dir, empty);
+    int rc = st_open(path, &st->empty_f, err, errlen);
+    if (rc) return rc;
+    const st_tensor *t;
+    int64_t dims[2] = {ds->text_len, ds->embed_dim};
+    if ((rc = ds_expect_tensor_(st->empty_f, path, "embedding", st->embed_dtype, 2, dims, &t, err, errlen)) != 0)
+      return rc;
+    float v;
+    size_t e = ds_first_nonfinite_(st->embed_dtype, t->data, emb, &v);
+    if (e < emb)
+      return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: 'embedding' holds %g at element %zu", path, v, e);
+    st->empty = t->data;
+    ds->has_empty_prompt = 1;
+  }
+  return 0;
+}
+
+static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, const char *split,
+                          struct dataset_store_ *st, dpo_dataset *ds, int check_values, char *err,
+                          size_t errlen) {
+  const cJSON *splits = cJSON_GetObjectItemCaseSensitive(m, "splits");
+  const cJSON *sp = cJSON_GetObjectItemCaseSensitive(splits, split);
+  if (!cJSON_IsObject(sp)) {
+    char names[256] = "";
+    size_t k = 0;
+    const cJSON *o;
+    cJSON_ArrayForEach(o, splits) {
+      if (k < sizeof names) k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", k ? ", " : "", o->string);
+    }
+    return ds_fail_(err, errlen, DPOD_ENOENT, "%s: no split '%s' (the dataset has: %s)", mpath, split,
+                    k ? names : "none");
+  }
+  int64_t pairs;
+  const cJSON *shards = cJSON_GetObjectItemCaseSensitive(sp, "shards");
+  if (ds_json_int_(sp, "pairs", 0, 4e15, &pairs) != 0 || !cJSON_IsArray(shards))
+    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: split '%s' needs 'pairs' and a 'shards' array", mpath, split);
+  ds->num_pairs = (size_t)pairs;
+  size_t n = (size_t)cJSON_GetArraySize(shards);
+  if (!(st->shards = calloc(n ? n : 1, sizeof *st->shards)))
+    return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+  size_t img = dataset_image_size(ds), lsz = st_dtype_size(st->latent_dtype), first = 0;
+  char path[4096];
+  const cJSON *o;
+  cJSON_ArrayForEach(o, shards) {
+    const char *file = ds_json_file_(o, "file");
+    int64_t c;
+    if (!file || ds_json_int_(o, "pairs", 1, (double)INT32_MAX, &c) != 0)
+      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: split '%s' shard %zu needs a plain 'file' name and a "
+                      "positive 'pairs'", mpath, split, st->nshards);
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    ds_shard_ *s = &st->shards[st->nshards++];
+    if (!(s->path = strdup(path))) return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    int rc = st_open(path, &s->f, err, errlen);
+    if (rc) return rc;
+    const st_tensor *tw, *tl, *tp;
+    int64_t dims[4] = {c, ds->channels, ds->height, ds->width};
+    if ((rc = ds_expect_tensor_(s->f, path, "winner", st->latent_dtype, 4, dims, &tw, err, errlen)) != 0 ||
+        (rc = ds_expect_tensor_(s->f, path, "loser", st->latent_dtype, 4, dims, &tl, err, errlen)) != 0)
+      return rc;
+    tp = st_find(s->f, "prompt");
+    st_dtype pd = tp && tp->dtype == ST_I64 ? ST_I64 : ST_I32;
+    if ((rc = ds_expect_tensor_(s->f, path, "prompt", pd, 1, dims, &tp, err, errlen)) != 0) return rc;
+    s->winner = tw->data;
+    s->loser = tl->data;
+    s->prompt = tp->data;
+    s->prompt_dtype = pd;
+    s->first = first;
+    s->count = (size_t)c;
+    for (size_t r = 0; r < s->count; r++) {
+      int64_t p = ds_prompt_at_(s, r);
+      if (p < 0 || (uint64_t)p >= ds->num_prompts)
+        return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: record %zu (pair %zu of '%s'): prompt index %lld is out "
+                        "of range [0, %zu)", path, r, first + r, split, (long long)p, ds->num_prompts);
+      if (!check_values) continue;
+      for (int k = 0; k < 2; k++) {
+        const unsigned char *x = (k ? s->loser : s->winner) + r * img * lsz;
+        float v;
+        size_t e = ds_first_nonfinite_(st->latent_dtype, x, img, &v);
+        if (e < img)
+          return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: record %zu (pair %zu of '%s'): '%s' holds %g at "
+                          "element %zu", path, r, first + r, split, k ? "loser" : "winner", v, e);
+      }
+    }
+    first += s->count;
+  }
+  if (first != ds->num_pairs)
+    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: the shards of split '%s' hold %zu pairs, its 'pairs' says %zu",
+                    mpath, split, first, ds->num_pairs);
+  return 0;
+}
+
+int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds, char *err, size_t errlen) {
+  memset(ds, 0, sizeof *ds);
+  dataset_open_params defaults = dataset_open_default_params();
+  if (!p) p = &defaults;
+  const char *split = p->split ? p->split : "train";
+  char mpath[4096];
+  snprintf(mpath, sizeof mpath, "%s/%s", dir, PREF_MANIFEST);
+  int rc = DPOD_EFORMAT, errnum = 0;
+  cJSON *m = NULL;
+  char *text = ds_read_text_(mpath, &errnum);
+  if (!text) {
+    return ds_fail_(err, errlen, errnum == ENOENT ? DPOD_ENOENT : DPOD_EIO, "%s: cannot read: %s%s", mpath,
+                    strerror(errnum), errnum == ENOENT ? " (not a preference dataset, or an unfinished one)" : "");
+  }
+  if (!(m = cJSON_Parse(text))) {
+    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: not valid JSON", mpath);
+    goto fail;
+  }
+  const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
+  int64_t version;
+  if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, PREF_FORMAT_NAME) != 0 ||
+      ds_json_int_(m, "version", 0, 1e9, &version) != 0) {
+    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: not a %s manifest", mpath, PREF_FORMAT_NAME);
+    goto fail;
+  }
+  if (version != PREF_FORMAT_VERSION) {
+    rc = ds_fail_(err, errlen, DPOD_EUNSUPPORTED, "%s: format version %lld, this build reads %d", mpath,
+                  (long long)version, PREF_FORMAT_VERSION);
+    goto fail;
+  }
+  struct dataset_store_ *st = ds->store_ = calloc(1, sizeof *st);
+  if (!st) {
+    rc = ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+    goto fail;
+  }
+  const cJSON *shape = cJSON_GetObjectItemCaseSensitive(m, "latent_shape");
+  int64_t dims[3] = {0}, L, D;
+  int ok = cJSON_IsArray(shape) && cJSON_GetArraySize(shape) == 3;
+  for (int i = 0; ok && i < 3; i++) {
+    const cJSON *v = cJSON_GetArrayItem(shape, i);
+    ok = cJSON_IsNumber(v) && v->valuedouble >= 1 && v->valuedouble <= 65536 && v->valuedouble == floor(v->valuedouble);
+    if (ok) dims[i] = (int64_t)v->valuedouble;
+  }
+  if (!ok || ds_json_int_(m, "text_len", 1, 1 << 20, &L) != 0 || ds_json_int_(m, "embed_dim", 1, 1 << 20, &D) != 0) {
+    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: needs 'latent_shape' [C, H, W], 'text_len' and 'embed_dim' "
+                  "as positive integers", mpath);
+    goto fail;
+  }
+  if (ds_parse_dtype_(m, "latent_dtype", &st->latent_dtype) != 0 ||
+      ds_parse_dtype_(m, "embed_dtype", &st->embed_dtype) != 0) {
+    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'latent_dtype' and 'embed_dtype' must be \"F16\" or \"F32\"",
+                  mpath);
+    goto fail;
+  }
+  ds->channels = (int)dims[0];
+  ds->height = (int)dims[1];
+  ds->width = (int)dims[2];
+  ds->text_len = (int)L;
+  ds->embed_dim = (int)D;
+  if ((p->channels && p->channels != ds->channels) || (p->height && p->height != ds->height) ||
+      (p->width && p->width != ds->width)) {
+    rc = ds_fail_(err, errlen, DPOD_ESHAPE, "%s: latents are [%d, %d, %d], the model expects [%d, %d, %d]", mpath,
+                  ds->channels, ds->height, ds->width, p->channels, p->height, p->width);
+    goto fail;
+  }
+  if (p->embed_dim && p->embed_dim != ds->embed_dim) {
+    rc = ds_fail_(err, errlen, DPOD_ESHAPE, "%s: prompt embeddings are %d wide, the model's cross_attention_dim "
+                  "is %d", mpath, ds->embed_dim, p->embed_dim);
+    goto fail;
+  }
+  if ((rc = ds_open_prompts_(dir, m, mpath, st, ds, p->check_values, err, errlen)) != 0) goto fail;
+  if ((rc = ds_open_split_(dir, m, mpath, split, st, ds, p->check_values, err, errlen)) != 0) goto fail;
+  cJSON_Delete(m);
+  free(text);
+  return 0;
+fail:
+  cJSON_Delete(m);
+  free(text);
+  dataset_free(ds);
+  return rc;
+}
+
+/* ---- access ------------------------------------------------------------------------------------- */
+
+static const ds_shard_ *ds_find_shard_(const struct dataset_store_ *st, size_t i, size_t *r) {
+  size_t lo = 0, hi = st->nshards;
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (st->shards[mid].first <= i) lo = mid;
+    else hi = mid;
+  }
+  *r = i - st->shards[lo].first;
+  return &st->shards[lo];
+}
+
+int dataset_copy_pair(const dpo_dataset *ds, size_t i, float *w, float *l) {
+  if (i >= ds->num_pairs) return DPOD_EINVAL;
+  size_t img = dataset_image_size(ds);
+  if (!ds->store_) {
+    if (w) memcpy(w, dataset_winner(ds, i), img * sizeof(float));
+    if (l) memcpy(l, dataset_loser(ds, i), img * sizeof(float));
+    return 0;
+  }
+  size_t r;
+  const ds_shard_ *s = ds_find_shard_(ds->store_, i, &r);
+  size_t bytes = img * st_dtype_size(ds->store_->latent_dtype);
+  if (w) ds_load_(ds->store_->latent_dtype, s->winner + r * bytes, img, w);
+  if (l) ds_load_(ds->store_->latent_dtype, s->loser + r * bytes, img, l);
+  return 0;
+}
+
+uint32_t dataset_prompt_index(const dpo_dataset *ds, size_t i) {
+  if (i >= ds->num_pairs) return 0;
+  if (!ds->store_) return ds->prompt_of[i];
+  size_t r;
+  const ds_shard_ *s = ds_find_shard_(ds->store_, i, &r);
+  return (uint32_t)ds_prompt_at_(s, r);
+}
+
+int dataset_copy_prompt_row(const dpo_dataset *ds, uint32_t prompt, float *emb) {
+  if (prompt >= ds->num_prompts) return DPOD_EINVAL;
+  size_t n = dataset_prompt_size(ds);
+  if (!ds->store_) {
+    memcpy(emb, ds->embeddings + (size_t)prompt * n, n * sizeof(float));
+    return 0;
+  }
+  const struct dataset_store_ *st = ds->store_;
+  size_t lo = 0, hi = st->npshards;
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (st->pshards[mid].first <= prompt) lo = mid;
+    else hi = mid;
+  }
+  const ds_prompt_shard_ *ps = &st->pshards[lo];
+  ds_load_(st->embed_dtype, ps->emb + (prompt - ps->first) * n * st_dtype_size(st->embed_dtype), n, emb);
+  return 0;
+}
+
+int dataset_copy_prompt(const dpo_dataset *ds, size_t i, float *emb) {
+  if (i >= ds->num_pairs) return DPOD_EINVAL;
+  return dataset_copy_prompt_row(ds, dataset_prompt_index(ds, i), emb);
+}
+
+int dataset_copy_empty_prompt(const dpo_dataset *ds, float *emb) {
+  if (!ds->has_empty_prompt) return DPOD_ENOENT;
+  size_t n = dataset_prompt_size(ds);
+  if (!ds->store_) memcpy(emb, ds->empty_prompt, n * sizeof(float));
+  else ds_load_(ds->store_->embed_dtype, ds->store_->empty, n, emb);
+  return 0;
+}
+
+const float *dataset_winner(const dpo_dataset *ds, size_t pair) {
+  return ds->latents ? ds->latents + pair * 2 * dataset_image_size(ds) : NULL;
+}
+
+const float *dataset_loser(const dpo_dataset *ds, size_t pair) {
+  return ds->latents ? ds->latents + (pair * 2 + 1) * dataset_image_size(ds) : NULL;
+}
+
+const float *dataset_prompt(const dpo_dataset *ds, size_t pair) {
+  return ds->embeddings ? ds->embeddings + (size_t)ds->prompt_of[pair] * dataset_prompt_size(ds) : NULL;
+}
+
+/* ---- the distributed sampler -------------------------------------------------------------------- */
 
 int sampler_init(dpo_sampler *s, size_t num_pairs, size_t global_batch, uint64_t seed) {
   memset(s, 0, sizeof *s);

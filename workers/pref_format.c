@@ -1,0 +1,424 @@
+/* The preference dataset writer. See pref_format.h and docs/dataset-format.md.
+ *
+ * Records are converted to the stored dtype as they arrive and buffered one shard per split, so memory
+ * stays at one shard per split whatever the dataset's size. Every shard is written through the atomic
+ * safetensors writer; the manifest goes last. */
+#include "pref_format.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dpod_error.h"
+
+typedef struct {
+  char *name;
+  unsigned char *winner, *loser;  /* [shard_pairs, C, H, W] in latent_dtype */
+  int32_t *prompt;                /* [shard_pairs] */
+  size_t buffered;                /* records in the buffers */
+  size_t total;                   /* records in the split so far */
+  cJSON *shards;                  /* [{"file", "pairs"}] */
+} pref_split_;
+
+struct pref_writer {
+  char *dir;
+  pref_writer_params p;
+  size_t img, emb;                /* floats per latent / per prompt embedding */
+  pref_split_ splits[PREF_MAX_SPLITS];
+  int nsplits;
+  unsigned char *prompts;         /* [shard_prompts, L, D] in embed_dtype */
+  size_t prompts_buffered, prompts_total;
+  cJSON *prompt_shards;
+  unsigned char *empty;           /* [L, D] in embed_dtype, or NULL */
+  uint32_t max_prompt;            /* largest prompt index of any pair, +1 (0: no pairs) */
+  cJSON *info;
+  char last_error[512];
+};
+
+pref_writer_params pref_writer_default_params(void) {
+  pref_writer_params p = {0};
+  p.latent_dtype = ST_F16;
+  p.embed_dtype = ST_F16;
+  p.shard_pairs = 1024;
+  p.shard_prompts = 4096;
+  return p;
+}
+
+/* ---- half precision ---- */
+
+uint16_t pref_f32_to_f16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t exp = (x >> 23) & 0xffu;
+  uint32_t man = x & 0x7fffffu;
+  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0)); /* inf, nan */
+  int e = (int)exp - 127 + 15;
+  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);                           /* overflow */
+  if (e <= 0) {                                                                /* subnormal or zero */
+    if (e < -10) return (uint16_t)sign;
+    man |= 0x800000u;
+    int shift = 14 - e;
+    uint32_t half = man >> shift;
+    uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) half++;
+    return (uint16_t)(sign | half);
+  }
+  uint32_t half = ((uint32_t)e << 10) | (man >> 13);
+  uint32_t rem = man & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (half & 1))) half++; /* may carry into the exponent: right */
+  return (uint16_t)(sign | half);
+}
+
+float pref_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {
+      int e = -1;
+      do {
+        e++;
+        man <<= 1;
+      } while (!(man & 0x400u));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float out;
+  memcpy(&out, &bits, 4);
+  return out;
+}
+
+/* Stores n floats in `dtype` at dst. */
+static void pref_store_(st_dtype dtype, const float *src, size_t n, unsigned char *dst) {
+  if (dtype == ST_F32) {
+    memcpy(dst, src, n * 4);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h = pref_f32_to_f16(src[i]);
+    memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+/* ---- writer ---- */
+
+static int pref_fail_(pref_writer *w, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int pref_fail_(pref_writer *w, int status, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(w->last_error, sizeof w->last_error, fmt, ap);
+  va_end(ap);
+  return status;
+}
+
+const char *pref_writer_last_error(const pref_writer *w) { return w ? w->last_error : ""; }
+
+static int pref_valid_dtype_(st_dtype d) { return d == ST_F16 || d == ST_F32; }
+
+int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer **out, char *err,
+                     size_t errlen) {
+  *out = NULL;
+  if (p->channels <= 0 || p->height <= 0 || p->width <= 0 || p->text_len <= 0 || p->embed_dim <= 0 ||
+      p->shard_pairs == 0 || p->shard_prompts == 0 || !pref_valid_dtype_(p->latent_dtype) ||
+      !pref_valid_dtype_(p->embed_dtype)) {
+    snprintf(err, errlen, "%s: the latent and embedding shapes and shard sizes must be > 0, dtypes F16 or F32",
+             dir);
+    return DPOD_EINVAL;
+  }
+  if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+    snprintf(err, errlen, "%s: cannot create: %s", dir, strerror(errno));
+    return DPOD_EIO;
+  }
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, PREF_MANIFEST);
+  if (unlink(path) != 0 && errno != ENOENT) {
+    snprintf(err, errlen, "%s: cannot remove the old manifest: %s", path, strerror(errno));
+    return DPOD_EIO;
+  }
+  pref_writer *w = calloc(1, sizeof *w);
+  if (!w) goto oom;
+  w->p = *p;
+  w->img = (size_t)p->channels * p->height * p->width;
+  w->emb = (size_t)p->text_len * p->embed_dim;
+  w->dir = strdup(dir);
+  w->prompts = malloc(p->shard_prompts * w->emb * st_dtype_size(p->embed_dtype));
+  w->prompt_shards = cJSON_CreateArray();
+  w->info = cJSON_CreateObject();
+  if (!w->dir || !w->prompts || !w->prompt_shards || !w->info) goto oom;
+  *out = w;
+  return 0;
+oom:
+  pref_writer_free(w);
+  snprintf(err, errlen, "%s: out of memory", dir);
+  return DPOD_ENOMEM;
+}
+
+void pref_writer_free(pref_writer *w) {
+  if (!w) return;
+  for (int i = 0; i < w->nsplits; i++) {
+    free(w->splits[i].name);
+    free(w->splits[i].winner);
+    free(w->splits[i].loser);
+    free(w->splits[i].prompt);
+    cJSON_Delete(w->splits[i].shards);
+  }
+  free(w->prompts);
+  free(w->empty);
+  cJSON_Delete(w->prompt_shards);
+  cJSON_Delete(w->info);
+  free(w->dir);
+  free(w);
+}
+
+static int pref_check_finite_(pref_writer *w, const char *what, const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(x[i])) return pref_fail_(w, DPOD_ENUMERIC, "%s holds %g at element %zu", what, x[i], i);
+  return 0;
+}
+
+/* Writes buffered prompts as the next prompt shard. */
+static int pref_flush_prompts_(pref_writer *w, char *err, size_t errlen) {
+  if (w->prompts_buffered == 0) return 0;
+  size_t index = (size_t)cJSON_GetArraySize(w->prompt_shards);
+  char name[64], path[4096];
+  snprintf(name, sizeof name, "prompts-%05zu.safetensors", index);
+  snprintf(path, sizeof path, "%s/%s", w->dir, name);
+  st_writer *sw = st_writer_new();
+  int64_t shape[3] = {(int64_t)w->prompts_buffered, w->p.text_len, w->p.embed_dim};
+  int rc = DPOD_ENOMEM;
+  if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 3, shape, w->prompts) != 0) {
+    snprintf(err, errlen, "%s: out of memory", path);
+    goto done;
+  }
+  st_writer_set_metadata(sw, "format", PREF_FORMAT_NAME);
+  if ((rc = st_writer_write(sw, path, NULL, err, errlen)) != 0) goto done;
+  cJSON *s = cJSON_CreateObject();
+  cJSON_AddStringToObject(s, "file", name);
+  cJSON_AddNumberToObject(s, "count", (double)w->prompts_buffered);
+  cJSON_AddItemToArray(w->prompt_shards, s);
+  w->prompts_buffered = 0;
+done:
+  st_writer_free(sw);
+  return rc;
+}
+
+int pref_writer_add_prompt(pref_writer *w, const float *emb) {
+  int rc = pref_check_finite_(w, "prompt embedding", emb, w->emb);
+  if (rc) return rc;
+  if (w->prompts_total >= UINT32_MAX) return pref_fail_(w, DPOD_EINVAL, "too many prompts");
+  size_t esz = st_dtype_size(w->p.embed_dtype);
+  pref_store_(w->p.embed_dtype, emb, w->emb, w->prompts + w->prompts_buffered * w->emb * esz);
+  w->prompts_buffered++;
+  w->prompts_total++;
+  if (w->prompts_buffered == w->p.shard_prompts) {
+    char err[512];
+    if ((rc = pref_flush_prompts_(w, err, sizeof err)) != 0) return pref_fail_(w, rc, "%s", err);
+  }
+  return 0;
+}
+
+int pref_writer_set_empty_prompt(pref_writer *w, const float *emb) {
+  int rc = pref_check_finite_(w, "empty-prompt embedding", emb, w->emb);
+  if (rc) return rc;
+  if (!w->empty && !(w->empty = malloc(w->emb * st_dtype_size(w->p.embed_dtype))))
+    return pref_fail_(w, DPOD_ENOMEM, "out of memory");
+  pref_store_(w->p.embed_dtype, emb, w->emb, w->empty);
+  return 0;
+}
+
+static int pref_valid_split_name_(const char *s) {
+  if (!s || !*s || strlen(s) > 32) return 0;
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_')) return 0;
+  return 1;
+}
+
+static pref_split_ *pref_split_get_(pref_writer *w, const char *name) {
+  for (int i = 0; i < w->nsplits; i++)
+    if (strcmp(w->splits[i].name, name) == 0) return &w->splits[i];
+  if (w->nsplits == PREF_MAX_SPLITS) return NULL;
+  pref_split_ *s = &w->splits[w->nsplits];
+  size_t lsz = st_dtype_size(w->p.latent_dtype);
+  s->name = strdup(name);
+  s->winner = malloc(w->p.shard_pairs * w->img * lsz);
+  s->loser = malloc(w->p.shard_pairs * w->img * lsz);
+  s->prompt = malloc(w->p.shard_pairs * sizeof(int32_t));
+  s->shards = cJSON_CreateArray();
+  if (!s->name || !s->winner || !s->loser || !s->prompt || !s->shards) {
+    free(s->name);
+    free(s->winner);
+    free(s->loser);
+    free(s->prompt);
+    cJSON_Delete(s->shards);
+    memset(s, 0, sizeof *s);
+    return NULL;
+  }
+  w->nsplits++;
+  return s;
+}
+
+static int pref_flush_split_(pref_writer *w, pref_split_ *s, char *err, size_t errlen) {
+  if (s->buffered == 0) return 0;
+  size_t index = (size_t)cJSON_GetArraySize(s->shards);
+  char name[96], path[4096];
+  snprintf(name, sizeof name, "%s-%05zu.safetensors", s->name, index);
+  snprintf(path, sizeof path, "%s/%s", w->dir, name);
+  st_writer *sw = st_writer_new();
+  int64_t shape[4] = {(int64_t)s->buffered, w->p.channels, w->p.height, w->p.width};
+  int64_t pshape[1] = {(int64_t)s->buffered};
+  int rc = DPOD_ENOMEM;
+  if (!sw || st_writer_add(sw, "winner", w->p.latent_dtype, 4, shape, s->winner) != 0 ||
+      st_writer_add(sw, "loser", w->p.latent_dtype, 4, shape, s->loser) != 0 ||
+      st_writer_add(sw, "prompt", ST_I32, 1, pshape, s->prompt) != 0) {
+    snprintf(err, errlen, "%s: out of memory", path);
+    goto done;
+  }
+  st_writer_set_metadata(sw, "format", PREF_FORMAT_NAME);
+  st_writer_set_metadata(sw, "split", s->name);
+  if ((rc = st_writer_write(sw, path, NULL, err, errlen)) != 0) goto done;
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "file", name);
+  cJSON_AddNumberToObject(o, "pairs", (double)s->buffered);
+  cJSON_AddItemToArray(s->shards, o);
+  s->buffered = 0;
+done:
+  st_writer_free(sw);
+  return rc;
+}
+
+int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner, const float *loser,
+                         uint32_t prompt) {
+  if (!pref_valid_split_name_(split))
+    return pref_fail_(w, DPOD_EINVAL, "split name '%s' is not [a-z0-9_]{1,32}", split ? split : "(null)");
+  if (prompt > INT32_MAX) return pref_fail_(w, DPOD_EINVAL, "prompt index %u is out of range", prompt);
+  int rc;
+  if ((rc = pref_check_finite_(w, "winner latent", winner, w->img)) != 0) return rc;
+  if ((rc = pref_check_finite_(w, "loser latent", loser, w->img)) != 0) return rc;
+  pref_split_ *s = pref_split_get_(w, split);
+  if (!s) return pref_fail_(w, DPOD_ENOMEM, "split '%s': out of memory or more than %d splits", split,
+                            PREF_MAX_SPLITS);
+  size_t lsz = st_dtype_size(w->p.latent_dtype);
+  pref_store_(w->p.latent_dtype, winner, w->img, s->winner + s->buffered * w->img * lsz);
+  pref_store_(w->p.latent_dtype, loser, w->img, s->loser + s->buffered * w->img * lsz);
+  s->prompt[s->buffered] = (int32_t)prompt;
+  s->buffered++;
+  s->total++;
+  if (prompt + 1 > w->max_prompt) w->max_prompt = prompt + 1;
+  if (s->buffered == w->p.shard_pairs) {
+    char err[512];
+    if ((rc = pref_flush_split_(w, s, err, sizeof err)) != 0) return pref_fail_(w, rc, "%s", err);
+  }
+  return 0;
+}
+
+int pref_writer_set_info_string(pref_writer *w, const char *key, const char *value) {
+  cJSON_DeleteItemFromObjectCaseSensitive(w->info, key);
+  return cJSON_AddStringToObject(w->info, key, value) ? 0 : DPOD_ENOMEM;
+}
+
+int pref_writer_set_info_number(pref_writer *w, const char *key, double value) {
+  cJSON_DeleteItemFromObjectCaseSensitive(w->info, key);
+  return cJSON_AddNumberToObject(w->info, key, value) ? 0 : DPOD_ENOMEM;
+}
+
+static int pref_write_text_atomic_(const char *path, const char *text, char *err, size_t errlen) {
+  char tmp[4200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "wb");
+  if (!f) {
+    snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+    return DPOD_EIO;
+  }
+  size_t n = strlen(text);
+  int ok = fwrite(text, 1, n, f) == n && fputc('\n', f) != EOF && fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = (fclose(f) == 0) && ok;
+  if (!ok || rename(tmp, path) != 0) {
+    snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+    unlink(tmp);
+    return DPOD_EIO;
+  }
+  return 0;
+}
+
+int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {
+  int rc = 0;
+  cJSON *m = NULL;
+  char *text = NULL;
+  if (w->max_prompt > w->prompts_total) {
+    snprintf(err, errlen, "%s: a pair names prompt %u but only %zu prompts were added", w->dir,
+             w->max_prompt - 1, w->prompts_total);
+    rc = DPOD_EINVAL;
+    goto done;
+  }
+  if ((rc = pref_flush_prompts_(w, err, errlen)) != 0) goto done;
+  for (int i = 0; i < w->nsplits; i++)
+    if ((rc = pref_flush_split_(w, &w->splits[i], err, errlen)) != 0) goto done;
+  if (w->empty) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", w->dir, PREF_EMPTY_PROMPT_FILE);
+    st_writer *sw = st_writer_new();
+    int64_t shape[2] = {w->p.text_len, w->p.embed_dim};
+    if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 2, shape, w->empty) != 0) {
+      st_writer_free(sw);
+      snprintf(err, errlen, "%s: out of memory", path);
+      rc = DPOD_ENOMEM;
+      goto done;
+    }
+    rc = st_writer_write(sw, path, NULL, err, errlen);
+    st_writer_free(sw);
+    if (rc) goto done;
+  }
+
+  rc = DPOD_ENOMEM;
+  m = cJSON_CreateObject();
+  if (!m) goto oom;
+  cJSON_AddStringToObject(m, "format", PREF_FORMAT_NAME);
+  cJSON_AddNumberToObject(m, "version", PREF_FORMAT_VERSION);
+  int shape[3] = {w->p.channels, w->p.height, w->p.width};
+  cJSON_AddItemToObject(m, "latent_shape", cJSON_CreateIntArray(shape, 3));
+  cJSON_AddStringToObject(m, "latent_dtype", st_dtype_name(w->p.latent_dtype));
+  cJSON_AddNumberToObject(m, "text_len", w->p.text_len);
+  cJSON_AddNumberToObject(m, "embed_dim", w->p.embed_dim);
+  cJSON_AddStringToObject(m, "embed_dtype", st_dtype_name(w->p.embed_dtype));
+  cJSON *prompts = cJSON_AddObjectToObject(m, "prompts");
+  if (!prompts) goto oom;
+  cJSON_AddNumberToObject(prompts, "count", (double)w->prompts_total);
+  cJSON_AddItemToObject(prompts, "shards", w->prompt_shards);
+  w->prompt_shards = NULL;
+  if (w->empty) cJSON_AddStringToObject(m, "empty_prompt", PREF_EMPTY_PROMPT_FILE);
+  cJSON *splits = cJSON_AddObjectToObject(m, "splits");
+  if (!splits) goto oom;
+  for (int i = 0; i < w->nsplits; i++) {
+    cJSON *s = cJSON_AddObjectToObject(splits, w->splits[i].name);
+    if (!s) goto oom;
+    cJSON_AddNumberToObject(s, "pairs", (double)w->splits[i].total);
+    cJSON_AddItemToObject(s, "shards", w->splits[i].shards);
+    w->splits[i].shards = NULL;
+  }
+  cJSON_AddItemToObject(m, "info", w->info);
+  w->info = NULL;
+  if (!(text = cJSON_Print(m))) goto oom;
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", w->dir, PREF_MANIFEST);
+  rc = pref_write_text_atomic_(path, text, err, errlen);
+  goto done;
+oom:
+  snprintf(err, errlen, "%s: out of memory writing the manifest", w->dir);
+done:
+  free(text);
+  cJSON_Delete(m);
+  pref_writer_free(w);
+  return rc;
+}

@@ -1,0 +1,70 @@
+/* The on-disk preference dataset: a directory holding manifest.json, pair shards per split, prompt
+ * embedding shards and optionally an empty-prompt embedding. docs/dataset-format.md is the full
+ * description; dataset_open() (dataset.h) is the reader. This is the writer, used by `dpo-tool import`,
+ * `dpo-tool synth` and the tests.
+ *
+ *   manifest.json                  written last, atomically: a directory without it is incomplete
+ *   prompts-00000.safetensors      embedding [n, text_len, embed_dim]
+ *   empty_prompt.safetensors       embedding [text_len, embed_dim]            (optional)
+ *   <split>-00000.safetensors      winner [n, C, H, W], loser [n, C, H, W], prompt I32 [n]
+ */
+#ifndef DPOD_PREF_FORMAT_H
+#define DPOD_PREF_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+
+#define PREF_FORMAT_NAME "dpod-preference"
+#define PREF_FORMAT_VERSION 1
+#define PREF_MANIFEST "manifest.json"
+#define PREF_EMPTY_PROMPT_FILE "empty_prompt.safetensors"
+#define PREF_MAX_SPLITS 8
+
+typedef struct {
+  int channels, height, width;  /* latent shape of one image */
+  int text_len, embed_dim;      /* one prompt embedding */
+  st_dtype latent_dtype;        /* ST_F16 (default) or ST_F32 */
+  st_dtype embed_dtype;         /* ST_F16 (default) or ST_F32 */
+  size_t shard_pairs;           /* pairs per shard (1024) */
+  size_t shard_prompts;         /* prompts per prompt shard (4096) */
+} pref_writer_params;
+
+/* Shape 0, F16, 1024 pairs and 4096 prompts per shard. */
+pref_writer_params pref_writer_default_params(void);
+
+typedef struct pref_writer pref_writer;
+
+/* Starts a dataset in `dir` (created if needed; files of an earlier dataset there are overwritten, and a
+ * stale manifest.json is removed first so a crash leaves no half-valid dataset). On success *out is owned
+ * by the caller: pref_writer_finish() or pref_writer_free() it. */
+int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer **out, char *err,
+                     size_t errlen);
+
+/* Appends one prompt embedding emb [text_len, embed_dim]; prompts are numbered in the order added. */
+int pref_writer_add_prompt(pref_writer *w, const float *emb);
+/* Sets the empty-prompt embedding emb [text_len, embed_dim] (for caption dropout and guidance). */
+int pref_writer_set_empty_prompt(pref_writer *w, const float *emb);
+/* Appends a pair to `split` (a name of [a-z0-9_]): winner and loser each [C, H, W]. The prompt index
+ * must name a prompt added by the time pref_writer_finish() runs. Non-finite values are refused. */
+int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner, const float *loser,
+                         uint32_t prompt);
+/* A free-form entry of the manifest's "info" object (provenance, counts); the value is copied. */
+int pref_writer_set_info_string(pref_writer *w, const char *key, const char *value);
+int pref_writer_set_info_number(pref_writer *w, const char *key, double value);
+
+/* Writes the remaining shards and then the manifest; frees w whatever happens. On failure err names the
+ * file. */
+int pref_writer_finish(pref_writer *w, char *err, size_t errlen);
+/* Abandons the dataset (no manifest is written); safe on NULL. */
+void pref_writer_free(pref_writer *w);
+
+/* The message of the last failed add on w. */
+const char *pref_writer_last_error(const pref_writer *w);
+
+/* IEEE half precision, round to nearest even; overflow gives infinity. */
+uint16_t pref_f32_to_f16(float f);
+float pref_f16_to_f32(uint16_t h);
+
+#endif
