@@ -13,7 +13,7 @@ DPOD_PACKAGES=(
   libgrpc-dev libprotobuf-c-dev protobuf-c-compiler
   libuv1-dev libsqlite3-dev
   libopenmpi-dev openmpi-bin
-  libyaml-dev libcjson-dev libcmocka-dev
+  libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
 )
 

@@ -14,6 +14,7 @@
  *   then all-reduce the gradients and the metric sums (with rank 0's stop flag), clip, AdamW. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
@@ -24,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "dataset.h"
 #include "dpo_math.h"
 #include "dpod_error.h"
@@ -31,12 +33,33 @@
 #include "dpod_paths.h"
 #include "job_spec.h"
 #include "reporter.h"
+#include "safetensors.h"
 #include "unet_shim.h"
 
 /* Gradients are all-reduced in buckets of this many floats (64 MiB): few, large calls. */
 #define ALLREDUCE_BUCKET ((size_t)16 << 20)
 
 static int g_rank = 0, g_world = 1;
+
+/* SIGTERM or SIGUSR1 (Slurm preemption, a time limit, dpod) asks for a checkpoint at the next step
+ * boundary and exit status WORKER_EXIT_PREEMPTED; a second SIGTERM exits at once. The handler only
+ * counts: the training loop acts on the count, after the ranks have agreed on it in their all-reduce. */
+static volatile sig_atomic_t g_stop_signals = 0;
+
+static void on_stop_signal(int sig) {
+  if (sig == SIGTERM && g_stop_signals > 0) _exit(WORKER_EXIT_PREEMPTED);
+  g_stop_signals = g_stop_signals + 1;
+}
+
+static void install_signal_handlers(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+}
 
 /* Fail fast, saying why and where. Every rank that hits a fatal error logs it; MPI_Abort takes the others
  * down with it so mpirun exits with our status. */
@@ -104,9 +127,11 @@ typedef struct {
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: dpo-worker --spec SPEC.pb --run-dir DIR [--job-id ID --report-addr ADDR]\n"
+          "usage: dpo-worker --spec SPEC --run-dir DIR [--job-id ID --report-addr ADDR]\n"
           "\n"
-          "One rank of a Diffusion-DPO job; start it under mpirun. SPEC.pb is a packed dpod.v1.JobSpec.\n"
+          "One rank of a Diffusion-DPO job; start it under mpirun. SPEC is a packed dpod.v1.JobSpec (.pb)\n"
+          "or a YAML job file (.yaml). A run directory holding checkpoints resumes from the newest.\n"
+          "SIGTERM or SIGUSR1 checkpoints at the next step and exits 4; a second SIGTERM exits at once.\n"
           "With --report-addr, rank 0 reports to dpod at ADDR, authenticated by $%s.\n"
           "Exit status: 0 done, 1 failed, 2 usage, 3 cancelled by dpod, 4 preempted.\n",
           DPOD_ENV_JOB_SECRET);
@@ -138,15 +163,24 @@ static int parse_args(int argc, char **argv, worker_args *a) {
   return 0;
 }
 
+/* A packed dpod.v1.JobSpec (what dpod writes), or a YAML job file (.yaml/.yml) for standalone runs. */
 static Dpod__V1__JobSpec *load_spec(const char *path) {
-  size_t len = 0;
-  char *bytes = read_file(path, &len);
-  if (!bytes) worker_die("cannot read job spec %s: %s", path, strerror(errno));
-  Dpod__V1__JobSpec *spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
-  free(bytes);
-  if (!spec) worker_die("%s: not a valid dpod.v1.JobSpec", path);
-  if (job_spec_normalize(spec) != 0) worker_die("out of memory");
   char err[512];
+  size_t plen = strlen(path);
+  Dpod__V1__JobSpec *spec = NULL;
+  if ((plen > 5 && strcmp(path + plen - 5, ".yaml") == 0) || (plen > 4 && strcmp(path + plen - 4, ".yml") == 0)) {
+    spec = job_spec_new();
+    if (!spec) worker_die("out of memory");
+    if (job_spec_load_yaml(spec, path, err, sizeof err) != 0) worker_die("%s", err);
+  } else {
+    size_t len = 0;
+    char *bytes = read_file(path, &len);
+    if (!bytes) worker_die("cannot read job spec %s: %s", path, strerror(errno));
+    spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
+    free(bytes);
+    if (!spec) worker_die("%s: not a valid dpod.v1.JobSpec", path);
+  }
+  if (job_spec_normalize(spec) != 0) worker_die("out of memory");
   if (job_spec_validate(spec, 0, err, sizeof err) != 0) worker_die("%s: %s", path, err);
   return spec;
 }
@@ -236,18 +270,26 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
 
   /* Data. */
   const Dpod__V1__DataSpec *d = spec->data;
-  if (strcmp(d->dataset, "builtin:synthetic") != 0)
-    worker_die("data.dataset '%s': only builtin:synthetic is supported by this worker", d->dataset);
-  dataset_builtin_params dp = {.pairs = d->pairs,
-                               .prompts = d->prompts,
-                               .text_len = d->text_len,
-                               .seed = d->seed,
-                               .channels = tr->info.in_channels,
-                               .height = tr->info.sample_size,
-                               .width = tr->info.sample_size,
-                               .embed_dim = tr->info.cross_attention_dim,
-                               .mode_noise = 0.3};
-  if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
+  if (strcmp(d->dataset, "builtin:synthetic") == 0) {
+    dataset_builtin_params dp = {.pairs = d->pairs,
+                                 .prompts = d->prompts,
+                                 .text_len = d->text_len,
+                                 .seed = d->seed,
+                                 .channels = tr->info.in_channels,
+                                 .height = tr->info.sample_size,
+                                 .width = tr->info.sample_size,
+                                 .embed_dim = tr->info.cross_attention_dim,
+                                 .mode_noise = 0.3};
+    if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
+  } else {
+    /* A preference dataset directory (docs/dataset-format.md), checked against the model's shapes. */
+    dataset_open_params op = dataset_open_default_params();
+    op.split = "train";
+    op.channels = tr->info.in_channels;
+    op.height = op.width = tr->info.sample_size;
+    op.embed_dim = tr->info.cross_attention_dim;
+    if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die("data.dataset: %s", err);
+  }
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
@@ -290,10 +332,10 @@ static void trainer_fill_batch(trainer *tr, uint64_t g0, int b) {
   for (int i = 0; i < b; i++) {
     uint64_t g = g0 + (uint64_t)i;
     size_t pair = sampler_pair(&tr->sampler, g);
-    memcpy(tr->x0 + (size_t)i * tr->img, dataset_winner(&tr->data, pair), sizeof(float) * tr->img);
-    memcpy(tr->x0 + (size_t)(b + i) * tr->img, dataset_loser(&tr->data, pair), sizeof(float) * tr->img);
-    memcpy(tr->ehs + (size_t)i * tr->emb, dataset_prompt(&tr->data, pair), sizeof(float) * tr->emb);
-    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, dataset_prompt(&tr->data, pair), sizeof(float) * tr->emb);
+    /* Copies, not views: on-disk latents may be F16. */
+    dataset_copy_pair(&tr->data, pair, tr->x0 + (size_t)i * tr->img, tr->x0 + (size_t)(b + i) * tr->img);
+    dataset_copy_prompt(&tr->data, pair, tr->ehs + (size_t)i * tr->emb);
+    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
 
     dpo_rng r;
     dpo_rng_seed(&r, tr->train->seed, g);
@@ -354,18 +396,54 @@ static void report(trainer *tr, const Dpod__V1__WorkerEvent *ev) {
   if (tr->rep && reporter_push(tr->rep, ev) != 0) log_warn("cannot queue a report: out of memory");
 }
 
-/* Writes the policy as a diffusers model directory and tells the daemon. Rank 0 only. */
-static void trainer_save(trainer *tr, uint32_t step, const char *run_dir, Dpod__V1__StepMetrics *m) {
-  char dir[4096];
-  snprintf(dir, sizeof dir, "%s/checkpoints/step-%06u", run_dir, step);
-  uint64_t bytes = 0;
+/* Writes optimizer.safetensors: the AdamW moments over the flat parameter buffer and the step count. */
+static void save_optimizer(trainer *tr, const char *dir) {
+  float *m = NULL, *v = NULL;
+  size_t n = 0;
+  uint64_t adam_step = 0;
+  if (unet_adamw_state(tr->policy, &m, &v, &n, &adam_step) != 0) worker_die("%s", unet_last_error(tr->policy));
+  char path[4200], step_text[32], err[512];
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_OPTIMIZER);
+  snprintf(step_text, sizeof step_text, "%llu", (unsigned long long)adam_step);
+  int64_t shape[1] = {(int64_t)n};
+  st_writer *w = st_writer_new();
+  if (!w || st_writer_add(w, "exp_avg", ST_F32, 1, shape, m) != 0 ||
+      st_writer_add(w, "exp_avg_sq", ST_F32, 1, shape, v) != 0 || st_writer_set_metadata(w, "format", "dpod-adamw") != 0 ||
+      st_writer_set_metadata(w, "step", step_text) != 0)
+    worker_die("out of memory");
+  if (st_writer_write(w, path, NULL, err, sizeof err) != 0) worker_die("%s", err);
+  st_writer_free(w);
+}
+
+/* The checkpoint protocol of checkpoint.h, collectively: every rank calls this at the same step. */
+static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, Dpod__V1__StepMetrics *m) {
+  char partial[4096], final[4096], err[1024];
+  ckpt_dir(run_dir, step, 1, partial, sizeof partial);
+  ckpt_dir(run_dir, step, 0, final, sizeof final);
   double t0 = now_seconds();
-  if (unet_save(tr->policy, dir, &bytes) != 0) worker_die("saving %s: %s", dir, unet_last_error(tr->policy));
-  log_info("wrote checkpoint %s (%.1f MB in %.2f s)", dir, (double)bytes / 1e6, now_seconds() - t0);
+  if (g_rank == 0 && ckpt_begin(run_dir, step, err, sizeof err) != 0) worker_die("%s", err);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (g_rank == 0) {
+    if (unet_save(tr->policy, partial, NULL) != 0) worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
+    save_optimizer(tr, partial);
+  }
+  ckpt_rank_state st = {.world_size = (uint32_t)g_world,
+                        .rank = (uint32_t)g_rank,
+                        .step = step,
+                        .data_position = (uint64_t)step * tr->global_batch,
+                        .seed = tr->train->seed};
+  if (ckpt_write_rank_state(partial, &st, err, sizeof err) != 0) worker_die("%s", err);
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (g_rank != 0) return;
+  uint64_t bytes = 0;
+  if (ckpt_commit(run_dir, step, (uint32_t)g_world, &bytes, err, sizeof err) != 0) worker_die("%s", err);
+  int pruned = ckpt_prune(run_dir, tr->train->keep_last);
+  log_info("checkpoint %s: %.1f MB in %.2f s%s", final, (double)bytes / 1e6, now_seconds() - t0,
+           pruned > 0 ? ", older ones pruned" : "");
   Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
   ck.has_step = 1;
   ck.step = step;
-  ck.path = dir;
+  ck.path = final;
   ck.has_size_bytes = 1;
   ck.size_bytes = bytes;
   ck.metrics = m;
@@ -375,7 +453,56 @@ static void trainer_save(trainer *tr, uint32_t step, const char *run_dir, Dpod__
   report(tr, &ev);
 }
 
-static int trainer_run(trainer *tr, const char *run_dir) {
+/* Continues from the newest complete checkpoint in run_dir, if any: policy weights, optimizer state and
+ * data position, checked against this run's world size and seed. Returns the steps already done. */
+static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
+  char dir[4096] = "", err[1024];
+  uint32_t step = 0;
+  if (g_rank == 0 && !ckpt_find_latest(run_dir, &step, dir, sizeof dir)) step = 0;
+  MPI_Bcast(&step, 1, MPI_UINT32_T, 0, MPI_COMM_WORLD);
+  if (step == 0) return 0;
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+
+  ckpt_rank_state st;
+  if (ckpt_read_rank_state(dir, (uint32_t)g_rank, &st, err, sizeof err) != 0) worker_die("resume: %s", err);
+  if (st.world_size != (uint32_t)g_world)
+    worker_die("resume: %s was written by %u ranks, this run has %d; resume with the same ranks", dir, st.world_size,
+               g_world);
+  if (st.seed != tr->train->seed || st.step != step || st.data_position != (uint64_t)step * tr->global_batch)
+    worker_die("resume: %s does not belong to this job (seed, step or batch size differ)", dir);
+
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_WEIGHTS);
+  if (unet_load_weights(tr->policy, path) != 0) worker_die("resume: %s", unet_last_error(tr->policy));
+
+  float *m = NULL, *v = NULL;
+  size_t n = 0;
+  uint64_t adam_step = 0;
+  if (unet_adamw_state(tr->policy, &m, &v, &n, &adam_step) != 0) worker_die("%s", unet_last_error(tr->policy));
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_OPTIMIZER);
+  st_file *f = NULL;
+  if (st_open(path, &f, err, sizeof err) != 0) worker_die("resume: %s", err);
+  const st_tensor *tm = st_find(f, "exp_avg"), *tv = st_find(f, "exp_avg_sq");
+  const char *saved_step = st_metadata(f, "step");
+  if (!tm || !tv || !saved_step || tm->dtype != ST_F32 || tv->dtype != ST_F32 || tm->numel != (int64_t)n ||
+      tv->numel != (int64_t)n)
+    worker_die("resume: %s does not hold F32 exp_avg and exp_avg_sq of %zu elements and a step", path, n);
+  memcpy(m, tm->data, n * sizeof(float));
+  memcpy(v, tv->data, n * sizeof(float));
+  if (unet_adamw_set_step(tr->policy, strtoull(saved_step, NULL, 10)) != 0) worker_die("%s", unet_last_error(tr->policy));
+  st_close(f);
+  if (g_rank == 0) log_info("resumed from %s (step %u)", dir, step);
+  return step;
+}
+
+/* Wall time split into compute and communication, for the scaling benchmark. */
+typedef struct {
+  double step, allreduce;   /* seconds summed over timed steps */
+  uint32_t steps;
+  double samples;
+} trainer_timing;
+
+static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
   const uint32_t steps = tr->train->steps, b = tr->train->batch_size, accum = tr->train->grad_accum;
   unet_adamw_params opt = unet_adamw_default_params();
   opt.beta1 = tr->train->adam_beta1;
@@ -390,19 +517,20 @@ static int trainer_run(trainer *tr, const char *run_dir) {
     st.world_size = (uint32_t)g_world;
     st.total_steps = steps;
     st.parameters = tr->info.num_params;
-    st.start_step = 0;
+    st.start_step = start_step;
     Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
     ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_STARTED;
     ev.started = &st;
     report(tr, &ev);
-    log_info("training %s: %u steps, %d ranks x %u pairs x %u accumulation = %u pairs per step, "
+    log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %u pairs per step, "
              "%zu parameters, beta %g, lr %g (warmup %u steps)",
-             tr->dpo ? "dpo" : "sft", steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
+             tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
              tr->train->beta, tr->peak_lr, tr->warmup_steps);
   }
 
+  trainer_timing timing = {0};
   Dpod__V1__StepMetrics last = DPOD__V1__STEP_METRICS__INIT;
-  for (uint32_t step = 1; step <= steps; step++) {
+  for (uint32_t step = start_step + 1; step <= steps; step++) {
     double t0 = now_seconds();
     unet_zero_grad(tr->policy);
     dpo_loss_sums sums = {0};
@@ -411,15 +539,18 @@ static int trainer_run(trainer *tr, const char *run_dir) {
       uint64_t g0 = (uint64_t)(step - 1) * tr->global_batch + (uint64_t)a * g_world * b + (uint64_t)g_rank * b;
       trainer_micro_step(tr, g0, &sums);
     }
+    double t_reduce = now_seconds();
     allreduce_grads(tr);
 
-    /* Metric sums and rank 0's stop flag travel in one small all-reduce. */
-    double red[8] = {sums.loss_sum, sums.acc_sum,  sums.margin_sum, sums.policy_mse_sum,
-                     sums.ref_mse_sum, sums.pairs, sums.samples,    0.0};
+    /* Metric sums and the stop requests travel in one small all-reduce, so every rank acts on the same
+     * step: [7] counts ranks told to cancel, [8] ranks that received a preemption signal. */
+    double red[9] = {sums.loss_sum, sums.acc_sum, sums.margin_sum, sums.policy_mse_sum, sums.ref_mse_sum,
+                     sums.pairs,    sums.samples, 0.0,             g_stop_signals > 0 ? 1.0 : 0.0};
     if (g_rank == 0 && tr->rep && reporter_directive(tr->rep) == DPOD__V1__DIRECTIVE__DIRECTIVE_CANCEL)
       red[7] = 1.0;
-    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 8, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 9, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of metrics failed");
+    timing.allreduce += now_seconds() - t_reduce;
     if (red[7] > 0) {
       if (g_rank == 0) log_info("cancelled by dpod at step %u", step);
       return WORKER_EXIT_CANCELLED;
@@ -430,6 +561,9 @@ static int trainer_run(trainer *tr, const char *run_dir) {
     double gnorm = 0;
     if (unet_adamw_step(tr->policy, &opt, &gnorm) != 0) worker_die("optimizer: %s", unet_last_error(tr->policy));
     double dt = now_seconds() - t0;
+    timing.step += dt;
+    timing.steps++;
+    timing.samples += red[6];
 
     if (g_rank == 0) {
       Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
@@ -461,10 +595,19 @@ static int trainer_run(trainer *tr, const char *run_dir) {
       ev.metrics = &m;
       report(tr, &ev);
       last = m;
-      uint32_t every = tr->train->checkpoint_every;
-      if (step == steps || (every > 0 && step % every == 0)) trainer_save(tr, step, run_dir, &last);
+    }
+    uint32_t every = tr->train->checkpoint_every;
+    int preempt = red[8] > 0;
+    if (step == steps || (every > 0 && step % every == 0) || preempt) trainer_checkpoint(tr, step, run_dir, &last);
+    if (preempt && step < steps) {
+      if (g_rank == 0) log_info("preempted: stopped after step %u with a complete checkpoint", step);
+      return WORKER_EXIT_PREEMPTED;
     }
   }
+  if (g_rank == 0 && timing.steps > 0)
+    log_info("timing: %u steps, %.2f ms/step, all-reduce and wait %.2f ms/step (%.1f%%), %.1f samples/s",
+             timing.steps, 1e3 * timing.step / timing.steps, 1e3 * timing.allreduce / timing.steps,
+             100.0 * timing.allreduce / timing.step, timing.samples / timing.step);
   return WORKER_EXIT_OK;
 }
 
@@ -496,6 +639,7 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &g_world);
   /* Info lines from rank 0 only; warnings and errors from every rank, which says which it is. */
   dpod_log_init("dpo-worker", g_rank == 0 ? DPOD_LOG_INFO : DPOD_LOG_WARN);
+  install_signal_handlers();
 
   Dpod__V1__JobSpec *spec = load_spec(args.spec_path);
   if (spec->ranks != (uint32_t)g_world)
@@ -511,7 +655,8 @@ int main(int argc, char **argv) {
       worker_die("cannot report to %s: %s", args.report_addr, err);
   }
 
-  int status = trainer_run(&tr, args.run_dir);
+  uint32_t start_step = trainer_resume(&tr, args.run_dir);
+  int status = trainer_run(&tr, args.run_dir, start_step);
 
   if (tr.rep) {
     /* The daemon learns of the last step and the final checkpoint before we exit. */

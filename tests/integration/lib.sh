@@ -73,7 +73,28 @@ it_wait_state() {
   it_fail "job $1 is '$s', not '$2', after $3 s"
 }
 
-# Processes of a job, found by its run directory on their command line.
+# Processes of a job, found by its run directory on their command line (zombies waiting for a reaper
+# excluded: they are already dead).
 it_job_procs() {
-  pgrep -f -- "$T/state/jobs/$1/" || true
+  local p
+  for p in $(pgrep -f -- "$T/state/jobs/$1/" || true); do
+    [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" = Z ] || echo "$p"
+  done
+}
+
+# The dpo-worker ranks of a job (not mpirun, whose command line names the worker too).
+it_job_ranks() {
+  local p
+  for p in $(it_job_procs "$1"); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = dpo-worker ] && echo "$p"
+  done
+  return 0
+}
+
+# Live (non-zombie) processes of session $1.
+it_session_procs() {
+  local p
+  for p in $(pgrep -s "$1" || true); do
+    [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" = Z ] || echo "$p"
+  done
 }

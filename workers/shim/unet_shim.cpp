@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "adamw_kernel.h"
 #include "safetensors.h"
 #include "unet_config.h"
 extern "C" {
@@ -448,6 +449,91 @@ struct fwd_ {
   }
 };
 
+/* ---- analytic FLOPs: the forward's walk, counting only the matmul-shaped work ---- */
+
+struct flops_ {
+  const unet &m;
+  double n;         /* images */
+  int64_t L;        /* text tokens */
+  double f = 0;     /* forward FLOPs so far */
+
+  const std::vector<int64_t> &S(int i) const { return m.params[(size_t)i].shape; }
+  void conv(const conv_ &c, int64_t &h, int64_t &w) {
+    const auto &s = S(c.w); /* [out, in, k, k] */
+    int64_t k = s[2];
+    int64_t ph = c.pad_right ? 1 : 2 * c.pad;
+    int64_t ho = (h + ph - k) / c.stride + 1, wo = (w + ph - k) / c.stride + 1;
+    f += n * 2.0 * (double)s[1] * (double)s[0] * (double)(k * k) * (double)(ho * wo);
+    h = ho;
+    w = wo;
+  }
+  void linear(const lin_ &l, double rows) {
+    const auto &s = S(l.w); /* [out, in] */
+    f += rows * 2.0 * (double)s[1] * (double)s[0];
+  }
+  void resnet(const resnet_ &r, int64_t &h, int64_t &w) {
+    int64_t h0 = h, w0 = w;
+    conv(r.c1, h, w);
+    linear(r.temb, n);
+    conv(r.c2, h, w);
+    if (r.has_shortcut) conv(r.shortcut, h0, w0);
+  }
+  void attention(const attn_ &a, double lq, double lk) {
+    linear(a.q, n * lq);
+    linear(a.k, n * lk);
+    linear(a.v, n * lk);
+    f += n * 2.0 * 2.0 * (double)a.heads * lq * lk * (double)a.dim_head;
+    linear(a.out, n * lq);
+  }
+  void transformer(const transformer_ &t, int64_t h, int64_t w) {
+    double hw = (double)(h * w);
+    if (t.linear) linear(t.pin_l, n * hw);
+    else conv(t.pin_c, h, w);
+    for (const tblock_ &tb : t.blocks) {
+      attention(tb.a1, hw, hw);
+      attention(tb.a2, hw, (double)L);
+      linear(tb.ff1, n * hw);
+      linear(tb.ff2, n * hw);
+    }
+    if (t.linear) linear(t.pout_l, n * hw);
+    else conv(t.pout_c, h, w);
+  }
+  double forward(int64_t h, int64_t w) {
+    linear(m.t1, n);
+    linear(m.t2, n);
+    conv(m.conv_in, h, w);
+    std::vector<std::pair<int64_t, int64_t>> skips{{h, w}};
+    for (const block_ &blk : m.downs) {
+      for (size_t l = 0; l < blk.resnets.size(); l++) {
+        resnet(blk.resnets[l], h, w);
+        if (!blk.attns.empty()) transformer(blk.attns[l], h, w);
+        skips.push_back({h, w});
+      }
+      if (blk.has_sampler) {
+        conv(blk.sampler, h, w);
+        skips.push_back({h, w});
+      }
+    }
+    resnet(m.mid.resnets[0], h, w);
+    transformer(m.mid.attns[0], h, w);
+    resnet(m.mid.resnets[1], h, w);
+    for (const block_ &blk : m.ups) {
+      for (size_t l = 0; l < blk.resnets.size(); l++) {
+        skips.pop_back();
+        resnet(blk.resnets[l], h, w);
+        if (!blk.attns.empty()) transformer(blk.attns[l], h, w);
+      }
+      if (blk.has_sampler) {
+        h = skips.back().first;
+        w = skips.back().second;
+        conv(blk.sampler, h, w);
+      }
+    }
+    conv(m.conv_out, h, w);
+    return f;
+  }
+};
+
 /* ---- errors at the boundary ---- */
 
 int set_err(unet *m, int status, const std::string &msg) {
@@ -840,38 +926,75 @@ int unet_adamw_step(unet_t m, const unet_adamw_params *p, double *grad_norm) {
   return guarded(m, [&]() -> int {
     if (!p) return set_err(m, DPOD_EINVAL, "unet_adamw_step: no params");
     if (m->frozen) return set_err(m, DPOD_ESTATE, "unet_adamw_step: the model is frozen");
-    at::NoGradGuard ng;
-    at::Tensor &w = m->flat, &g = m->flat_grad;
-    /* The global norm the way clip_grad_norm_ computes it: the norm of the per-tensor norms (a single
-     * float32 reduction over the whole buffer loses ~1e-4 relative on large models). */
-    std::vector<at::Tensor> norms;
-    norms.reserve(m->params.size());
-    for (auto &pr : m->params) norms.push_back(m->flat_grad.narrow(0, pr.offset, pr.numel).norm());
-    double norm = at::stack(norms).norm().item<double>();
+    const int64_t n = m->flat.numel();
+    float *w = m->flat.data_ptr<float>(), *g = m->flat_grad.data_ptr<float>();
+    /* The global norm in double, from partial sums over fixed chunks added in order: the same number
+     * whatever the thread count, and closer to exact than clip_grad_norm_'s float32 norm of norms. */
+    const int64_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
+    std::vector<double> part((size_t)nchunks);
+    at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; c++) part[(size_t)c] = unet_sumsq_(g + c * chunk, std::min(chunk, n - c * chunk));
+    });
+    double sq = 0;
+    for (double x : part) sq += x;
+    double norm = std::sqrt(sq);
     if (grad_norm) *grad_norm = norm;
     if (!std::isfinite(norm))
       return set_err(m, DPOD_ENUMERIC, "unet_adamw_step: gradient norm is " + std::to_string(norm) + "; step skipped");
-    /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1. */
-    if (p->max_grad_norm > 0) {
-      double coef = p->max_grad_norm / (norm + 1e-6);
-      if (coef < 1.0) g.mul_(coef);
-    }
     if (!m->adam_m.defined()) {
-      m->adam_m = at::zeros_like(w);
-      m->adam_v = at::zeros_like(w);
+      m->adam_m = at::zeros_like(m->flat);
+      m->adam_v = at::zeros_like(m->flat);
     }
-    /* torch.optim.AdamW (1.13, single-tensor path). */
+    /* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1; then
+     * torch.optim.AdamW, fused into one pass (adamw_kernel.cpp). */
     m->adam_step++;
-    w.mul_(1.0 - p->lr * p->weight_decay);
-    m->adam_m.mul_(p->beta1).add_(g, 1.0 - p->beta1);
-    m->adam_v.mul_(p->beta2).addcmul_(g, g, 1.0 - p->beta2);
-    double bc1 = 1.0 - std::pow(p->beta1, (double)m->adam_step);
-    double bc2 = 1.0 - std::pow(p->beta2, (double)m->adam_step);
-    double step_size = p->lr / bc1;
-    at::Tensor denom = (m->adam_v.sqrt() / std::sqrt(bc2)).add_(p->eps);
-    w.addcdiv_(m->adam_m, denom, -step_size);
+    unet_adamw_coef_ c;
+    double coef = p->max_grad_norm > 0 ? p->max_grad_norm / (norm + 1e-6) : 1.0;
+    c.do_clip = coef < 1.0;
+    c.clip = (float)coef;
+    c.decay = (float)(1.0 - p->lr * p->weight_decay);
+    c.beta1 = (float)p->beta1;
+    c.one_minus_beta1 = (float)(1.0 - p->beta1);
+    c.beta2 = (float)p->beta2;
+    c.one_minus_beta2 = (float)(1.0 - p->beta2);
+    c.sqrt_bc2 = (float)std::sqrt(1.0 - std::pow(p->beta2, (double)m->adam_step));
+    c.eps = (float)p->eps;
+    c.step_size = (float)(p->lr / (1.0 - std::pow(p->beta1, (double)m->adam_step)));
+    float *am = m->adam_m.data_ptr<float>(), *av = m->adam_v.data_ptr<float>();
+    at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+      int64_t lo = b * chunk, hi = std::min(e * chunk, n);
+      unet_adamw_kernel_(w + lo, g + lo, am + lo, av + lo, hi - lo, &c);
+    });
     return 0;
   });
+}
+
+int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, uint64_t *step) {
+  return guarded(m, [&]() -> int {
+    if (!m->flat.is_cpu()) return set_err(m, DPOD_EUNSUPPORTED, "unet_adamw_state: the model is not on the CPU");
+    if (!m->adam_m.defined()) {
+      m->adam_m = at::zeros_like(m->flat);
+      m->adam_v = at::zeros_like(m->flat);
+    }
+    if (exp_avg) *exp_avg = m->adam_m.data_ptr<float>();
+    if (exp_avg_sq) *exp_avg_sq = m->adam_v.data_ptr<float>();
+    if (n) *n = (size_t)m->adam_m.numel();
+    if (step) *step = (uint64_t)m->adam_step;
+    return 0;
+  });
+}
+
+int unet_adamw_set_step(unet_t m, uint64_t step) {
+  if (!m) return DPOD_EINVAL;
+  if (step > (uint64_t)INT64_MAX) return set_err(m, DPOD_EINVAL, "unet_adamw_set_step: step out of range");
+  m->adam_step = (int64_t)step;
+  return 0;
+}
+
+double unet_train_flops(unet_t m, int n, int height, int width, int text_len) {
+  if (!m || n <= 0 || height <= 0 || width <= 0 || text_len <= 0) return 0;
+  flops_ fl{*m, (double)n, text_len};
+  return 4.0 * fl.forward(height, width);
 }
 
 }  // extern "C"

@@ -107,6 +107,22 @@ unet_adamw_params unet_adamw_default_params(void);
  * receives the norm before clipping. */
 int unet_adamw_step(unet_t m, const unet_adamw_params *p, double *grad_norm);
 
+/* The AdamW state, for checkpoints: *exp_avg and *exp_avg_sq receive the flat first and second moments
+ * [*n] (same layout as unet_param_buffer; allocated and zero-filled here if no step was taken yet), *step
+ * the number of steps taken (the bias correction's count). The buffers are owned by the handle and stay
+ * valid for its lifetime; the caller may read or overwrite them between steps. CPU only. Any output
+ * pointer may be NULL. */
+int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, uint64_t *step);
+
+/* Sets the step count a resumed run continues from (the next unet_adamw_step takes step + 1). */
+int unet_adamw_set_step(unet_t m, uint64_t step);
+
+/* Analytic FLOPs of one Diffusion-DPO training step over n images of height x width latents with
+ * text_len text tokens: 4x the forward (policy forward, backward ~2x forward, reference forward).
+ * Counts Conv2d (2 Cin Cout k k Hout Wout / groups per image), Linear (2 in out per row) and the two
+ * attention matmuls (2 * 2 heads Lq Lk head_dim); elementwise ops and norms are ignored. 0 on bad input. */
+double unet_train_flops(unet_t m, int n, int height, int width, int text_len);
+
 #ifdef __cplusplus
 }
 #endif

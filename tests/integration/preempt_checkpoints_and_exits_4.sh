@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# SIGTERM to the ranks (as Slurm sends on preemption) makes them checkpoint at the next step boundary
+# and exit with status 4, "preempted, resumable"; the run then resumes from that checkpoint. Through
+# dpod, the same exit is recorded as PREEMPTED, not FAILED.
+source "$(dirname "$0")/lib.sh"
+
+"$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=100000 \
+  --set train.checkpoint_every=0 >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
+mkdir -p "$T/run/tmp"
+TMPDIR="$T/run/tmp" setsid mpirun -np 2 --oversubscribe --bind-to none "$WORKER_BIN" --spec "$T/job.yaml" \
+  --run-dir "$T/run" >"$T/run.log" 2>&1 &
+sid=$!
+for _ in $(seq 1 600); do grep -q "^step 3/" "$T/run.log" && break; sleep 0.1; done
+grep -q "^step 3/" "$T/run.log" || it_fail "the job never reached step 3: $(tail -n 5 "$T/run.log")"
+pkill -TERM -s "$sid" -x dpo-worker || it_fail "no dpo-worker ranks to signal"
+status=0
+wait "$sid" || status=$?
+[ "$status" = 4 ] || it_fail "mpirun exited $status, want 4 (preempted): $(tail -n 8 "$T/run.log")"
+ck=$(ls -d "$T"/run/checkpoints/step-* | tail -n 1)
+[ -f "$ck/COMPLETE" ] || it_fail "no complete checkpoint after preemption (found $ck)"
+step=$((10#${ck##*step-}))
+grep -q "preempted: stopped after step $step" "$T/run.log" || it_fail "the log does not say where it stopped"
+
+# Resume it to two steps past the preemption point.
+sed -i "s/^\(  steps:\).*/\1 $((step + 2))/" "$T/job.yaml"
+TMPDIR="$T/run/tmp" mpirun -np 2 --oversubscribe --bind-to none "$WORKER_BIN" --spec "$T/job.yaml" \
+  --run-dir "$T/run" >"$T/resume.log" 2>&1 || it_fail "resume failed: $(tail -n 5 "$T/resume.log")"
+grep -q "resumed from .*(step $step)" "$T/resume.log" || it_fail "did not resume from step $step"
+[ -f "$T/run/checkpoints/step-$(printf %06d $((step + 2)))/COMPLETE" ] || it_fail "no final checkpoint after resume"
+
+# Through the daemon: the job ends PREEMPTED.
+it_start_dpod
+id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=100000 --name preempt)
+for _ in $(seq 1 600); do
+  [ "$(it_job_field "$id" '.last_metrics.step // 0')" -ge 2 ] && break
+  sleep 0.1
+done
+ranks=$(it_job_ranks "$id")
+[ -n "$ranks" ] || it_fail "no ranks of job $id to signal"
+kill -TERM $ranks
+it_wait_state "$id" preempted 60
+[ "$(it_job_field "$id" .exit_code)" = 4 ] || it_fail "exit code recorded as $(it_job_field "$id" .exit_code)"
+echo "PASS: preempted at step $step with a complete checkpoint, resumed to $((step + 2)); dpod says PREEMPTED"

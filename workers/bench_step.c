@@ -1,0 +1,256 @@
+/* dpo-bench: times the training step dpo-worker takes, on one process, without MPI or a dataset.
+ *
+ * The step is the worker's micro-step with batch_size = pairs and no accumulation: a noise vector and a
+ * timestep per pair (shared by winner and loser), dpo_add_noise, the policy's and the frozen reference's
+ * unet_forward_mse on [winners; losers], dpo_loss, unet_backward_mse, unet_adamw_step. Latents and prompt
+ * embeddings are fixed random normals (what the UNet computes does not depend on where they came from).
+ *
+ *   dpo-bench [--shape tiny|bigger|all] [--threads 2] [--steps 20] [--warmup 3]
+ *   dpo-bench --config PATH [--pairs 4] [--text-len 77] [--size S] ...
+ *
+ * Prints, per shape: ms/step (median and min over the timed steps), samples/s (2 x pairs images per
+ * step, at the median), achieved GFLOP/s (unet_train_flops over the median step), the parameter count,
+ * and the median time of each phase. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dpo_math.h"
+#include "unet_shim.h"
+
+/* The "bigger" shape: three levels (64/128/256), two layers per block, SD-style 77-token text. */
+static const char *const bigger_config_json =
+    "{\"_class_name\": \"UNet2DConditionModel\", \"in_channels\": 4, \"out_channels\": 4, \"sample_size\": 16,"
+    " \"block_out_channels\": [64, 128, 256],"
+    " \"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"DownBlock2D\"],"
+    " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"],"
+    " \"layers_per_block\": 2, \"cross_attention_dim\": 64, \"attention_head_dim\": 8,"
+    " \"norm_num_groups\": 32}";
+
+typedef struct {
+  const char *name;
+  const char *config_json;  /* NULL: the built-in tiny config */
+  int pairs, text_len, size; /* size 0: the config's sample_size */
+} bench_shape;
+
+enum { PH_DATA, PH_POLICY, PH_REF, PH_LOSS, PH_BACKWARD, PH_OPTIM, PH_COUNT };
+static const char *const phase_names[PH_COUNT] = {"noise", "policy fwd", "ref fwd", "loss", "backward", "optimizer"};
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) {
+    fprintf(stderr, "dpo-bench: out of memory (%zu bytes)\n", n);
+    exit(1);
+  }
+  return p;
+}
+
+static char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = xmalloc((size_t)n + 1);
+  size_t got = fread(s, 1, (size_t)n, f);
+  fclose(f);
+  s[got] = 0;
+  return s;
+}
+
+static int run_shape(const bench_shape *sh, int threads, int steps, int warmup) {
+  char err[1024];
+  unet_params up = unet_default_params();
+  up.threads = threads;
+  up.seed = 1;
+  unet_t policy = NULL, ref = NULL;
+  if (unet_create(sh->config_json, &up, &policy, err, sizeof err) != 0 ||
+      unet_create(sh->config_json, &up, &ref, err, sizeof err) != 0) {
+    fprintf(stderr, "dpo-bench: %s: %s\n", sh->name, err);
+    unet_free(policy);
+    return 1;
+  }
+  if (unet_copy_weights(ref, policy) != 0) {
+    fprintf(stderr, "dpo-bench: %s\n", unet_last_error(ref));
+    return 1;
+  }
+  unet_freeze(ref);
+  unet_info info;
+  unet_get_info(policy, &info);
+  const int P = sh->pairs, n = 2 * P, L = sh->text_len;
+  const int hw = sh->size > 0 ? sh->size : info.sample_size;
+  const size_t img = (size_t)info.in_channels * hw * hw, emb = (size_t)L * info.cross_attention_dim;
+
+  dpo_schedule sched;
+  if (dpo_schedule_default(&sched) != 0) return 1;
+  float *x0 = xmalloc(sizeof(float) * n * img), *noise = xmalloc(sizeof(float) * n * img);
+  float *x_t = xmalloc(sizeof(float) * n * img), *target = xmalloc(sizeof(float) * n * img);
+  float *ehs = xmalloc(sizeof(float) * n * emb), *tf = xmalloc(sizeof(float) * n);
+  float *mse_p = xmalloc(sizeof(float) * n), *mse_r = xmalloc(sizeof(float) * n), *gmse = xmalloc(sizeof(float) * n);
+  int64_t *ti = xmalloc(sizeof(int64_t) * n);
+  dpo_rng rng;
+  dpo_rng_seed(&rng, 42, 0);
+  dpo_rng_fill_normal(&rng, x0, (size_t)n * img);
+  dpo_rng_fill_normal(&rng, ehs, (size_t)P * emb);
+  memcpy(ehs + (size_t)P * emb, ehs, sizeof(float) * P * emb); /* a pair shares its prompt */
+
+  unet_adamw_params opt = unet_adamw_default_params();
+  opt.lr = 1e-5;
+  const int total = warmup + steps;
+  double *step_ms = xmalloc(sizeof(double) * total), *ph = xmalloc(sizeof(double) * PH_COUNT * total);
+  double loss_first = 0, loss_last = 0;
+  for (int s = 0; s < total; s++) {
+    double t[PH_COUNT + 1];
+    t[0] = now_ms();
+    /* As trainer_fill_batch: one stream per pair position. */
+    for (int i = 0; i < P; i++) {
+      dpo_rng r;
+      dpo_rng_seed(&r, 7, (uint64_t)s * P + i);
+      int64_t tt = dpo_rng_below(&r, (uint32_t)sched.num_train_timesteps);
+      dpo_rng_fill_normal(&r, noise + (size_t)i * img, img);
+      memcpy(noise + (size_t)(P + i) * img, noise + (size_t)i * img, sizeof(float) * img);
+      ti[i] = ti[P + i] = tt;
+    }
+    for (int i = 0; i < n; i++) tf[i] = (float)ti[i];
+    dpo_add_noise(&sched, n, img, x0, noise, ti, x_t, target);
+    unet_zero_grad(policy);
+    t[1] = now_ms();
+    if (unet_forward_mse(policy, n, hw, hw, L, x_t, tf, ehs, target, mse_p, NULL) != 0) goto torch_fail_p;
+    t[2] = now_ms();
+    if (unet_forward_mse(ref, n, hw, hw, L, x_t, tf, ehs, target, mse_r, NULL) != 0) goto torch_fail_r;
+    t[3] = now_ms();
+    dpo_loss_sums sums = {0};
+    dpo_loss(P, mse_p, mse_r, 5000.0, 1.0 / P, &sums, NULL, gmse);
+    t[4] = now_ms();
+    if (unet_backward_mse(policy, gmse) != 0) goto torch_fail_p;
+    t[5] = now_ms();
+    if (unet_adamw_step(policy, &opt, NULL) != 0) goto torch_fail_p;
+    t[6] = now_ms();
+    step_ms[s] = t[6] - t[0];
+    for (int k = 0; k < PH_COUNT; k++) ph[k * total + s] = t[k + 1] - t[k];
+    if (s == 0) loss_first = sums.loss_sum / P;
+    loss_last = sums.loss_sum / P;
+  }
+
+  {
+    double *timed = step_ms + warmup;
+    double mn = timed[0];
+    for (int s = 1; s < steps; s++)
+      if (timed[s] < mn) mn = timed[s];
+    double med = median(timed, steps);
+    double flops = unet_train_flops(policy, n, hw, hw, L);
+    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads\n", sh->name, P, n, hw, hw, L,
+           info.num_params, threads);
+    printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
+    printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
+    printf("  phases (median ms):");
+    for (int k = 0; k < PH_COUNT; k++) {
+      double m = median(ph + k * total + warmup, steps);
+      printf(" %s %.2f%s", phase_names[k], m, k + 1 < PH_COUNT ? "," : "\n");
+    }
+    printf("  loss %.6f -> %.6f\n", loss_first, loss_last);
+  }
+  free(step_ms);
+  free(ph);
+  free(x0);
+  free(noise);
+  free(x_t);
+  free(target);
+  free(ehs);
+  free(tf);
+  free(mse_p);
+  free(mse_r);
+  free(gmse);
+  free(ti);
+  dpo_schedule_free(&sched);
+  unet_free(policy);
+  unet_free(ref);
+  return 0;
+
+torch_fail_p:
+  fprintf(stderr, "dpo-bench: %s: policy: %s\n", sh->name, unet_last_error(policy));
+  return 1;
+torch_fail_r:
+  fprintf(stderr, "dpo-bench: %s: reference: %s\n", sh->name, unet_last_error(ref));
+  return 1;
+}
+
+static void usage(FILE *out) {
+  fprintf(out,
+          "usage: dpo-bench [--shape tiny|bigger|all] [--threads N] [--steps N] [--warmup N]\n"
+          "       dpo-bench --config CONFIG.json [--pairs P] [--text-len L] [--size S] [...]\n"
+          "\n"
+          "Times dpo-worker's training step (policy and reference forward, DPO loss, backward, AdamW).\n"
+          "tiny: the built-in tiny-sd config, 8 pairs, 4 text tokens; bigger: 64/128/256 channels,\n"
+          "2 layers per block, 16x16 latents, 77 text tokens, 4 pairs. Defaults: --shape all --threads 2\n"
+          "--steps 20 --warmup 3.\n");
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {{"shape", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
+                                       {"steps", required_argument, 0, 'n'},  {"warmup", required_argument, 0, 'w'},
+                                       {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},
+                                       {"text-len", required_argument, 0, 'l'}, {"size", required_argument, 0, 'z'},
+                                       {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  const char *shape = "all", *config = NULL;
+  int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+      case 's': shape = optarg; break;
+      case 't': threads = atoi(optarg); break;
+      case 'n': steps = atoi(optarg); break;
+      case 'w': warmup = atoi(optarg); break;
+      case 'c': config = optarg; break;
+      case 'p': pairs = atoi(optarg); break;
+      case 'l': text_len = atoi(optarg); break;
+      case 'z': size = atoi(optarg); break;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  if (optind != argc || steps < 1 || warmup < 0 || threads < 0 || pairs < 1 || text_len < 1 || size < 0) {
+    usage(stderr);
+    return 2;
+  }
+  if (config) {
+    char *json = read_text(config);
+    if (!json) {
+      fprintf(stderr, "dpo-bench: cannot read %s\n", config);
+      return 1;
+    }
+    bench_shape sh = {config, json, pairs, text_len, size};
+    int rc = run_shape(&sh, threads, steps, warmup);
+    free(json);
+    return rc;
+  }
+  const bench_shape shapes[] = {{"tiny", NULL, 8, 4, 0}, {"bigger", bigger_config_json, 4, 77, 0}};
+  int ran = 0, rc = 0;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    if (strcmp(shape, "all") != 0 && strcmp(shape, shapes[i].name) != 0) continue;
+    rc |= run_shape(&shapes[i], threads, steps, warmup);
+    ran++;
+  }
+  if (!ran) {
+    fprintf(stderr, "dpo-bench: unknown shape '%s' (tiny, bigger or all)\n", shape);
+    return 2;
+  }
+  return rc;
+}

@@ -1,0 +1,63 @@
+/* Checkpoints that are whole or absent.
+ *
+ * A checkpoint is RUN_DIR/checkpoints/step-NNNNNN/ holding
+ *   diffusion_pytorch_model.safetensors, config.json   rank 0: the policy, loadable by diffusers
+ *   optimizer.safetensors                              rank 0: AdamW moments and step count
+ *   rank-NNNNN.json                                    every rank: world size, rank, step, data position
+ *   COMPLETE                                           rank 0, last: step, world size, size and CRC-32 of
+ *                                                      every other file
+ * The protocol (after llm.c): all files are written into step-NNNNNN.partial/ (each to a temporary name,
+ * fsynced and renamed), all ranks meet at a barrier, rank 0 checksums the files, writes COMPLETE, and
+ * renames the directory into place. A directory without COMPLETE, or whose files do not match it, is
+ * never used or listed; a crash at any point leaves the previous checkpoint as the newest. */
+#ifndef DPOD_CHECKPOINT_H
+#define DPOD_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CKPT_MARKER "COMPLETE"
+#define CKPT_WEIGHTS "diffusion_pytorch_model.safetensors"
+#define CKPT_OPTIMIZER "optimizer.safetensors"
+
+/* The per-rank record. */
+typedef struct {
+  uint32_t world_size;
+  uint32_t rank;
+  uint32_t step;            /* optimizer steps completed */
+  uint64_t data_position;   /* global sampler position of the next pair */
+  uint64_t seed;            /* train.seed the run was started with */
+} ckpt_rank_state;
+
+/* "RUN_DIR/checkpoints/step-NNNNNN" (complete) and the ".partial" twin, into buf. */
+void ckpt_dir(const char *run_dir, uint32_t step, int partial, char *buf, size_t len);
+
+/* Rank 0, before anyone writes: an empty RUN_DIR/checkpoints/step-NNNNNN.partial/ (a stale one from a
+ * crash is removed first). */
+int ckpt_begin(const char *run_dir, uint32_t step, char *err, size_t errlen);
+
+/* Every rank: writes its record into the partial directory (temporary name, fsync, rename). */
+int ckpt_write_rank_state(const char *partial_dir, const ckpt_rank_state *st, char *err, size_t errlen);
+
+/* Rank 0, after the barrier: checks that all `world_size` rank records are there, checksums every file,
+ * writes COMPLETE, renames the directory into place and fsyncs its parent. *bytes_out (may be NULL)
+ * receives the checkpoint's total size. */
+int ckpt_commit(const char *run_dir, uint32_t step, uint32_t world_size, uint64_t *bytes_out, char *err,
+                size_t errlen);
+
+/* Whether `dir` is a complete checkpoint whose files match their recorded sizes and checksums. On success
+ * *step_out (may be NULL) receives its step. */
+int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen);
+
+/* The newest complete, verified checkpoint of the run: 1 with its step and path, 0 if there is none.
+ * Invalid ones are skipped (and logged). */
+int ckpt_find_latest(const char *run_dir, uint32_t *step_out, char *path, size_t len);
+
+/* Reads rank `rank`'s record from a complete checkpoint. */
+int ckpt_read_rank_state(const char *dir, uint32_t rank, ckpt_rank_state *st, char *err, size_t errlen);
+
+/* Removes all but the newest `keep_last` complete checkpoints, and stale partial directories older than
+ * the newest complete one. Returns how many were removed. */
+int ckpt_prune(const char *run_dir, uint32_t keep_last);
+
+#endif
