@@ -683,6 +683,9 @@ static void print_job(const Dpod__V1__Job *j) {
     ev.checkpoint = j->last_checkpoint;
     printf("  checkpoint:  %s\n", fmt_event(&ev, line, sizeof line) + strlen("checkpoint "));
   }
+  if (j->first_eval) printf("  first eval:  %s\n", fmt_eval(j->first_eval, line, sizeof line) + strlen("eval "));
+  if (j->last_eval && (!j->first_eval || j->last_eval->step != j->first_eval->step))
+    printf("  last eval:   %s\n", fmt_eval(j->last_eval, line, sizeof line) + strlen("eval "));
   if (j->spec) {
     printf("  spec:\n");
     job_spec_write_yaml(j->spec, stdout, 4);

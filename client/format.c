@@ -101,6 +101,19 @@ char *fmt_metrics(const Dpod__V1__StepMetrics *m, char *buf, size_t len) {
   return buf;
 }
 
+char *fmt_eval(const Dpod__V1__EvalMetrics *e, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  fmt_cat(buf, len, &n, "eval step %u:", e->step);
+  if (e->has_implicit_acc) fmt_cat(buf, len, &n, " held-out acc %.3f", e->implicit_acc);
+  if (e->has_loss) fmt_cat(buf, len, &n, " loss %.4f", e->loss);
+  if (e->has_pairs) fmt_cat(buf, len, &n, " (%u pairs)", e->pairs);
+  if (e->has_preferred_mode_rate)
+    fmt_cat(buf, len, &n, "; samples: preferred mode %.1f%%, distance to modes %.3f (%u samples)",
+            100.0 * e->preferred_mode_rate, e->mode_distance, e->samples);
+  return buf;
+}
+
 char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len) {
   char tmp[64];
   switch (ev->event_case) {
@@ -122,6 +135,7 @@ char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len) {
         snprintf(buf, len, "checkpoint step %u: %s", c->step, c->path ? c->path : "?");
       break;
     }
+    case DPOD__V1__JOB_EVENT__EVENT_EVAL: fmt_eval(ev->eval, buf, len); break;
     default: snprintf(buf, len, "event %" PRIu64 " (unknown kind)", ev->seq); break;
   }
   return buf;

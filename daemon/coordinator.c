@@ -587,6 +587,10 @@ static void coord_report(rpc_call *call, const uint8_t *req, size_t len, void *a
         ev.event_case = DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT;
         ev.checkpoint = we->checkpoint;
         break;
+      case DPOD__V1__WORKER_EVENT__EVENT_EVAL:
+        ev.event_case = DPOD__V1__JOB_EVENT__EVENT_EVAL;
+        ev.eval = we->eval;
+        break;
       default:
         continue; /* an event kind from a newer worker */
     }

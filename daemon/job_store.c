@@ -21,6 +21,7 @@ enum {
   ST_SET_STATE,
   ST_SET_METRICS,
   ST_SET_CHECKPOINT,
+  ST_SET_EVAL,
   ST_GET_EVENT,
   ST_GET_JOB,
   ST_GET_INFO,
@@ -35,7 +36,7 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_INSERT_JOB] = "INSERT INTO jobs(name, state, spec, created_ms) VALUES(?1, ?2, ?3, ?4)",
     [ST_SET_RUN_DIR] = "UPDATE jobs SET run_dir = ?2 WHERE id = ?1",
-    [ST_GET_SEQ] = "SELECT last_seq, last_metrics_step, last_checkpoint_step FROM jobs WHERE id = ?1",
+    [ST_GET_SEQ] = "SELECT last_seq, last_metrics_step, last_checkpoint_step, last_eval_step FROM jobs WHERE id = ?1",
     [ST_INSERT_EVENT] = "INSERT INTO events(job_id, seq, time_ms, payload) VALUES(?1, ?2, ?3, ?4)",
     [ST_SET_LAST_SEQ] = "UPDATE jobs SET last_seq = ?2 WHERE id = ?1",
     [ST_SET_STATE] = "UPDATE jobs SET state = ?2, reason = ?3, exit_code = ?4,"
@@ -43,9 +44,11 @@ static const char *const store_sql[ST_COUNT_] = {
                      " finished_ms = CASE WHEN ?6 > 0 THEN ?6 ELSE finished_ms END WHERE id = ?1",
     [ST_SET_METRICS] = "UPDATE jobs SET last_metrics = ?2, last_metrics_step = ?3 WHERE id = ?1",
     [ST_SET_CHECKPOINT] = "UPDATE jobs SET last_checkpoint = ?2, last_checkpoint_step = ?3 WHERE id = ?1",
+    [ST_SET_EVAL] = "UPDATE jobs SET last_eval = ?2, last_eval_step = ?3, first_eval = COALESCE(first_eval, ?2)"
+                    " WHERE id = ?1",
     [ST_GET_EVENT] = "SELECT payload FROM events WHERE job_id = ?1 AND seq = ?2",
     [ST_GET_JOB] = "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
-                   " run_dir, last_metrics, last_checkpoint, last_seq FROM jobs WHERE id = ?1",
+                   " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs WHERE id = ?1",
     [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret FROM jobs WHERE id = ?1",
     [ST_SET_SECRET] = "UPDATE jobs SET secret = ?2 WHERE id = ?1",
     [ST_SET_CANCEL] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
@@ -78,6 +81,12 @@ static const char store_schema_v1[] =
     "  time_ms INTEGER NOT NULL,"
     "  payload BLOB NOT NULL,"
     "  PRIMARY KEY(job_id, seq)) WITHOUT ROWID;";
+
+/* Version 2: evaluations. The first one (before training) is kept apart: it is the reference's score. */
+static const char store_schema_v2[] =
+    "ALTER TABLE jobs ADD COLUMN first_eval BLOB;"
+    "ALTER TABLE jobs ADD COLUMN last_eval BLOB;"
+    "ALTER TABLE jobs ADD COLUMN last_eval_step INTEGER NOT NULL DEFAULT -1;";
 
 struct job_store {
   sqlite3 *db;
@@ -143,21 +152,22 @@ static int job_store_migrate_(job_store *s, char *err, size_t errlen) {
   }
   if (version == JOB_STORE_SCHEMA_VERSION) return 0;
 
-  char *msg = NULL;
-  char sql[2048];
-  switch (version) {
-    case 0:
-      snprintf(sql, sizeof sql, "BEGIN; %s PRAGMA user_version = 1; COMMIT;", store_schema_v1);
-      break;
-    default:
+  /* One transaction per version step, so a database is always at some whole version. */
+  for (; version < JOB_STORE_SCHEMA_VERSION; version++) {
+    char *msg = NULL;
+    char sql[2048];
+    const char *step = version == 0 ? store_schema_v1 : version == 1 ? store_schema_v2 : NULL;
+    if (!step) {
       snprintf(err, errlen, "no migration from schema version %d", version);
       return DPOD_EDB;
-  }
-  if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-    snprintf(err, errlen, "creating schema: %s", msg ? msg : sqlite3_errmsg(s->db));
-    sqlite3_free(msg);
-    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
-    return DPOD_EDB;
+    }
+    snprintf(sql, sizeof sql, "BEGIN; %s PRAGMA user_version = %d; COMMIT;", step, version + 1);
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+      snprintf(err, errlen, "migrating the schema to version %d: %s", version + 1, msg ? msg : sqlite3_errmsg(s->db));
+      sqlite3_free(msg);
+      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+      return DPOD_EDB;
+    }
   }
   return 0;
 }
@@ -239,6 +249,7 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
   uint64_t last_seq = (uint64_t)sqlite3_column_int64(st, 0);
   int64_t metrics_step = sqlite3_column_int64(st, 1);
   int64_t checkpoint_step = sqlite3_column_int64(st, 2);
+  int64_t eval_step = sqlite3_column_int64(st, 3);
   sqlite3_reset(st);
 
   /* Reports are retried by the worker when a reply is lost, so the same step may arrive twice; steps
@@ -248,6 +259,8 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
     goto skipped;
   if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT && ev->checkpoint &&
       (int64_t)ev->checkpoint->step <= checkpoint_step)
+    goto skipped;
+  if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_EVAL && ev->eval && (int64_t)ev->eval->step <= eval_step)
     goto skipped;
 
   uint64_t seq = last_seq + 1;
@@ -300,6 +313,18 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
       status = store_exec_stmt(s, st, m ? "updating last_metrics" : "updating last_checkpoint");
       break;
     }
+    case DPOD__V1__JOB_EVENT__EVENT_EVAL: {
+      if (!(sub = store_pack(&ev->eval->base, &sub_len))) {
+        status = DPOD_ENOMEM;
+        break;
+      }
+      st = store_stmt(s, ST_SET_EVAL);
+      sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+      sqlite3_bind_blob(st, 2, sub, (int)sub_len, SQLITE_STATIC);
+      sqlite3_bind_int64(st, 3, ev->eval->step);
+      status = store_exec_stmt(s, st, "updating last_eval");
+      break;
+    }
     default:
       break;
   }
@@ -310,6 +335,7 @@ done:
   sqlite3_clear_bindings(s->stmt[ST_INSERT_EVENT]);
   sqlite3_clear_bindings(s->stmt[ST_SET_METRICS]);
   sqlite3_clear_bindings(s->stmt[ST_SET_CHECKPOINT]);
+  sqlite3_clear_bindings(s->stmt[ST_SET_EVAL]);
   free(buf);
   free(sub);
   return status;
@@ -451,6 +477,12 @@ static Dpod__V1__Job *store_row_to_job(sqlite3_stmt *st) {
                                                            sqlite3_column_blob(st, 11));
   j->has_last_seq = 1;
   j->last_seq = (uint64_t)sqlite3_column_int64(st, 12);
+  if (sqlite3_column_type(st, 13) == SQLITE_BLOB)
+    j->first_eval = dpod__v1__eval_metrics__unpack(NULL, (size_t)sqlite3_column_bytes(st, 13),
+                                                   sqlite3_column_blob(st, 13));
+  if (sqlite3_column_type(st, 14) == SQLITE_BLOB)
+    j->last_eval = dpod__v1__eval_metrics__unpack(NULL, (size_t)sqlite3_column_bytes(st, 14),
+                                                  sqlite3_column_blob(st, 14));
   if (!j->name || !j->reason || !j->run_dir || !j->spec) {
     protobuf_c_message_free_unpacked(&j->base, NULL);
     return NULL;
@@ -507,7 +539,7 @@ int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_stat
   char sql[1024];
   int off = snprintf(sql, sizeof sql,
                      "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
-                     " run_dir, last_metrics, last_checkpoint, last_seq FROM jobs");
+                     " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs");
   if (n_states > 64) n_states = 64;
   for (size_t i = 0; i < n_states; i++) off += snprintf(sql + off, sizeof sql - off, "%s?", i ? ", " : " WHERE state IN (");
   if (n_states) off += snprintf(sql + off, sizeof sql - off, ")");

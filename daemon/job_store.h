@@ -17,7 +17,7 @@
 
 #include "dpod.pb-c.h"
 
-#define JOB_STORE_SCHEMA_VERSION 1
+#define JOB_STORE_SCHEMA_VERSION 2
 #define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
 
 typedef struct job_store job_store;
