@@ -14,7 +14,7 @@
 #include "safetensors.h"
 
 /* Streams of the dataset generator's RNG, so each table is independent of the others' sizes. */
-enum { STREAM_EMBEDDINGS = 1, STREAM_MODES = 2, STREAM_PAIRS = 3, STREAM_SHUFFLE = 4 };
+enum { STREAM_EMBEDDINGS = 1, STREAM_MODES = 2, STREAM_PAIRS = 3, STREAM_SHUFFLE = 4, STREAM_HELD_OUT = 5 };
 
 int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err, size_t errlen) {
   memset(ds, 0, sizeof *ds);
@@ -47,7 +47,8 @@ int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err,
   dpo_rng_fill_normal(&r, ds->embeddings, emb * ds->num_prompts);
   dpo_rng_seed(&r, p->seed, STREAM_MODES);
   dpo_rng_fill_normal(&r, modes, img * 2 * ds->num_prompts);
-  dpo_rng_seed(&r, p->seed, STREAM_PAIRS);
+  /* Held-out sets use their own stream: fresh samples around the same modes. */
+  dpo_rng_seed(&r, p->seed, p->held_out ? STREAM_HELD_OUT : STREAM_PAIRS);
   double spread = p->mode_noise > 0 ? p->mode_noise : 0.3;
   for (size_t i = 0; i < ds->num_pairs; i++) {
     uint32_t prompt = (uint32_t)(i % ds->num_prompts);

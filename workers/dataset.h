@@ -33,6 +33,7 @@ typedef struct {
   uint64_t seed;
   int channels, height, width, embed_dim;  /* from the model config */
   double mode_noise;                       /* spread of samples around their mode pattern (0.3) */
+  int held_out;                            /* draw a held-out set: same prompts and modes, new samples */
 } dataset_builtin_params;
 
 /* The built-in task: every prompt has two latent patterns ("modes"); the preferred image of a pair is a

@@ -31,9 +31,11 @@
 #include "dpod_error.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
+#include "ddim.h"
 #include "job_spec.h"
 #include "reporter.h"
 #include "safetensors.h"
+#include "synth.h"
 #include "unet_shim.h"
 
 /* Gradients are all-reduced in buckets of this many floats (64 MiB): few, large calls. */
@@ -193,6 +195,8 @@ typedef struct {
   unet_info info;
   dpo_schedule sched;
   dpo_dataset data;
+  dpo_dataset val;           /* held-out split; num_pairs 0 when evaluation is off */
+  synth_task task;           /* the synthetic task's ground truth; task.prompts 0 for other data */
   dpo_sampler sampler;
   int dpo;                   /* objective is dpo (else sft) */
   size_t img;                /* floats per latent image */
@@ -202,6 +206,7 @@ typedef struct {
   uint32_t warmup_steps;
   /* Micro-batch buffers: up to 2B images (winners then losers). */
   float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
+  float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
   int64_t *t_int;
   reporter *rep;
 } trainer;
@@ -270,6 +275,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
 
   /* Data. */
   const Dpod__V1__DataSpec *d = spec->data;
+  int evaluate = tr->train->eval_every > 0;
   if (strcmp(d->dataset, "builtin:synthetic") == 0) {
     dataset_builtin_params dp = {.pairs = d->pairs,
                                  .prompts = d->prompts,
@@ -281,15 +287,29 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
                                  .embed_dim = tr->info.cross_attention_dim,
                                  .mode_noise = 0.3};
     if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
+    /* Held-out pairs: the same prompts and modes, fresh samples around them. */
+    dp.held_out = 1;
+    if (evaluate && dataset_builtin(&dp, &tr->val, err, sizeof err) != 0) worker_die("%s", err);
   } else {
     /* A preference dataset directory (docs/dataset-format.md), checked against the model's shapes. */
     dataset_open_params op = dataset_open_default_params();
-    op.split = "train";
+    op.split = d->split;
     op.channels = tr->info.in_channels;
     op.height = op.width = tr->info.sample_size;
     op.embed_dim = tr->info.cross_attention_dim;
     if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die("data.dataset: %s", err);
+    if (evaluate) {
+      op.split = d->validation_split;
+      if (dataset_open(d->dataset, &op, &tr->val, err, sizeof err) != 0) worker_die("data.validation_split: %s", err);
+      /* The synthetic task knows its reward: evaluations then also sample and score latents. */
+      char path[4200];
+      snprintf(path, sizeof path, "%s/%s", d->dataset, SYNTH_FILE);
+      if (access(path, R_OK) == 0 && synth_task_load(d->dataset, &tr->task, err, sizeof err) != 0)
+        worker_die("%s", err);
+    }
   }
+  if (d->caption_dropout > 0 && !tr->data.has_empty_prompt)
+    worker_die("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
@@ -319,42 +339,57 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->mse_policy = malloc(sizeof(float) * n);
   tr->mse_ref = malloc(sizeof(float) * n);
   tr->grad_mse = malloc(sizeof(float) * n);
-  if (!tr->x0 || !tr->noise || !tr->x_t || !tr->target || !tr->ehs || !tr->timesteps || !tr->t_int ||
+  tr->pred = malloc(sizeof(float) * n * tr->img);
+  if (!tr->pred || !tr->x0 || !tr->noise || !tr->x_t || !tr->target || !tr->ehs || !tr->timesteps || !tr->t_int ||
       !tr->mse_policy || !tr->mse_ref || !tr->grad_mse)
     worker_die("out of memory");
 }
 
-/* Fills the micro-batch buffers with pairs at global positions g0 .. g0 + B - 1: winners in rows 0..B-1,
- * losers in rows B..2B-1, each pair's noise and timestep shared by its two images and drawn from a stream
- * keyed by the global position, so the numbers do not depend on how the batch is split over ranks. */
-static void trainer_fill_batch(trainer *tr, uint64_t g0, int b) {
+/* Fills the micro-batch buffers with b pairs of `ds`: winners in rows 0..b-1, losers in rows b..2b-1.
+ * Pair i's noise, timestep and caption dropout are drawn from an RNG stream keyed by (seed, keys[i]),
+ * and the winner and loser share them. */
+static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, const uint64_t *keys, uint64_t seed,
+                       int b) {
   const int T = tr->sched.num_train_timesteps;
+  const double dropout = ds == &tr->data ? tr->spec->data->caption_dropout : 0.0;
   for (int i = 0; i < b; i++) {
-    uint64_t g = g0 + (uint64_t)i;
-    size_t pair = sampler_pair(&tr->sampler, g);
     /* Copies, not views: on-disk latents may be F16. */
-    dataset_copy_pair(&tr->data, pair, tr->x0 + (size_t)i * tr->img, tr->x0 + (size_t)(b + i) * tr->img);
-    dataset_copy_prompt(&tr->data, pair, tr->ehs + (size_t)i * tr->emb);
-    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
+    dataset_copy_pair(ds, pairs[i], tr->x0 + (size_t)i * tr->img, tr->x0 + (size_t)(b + i) * tr->img);
+    dataset_copy_prompt(ds, pairs[i], tr->ehs + (size_t)i * tr->emb);
 
     dpo_rng r;
-    dpo_rng_seed(&r, tr->train->seed, g);
+    dpo_rng_seed(&r, seed, keys[i]);
     int64_t t = dpo_rng_below(&r, (uint32_t)T);
     float *e = tr->noise + (size_t)i * tr->img;
     dpo_rng_fill_normal(&r, e, tr->img);
     if (tr->train->offset_noise > 0) {
       /* Offset noise: one extra normal per channel, constant over the image. */
-      size_t hw = (size_t)tr->data.height * tr->data.width;
-      for (int c = 0; c < tr->data.channels; c++) {
+      size_t hw = (size_t)ds->height * ds->width;
+      for (int c = 0; c < ds->channels; c++) {
         float off = (float)(tr->train->offset_noise * dpo_rng_normal(&r));
         for (size_t j = 0; j < hw; j++) e[(size_t)c * hw + j] += off;
       }
     }
+    /* Drawn last, so enabling dropout leaves every other number of the stream as it was. */
+    if (dropout > 0 && dpo_rng_uniform(&r) < dropout) dataset_copy_empty_prompt(ds, tr->ehs + (size_t)i * tr->emb);
+    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
     memcpy(tr->noise + (size_t)(b + i) * tr->img, e, sizeof(float) * tr->img);
     tr->t_int[i] = tr->t_int[b + i] = t;
   }
   for (int i = 0; i < 2 * b; i++) tr->timesteps[i] = (float)tr->t_int[i];
   dpo_add_noise(&tr->sched, 2 * b, tr->img, tr->x0, tr->noise, tr->t_int, tr->x_t, tr->target);
+}
+
+/* The training pairs at global positions g0 .. g0 + b - 1, keyed by their position, so the numbers do
+ * not depend on how the global batch is split over ranks. */
+static void trainer_fill_batch(trainer *tr, uint64_t g0, int b) {
+  size_t pairs[b];
+  uint64_t keys[b];
+  for (int i = 0; i < b; i++) {
+    keys[i] = g0 + (uint64_t)i;
+    pairs[i] = sampler_pair(&tr->sampler, keys[i]);
+  }
+  fill_pairs(tr, &tr->data, pairs, keys, tr->train->seed, b);
 }
 
 /* One micro-batch: forward both models, the loss in C, backward into the gradient buffer. */
@@ -495,6 +530,141 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
   return step;
 }
 
+/* ---- Evaluation ---------------------------------------------------------------------------------- */
+
+/* Salts of the evaluation's RNG streams: the same held-out noise and the same starting latents at every
+ * evaluation of a run, so successive numbers differ only because the model did. */
+#define EVAL_PAIR_SALT 0x6576616c2d706169ull
+#define EVAL_SAMPLE_SALT 0x6576616c2d736d70ull
+
+/* Per-sample MSE of the last inference forward (tr->pred) against tr->target: mse [n]. */
+static void pred_mse(const trainer *tr, int n, float *mse) {
+  for (int i = 0; i < n; i++) {
+    const float *p = tr->pred + (size_t)i * tr->img, *q = tr->target + (size_t)i * tr->img;
+    double acc = 0;
+    for (size_t j = 0; j < tr->img; j++) acc += (double)(p[j] - q[j]) * (p[j] - q[j]);
+    mse[i] = (float)(acc / (double)tr->img);
+  }
+}
+
+/* Scores k held-out pairs with both models, no gradients. */
+static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *keys, int k, dpo_loss_sums *sums) {
+  const int h = tr->val.height, w = tr->val.width, L = tr->val.text_len;
+  fill_pairs(tr, &tr->val, pairs, keys, tr->train->seed ^ EVAL_PAIR_SALT, k);
+  if (unet_forward(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
+    worker_die("evaluation forward: %s", unet_last_error(tr->policy));
+  pred_mse(tr, 2 * k, tr->mse_policy);
+  if (unet_forward(tr->ref, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
+    worker_die("evaluation forward: %s", unet_last_error(tr->ref));
+  pred_mse(tr, 2 * k, tr->mse_ref);
+  dpo_loss(k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
+}
+
+static int eval_model(void *ctx, int n, const float *x_t, const float *t, const float *ehs, float *out) {
+  trainer *tr = ctx;
+  return unet_forward(tr->policy, n, tr->data.height, tr->data.width, tr->data.text_len, x_t, t, ehs, out);
+}
+
+/* Samples this rank's share of eval_samples latents with DDIM and scores them against the synthetic
+ * task's known modes. Sample k uses prompt k mod P and starts from noise keyed by k. */
+static void eval_samples(trainer *tr, double *preferred, double *distance, double *count) {
+  const uint32_t total = tr->train->eval_samples;
+  uint32_t mine = 0;
+  for (uint32_t k = (uint32_t)g_rank; k < total; k += (uint32_t)g_world) mine++;
+  if (mine == 0) return;
+  float *x = malloc(sizeof(float) * mine * tr->img), *ehs = malloc(sizeof(float) * mine * tr->emb);
+  float *uncond = malloc(sizeof(float) * tr->emb);
+  uint32_t *prompts = malloc(sizeof(uint32_t) * mine);
+  if (!x || !ehs || !uncond || !prompts) worker_die("out of memory");
+  uint32_t i = 0;
+  for (uint32_t k = (uint32_t)g_rank; k < total; k += (uint32_t)g_world, i++) {
+    prompts[i] = k % tr->task.prompts;
+    dataset_copy_prompt_row(&tr->val, prompts[i], ehs + (size_t)i * tr->emb);
+    dpo_rng r;
+    dpo_rng_seed(&r, tr->train->seed ^ EVAL_SAMPLE_SALT, k);
+    dpo_rng_fill_normal(&r, x + (size_t)i * tr->img, tr->img);
+  }
+  ddim_params dp = ddim_default_params();
+  dp.steps = (int)tr->train->eval_sample_steps;
+  dp.guidance = tr->train->eval_guidance;
+  int guided = dp.guidance > 1 && dataset_copy_empty_prompt(&tr->val, uncond) == 0;
+  char err[512];
+  if (ddim_sample(&tr->sched, &dp, eval_model, tr, (int)mine, tr->img, tr->emb, ehs, guided ? uncond : NULL, x, err,
+                  sizeof err) != 0)
+    worker_die("evaluation sampling: %s", err);
+  synth_eval ev;
+  if (synth_evaluate(&tr->task, mine, x, prompts, &ev) != 0) worker_die("evaluation: prompt out of range");
+  *preferred += ev.preferred_rate * (double)ev.samples;
+  *distance += ev.mean_distance * (double)ev.samples;
+  *count += (double)ev.samples;
+  free(x);
+  free(ehs);
+  free(uncond);
+  free(prompts);
+}
+
+/* An evaluation, collectively over all ranks: held-out implicit accuracy and loss (dpo), and on the
+ * synthetic task the preferred-mode rate and distance to the modes of sampled latents. */
+static void trainer_eval(trainer *tr, uint32_t step) {
+  double t0 = now_seconds();
+  /* loss, acc, margin, pairs, preferred, distance, samples */
+  double red[7] = {0};
+  if (tr->dpo && tr->val.num_pairs > 0) {
+    size_t n_eval = tr->val.num_pairs;
+    if (tr->train->eval_pairs > 0 && tr->train->eval_pairs < n_eval) n_eval = tr->train->eval_pairs;
+    const int b = (int)tr->train->batch_size;
+    size_t pairs[b];
+    uint64_t keys[b];
+    int k = 0;
+    dpo_loss_sums sums = {0};
+    for (size_t i = (size_t)g_rank; i < n_eval; i += (size_t)g_world) {
+      pairs[k] = i;
+      keys[k] = i;
+      if (++k == b) {
+        eval_pairs_chunk(tr, pairs, keys, k, &sums);
+        k = 0;
+      }
+    }
+    if (k > 0) eval_pairs_chunk(tr, pairs, keys, k, &sums);
+    red[0] = sums.loss_sum;
+    red[1] = sums.acc_sum;
+    red[2] = sums.margin_sum;
+    red[3] = sums.pairs;
+  }
+  if (tr->task.prompts > 0 && tr->train->eval_samples > 0) eval_samples(tr, &red[4], &red[5], &red[6]);
+  if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 7, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+    worker_die("MPI_Allreduce of evaluation sums failed");
+  if (g_rank != 0) return;
+
+  Dpod__V1__EvalMetrics e = DPOD__V1__EVAL_METRICS__INIT;
+  e.has_step = 1;
+  e.step = step;
+  char line[512];
+  int n = snprintf(line, sizeof line, "eval step %u:", step);
+  if (red[3] > 0) {
+    e.has_pairs = e.has_loss = e.has_implicit_acc = e.has_reward_margin = 1;
+    e.pairs = (uint32_t)red[3];
+    e.loss = red[0] / red[3];
+    e.implicit_acc = red[1] / red[3];
+    e.reward_margin = red[2] / red[3];
+    n += snprintf(line + n, sizeof line - (size_t)n, " held-out acc %.3f loss %.4f (%u pairs)", e.implicit_acc, e.loss,
+                  e.pairs);
+  }
+  if (red[6] > 0) {
+    e.has_samples = e.has_preferred_mode_rate = e.has_mode_distance = 1;
+    e.samples = (uint32_t)red[6];
+    e.preferred_mode_rate = red[4] / red[6];
+    e.mode_distance = red[5] / red[6];
+    n += snprintf(line + n, sizeof line - (size_t)n, "; samples: preferred mode %.1f%%, distance to modes %.3f (%u)",
+                  100.0 * e.preferred_mode_rate, e.mode_distance, e.samples);
+  }
+  log_info("%s in %.2f s", line, now_seconds() - t0);
+  Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+  ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_EVAL;
+  ev.eval = &e;
+  report(tr, &ev);
+}
+
 /* Wall time split into compute and communication, for the scaling benchmark. */
 typedef struct {
   double step, allreduce;   /* seconds summed over timed steps */
@@ -527,6 +697,9 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
              tr->train->beta, tr->peak_lr, tr->warmup_steps);
   }
+
+  const uint32_t eval_every = tr->train->eval_every;
+  if (eval_every > 0 && start_step == 0) trainer_eval(tr, 0); /* the reference's numbers */
 
   trainer_timing timing = {0};
   Dpod__V1__StepMetrics last = DPOD__V1__STEP_METRICS__INIT;
@@ -596,6 +769,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
       report(tr, &ev);
       last = m;
     }
+    if (eval_every > 0 && (step % eval_every == 0 || step == steps)) trainer_eval(tr, step);
     uint32_t every = tr->train->checkpoint_every;
     int preempt = red[8] > 0;
     if (step == steps || (every > 0 && step % every == 0) || preempt) trainer_checkpoint(tr, step, run_dir, &last);
@@ -627,6 +801,9 @@ static void trainer_free(trainer *tr) {
   free(tr->mse_policy);
   free(tr->mse_ref);
   free(tr->grad_mse);
+  free(tr->pred);
+  dataset_free(&tr->val);
+  synth_task_free(&tr->task);
 }
 
 int main(int argc, char **argv) {
