@@ -2,6 +2,7 @@
  *
  *   dpo-tool inspect FILE.safetensors
  *   dpo-tool forward --config C --weights W --inputs I --out O [--threads N]
+ *   dpo-tool import | synth | sample ...   (preference datasets and sampling: tool_data.h)
  *
  * One function per subcommand, registered in `commands` below; each parses its own options, prints its
  * own usage and returns a process exit status. Errors go to stderr prefixed with the subcommand. */
@@ -13,6 +14,7 @@
 
 #include "dpod_error.h"
 #include "safetensors.h"
+#include "tool_data.h"
 #include "unet_shim.h"
 
 typedef struct {
@@ -30,6 +32,9 @@ static const dpo_tool_command commands[] = {
      "list tensors (name, dtype, shape), the parameter count and the header metadata"},
     {"forward", cmd_forward, "--config C --weights W --inputs I --out O [--threads N]",
      "run the UNet on `sample`, `timestep` and `encoder_hidden_states` from I; write `sample` to O"},
+    {"import", tool_import_main, TOOL_IMPORT_ARGS, TOOL_IMPORT_SUMMARY},
+    {"synth", tool_synth_main, TOOL_SYNTH_ARGS, TOOL_SYNTH_SUMMARY},
+    {"sample", tool_sample_main, TOOL_SAMPLE_ARGS, TOOL_SAMPLE_SUMMARY},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
