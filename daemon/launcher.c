@@ -221,14 +221,18 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
     goto fail;
   }
 
-  char np[16], id[32], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48];
+  char np[16], id[32], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
+      blas_env[48];
   snprintf(np, sizeof np, "%u", job->ranks);
   snprintf(id, sizeof id, "%llu", (unsigned long long)job->job_id);
   snprintf(secret_env, sizeof secret_env, "%s=%s", DPOD_ENV_JOB_SECRET, job->secret);
   snprintf(tmpdir_env, sizeof tmpdir_env, "TMPDIR=%s", tmpdir);
   snprintf(omp_env, sizeof omp_env, "OMP_NUM_THREADS=%u", job->threads_per_rank ? job->threads_per_rank : 1);
-  char *extra[] = {secret_env, tmpdir_env, omp_env};
-  if (!(env = launcher_build_env(extra, 3))) {
+  /* OpenBLAS (which libtorch's matrix products use) starts its own thread pool when it is loaded, before
+   * the worker can say how many threads it wants: without this, N ranks on N cores run N x cores threads. */
+  snprintf(blas_env, sizeof blas_env, "OPENBLAS_NUM_THREADS=%u", job->threads_per_rank ? job->threads_per_rank : 1);
+  char *extra[] = {secret_env, tmpdir_env, omp_env, blas_env};
+  if (!(env = launcher_build_env(extra, 4))) {
     status = DPOD_ENOMEM;
     snprintf(err, errlen, "out of memory");
     goto fail;
@@ -250,6 +254,8 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
   args[a++] = "TMPDIR";
   args[a++] = "-x";
   args[a++] = "OMP_NUM_THREADS";
+  args[a++] = "-x";
+  args[a++] = "OPENBLAS_NUM_THREADS";
   args[a++] = params->worker;
   args[a++] = "--spec";
   args[a++] = spec_path;

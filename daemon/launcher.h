@@ -1,7 +1,7 @@
 /* launcher: starts one job's MPI processes and reports when they have exited.
  *
  *   mpirun -np N --oversubscribe --bind-to none [--allow-run-as-root] -x DPOD_JOB_SECRET -x TMPDIR
- *          -x OMP_NUM_THREADS <dpo-worker> --spec RUN_DIR/spec.pb --run-dir RUN_DIR --job-id ID
+ *          -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS <dpo-worker> --spec RUN_DIR/spec.pb --run-dir RUN_DIR --job-id ID
  *          --report-addr ADDR
  *
  * spawned from an argv array (never through a shell) with UV_PROCESS_DETACHED, so mpirun leads a new
