@@ -34,7 +34,7 @@ SHAPES = {
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", choices=SHAPES, default="tiny")
-ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--steps", type=int, default=20)  # >= 1
 ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--beta", type=float, default=5000.0)  # train.py --beta_dpo default
@@ -138,13 +138,16 @@ params = sum(p.numel() for p in unet.parameters())
 
 for _ in range(args.warmup):
     dpo_step()
-t0 = time.perf_counter()
+times = []
 for _ in range(args.steps):
+    t0 = time.perf_counter()
     loss = dpo_step()
-dt = (time.perf_counter() - t0) / args.steps
+    times.append(time.perf_counter() - t0)
+dt = sum(times) / len(times)  # ms/step is the mean; min/median help on a busy machine
 
 print(f"shape={args.shape} ms/step={dt * 1e3:.2f} samples/s={2 * P / dt:.2f} "
       f"(samples = images = 2 x {P} pairs) params={params} "
       f"GFLOP/s={step_flops / dt / 1e9:.2f} FLOPs/step={step_flops} (fwd={fwd_flops} x4) "
+      f"min_ms={min(times) * 1e3:.2f} median_ms={sorted(times)[len(times) // 2] * 1e3:.2f} "
       f"threads={torch.get_num_threads()} steps={args.steps} warmup={args.warmup} "
       f"loss={loss:.4f} torch={torch.__version__}")
