@@ -723,7 +723,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
       red[7] = 1.0;
     if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 9, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of metrics failed");
-    timing.allreduce += now_seconds() - t_reduce;
+    double t_allreduce = now_seconds() - t_reduce;
     if (red[7] > 0) {
       if (g_rank == 0) log_info("cancelled by dpod at step %u", step);
       return WORKER_EXIT_CANCELLED;
@@ -734,9 +734,12 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     double gnorm = 0;
     if (unet_adamw_step(tr->policy, &opt, &gnorm) != 0) worker_die("optimizer: %s", unet_last_error(tr->policy));
     double dt = now_seconds() - t0;
-    timing.step += dt;
-    timing.steps++;
-    timing.samples += red[6];
+    if (step > start_step + 1) { /* the first step warms caches and allocators up */
+      timing.step += dt;
+      timing.allreduce += t_allreduce;
+      timing.steps++;
+      timing.samples += red[6];
+    }
 
     if (g_rank == 0) {
       Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
@@ -779,7 +782,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     }
   }
   if (g_rank == 0 && timing.steps > 0)
-    log_info("timing: %u steps, %.2f ms/step, all-reduce and wait %.2f ms/step (%.1f%%), %.1f samples/s",
+    log_info("timing: %u steps after the first, %.2f ms/step, all-reduce and wait %.2f ms/step (%.1f%%), %.1f samples/s",
              timing.steps, 1e3 * timing.step / timing.steps, 1e3 * timing.allreduce / timing.steps,
              100.0 * timing.allreduce / timing.step, timing.samples / timing.step);
   return WORKER_EXIT_OK;
