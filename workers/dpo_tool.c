@@ -2,12 +2,14 @@
  *
  *   dpo-tool inspect FILE.safetensors
  *   dpo-tool forward --config C --weights W --inputs I --out O [--threads N]
+ *   dpo-tool diff A.safetensors B.safetensors [--atol X]
  *   dpo-tool import | synth | sample ...   (preference datasets and sampling: tool_data.h)
  *
  * One function per subcommand, registered in `commands` below; each parses its own options, prints its
  * own usage and returns a process exit status. Errors go to stderr prefixed with the subcommand. */
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +28,15 @@ typedef struct {
 
 static int cmd_inspect(int argc, char **argv);
 static int cmd_forward(int argc, char **argv);
+static int cmd_diff(int argc, char **argv);
 
 static const dpo_tool_command commands[] = {
     {"inspect", cmd_inspect, "FILE.safetensors",
      "list tensors (name, dtype, shape), the parameter count and the header metadata"},
     {"forward", cmd_forward, "--config C --weights W --inputs I --out O [--threads N]",
      "run the UNet on `sample`, `timestep` and `encoder_hidden_states` from I; write `sample` to O"},
+    {"diff", cmd_diff, "A.safetensors B.safetensors [--atol X]",
+     "largest absolute difference per tensor; exit 1 if names or shapes differ or a difference > X (0)"},
     {"import", tool_import_main, TOOL_IMPORT_ARGS, TOOL_IMPORT_SUMMARY},
     {"synth", tool_synth_main, TOOL_SYNTH_ARGS, TOOL_SYNTH_SUMMARY},
     {"sample", tool_sample_main, TOOL_SAMPLE_ARGS, TOOL_SAMPLE_SUMMARY},
@@ -269,6 +274,91 @@ fail:
   st_close(in);
   unet_free(m);
   free(cfg);
+  return status;
+}
+
+/* ---- diff ---- */
+
+/* Compares two weight files tensor by tensor, e.g. the checkpoints of two runs that should agree. */
+static int cmd_diff(int argc, char **argv) {
+  const dpo_tool_command *self = &commands[2];
+  const char *paths[2] = {NULL, NULL};
+  double atol = 0;
+  int n = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+      command_usage(self, stdout);
+      return 0;
+    } else if (strcmp(argv[i], "--atol") == 0 && i + 1 < argc) {
+      char *end;
+      atol = strtod(argv[++i], &end);
+      if (*end || !(atol >= 0)) {
+        fprintf(stderr, "dpo-tool diff: --atol wants a number >= 0, got '%s'\n", argv[i]);
+        return 2;
+      }
+    } else if (n < 2) {
+      paths[n++] = argv[i];
+    } else {
+      command_usage(self, stderr);
+      return 2;
+    }
+  }
+  if (n != 2) {
+    command_usage(self, stderr);
+    return 2;
+  }
+  char err[1024];
+  st_file *f[2] = {NULL, NULL};
+  int status = 1;
+  float *a = NULL, *b = NULL;
+  for (int k = 0; k < 2; k++) {
+    int rc = st_open(paths[k], &f[k], err, sizeof err);
+    if (rc != 0) {
+      fprintf(stderr, "dpo-tool diff: %s (%s)\n", err, dpod_err_name(rc));
+      goto done;
+    }
+  }
+  if (st_count(f[0]) != st_count(f[1])) {
+    fprintf(stderr, "dpo-tool diff: %s holds %zu tensors, %s %zu\n", paths[0], st_count(f[0]), paths[1], st_count(f[1]));
+    goto done;
+  }
+  double worst = 0;
+  const char *worst_name = "";
+  for (size_t i = 0; i < st_count(f[0]); i++) {
+    const st_tensor *ta = st_at(f[0], i), *tb = st_find(f[1], ta->name);
+    if (!tb) {
+      fprintf(stderr, "dpo-tool diff: %s has no tensor '%s'\n", paths[1], ta->name);
+      goto done;
+    }
+    if (ta->ndim != tb->ndim || memcmp(ta->shape, tb->shape, sizeof(int64_t) * (size_t)ta->ndim) != 0) {
+      fprintf(stderr, "dpo-tool diff: '%s' has different shapes\n", ta->name);
+      goto done;
+    }
+    free(a);
+    free(b);
+    a = malloc(sizeof(float) * (size_t)(ta->numel ? ta->numel : 1));
+    b = malloc(sizeof(float) * (size_t)(ta->numel ? ta->numel : 1));
+    if (!a || !b || st_to_f32(ta, a) != 0 || st_to_f32(tb, b) != 0) {
+      fprintf(stderr, "dpo-tool diff: cannot read '%s' as numbers\n", ta->name);
+      goto done;
+    }
+    double d = 0;
+    for (int64_t j = 0; j < ta->numel; j++) {
+      double x = fabs((double)a[j] - (double)b[j]);
+      if (!(x <= d)) d = x; /* NaN counts as the largest difference */
+    }
+    if (!(d <= worst)) {
+      worst = d;
+      worst_name = ta->name;
+    }
+  }
+  printf("%zu tensors; largest absolute difference %.3g (%s)\n", st_count(f[0]), worst, *worst_name ? worst_name : "-");
+  status = worst <= atol ? 0 : 1;
+done:
+  free(a);
+  free(b);
+  st_close(f[0]);
+  st_close(f[1]);
   return status;
 }
 
