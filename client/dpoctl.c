@@ -32,6 +32,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 #define M_GET "/dpod.v1.Coordinator/GetJob"
 #define M_LIST "/dpod.v1.Coordinator/ListJobs"
 #define M_CANCEL "/dpod.v1.Coordinator/CancelJob"
+#define M_RESTART "/dpod.v1.Coordinator/RestartJob"
 #define M_WATCH "/dpod.v1.Coordinator/WatchJob"
 #define M_HEALTH "/grpc.health.v1.Health/Check"
 
@@ -58,6 +59,7 @@ static const char *const usage_main =
     "  get ID            describe one job\n"
     "  watch ID          follow a job's events until it ends\n"
     "  cancel ID         cancel a job\n"
+    "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
     "  health            ask dpod whether it is serving\n"
     "\n"
     "Options:\n"
@@ -112,6 +114,12 @@ static const char *const usage_cancel =
     "usage: dpoctl cancel ID\n"
     "\n"
     "Asks dpod to cancel the job. A running job stops at its next step and ends CANCELLED.\n";
+
+static const char *const usage_restart =
+    "usage: dpoctl restart ID\n"
+    "\n"
+    "Queues a failed, cancelled or preempted job again, in its run directory: the worker resumes from\n"
+    "the newest complete checkpoint (or starts over if there is none). Watch it with `dpoctl watch ID`.\n";
 
 static const char *const usage_health =
     "usage: dpoctl health [--service NAME]\n"
@@ -263,7 +271,7 @@ static void watch_note_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
     case DPOD__V1__JOB_EVENT__EVENT_STATE:
       w->state = ev->state->state;
       snprintf(w->reason, sizeof w->reason, "%s", ev->state->reason ? ev->state->reason : "");
-      if (is_terminal(w->state)) w->terminal = 1;
+      w->terminal = is_terminal(w->state); /* a restarted job leaves its terminal state again */
       break;
     case DPOD__V1__JOB_EVENT__EVENT_METRICS:
       w->metrics = *ev->metrics;
@@ -725,32 +733,56 @@ static int cmd_get(ctl *c, int argc, char **argv) {
   return EXIT_OK;
 }
 
-static int cmd_cancel(ctl *c, int argc, char **argv) {
+/* The options and the one job id that `cancel` and `restart` take. Returns 0 with *id set, or an exit
+ * status to return (help printed, usage error). */
+static int parse_job_command(ctl *c, const char *name, const char *usage, int argc, char **argv, uint64_t *id) {
   static const struct option longopts[] = {{"addr", required_argument, NULL, 'A'}, {"help", no_argument, NULL, 'h'}, {0}};
   int opt, bad = 0;
-  while ((opt = next_opt("cancel", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+  while ((opt = next_opt(name, argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
-      case 'h': fputs(usage_cancel, stdout); return EXIT_OK;
+      case 'h': fputs(usage, stdout); return -1;
     }
   }
   if (bad) return EXIT_USAGE;
-  if (optind != argc - 1) return usage_error("cancel", "%s", "expected one job id");
+  if (optind != argc - 1) return usage_error(name, "%s", "expected one job id");
+  if (parse_id(name, argv[optind], id)) return EXIT_USAGE;
+  return 0;
+}
+
+static int cmd_cancel(ctl *c, int argc, char **argv) {
   uint64_t id;
-  if (parse_id("cancel", argv[optind], &id)) return EXIT_USAGE;
+  int rc = parse_job_command(c, "cancel", usage_cancel, argc, argv, &id);
+  if (rc) return rc < 0 ? EXIT_OK : rc;
   Dpod__V1__CancelJobRequest req = DPOD__V1__CANCEL_JOB_REQUEST__INIT;
   req.has_job_id = 1;
   req.job_id = id;
   char what[64];
   snprintf(what, sizeof what, "cancel job %" PRIu64, id);
   ProtobufCMessage *m;
-  int rc = ctl_unary(c, what, M_CANCEL, &req.base, &dpod__v1__cancel_job_response__descriptor, &m);
-  if (rc) return rc;
+  if ((rc = ctl_unary(c, what, M_CANCEL, &req.base, &dpod__v1__cancel_job_response__descriptor, &m))) return rc;
   Dpod__V1__CancelJobResponse *resp = (Dpod__V1__CancelJobResponse *)m;
   if (resp->job)
     printf("cancelled job %" PRIu64 " (state: %s)\n", id, job_state_name(resp->job->state));
   else
     printf("cancelled job %" PRIu64 "\n", id);
+  protobuf_c_message_free_unpacked(m, NULL);
+  return EXIT_OK;
+}
+
+static int cmd_restart(ctl *c, int argc, char **argv) {
+  uint64_t id;
+  int rc = parse_job_command(c, "restart", usage_restart, argc, argv, &id);
+  if (rc) return rc < 0 ? EXIT_OK : rc;
+  Dpod__V1__RestartJobRequest req = DPOD__V1__RESTART_JOB_REQUEST__INIT;
+  req.has_job_id = 1;
+  req.job_id = id;
+  char what[64];
+  snprintf(what, sizeof what, "restart job %" PRIu64, id);
+  ProtobufCMessage *m;
+  if ((rc = ctl_unary(c, what, M_RESTART, &req.base, &dpod__v1__restart_job_response__descriptor, &m))) return rc;
+  Dpod__V1__RestartJobResponse *resp = (Dpod__V1__RestartJobResponse *)m;
+  printf("restarted job %" PRIu64 " (state: %s)\n", id, resp->job ? job_state_name(resp->job->state) : "queued");
   protobuf_c_message_free_unpacked(m, NULL);
   return EXIT_OK;
 }
@@ -795,7 +827,8 @@ typedef struct {
 
 static const command commands[] = {
     {"submit", cmd_submit, usage_submit}, {"list", cmd_list, usage_list},       {"get", cmd_get, usage_get},
-    {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"health", cmd_health, usage_health},
+    {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"restart", cmd_restart, usage_restart},
+    {"health", cmd_health, usage_health},
 };
 
 int main(int argc, char **argv) {

@@ -33,14 +33,15 @@ typedef struct coord_job {
 } coord_job;
 
 /* An open WatchJob stream. It sends the event with seq == next_seq whenever it is idle and that event
- * exists, so the stream is gap-free and duplicate-free whatever order appends and sends happen in. */
+ * exists, so the stream is gap-free and duplicate-free whatever order appends and sends happen in. It
+ * ends once it has sent every event of a job that is in a terminal state: a terminal state followed by
+ * more events (the job was restarted) does not end it. */
 typedef struct coord_watch {
   coord *co;
   rpc_call *call;
   uint64_t job_id;
   uint64_t next_seq;
   bool sending;        /* a send is in flight */
-  bool last_terminal;  /* the message in flight is the terminal state change */
   bool ending;         /* the stream was ended (or the client left): send nothing more */
   struct coord_watch *prev, *next;
 } coord_watch;
@@ -84,11 +85,6 @@ coord_params coord_default_params(void) {
 
 static void coord_watch_pump(coord_watch *w);
 
-static bool coord_event_is_terminal(const Dpod__V1__JobEvent *ev) {
-  return ev->event_case == DPOD__V1__JOB_EVENT__EVENT_STATE && ev->state &&
-         job_state_is_terminal(ev->state->state);
-}
-
 /* Events were appended to `job_id`: wake its watchers. */
 static void coord_notify(coord *co, uint64_t job_id) {
   for (coord_watch *w = co->watches; w; w = w->next)
@@ -120,7 +116,6 @@ static void coord_watch_pump(coord_watch *w) {
     coord_watch_end(w, GRPC_STATUS_INTERNAL, "cannot read the job's events");
     return;
   }
-  bool terminal = coord_event_is_terminal(ev);
   status = rpc_call_send(w->call, &ev->base);
   protobuf_c_message_free_unpacked(&ev->base, NULL);
   if (status != 0) {
@@ -128,7 +123,6 @@ static void coord_watch_pump(coord_watch *w) {
     return;
   }
   w->sending = true;
-  w->last_terminal = terminal;
   w->next_seq++;
 }
 
@@ -138,10 +132,6 @@ static void coord_watch_sent(rpc_call *call, int ok, void *data) {
   w->sending = false;
   if (!ok) {
     w->ending = true;
-    return;
-  }
-  if (w->last_terminal) {
-    coord_watch_end(w, GRPC_STATUS_OK, NULL);
     return;
   }
   coord_watch_pump(w);
@@ -506,6 +496,50 @@ static void coord_cancel_job(rpc_call *call, const uint8_t *req, size_t len, voi
   protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
+static void coord_restart_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  coord *co = arg;
+  COORD_UNPACK(Dpod__V1__RestartJobRequest, dpod__v1__restart_job_request__unpack, call, req, len);
+  uint64_t id = msg->job_id;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  Dpod__V1__Job *job = NULL;
+  int status = job_store_get(co->store, id, &job);
+  if (status != 0) {
+    coord_fail_store(co, call, status, id);
+    return;
+  }
+  Dpod__V1__JobState s = job->state;
+  if (s != DPOD__V1__JOB_STATE__JOB_STATE_FAILED && s != DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED &&
+      s != DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED) {
+    rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+                  "job %llu is %s; only failed, cancelled or preempted jobs can be restarted", (unsigned long long)id,
+                  job_state_name(s));
+    goto done;
+  }
+  if (co->shutting_down) {
+    rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "dpod is shutting down");
+    goto done;
+  }
+  if (sched_enqueue(&co->sched, id, job->spec->ranks) != 0) {
+    rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "job %llu needs %u slots, dpod has %u",
+                  (unsigned long long)id, job->spec->ranks, co->sched.slots);
+    goto done;
+  }
+  coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, "restarted by user", 0);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  job = NULL;
+  if ((status = job_store_get(co->store, id, &job)) != 0) {
+    coord_fail_store(co, call, status, id);
+    coord_schedule(co);
+    return;
+  }
+  Dpod__V1__RestartJobResponse resp = DPOD__V1__RESTART_JOB_RESPONSE__INIT;
+  resp.job = job;
+  rpc_call_reply(call, &resp.base);
+  coord_schedule(co);
+done:
+  if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
 static void coord_watch_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
   coord *co = arg;
   COORD_UNPACK(Dpod__V1__WatchJobRequest, dpod__v1__watch_job_request__unpack, call, req, len);
@@ -667,6 +701,7 @@ int coord_register(coord *co, rpc_server *srv) {
       {"/dpod.v1.Coordinator/GetJob", coord_get_job},
       {"/dpod.v1.Coordinator/ListJobs", coord_list_jobs},
       {"/dpod.v1.Coordinator/CancelJob", coord_cancel_job},
+      {"/dpod.v1.Coordinator/RestartJob", coord_restart_job},
       {"/dpod.v1.Coordinator/WatchJob", coord_watch_job},
       {"/dpod.v1.WorkerReport/Report", coord_report},
       {"/grpc.health.v1.Health/Check", coord_health_check},

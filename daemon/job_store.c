@@ -39,9 +39,12 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_GET_SEQ] = "SELECT last_seq, last_metrics_step, last_checkpoint_step, last_eval_step FROM jobs WHERE id = ?1",
     [ST_INSERT_EVENT] = "INSERT INTO events(job_id, seq, time_ms, payload) VALUES(?1, ?2, ?3, ?4)",
     [ST_SET_LAST_SEQ] = "UPDATE jobs SET last_seq = ?2 WHERE id = ?1",
+    /* A job that re-enters the queue (state 1, QUEUED: a restart) starts with no finish time and no
+     * pending cancel. */
     [ST_SET_STATE] = "UPDATE jobs SET state = ?2, reason = ?3, exit_code = ?4,"
                      " started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END,"
-                     " finished_ms = CASE WHEN ?6 > 0 THEN ?6 ELSE finished_ms END WHERE id = ?1",
+                     " finished_ms = CASE WHEN ?6 > 0 THEN ?6 WHEN ?2 = 1 THEN 0 ELSE finished_ms END,"
+                     " cancel_requested = CASE WHEN ?2 = 1 THEN 0 ELSE cancel_requested END WHERE id = ?1",
     [ST_SET_METRICS] = "UPDATE jobs SET last_metrics = ?2, last_metrics_step = ?3 WHERE id = ?1",
     [ST_SET_CHECKPOINT] = "UPDATE jobs SET last_checkpoint = ?2, last_checkpoint_step = ?3 WHERE id = ?1",
     [ST_SET_EVAL] = "UPDATE jobs SET last_eval = ?2, last_eval_step = ?3, first_eval = COALESCE(first_eval, ?2)"
