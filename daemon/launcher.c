@@ -115,17 +115,30 @@ void launcher_last_error_line(const char *run_dir, char *buf, size_t len) {
   size_t n = fread(tail, 1, sizeof tail - 1, f);
   fclose(f);
   tail[n] = '\0';
-  const char *best = NULL;
-  size_t best_len = 0;
+  /* The worker's own error lines ("... dpo-worker ERROR rank 0: ...") say what went wrong; Open MPI's
+   * lines that merely contain ERROR (ORTE_ERROR_LOG after an abort) are the fallback. */
+  const char *best = NULL, *worker = NULL;
+  size_t best_len = 0, worker_len = 0;
   for (char *line = tail; line < tail + n;) {
     char *end = memchr(line, '\n', (size_t)(tail + n - line));
     size_t l = end ? (size_t)(end - line) : (size_t)(tail + n - line);
     line[l] = '\0';
-    if (strstr(line, "ERROR")) {
+    char *tag = strstr(line, "dpo-worker ERROR ");
+    if (tag && !worker) {
+      worker = tag + strlen("dpo-worker ERROR ");
+      worker_len = l - (size_t)(worker - line);
+    } else if (tag) {
+      /* later ranks reporting the same */
+    } else if (strstr(line, "ERROR")) {
       best = line;
       best_len = l;
     }
     line += l + 1;
+  }
+  if (worker) {
+    /* The first worker error is the cause. */
+    best = worker;
+    best_len = worker_len;
   }
   if (!best) return;
   while (best_len && (best[best_len - 1] == '\r' || best[best_len - 1] == ' ')) best_len--;

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Bad input reaches the worker (a corrupt weights file, an unsupported model config, a dataset that is
+# not there): the job ends FAILED with a reason that names the problem, and dpod keeps serving with
+# every earlier job intact.
+source "$(dirname "$0")/lib.sh"
+it_start_dpod
+EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
+
+good=$(it_submit "$EX" --set train.steps=2 --name good)
+"$DPOCTL_BIN" watch "$good" >/dev/null 2>&1 || it_fail "the good job failed"
+
+# expect_failure ID PATTERN: the job fails and its reason matches PATTERN.
+expect_failure() {
+  "$DPOCTL_BIN" watch "$1" >/dev/null 2>&1 && it_fail "job $1 succeeded"
+  local state reason
+  state=$(it_job_field "$1" .state)
+  reason=$(it_job_field "$1" .reason)
+  [ "$state" = failed ] || it_fail "job $1 is $state"
+  echo "$reason" | grep -qE "$2" || it_fail "job $1's reason does not name the problem: $reason"
+}
+
+head -c 1000 "$DPOD_FIXTURES/tiny-sd/unet.safetensors" >"$T/truncated.safetensors"
+id=$(it_submit "$EX" --set model.weights="$T/truncated.safetensors" --name corrupt-weights)
+expect_failure "$id" "truncated.safetensors"
+
+sed 's/"act_fn": "silu"/"act_fn": "gelu"/' "$DPOD_FIXTURES/tiny-sd/config.json" >"$T/config.json"
+id=$(it_submit "$EX" --set model.config="$T/config.json" --name bad-config)
+expect_failure "$id" "act_fn"
+
+id=$(it_submit "$EX" --set data.dataset="$T/no-such-dataset" --name no-data)
+expect_failure "$id" "no-such-dataset"
+
+# Weights for another shape: refused by tensor name.
+"$DPOCTL_BIN" submit "$EX" --dry-run >/dev/null
+id=$(it_submit "$EX" --set model.weights="$DPOD_FIXTURES/tiny-sd/inputs.safetensors" --name wrong-tensors)
+expect_failure "$id" "conv_in|missing|unexpected|sample"
+
+"$DPOCTL_BIN" health >/dev/null || it_fail "dpod stopped serving"
+[ "$(it_job_field "$good" .state)" = succeeded ] || it_fail "the earlier job's record changed"
+[ "$("$DPOCTL_BIN" list --json | jq length)" = 5 ] || it_fail "jobs went missing from the list"
+echo "PASS: each bad input failed its job with a reason that names it; dpod kept serving"
