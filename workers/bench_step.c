@@ -36,7 +36,7 @@ typedef struct {
 } bench_shape;
 
 enum { PH_DATA, PH_POLICY, PH_REF, PH_LOSS, PH_BACKWARD, PH_OPTIM, PH_COUNT };
-static const char *const phase_names[PH_COUNT] = {"noise", "policy fwd", "ref fwd", "loss", "backward", "optimizer"};
+static const char *const phase_names[PH_COUNT] = {"noise+zero_grad", "policy fwd", "ref fwd", "loss", "backward", "optimizer"};
 
 static double now_ms(void) {
   struct timespec ts;

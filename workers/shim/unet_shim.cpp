@@ -5,23 +5,28 @@
  * parameter be a view into one flat buffer (and every gradient a view into another, for in-place
  * all-reduce), and keeps this file on <ATen/ATen.h> rather than the much slower <torch/torch.h>.
  *
- * Numerics follow diffusers 0.31 with AttnProcessor op for op (baddbmm with beta 0 for the scores, exact
- * GELU in GEGLU, GroupNorm eps 1e-6 inside Transformer2DModel, the timestep embedding in float32), so the
- * outputs match the reference fixtures to float32 rounding. */
+ * Numerics follow diffusers 0.31 with AttnProcessor (scale folded into the score GEMM, exact GELU in
+ * GEGLU, GroupNorm eps 1e-6 inside Transformer2DModel, the timestep embedding in float32), so the outputs
+ * match the reference fixtures to float32 rounding. Where diffusers' op sequence is slow on a CPU the
+ * arithmetic is the same but the ops are not: q/k/v come from one matmul, the attention core is direct
+ * sgemm calls per head (attn_core_fn), 1x1 proj_in/proj_out run as Linear, and AdamW is one fused loop. */
 #include "unet_shim.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,6 +37,10 @@
 #include "unet_config.h"
 extern "C" {
 #include "dpod_error.h"
+/* The Fortran BLAS libtorch itself calls (OpenBLAS on Debian when installed). */
+void sgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k, const float *alpha,
+            const float *a, const int *lda, const float *b, const int *ldb, const float *beta, float *c,
+            const int *ldc);
 }
 
 namespace {
@@ -69,6 +78,8 @@ struct resnet_ {
 };
 struct attn_ {
   lin_ q, k, v, out;
+  int qkv = -1; /* self-attention: index of the fused [3 dim, dim] to_q/to_k/to_v leaf in unet::fused */
+  int kv = -1;  /* cross-attention: the fused [2 dim, ctx_dim] to_k/to_v leaf */
   int64_t heads = 1, dim_head = 1;
   double scale = 1.0;
 };
@@ -81,8 +92,14 @@ struct transformer_ {
   norm_ norm;
   bool linear = false;
   conv_ pin_c, pout_c; /* use_linear_projection false */
+  int pin_2d = -1, pout_2d = -1; /* their 1x1 kernels as [out, in] leaves in unet::fused */
   lin_ pin_l, pout_l;  /* use_linear_projection true */
   std::vector<tblock_> blocks;
+};
+/* Consecutive weights used as one matrix: `count` parameters from `first`, each [rows, cols]. */
+struct span_ {
+  int first = 0, count = 0;
+  int64_t rows = 0, cols = 0;
 };
 struct block_ {
   std::vector<transformer_> attns;
@@ -97,6 +114,10 @@ struct unet {
   unet_config_ cfg;
   std::string cfg_json;
   std::vector<param_> params;
+  /* Leaves over runs of consecutive parameters (q/k/v weights) so one matmul computes all three; like
+   * the parameters they are views of the flat buffer, and their .grad views of the gradient buffer. */
+  std::vector<span_> spans;
+  std::vector<at::Tensor> fused;
   at::Tensor flat, flat_grad;          /* [num_params] float32 */
   at::Tensor adam_m, adam_v;           /* allocated on the first step */
   int64_t adam_step = 0;
@@ -119,6 +140,7 @@ namespace {
 
 struct builder_ {
   std::vector<param_> &ps;
+  std::vector<span_> &spans;
 
   int add(const std::string &name, std::vector<int64_t> shape, init_kind init, int64_t fan_in) {
     param_ p;
@@ -167,7 +189,17 @@ struct builder_ {
     r.scale = scale;
     return r;
   }
-  attn_ attention(const std::string &pre, int64_t dim, int64_t ctx_dim, int64_t heads) {
+  /* A parameter seen as one [rows, cols] matrix (a 1x1 kernel used as a Linear weight). */
+  int matrix(int param, int64_t rows, int64_t cols) {
+    span_ sp;
+    sp.first = param;
+    sp.count = 1;
+    sp.rows = rows;
+    sp.cols = cols;
+    spans.push_back(sp);
+    return (int)spans.size() - 1;
+  }
+  attn_ attention(const std::string &pre, int64_t dim, int64_t ctx_dim, int64_t heads, bool self) {
     attn_ a;
     a.heads = heads;
     a.dim_head = dim / heads;
@@ -176,6 +208,14 @@ struct builder_ {
     a.k = linear(pre + "to_k", ctx_dim, dim, false);
     a.v = linear(pre + "to_v", ctx_dim, dim, false);
     a.out = linear(pre + "to_out.0", dim, dim, true);
+    /* to_q, to_k, to_v have no bias, so their weights are adjacent in the state dict. */
+    span_ sp;
+    sp.first = self ? a.q.w : a.k.w;
+    sp.count = self ? 3 : 2;
+    sp.rows = dim;
+    sp.cols = ctx_dim;
+    (self ? a.qkv : a.kv) = (int)spans.size();
+    spans.push_back(sp);
     return a;
   }
   transformer_ transformer(const std::string &pre, int64_t ch, int64_t heads, int64_t layers, int64_t ctx_dim,
@@ -184,28 +224,28 @@ struct builder_ {
     t.linear = c.use_linear_projection;
     t.norm = norm(pre + "norm", ch, c.norm_num_groups, 1e-6);
     if (t.linear) t.pin_l = linear(pre + "proj_in", ch, ch, true);
-    else t.pin_c = conv(pre + "proj_in", ch, ch, 1, 1, 0);
+    else t.pin_c = conv(pre + "proj_in", ch, ch, 1, 1, 0), t.pin_2d = matrix(t.pin_c.w, ch, ch);
     for (int64_t l = 0; l < layers; l++) {
       std::string b = pre + "transformer_blocks." + std::to_string(l) + ".";
       tblock_ tb;
       tb.n1 = norm(b + "norm1", ch, 0, 1e-5);
-      tb.a1 = attention(b + "attn1.", ch, ch, heads);
+      tb.a1 = attention(b + "attn1.", ch, ch, heads, true);
       tb.n2 = norm(b + "norm2", ch, 0, 1e-5);
-      tb.a2 = attention(b + "attn2.", ch, ctx_dim, heads);
+      tb.a2 = attention(b + "attn2.", ch, ctx_dim, heads, false);
       tb.n3 = norm(b + "norm3", ch, 0, 1e-5);
       tb.ff1 = linear(b + "ff.net.0.proj", ch, ch * 4 * 2, true);
       tb.ff2 = linear(b + "ff.net.2", ch * 4, ch, true);
       t.blocks.push_back(tb);
     }
     if (t.linear) t.pout_l = linear(pre + "proj_out", ch, ch, true);
-    else t.pout_c = conv(pre + "proj_out", ch, ch, 1, 1, 0);
+    else t.pout_c = conv(pre + "proj_out", ch, ch, 1, 1, 0), t.pout_2d = matrix(t.pout_c.w, ch, ch);
     return t;
   }
 };
 
 void build(unet &m) {
   const unet_config_ &c = m.cfg;
-  builder_ B{m.params};
+  builder_ B{m.params, m.spans};
   const size_t nb = c.block_out_channels.size();
   const int64_t ted = c.time_embed_dim();
   const auto &bo = c.block_out_channels;
@@ -314,7 +354,150 @@ void allocate(unet &m, uint64_t seed) {
     p.t.requires_grad_(true);
     p.t.mutable_grad() = m.flat_grad.narrow(0, p.offset, p.numel).view(p.shape);
   }
+  for (const span_ &sp : m.spans) {
+    const param_ &p0 = m.params[(size_t)sp.first];
+    for (int i = 1; i < sp.count; i++)
+      if (m.params[(size_t)sp.first + i].offset != p0.offset + i * sp.rows * sp.cols)
+        throw std::logic_error("fused weights are not adjacent: " + p0.name);
+    int64_t len = sp.count * sp.rows * sp.cols;
+    at::Tensor t = m.flat.narrow(0, p0.offset, len).view({sp.count * sp.rows, sp.cols}).detach();
+    t.requires_grad_(true);
+    t.mutable_grad() = m.flat_grad.narrow(0, p0.offset, len).view({sp.count * sp.rows, sp.cols});
+    m.fused.push_back(t);
+  }
 }
+
+/* ---- attention core: softmax(scale q k^T) v for every (image, head) ----
+ *
+ * at::bmm on a CPU without MKL loops over the batch calling select() three times and a GEMM per item,
+ * serially: for [batch * heads] small matrices the dispatcher costs more than the arithmetic, and the
+ * backward does it four times more. Here each (image, head) is one direct sgemm call that reads q, k, v
+ * straight out of the projections' [b, len, heads * d] rows (the row stride is the GEMM's leading
+ * dimension, so no head-splitting copies) and writes o in the [b, n, heads * d] rows to_out reads. Items
+ * run in parallel when each is too small for BLAS to thread it; the softmax and its backward are single
+ * ATen ops over the [b * heads, n, m] probabilities. */
+
+void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+             const float *B, int64_t ldb, float *C, int64_t ldc) {
+  /* Row-major C = alpha op(A) op(B) is column-major C^T = alpha op(B)^T op(A)^T. */
+  const char a = tb ? 'T' : 'N', b = ta ? 'T' : 'N';
+  const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+  const float beta = 0.0f;
+  sgemm_(&a, &b, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+
+template <class F>
+void for_items(int64_t items, int64_t madds_per_item, const F &f) {
+  /* OpenBLAS threads a GEMM itself above ~2^18 multiply-adds; below that, spread the items over threads. */
+  if (madds_per_item < (1 << 17)) {
+    at::parallel_for(0, items, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, madds_per_item)),
+                     [&](int64_t b, int64_t e) {
+                       for (int64_t i = b; i < e; i++) f(i);
+                     });
+  } else {
+    for (int64_t i = 0; i < items; i++) f(i);
+  }
+}
+
+/* Where each (image, head) matrix lives: q rows [n, d] at q + img * q_img + head * d with row stride ldq,
+ * k and v likewise with m rows; o rows at o + img * n * dim + head * d with row stride dim. */
+struct attn_layout_ {
+  int64_t b, heads, n, m, d;
+  int64_t q_img, ldq, kv_img, ldkv;
+  bool self;
+  attn_layout_(const at::Tensor &q, const at::Tensor &kv, int64_t h) {
+    TORCH_CHECK(q.is_contiguous() && kv.is_contiguous() && q.scalar_type() == at::kFloat, "attention: bad q/kv");
+    self = kv.numel() == 0;
+    b = q.size(0);
+    n = q.size(1);
+    heads = h;
+    int64_t dim = self ? q.size(2) / 3 : q.size(2);
+    d = dim / h;
+    m = self ? n : kv.size(1);
+    q_img = n * q.size(2);
+    ldq = q.size(2);
+    kv_img = self ? q_img : m * kv.size(2);
+    ldkv = self ? ldq : kv.size(2);
+  }
+  int64_t dim() const { return heads * d; }
+};
+
+/* q: [b, n, 3 dim] (self-attention: q, k, v side by side) or [b, n, dim] with kv [b, m, 2 dim]. Returns o
+ * [b, n, dim] and writes the probabilities into p [b * heads, n, m]. */
+at::Tensor attn_core_fwd(const attn_layout_ &L, const float *q, const float *k, double scale, at::Tensor &p,
+                         const at::TensorOptions &opt) {
+  const int64_t dim = L.dim(), d = L.d, n = L.n, m = L.m;
+  const float *v = k + dim;
+  p = at::empty({L.b * L.heads, n, m}, opt);
+  at::Tensor o = at::empty({L.b, n, dim}, opt);
+  float *pp = p.data_ptr<float>(), *po = o.data_ptr<float>();
+  for_items(L.b * L.heads, n * m * d, [&](int64_t i) {
+    int64_t img = i / L.heads, hd = (i % L.heads) * d;
+    gemm_rm(false, true, n, m, d, (float)scale, q + img * L.q_img + hd, L.ldq, k + img * L.kv_img + hd, L.ldkv,
+            pp + i * n * m, m);
+  });
+  at::_softmax_out(p, p, -1, false);
+  for_items(L.b * L.heads, n * m * d, [&](int64_t i) {
+    int64_t img = i / L.heads, hd = (i % L.heads) * d;
+    gemm_rm(false, false, n, d, m, 1.0f, pp + i * n * m, m, v + img * L.kv_img + hd, L.ldkv, po + img * n * dim + hd,
+            dim);
+  });
+  return o;
+}
+
+/* Autograd wrapper: (q, kv) as attn_core_fwd takes them (kv empty for self-attention: custom functions
+ * refuse undefined inputs); the gradients come back in the same layouts. */
+struct attn_core_fn : public torch::autograd::Function<attn_core_fn> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &q, const at::Tensor &kv,
+                            int64_t heads, double scale) {
+    attn_layout_ L(q, kv, heads);
+    const float *pq = q.data_ptr<float>();
+    const float *pk = L.self ? pq + L.dim() : kv.data_ptr<float>();
+    at::Tensor p;
+    at::Tensor o = attn_core_fwd(L, pq, pk, scale, p, q.options());
+    ctx->save_for_backward({q, kv, p});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["scale"] = scale;
+    return o;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &kv = saved[1], &p = saved[2];
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    const float scale = (float)ctx->saved_data["scale"].toDouble();
+    attn_layout_ L(q, kv, heads);
+    const int64_t dim = L.dim(), d = L.d, n = L.n, m = L.m;
+    at::Tensor go = grad_out[0].contiguous();
+    const float *pq = q.data_ptr<float>();
+    const float *pk = L.self ? pq + dim : kv.data_ptr<float>();
+    const float *pv = pk + dim;
+    const float *pp = p.data_ptr<float>(), *dO = go.data_ptr<float>();
+    at::Tensor dq = at::empty_like(q), dkv = L.self ? at::Tensor() : at::empty_like(kv);
+    float *pdq = dq.data_ptr<float>();
+    float *pdk = L.self ? pdq + dim : dkv.data_ptr<float>();
+    float *pdv = pdk + dim;
+    at::Tensor dp = at::empty_like(p);
+    float *pdp = dp.data_ptr<float>();
+    for_items(L.b * heads, n * m * d, [&](int64_t i) {
+      int64_t img = i / heads, hd = (i % heads) * d;
+      const float *Pi = pp + i * n * m, *dOi = dO + img * n * dim + hd;
+      /* dV = P^T dO, dP = dO V^T */
+      gemm_rm(true, false, m, d, n, 1.0f, Pi, m, dOi, dim, pdv + img * L.kv_img + hd, L.ldkv);
+      gemm_rm(false, true, n, m, d, 1.0f, dOi, dim, pv + img * L.kv_img + hd, L.ldkv, pdp + i * n * m, m);
+    });
+    at::Tensor ds = at::_softmax_backward_data(dp, p, -1, at::kFloat);
+    const float *pds = ds.data_ptr<float>();
+    for_items(L.b * heads, n * m * d, [&](int64_t i) {
+      int64_t img = i / heads, hd = (i % heads) * d;
+      const float *dSi = pds + i * n * m;
+      /* dQ = scale dS K, dK = scale dS^T Q */
+      gemm_rm(false, false, n, d, m, scale, dSi, m, pk + img * L.kv_img + hd, L.ldkv, pdq + img * L.q_img + hd, L.ldq);
+      gemm_rm(true, false, m, d, n, scale, dSi, m, pq + img * L.q_img + hd, L.ldq, pdk + img * L.kv_img + hd, L.ldkv);
+    });
+    return {dq, dkv, at::Tensor(), at::Tensor()};
+  }
+};
 
 /* ---- forward ---- */
 
@@ -355,43 +538,45 @@ struct fwd_ {
     return o;
   }
 
-  /* x [b, n, dim]; ctx [b, m, ctx_dim] or undefined for self-attention. */
+  /* x [b, n, dim]; ctx [b, m, ctx_dim] or undefined for self-attention. The projections run as one
+   * matmul against the fused weights, and the attention core reads every head straight out of them. */
   at::Tensor attention(const attn_ &a, const at::Tensor &x, const at::Tensor &ctx) const {
-    const at::Tensor &c = ctx.defined() ? ctx : x;
-    int64_t b = x.size(0), n = x.size(1), mm = c.size(1), h = a.heads, d = a.dim_head;
-    at::Tensor q = linear(a.q, x).view({b, n, h, d}).permute({0, 2, 1, 3}).reshape({b * h, n, d});
-    at::Tensor k = linear(a.k, c).view({b, mm, h, d}).permute({0, 2, 1, 3}).reshape({b * h, mm, d});
-    at::Tensor v = linear(a.v, c).view({b, mm, h, d}).permute({0, 2, 1, 3}).reshape({b * h, mm, d});
-    at::Tensor scores = at::baddbmm(at::empty({b * h, n, mm}, q.options()), q, k.transpose(1, 2), 0.0, a.scale);
-    at::Tensor probs = inplace ? at::_softmax_out(scores, scores, -1, false) : scores.softmax(-1);
-    at::Tensor o = at::bmm(probs, v).view({b, h, n, d}).permute({0, 2, 1, 3}).reshape({b, n, h * d});
+    at::Tensor q, kv;
+    if (!ctx.defined()) {
+      q = at::linear(x, m.fused[(size_t)a.qkv]); /* [b, n, 3 dim] */
+      kv = at::empty({0}, x.options());
+    } else {
+      q = linear(a.q, x);                         /* [b, n, dim] */
+      kv = at::linear(ctx, m.fused[(size_t)a.kv]); /* [b, m, 2 dim] */
+    }
+    at::Tensor o;
+    if (at::GradMode::is_enabled()) {
+      o = attn_core_fn::apply(q, kv, a.heads, a.scale);
+    } else {
+      attn_layout_ L(q, kv, a.heads);
+      const float *pq = q.data_ptr<float>();
+      at::Tensor p;
+      o = attn_core_fwd(L, pq, L.self ? pq + L.dim() : kv.data_ptr<float>(), a.scale, p, q.options());
+    }
     return linear(a.out, o);
   }
 
+  /* The 1x1 proj_in/proj_out convolutions run as Linear layers on the [b * h * w, c] rows the blocks use
+   * anyway: one layout copy in, none out (the residual add reads the NHWC view directly). */
   at::Tensor transformer(const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs) const {
-    int64_t b = x.size(0), hh = x.size(2), ww = x.size(3);
-    at::Tensor h = norm(t.norm, x);
-    int64_t inner;
-    if (!t.linear) {
-      h = conv(t.pin_c, h);
-      inner = h.size(1);
-      h = h.permute({0, 2, 3, 1}).reshape({b, hh * ww, inner});
-    } else {
-      inner = h.size(1);
-      h = linear(t.pin_l, h.permute({0, 2, 3, 1}).reshape({b, hh * ww, inner}));
-    }
+    int64_t b = x.size(0), c = x.size(1), hh = x.size(2), ww = x.size(3);
+    at::Tensor h = norm(t.norm, x).permute({0, 2, 3, 1}).reshape({b * hh * ww, c});
+    h = t.linear ? linear(t.pin_l, h) : at::linear(h, m.fused[(size_t)t.pin_2d], P(t.pin_c.b));
+    int64_t inner = h.size(1);
+    h = h.view({b, hh * ww, inner});
     for (const tblock_ &tb : t.blocks) {
       h = add(attention(tb.a1, norm(tb.n1, h), at::Tensor()), h);
       h = add(attention(tb.a2, norm(tb.n2, h), ehs), h);
       std::vector<at::Tensor> hg = linear(tb.ff1, norm(tb.n3, h)).chunk(2, -1);
       h = add(linear(tb.ff2, hg[0] * at::gelu(hg[1])), h);
     }
-    if (!t.linear) {
-      h = conv(t.pout_c, h.reshape({b, hh, ww, inner}).permute({0, 3, 1, 2}).contiguous());
-    } else {
-      h = linear(t.pout_l, h).reshape({b, hh, ww, inner}).permute({0, 3, 1, 2}).contiguous();
-    }
-    return add(h, x);
+    h = t.linear ? linear(t.pout_l, h) : at::linear(h, m.fused[(size_t)t.pout_2d], P(t.pout_c.b));
+    return at::add(x, h.view({b, hh, ww, c}).permute({0, 3, 1, 2}));
   }
 
   /* diffusers' get_timestep_embedding, in float32 exactly as it computes it. */
@@ -558,6 +743,14 @@ int guarded(unet *m, F &&f) {
   }
 }
 
+/* at::set_num_threads governs libtorch's OpenMP pool, not OpenBLAS's own pthreads pool, which otherwise
+ * starts one thread per core in every process: with several ranks on one machine that oversubscribes
+ * the cores. Found at run time, so any other BLAS simply keeps its own setting. */
+void set_blas_threads(int n) {
+  using setter = void (*)(int);
+  if (auto f = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(n);
+}
+
 void copy_err(char *err, size_t errlen, const std::string &msg) {
   if (err && errlen) snprintf(err, errlen, "%s", msg.c_str());
 }
@@ -663,7 +856,10 @@ int unet_create(const char *config_json, const unet_params *p, unet_t *out, char
     }
     m->cfg_json = unet_config_to_json_(m->cfg);
     at::globalContext().setFlushDenormal(true);
-    if (p->threads > 0) at::set_num_threads(p->threads);
+    if (p->threads > 0) {
+      at::set_num_threads(p->threads);
+      set_blas_threads(p->threads);
+    }
     build(*m);
     allocate(*m, p->seed);
   } catch (const c10::Error &e) {
@@ -786,6 +982,7 @@ void unet_freeze(unet_t m) {
     m->frozen = true;
     m->mse = at::Tensor();
     for (auto &p : m->params) p.t.requires_grad_(false);
+    for (auto &t : m->fused) t.requires_grad_(false);
   } catch (...) {
   }
 }
