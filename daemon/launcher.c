@@ -235,7 +235,7 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
   }
 
   char np[16], id[32], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
-      blas_env[48];
+      blas_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE";
   snprintf(np, sizeof np, "%u", job->ranks);
   snprintf(id, sizeof id, "%llu", (unsigned long long)job->job_id);
   snprintf(secret_env, sizeof secret_env, "%s=%s", DPOD_ENV_JOB_SECRET, job->secret);
@@ -244,8 +244,9 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
   /* OpenBLAS (which libtorch's matrix products use) starts its own thread pool when it is loaded, before
    * the worker can say how many threads it wants: without this, N ranks on N cores run N x cores threads. */
   snprintf(blas_env, sizeof blas_env, "OPENBLAS_NUM_THREADS=%u", job->threads_per_rank ? job->threads_per_rank : 1);
-  char *extra[] = {secret_env, tmpdir_env, omp_env, blas_env};
-  if (!(env = launcher_build_env(extra, 4))) {
+  /* Spinning OpenMP threads steal the core a neighbouring rank needs; ranks share the machine. */
+  char *extra[] = {secret_env, tmpdir_env, omp_env, blas_env, wait_env};
+  if (!(env = launcher_build_env(extra, 5))) {
     status = DPOD_ENOMEM;
     snprintf(err, errlen, "out of memory");
     goto fail;
@@ -269,6 +270,8 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
   args[a++] = "OMP_NUM_THREADS";
   args[a++] = "-x";
   args[a++] = "OPENBLAS_NUM_THREADS";
+  args[a++] = "-x";
+  args[a++] = "OMP_WAIT_POLICY";
   args[a++] = params->worker;
   args[a++] = "--spec";
   args[a++] = spec_path;
