@@ -109,8 +109,8 @@ char *fmt_eval(const Dpod__V1__EvalMetrics *e, char *buf, size_t len) {
   if (e->has_loss) fmt_cat(buf, len, &n, " loss %.4f", e->loss);
   if (e->has_pairs) fmt_cat(buf, len, &n, " (%u pairs)", e->pairs);
   if (e->has_preferred_mode_rate)
-    fmt_cat(buf, len, &n, "; samples: preferred mode %.1f%%, distance to modes %.3f (%u samples)",
-            100.0 * e->preferred_mode_rate, e->mode_distance, e->samples);
+    fmt_cat(buf, len, &n, "%s samples: preferred mode %.1f%%, distance to modes %.3f (%u samples)",
+            e->has_implicit_acc || e->has_loss || e->has_pairs ? ";" : "", 100.0 * e->preferred_mode_rate, e->mode_distance, e->samples);
   return buf;
 }
 

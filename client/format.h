@@ -24,10 +24,10 @@ char *fmt_bytes(uint64_t n, char *buf, size_t len);
 /* "step 3/20 loss 0.6931 acc 0.50 mse 1.0433/1.0436 margin 0.012 gnorm 1.23 lr 1.0e-05 12.3 samples/s";
  * fields the message lacks are left out. */
 char *fmt_metrics(const Dpod__V1__StepMetrics *m, char *buf, size_t len);
-/* One line for an event: "state running", "state failed: exit status 3", a metrics line, or
- * "checkpoint step 10: /path (3.4 MiB)". */
 /* "eval step 20: held-out acc 0.930 loss 0.2100 (128 pairs); samples: preferred mode 95.0%, ..." */
 char *fmt_eval(const Dpod__V1__EvalMetrics *e, char *buf, size_t len);
+/* One line for an event: "state running", "state failed: exit status 3", a metrics line, an eval line, or
+ * "checkpoint step 10: /path (3.4 MiB)". */
 char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len);
 /* "[#######.............] " for step/total; "" when total is 0. */
 char *fmt_progress_bar(uint32_t step, uint32_t total, int width, char *buf, size_t len);

@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include "dpod_error.h"
 #include "job_spec.h"
 
@@ -506,15 +508,5 @@ int main(int argc, char **argv) {
       T(written_yaml_reads_back_the_same),
       T(names_of_states_and_objectives),
   };
-  if (argc > 1) {
-    /* An unknown name would run nothing and pass: refuse it. */
-    size_t i = 0;
-    while (i < sizeof tests / sizeof tests[0] && strcmp(tests[i].name, argv[1]) != 0) i++;
-    if (i == sizeof tests / sizeof tests[0]) {
-      fprintf(stderr, "test_job_spec: no test named '%s'\n", argv[1]);
-      return 2;
-    }
-    cmocka_set_test_filter(argv[1]);
-  }
-  return cmocka_run_group_tests_name("job_spec", tests, NULL, NULL);
+  return CMOCKA_MAIN("job_spec", tests, NULL, NULL);
 }

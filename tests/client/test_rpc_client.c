@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include "cmocka_main.h"
 #include <grpc/status.h>
 
 #include "dpod.pb-c.h"
@@ -300,14 +302,5 @@ int main(int argc, char **argv) {
       T(stream_close_while_running),
       T(works_from_other_threads),
   };
-  if (argc > 1) {
-    size_t i = 0;
-    while (i < sizeof tests / sizeof tests[0] && strcmp(tests[i].name, argv[1]) != 0) i++;
-    if (i == sizeof tests / sizeof tests[0]) {
-      fprintf(stderr, "test_rpc_client: no test named '%s'\n", argv[1]);
-      return 2;
-    }
-    cmocka_set_test_filter(argv[1]);
-  }
-  return cmocka_run_group_tests_name("rpc_client", tests, group_setup, group_teardown);
+  return CMOCKA_MAIN("rpc_client", tests, group_setup, group_teardown);
 }

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -815,14 +817,5 @@ int main(int argc, char **argv) {
       CASE(ddim_samples_have_the_target_mean_and_std),
       CASE(ddim_guidance_extrapolates_the_conditional_mean),
   };
-  if (argc > 1) {
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-      if (strcmp(all[i].name, argv[1]) == 0) {
-        struct CMUnitTest one[1] = {all[i]};
-        return _cmocka_run_group_tests(argv[1], one, 1, NULL, NULL);
-      }
-    fprintf(stderr, "no test named %s\n", argv[1]);
-    return 2;
-  }
-  return cmocka_run_group_tests(all, NULL, NULL);
+  return CMOCKA_MAIN("data", all, NULL, NULL);
 }

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,14 +157,5 @@ int main(int argc, char **argv) {
       CASE(checkpoint_without_marker_is_never_used),   CASE(missing_file_or_rank_is_refused),
       CASE(prune_keeps_the_newest),
   };
-  if (argc > 1) {
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-      if (strcmp(all[i].name, argv[1]) == 0) {
-        struct CMUnitTest one[1] = {all[i]};
-        return _cmocka_run_group_tests(argv[1], one, 1, NULL, NULL);
-      }
-    fprintf(stderr, "no test named %s\n", argv[1]);
-    return 2;
-  }
-  return cmocka_run_group_tests(all, NULL, NULL);
+  return CMOCKA_MAIN("checkpoint", all, NULL, NULL);
 }

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -319,14 +321,5 @@ int main(int argc, char **argv) {
       CASE(rng_is_deterministic_and_normal),        CASE(lr_warmup_is_linear),
       CASE(builtin_dataset_is_deterministic),
   };
-  if (argc > 1) {
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-      if (strcmp(all[i].name, argv[1]) == 0) {
-        struct CMUnitTest one[1] = {all[i]};
-        return _cmocka_run_group_tests(argv[1], one, 1, NULL, NULL);
-      }
-    fprintf(stderr, "no test named %s\n", argv[1]);
-    return 2;
-  }
-  return cmocka_run_group_tests(all, NULL, NULL);
+  return CMOCKA_MAIN("dpo_math", all, NULL, NULL);
 }
