@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas_select.h"
 #include "dpo_math.h"
 #include "unet_shim.h"
 
@@ -157,8 +158,8 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup) 
       if (timed[s] < mn) mn = timed[s];
     double med = median(timed, steps);
     double flops = unet_train_flops(policy, n, hw, hw, L);
-    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads\n", sh->name, P, n, hw, hw, L,
-           info.num_params, threads);
+    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, BLAS %s\n", sh->name, P, n, hw, hw,
+           L, info.num_params, threads, blas_select_corename());
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
     printf("  phases (median ms):");
@@ -205,6 +206,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+  blas_select_kernels(argv);
   static const struct option opts[] = {{"shape", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
                                        {"steps", required_argument, 0, 'n'},  {"warmup", required_argument, 0, 'w'},
                                        {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},

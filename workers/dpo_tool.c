@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas_select.h"
 #include "dpod_error.h"
 #include "safetensors.h"
 #include "tool_data.h"
@@ -363,6 +364,7 @@ done:
 }
 
 int main(int argc, char **argv) {
+  blas_select_kernels(argv);
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

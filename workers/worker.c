@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blas_select.h"
 #include "checkpoint.h"
 #include "dataset.h"
 #include "dpo_math.h"
@@ -693,9 +694,9 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     ev.started = &st;
     report(tr, &ev);
     log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %u pairs per step, "
-             "%zu parameters, beta %g, lr %g (warmup %u steps)",
+             "%zu parameters, beta %g, lr %g (warmup %u steps), BLAS kernels %s",
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
-             tr->train->beta, tr->peak_lr, tr->warmup_steps);
+             tr->train->beta, tr->peak_lr, tr->warmup_steps, blas_select_corename());
   }
 
   const uint32_t eval_every = tr->train->eval_every;
@@ -810,6 +811,7 @@ static void trainer_free(trainer *tr) {
 }
 
 int main(int argc, char **argv) {
+  blas_select_kernels(argv); /* may re-execute this program with faster sgemm kernels */
   worker_args args;
   int pa = parse_args(argc, argv, &args);
   if (pa != 0) return pa > 0 ? 0 : WORKER_EXIT_USAGE;
