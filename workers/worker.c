@@ -668,7 +668,8 @@ static void trainer_eval(trainer *tr, uint32_t step) {
 
 /* Wall time split into compute and communication, for the scaling benchmark. */
 typedef struct {
-  double step, allreduce;   /* seconds summed over timed steps */
+  double step, allreduce;   /* seconds summed over timed steps; allreduce includes wait */
+  double wait;              /* of which: waiting at the barrier for the slowest rank */
   uint32_t steps;
   double samples;
 } trainer_timing;
@@ -714,6 +715,10 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
       trainer_micro_step(tr, g0, &sums);
     }
     double t_reduce = now_seconds();
+    /* A barrier first, so that the timing can tell waiting for a slower rank from moving gradients;
+     * with the ranks already in step it costs one round trip of a few microseconds. */
+    if (g_world > 1) MPI_Barrier(MPI_COMM_WORLD);
+    double t_wait = now_seconds() - t_reduce;
     allreduce_grads(tr);
 
     /* Metric sums and the stop requests travel in one small all-reduce, so every rank acts on the same
@@ -738,6 +743,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     if (step > start_step + 1) { /* the first step warms caches and allocators up */
       timing.step += dt;
       timing.allreduce += t_allreduce;
+      timing.wait += t_wait;
       timing.steps++;
       timing.samples += red[6];
     }
@@ -783,9 +789,11 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     }
   }
   if (g_rank == 0 && timing.steps > 0)
-    log_info("timing: %u steps after the first, %.2f ms/step, all-reduce and wait %.2f ms/step (%.1f%%), %.1f samples/s",
+    log_info("timing: %u steps after the first, %.2f ms/step, all-reduce and wait %.2f ms/step (%.1f%%; "
+             "waiting for the slowest rank %.2f, all-reduce %.2f), %.1f samples/s",
              timing.steps, 1e3 * timing.step / timing.steps, 1e3 * timing.allreduce / timing.steps,
-             100.0 * timing.allreduce / timing.step, timing.samples / timing.step);
+             100.0 * timing.allreduce / timing.step, 1e3 * timing.wait / timing.steps,
+             1e3 * (timing.allreduce - timing.wait) / timing.steps, timing.samples / timing.step);
   return WORKER_EXIT_OK;
 }
 
