@@ -6,7 +6,8 @@
 #   2. job 1 pretrains the reference on its base samples with the plain denoising (sft) objective;
 #   3. job 2 runs DPO from job 1's checkpoint on 2 MPI ranks, evaluating before and after;
 #   4. a table compares the reference with the DPO policy.
-# Both jobs go through dpod and dpoctl like any user job. Exits 0 only if both jobs succeeded.
+# Both jobs go through dpod and dpoctl like any user job. Exits 0 only if both jobs succeeded and the
+# targets were met (3 if they were not).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
@@ -17,7 +18,8 @@ TOOL="$DPOD_BUILD/workers/dpo-tool"
 EXAMPLES="$DPOD_ROOT/deploy/examples"
 started=""
 if ! "$DPOCTL" health >/dev/null 2>&1; then
-  log="${TMPDIR:-/tmp}/dpod-demo-$(id -u).log"
+  log="${XDG_STATE_HOME:-$HOME/.local/state}/dpod/dpod-demo.log"
+  mkdir -p "$(dirname "$log")"
   "$DPOD" --slots 2 >"$log" 2>&1 &
   started=$!
   trap '[ -n "$started" ] && kill -TERM "$started" 2>/dev/null && wait "$started" 2>/dev/null || true' EXIT
@@ -43,24 +45,31 @@ submit_and_watch() {
   "$DPOCTL" watch "$JOB_ID" --no-progress || { echo "job $JOB_ID did not succeed: dpoctl get $JOB_ID"; exit 1; }
 }
 
-echo "== 2. job 1: pretrain the reference (sft on the base samples)"
+echo "== 2. pretrain the reference: sft on the base samples"
 submit_and_watch "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data"
 sft=$JOB_ID
 ckpt=$("$DPOCTL" get "$sft" --json | jq -r .last_checkpoint.path)
 
-echo "== 3. job 2: Diffusion-DPO from job $sft's checkpoint, 2 MPI ranks"
+echo "== 3. Diffusion-DPO from job $sft's checkpoint, 2 MPI ranks"
 submit_and_watch "$EXAMPLES/demo-dpo.yaml" --set data.dataset="$data" \
   --set model.weights="$ckpt/diffusion_pytorch_model.safetensors"
 dpo=$JOB_ID
 
 echo "== 4. reference vs DPO (job $dpo, evaluated on held-out pairs and DDIM samples)"
-"$DPOCTL" get "$dpo" --json | jq -r --arg secs "$(($(date +%s) - t0))" '
+# Targets (issue 4): the reference near 50%, DPO at 90% or more, distance no worse than 1.5x.
+"$DPOCTL" get "$dpo" --json >"$data/result.json"
+jq -r --arg secs "$(($(date +%s) - t0))" '
   def pct: (. * 1000 | round) / 10 | tostring + "%";
   def f3: (. * 1000 | round) / 1000 | tostring;
-  .first_eval as $r | .last_eval as $d |
-  "                            reference     DPO",
-  "preferred-mode rate         \($r.preferred_mode_rate | pct)         \($d.preferred_mode_rate | pct)",
-  "distance to the modes       \($r.mode_distance | f3)         \($d.mode_distance | f3)   (x\(($d.mode_distance / $r.mode_distance * 100 | round) / 100))",
-  "held-out implicit accuracy  (policy = reference)   \($d.implicit_acc | f3) on \($d.pairs) pairs",
-  "samples scored              \($r.samples)            \($d.samples)",
-  "whole demo: \($secs) s"'
+  def row($a; $b; $c): ($a + "                              ")[0:28] + ($b + "              ")[0:14] + $c;
+  .first_eval as $r | .last_eval as $d | ($d.mode_distance / $r.mode_distance) as $ratio |
+  row(""; "reference"; "DPO"),
+  row("preferred-mode rate"; $r.preferred_mode_rate | pct; $d.preferred_mode_rate | pct),
+  row("distance to the modes"; $r.mode_distance | f3; ($d.mode_distance | f3) + "  (x\(($ratio * 100 | round) / 100))"),
+  row("held-out implicit accuracy"; "-"; ($d.implicit_acc | pct) + "  (\($d.pairs) pairs)"),
+  row("samples scored"; $r.samples | tostring; $d.samples | tostring),
+  "targets (DPO >= 90%, distance <= 1.5x reference): " +
+    (if $d.preferred_mode_rate >= 0.9 and $ratio <= 1.5 then "met" else "NOT met" end),
+  "whole demo: \($secs) s"' "$data/result.json"
+jq -e '.last_eval.preferred_mode_rate >= 0.9 and .last_eval.mode_distance <= 1.5 * .first_eval.mode_distance' \
+  "$data/result.json" >/dev/null || { echo "the demo's targets were not met: see dpoctl get $dpo"; exit 3; }
