@@ -364,7 +364,8 @@ done:
 }
 
 int main(int argc, char **argv) {
-  blas_select_kernels(argv);
+  /* Only the commands that run the UNet need fast sgemm; the rest do not pay for a re-exec. */
+  if (argc > 1 && (strcmp(argv[1], "forward") == 0 || strcmp(argv[1], "sample") == 0)) blas_select_kernels(argv);
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
