@@ -31,6 +31,9 @@ it_cleanup() {
     kill -KILL "$DPOD_PID" 2>/dev/null || true
   fi
   [ $rc -ne 0 ] && it_dump_logs >&2
+  # Whatever the test started that still runs (mpirun and ranks it launched itself: their arguments
+  # name $T) goes with it, so that a failed test cannot leave ranks training in the background.
+  pkill -KILL -f -- "$T/" 2>/dev/null || true
   rm -rf "$T"
   exit $rc
 }
