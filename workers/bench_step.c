@@ -77,7 +77,7 @@ static char *read_text(const char *path) {
   return s;
 }
 
-static int run_shape(const bench_shape *sh, int threads, int steps, int warmup) {
+static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, const char *profile) {
   char err[1024];
   unet_params up = unet_default_params();
   up.threads = threads;
@@ -119,6 +119,10 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup) 
   double *step_ms = xmalloc(sizeof(double) * total), *ph = xmalloc(sizeof(double) * PH_COUNT * total);
   double loss_first = 0, loss_last = 0;
   for (int s = 0; s < total; s++) {
+    if (profile && s == warmup && unet_profile_start(profile, err, sizeof err) != 0) {
+      fprintf(stderr, "dpo-bench: %s\n", err);
+      return 1;
+    }
     double t[PH_COUNT + 1];
     t[0] = now_ms();
     /* As trainer_fill_batch: one stream per pair position. */
@@ -150,6 +154,7 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup) 
     if (s == 0) loss_first = sums.loss_sum / P;
     loss_last = sums.loss_sum / P;
   }
+  if (profile) unet_profile_stop();
 
   {
     double *timed = step_ms + warmup;
@@ -196,13 +201,14 @@ torch_fail_r:
 
 static void usage(FILE *out) {
   fprintf(out,
-          "usage: dpo-bench [--shape tiny|bigger|all] [--threads N] [--steps N] [--warmup N]\n"
+          "usage: dpo-bench [--shape tiny|bigger|all] [--threads N] [--steps N] [--warmup N] [--profile T.json]\n"
           "       dpo-bench --config CONFIG.json [--pairs P] [--text-len L] [--size S] [...]\n"
           "\n"
           "Times dpo-worker's training step (policy and reference forward, DPO loss, backward, AdamW).\n"
           "tiny: the built-in tiny-sd config, 8 pairs, 4 text tokens; bigger: 64/128/256 channels,\n"
           "2 layers per block, 16x16 latents, 77 text tokens, 4 pairs. Defaults: --shape all --threads 2\n"
-          "--steps 20 --warmup 3.\n");
+          "--steps 20 --warmup 3. --profile writes every ATen op of the timed steps to a Chrome trace\n"
+          "(one shape only; recording slows the step, so its timings are not the benchmark's).\n");
 }
 
 int main(int argc, char **argv) {
@@ -211,8 +217,9 @@ int main(int argc, char **argv) {
                                        {"steps", required_argument, 0, 'n'},  {"warmup", required_argument, 0, 'w'},
                                        {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},
                                        {"text-len", required_argument, 0, 'l'}, {"size", required_argument, 0, 'z'},
+                                       {"profile", required_argument, 0, 'P'},
                                        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-  const char *shape = "all", *config = NULL;
+  const char *shape = "all", *config = NULL, *profile = NULL;
   int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
@@ -224,12 +231,17 @@ int main(int argc, char **argv) {
       case 'p': pairs = atoi(optarg); break;
       case 'l': text_len = atoi(optarg); break;
       case 'z': size = atoi(optarg); break;
+      case 'P': profile = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
   }
   if (optind != argc || steps < 1 || warmup < 0 || threads < 0 || pairs < 1 || text_len < 1 || size < 0) {
     usage(stderr);
+    return 2;
+  }
+  if (profile && !config && strcmp(shape, "all") == 0) {
+    fprintf(stderr, "dpo-bench: --profile needs one shape (--shape tiny, --shape bigger or --config)\n");
     return 2;
   }
   if (config) {
@@ -239,7 +251,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     bench_shape sh = {config, json, pairs, text_len, size};
-    int rc = run_shape(&sh, threads, steps, warmup);
+    int rc = run_shape(&sh, threads, steps, warmup, profile);
     free(json);
     return rc;
   }
@@ -247,7 +259,7 @@ int main(int argc, char **argv) {
   int ran = 0, rc = 0;
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     if (strcmp(shape, "all") != 0 && strcmp(shape, shapes[i].name) != 0) continue;
-    rc |= run_shape(&shapes[i], threads, steps, warmup);
+    rc |= run_shape(&shapes[i], threads, steps, warmup, profile);
     ran++;
   }
   if (!ran) {

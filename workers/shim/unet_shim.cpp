@@ -17,6 +17,7 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -374,8 +375,11 @@ void allocate(unet &m, uint64_t seed) {
  * backward does it four times more. Here each (image, head) is one direct sgemm call that reads q, k, v
  * straight out of the projections' [b, len, heads * d] rows (the row stride is the GEMM's leading
  * dimension, so no head-splitting copies) and writes o in the [b, n, heads * d] rows to_out reads. Items
- * run in parallel when each is too small for BLAS to thread it; the softmax and its backward are single
- * ATen ops over the [b * heads, n, m] probabilities. */
+ * run in parallel when each is too small for BLAS to thread it. The softmax and its backward are single
+ * ATen ops over the [b * heads, n, m] probabilities, except on short rows: ATen's softmax over the last
+ * dimension costs ~50 ns an element when a row is as short as a cross-attention's text (4 tokens in
+ * tiny-sd) against ~4 ns at 64, so rows up to kShortRow run through a plain loop (~7 ns an element,
+ * glibc's expf) on each item inside the loop that just wrote its scores. */
 
 void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
              const float *B, int64_t ldb, float *C, int64_t ldc) {
@@ -384,6 +388,36 @@ void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, con
   const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
   const float beta = 0.0f;
   sgemm_(&a, &b, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+}
+
+constexpr int64_t kShortRow = 16;
+
+/* Softmax of each row of a [rows, cols] block, in place. */
+void softmax_rows(float *x, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; r++) {
+    float *row = x + r * cols;
+    float mx = row[0];
+    for (int64_t j = 1; j < cols; j++) mx = std::max(mx, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < cols; j++) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < cols; j++) row[j] *= inv;
+  }
+}
+
+/* The softmax backward on each row: dp (d loss / d probabilities) becomes d loss / d scores,
+ * p * (dp - sum(dp * p)), in place. */
+void softmax_backward_rows(const float *p, float *dp, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *pr = p + r * cols;
+    float *g = dp + r * cols;
+    float dot = 0.0f;
+    for (int64_t j = 0; j < cols; j++) dot += g[j] * pr[j];
+    for (int64_t j = 0; j < cols; j++) g[j] = pr[j] * (g[j] - dot);
+  }
 }
 
 template <class F>
@@ -435,8 +469,9 @@ at::Tensor attn_core_fwd(const attn_layout_ &L, const float *q, const float *k, 
     int64_t img = i / L.heads, hd = (i % L.heads) * d;
     gemm_rm(false, true, n, m, d, (float)scale, q + img * L.q_img + hd, L.ldq, k + img * L.kv_img + hd, L.ldkv,
             pp + i * n * m, m);
+    if (m <= kShortRow) softmax_rows(pp + i * n * m, n, m);
   });
-  at::_softmax_out(p, p, -1, false);
+  if (m > kShortRow) at::_softmax_out(p, p, -1, false);
   for_items(L.b * L.heads, n * m * d, [&](int64_t i) {
     int64_t img = i / L.heads, hd = (i % L.heads) * d;
     gemm_rm(false, false, n, d, m, 1.0f, pp + i * n * m, m, v + img * L.kv_img + hd, L.ldkv, po + img * n * dim + hd,
@@ -485,8 +520,9 @@ struct attn_core_fn : public torch::autograd::Function<attn_core_fn> {
       /* dV = P^T dO, dP = dO V^T */
       gemm_rm(true, false, m, d, n, 1.0f, Pi, m, dOi, dim, pdv + img * L.kv_img + hd, L.ldkv);
       gemm_rm(false, true, n, m, d, 1.0f, dOi, dim, pv + img * L.kv_img + hd, L.ldkv, pdp + i * n * m, m);
+      if (m <= kShortRow) softmax_backward_rows(Pi, pdp + i * n * m, n, m); /* dP becomes dS */
     });
-    at::Tensor ds = at::_softmax_backward_data(dp, p, -1, at::kFloat);
+    at::Tensor ds = m <= kShortRow ? dp : at::_softmax_backward_data(dp, p, -1, at::kFloat);
     const float *pds = ds.data_ptr<float>();
     for_items(L.b * heads, n * m * d, [&](int64_t i) {
       int64_t img = i / heads, hd = (i % heads) * d;
@@ -1192,6 +1228,27 @@ double unet_train_flops(unet_t m, int n, int height, int width, int text_len) {
   if (!m || n <= 0 || height <= 0 || width <= 0 || text_len <= 0) return 0;
   flops_ fl{*m, (double)n, text_len};
   return 4.0 * fl.forward(height, width);
+}
+
+static torch::autograd::profiler::RecordProfile *profile_;
+
+int unet_profile_start(const char *json_path, char *err, size_t errlen) {
+  if (profile_) {
+    snprintf(err, errlen, "a profile is already being recorded");
+    return DPOD_EINVAL;
+  }
+  try {
+    profile_ = new torch::autograd::profiler::RecordProfile(std::string(json_path));
+    return 0;
+  } catch (const std::exception &e) {
+    snprintf(err, errlen, "cannot record a profile to %s: %s", json_path, e.what());
+    return DPOD_EIO;
+  }
+}
+
+void unet_profile_stop(void) {
+  delete profile_; /* the destructor writes the trace */
+  profile_ = nullptr;
 }
 
 }  // extern "C"

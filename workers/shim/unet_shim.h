@@ -123,6 +123,11 @@ int unet_adamw_set_step(unet_t m, uint64_t step);
  * attention matmuls (2 * 2 heads Lq Lk head_dim); elementwise ops and norms are ignored. 0 on bad input. */
 double unet_train_flops(unet_t m, int n, int height, int width, int text_len);
 
+/* Records every ATen op this process runs from now until unet_profile_stop(), which writes them to
+ * json_path as a Chrome trace (chrome://tracing, Perfetto). One recording at a time. For dpo-bench. */
+int unet_profile_start(const char *json_path, char *err, size_t errlen);
+void unet_profile_stop(void);
+
 #ifdef __cplusplus
 }
 #endif
