@@ -3,8 +3,8 @@
 # one thread each, on the tiny-sd shape. Prints per-step time, samples/s, the share of the step spent
 # in all-reduce and waiting for the other rank, the scaling efficiency, and the checkpoint's write time
 # and size. It also runs two independent 1-rank jobs at once: what they reach together is the most two
-# processes can get from this machine (virtual CPUs that share a physical core reach far less than 2x),
-# so the 2-rank result is also given as a share of that ceiling, which is dpod's own overhead alone.
+# processes can get from this machine (on a VM whose virtual CPUs share cores, or with other work
+# running, far less than 2x), so the 2-rank result is also given as a share of that ceiling.
 #   bash deploy/bench/scaling.sh [STEPS] [PAIRS_PER_RANK]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
