@@ -24,14 +24,19 @@ const char *blas_select_coretype(const char *corename, int avx2_fma, int avx512)
   return avx512 ? "SkylakeX" : "Haswell";
 }
 
+typedef char *(*corename_fn)(void);
+
+/* OpenBLAS's own report of the kernels it chose, or NULL when the BLAS is not OpenBLAS. */
+static corename_fn openblas_corename(void) { return (corename_fn)dlsym(RTLD_DEFAULT, "openblas_get_corename"); }
+
 const char *blas_select_corename(void) {
-  char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
+  corename_fn corename = openblas_corename();
   return corename ? corename() : "not OpenBLAS";
 }
 
 void blas_select_kernels(char **argv) {
   if (getenv("OPENBLAS_CORETYPE")) return;
-  char *(*corename)(void) = (char *(*)(void))dlsym(RTLD_DEFAULT, "openblas_get_corename");
+  corename_fn corename = openblas_corename();
   if (!corename) return;
   __builtin_cpu_init();
   int avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
