@@ -291,6 +291,9 @@ static void coord_launch(coord *co, uint64_t id, unsigned ranks) {
       .spec_len = spec_len,
   };
   if (launcher_start(co->loop, &co->lp, &lj, coord_on_exit, j, &j->proc, err, sizeof err) != 0) goto fail;
+  /* Should this daemon die, the next one finds what is left of the job by this. */
+  if (job_store_set_session(co->store, id, launcher_pid(j->proc)) != 0)
+    log_warn("job %llu: cannot store its session: %s", (unsigned long long)id, job_store_last_error(co->store));
   uv_timer_init(co->loop, j->timer);
   j->timer->data = j;
   j->next = co->jobs;
@@ -713,11 +716,24 @@ int coord_register(coord *co, rpc_server *srv) {
   return 0;
 }
 
-/* A job the previous daemon was running when it stopped. Its processes were not ours to watch, so the
- * outcome is unknown; for now it fails. Resuming from the newest checkpoint belongs here. */
+/* A job the previous daemon was running when it stopped. Its processes are not this daemon's children,
+ * so it can neither watch them nor learn their exit status, and their slots would be handed out again:
+ * what is left of them is killed and the job fails, to be resumed from its newest checkpoint with
+ * RestartJob. (Adopting the running job instead belongs to the crash-recovery work.) */
 static void coord_recover_interrupted(coord *co, const Dpod__V1__Job *job) {
-  coord_append_state(co, job->id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "dpod restarted while the job was running",
-                     -1);
+  job_info info;
+  int stopped = 0;
+  if (job_store_get_info(co->store, job->id, &info) == 0)
+    stopped = launcher_stop_orphans(info.session, job->run_dir);
+  char reason[160];
+  if (stopped > 0) {
+    snprintf(reason, sizeof reason, "dpod restarted while the job was running; stopped its %d remaining processes",
+             stopped);
+    log_warn("job %llu: %s", (unsigned long long)job->id, reason);
+  } else {
+    snprintf(reason, sizeof reason, "dpod restarted while the job was running");
+  }
+  coord_append_state(co, job->id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, reason, -1);
 }
 
 int coord_recover(coord *co) {

@@ -27,6 +27,7 @@ enum {
   ST_GET_INFO,
   ST_SET_SECRET,
   ST_SET_CANCEL,
+  ST_SET_SESSION,
   ST_COUNT_
 };
 
@@ -52,9 +53,10 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_GET_EVENT] = "SELECT payload FROM events WHERE job_id = ?1 AND seq = ?2",
     [ST_GET_JOB] = "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
                    " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs WHERE id = ?1",
-    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret FROM jobs WHERE id = ?1",
+    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret, session_id FROM jobs WHERE id = ?1",
     [ST_SET_SECRET] = "UPDATE jobs SET secret = ?2 WHERE id = ?1",
     [ST_SET_CANCEL] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
+    [ST_SET_SESSION] = "UPDATE jobs SET session_id = ?2 WHERE id = ?1",
 };
 
 /* Version 1. The *_step columns let an append decide "already stored?" without unpacking a blob. */
@@ -90,6 +92,9 @@ static const char store_schema_v2[] =
     "ALTER TABLE jobs ADD COLUMN first_eval BLOB;"
     "ALTER TABLE jobs ADD COLUMN last_eval BLOB;"
     "ALTER TABLE jobs ADD COLUMN last_eval_step INTEGER NOT NULL DEFAULT -1;";
+
+/* Version 3: the session of a launched job's mpirun, for recovery after a daemon crash. */
+static const char store_schema_v3[] = "ALTER TABLE jobs ADD COLUMN session_id INTEGER NOT NULL DEFAULT 0;";
 
 struct job_store {
   sqlite3 *db;
@@ -159,7 +164,10 @@ static int job_store_migrate_(job_store *s, char *err, size_t errlen) {
   for (; version < JOB_STORE_SCHEMA_VERSION; version++) {
     char *msg = NULL;
     char sql[2048];
-    const char *step = version == 0 ? store_schema_v1 : version == 1 ? store_schema_v2 : NULL;
+    const char *step = version == 0   ? store_schema_v1
+                       : version == 1 ? store_schema_v2
+                       : version == 2 ? store_schema_v3
+                                      : NULL;
     if (!step) {
       snprintf(err, errlen, "no migration from schema version %d", version);
       return DPOD_EDB;
@@ -521,6 +529,7 @@ int job_store_get_info(job_store *s, uint64_t job_id, job_info *out) {
     out->last_seq = (uint64_t)sqlite3_column_int64(st, 2);
     const unsigned char *secret = sqlite3_column_text(st, 3);
     snprintf(out->secret, sizeof out->secret, "%s", secret ? (const char *)secret : "");
+    out->session = sqlite3_column_int(st, 4);
   } else if (rc == SQLITE_DONE) {
     status = DPOD_ENOENT;
   } else {
@@ -595,6 +604,13 @@ int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret) {
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
   sqlite3_bind_text(st, 2, secret, -1, SQLITE_TRANSIENT);
   return store_exec_stmt(s, st, "storing the job secret");
+}
+
+int job_store_set_session(job_store *s, uint64_t job_id, int session) {
+  sqlite3_stmt *st = store_stmt(s, ST_SET_SESSION);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+  sqlite3_bind_int(st, 2, session);
+  return store_exec_stmt(s, st, "storing the job's session");
 }
 
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id) {

@@ -17,7 +17,7 @@
 
 #include "dpod.pb-c.h"
 
-#define JOB_STORE_SCHEMA_VERSION 2
+#define JOB_STORE_SCHEMA_VERSION 3
 #define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
 
 typedef struct job_store job_store;
@@ -29,6 +29,7 @@ typedef struct {
   bool cancel_requested;
   uint64_t last_seq;
   char secret[JOB_SECRET_HEX_LEN + 1]; /* "" until the job is launched */
+  int session;                         /* the session mpirun leads (its pid); 0 until launched */
 } job_info;
 
 /* Opens (creating if needed) the database at `path`: WAL, synchronous=NORMAL, a busy timeout, schema
@@ -78,6 +79,9 @@ void job_store_free_jobs(Dpod__V1__Job **jobs, size_t n);
 
 /* Stores the job's secret (set when it is launched). */
 int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret);
+/* Stores the session id of the job's mpirun, so that a dpod restarted after a crash can find the
+ * processes of the jobs it was running. */
+int job_store_set_session(job_store *s, uint64_t job_id, int session);
 /* Persists the cancel request of a STARTING/RUNNING job. */
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id);
 

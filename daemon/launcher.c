@@ -31,7 +31,23 @@ static void launcher_free_cb(uv_handle_t *h) { free(h); }
 /* Sends `sig` to every process of session `sid` and returns how many there were. Open MPI puts each rank
  * in a process group of its own, so mpirun's group does not hold them, but the session that
  * UV_PROCESS_DETACHED (setsid) created does: ranks never leave it. */
-int launcher_signal_session_(int sid, int sig) {
+/* Whether one of pid's command-line arguments is exactly `arg`. */
+static int launcher_has_arg_(long pid, const char *arg) {
+  char path[64], buf[8192];
+  snprintf(path, sizeof path, "/proc/%ld/cmdline", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[len] = '\0';
+  for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
+    if (strcmp(buf + i, arg) == 0) return 1;
+  return 0;
+}
+
+/* Signals every process of session `sid` but the caller, or only those with the argument `arg` when it
+ * is not NULL; returns how many were signalled. */
+static int launcher_signal_(int sid, const char *arg, int sig) {
   DIR *d = opendir("/proc");
   if (!d) return 0;
   int n = 0;
@@ -54,10 +70,18 @@ int launcher_signal_session_(int sid, int sig) {
     int ppid, pgrp, session;
     if (!rp || sscanf(rp + 1, " %c %d %d %d", &state, &ppid, &pgrp, &session) != 4) continue;
     if (session != sid || state == 'Z') continue;
+    if (arg && !launcher_has_arg_(pid, arg)) continue;
     if (kill((pid_t)pid, sig) == 0) n++;
   }
   closedir(d);
   return n;
+}
+
+int launcher_signal_session_(int sid, int sig) { return launcher_signal_(sid, NULL, sig); }
+
+int launcher_stop_orphans(int sid, const char *run_dir) {
+  if (sid <= 0 || !run_dir || !*run_dir) return 0;
+  return launcher_signal_(sid, run_dir, SIGKILL);
 }
 
 static void launcher_on_exit(uv_process_t *h, int64_t exit_status, int term_signal) {

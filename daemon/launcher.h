@@ -57,6 +57,12 @@ int launcher_kill(launcher_proc *p, int sig);
 /* Signals every process of session `sid` except the caller; returns how many were signalled. */
 int launcher_signal_session_(int sid, int sig);
 
+/* After a daemon crash: SIGKILLs what is left of a job that an earlier dpod launched as session `sid`
+ * in `run_dir`, i.e. the processes of that session that have `run_dir` among their arguments (mpirun
+ * and every rank do, as --run-dir), so that a session id since reused by something else is left alone.
+ * Returns how many processes were signalled. */
+int launcher_stop_orphans(int sid, const char *run_dir);
+
 /* Fills `out` with 32 bytes from getrandom() as 64 hex digits and a NUL. Returns 0 or DPOD_EIO. */
 int launcher_make_secret(char out[JOB_SECRET_HEX_LEN + 1]);
 

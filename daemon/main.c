@@ -9,7 +9,11 @@
  *
  * Shutdown: stop accepting calls, SIGTERM every job's process group, SIGKILL what is left after a grace
  * period, record the jobs FAILED "dpod shut down", cancel the calls still open, let the
- * completion-queue thread drain and exit, close the store, remove the socket. */
+ * completion-queue thread drain and exit, close the store, remove the socket.
+ *
+ * Start-up after a crash: queued jobs are queued again; a job that was starting or running has lost
+ * its parent, so what is left of it (found by the mpirun session id stored at launch) is killed and the
+ * job is recorded FAILED, resumable from its newest checkpoint with RestartJob. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <grpc/status.h>
 #include <signal.h>
@@ -191,6 +192,29 @@ static int cancel(daemon_fx *d, uint64_t id) {
 
 static void run_file(daemon_fx *d, uint64_t id, const char *name, char *buf, size_t len) {
   snprintf(buf, len, "%s/jobs/%llu/%s", d->state, (unsigned long long)id, name);
+}
+
+/* How many live processes have `arg` as one of their command-line arguments. */
+static int procs_with_arg(const char *arg) {
+  DIR *dir = opendir("/proc");
+  int n = 0;
+  struct dirent *e;
+  while (dir && (e = readdir(dir)) != NULL) {
+    char path[300], buf[8192];
+    snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    for (size_t i = 0; i < len; i += strlen(buf + i) + 1)
+      if (strcmp(buf + i, arg) == 0) {
+        n++;
+        break;
+      }
+  }
+  if (dir) closedir(dir);
+  return n;
 }
 
 static void touch(const char *path) {
@@ -542,21 +566,27 @@ static void shutdown_and_crash_fail_running_jobs(void **state) {
   assert_string_equal(job->reason, "dpod shut down");
   protobuf_c_message_free_unpacked(&job->base, NULL);
 
-  /* A daemon that dies without its shutdown leaves the job STARTING; the next one fails it. */
+  /* A daemon that dies without its shutdown leaves the job STARTING and its processes (mpirun and the
+   * worker) running, holding slots nobody accounts for; the next daemon stops them and fails the job. */
   uint64_t b = submit(d, "hold", 1);
   assert_int_equal(wait_state(d, b, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  char run_dir[256];
+  run_file(d, b, "", run_dir, sizeof run_dir);
+  run_dir[strlen(run_dir) - 1] = '\0'; /* no trailing slash: the argument as the launcher passed it */
+  for (int i = 0; i < 100 && procs_with_arg(run_dir) < 2; i++) usleep(50000);
+  assert_int_equal(procs_with_arg(run_dir), 2);
   rpc_client_close(d->c);
   d->c = NULL;
   kill(d->pid, SIGKILL);
   waitpid(d->pid, NULL, 0);
-  char path[256];
-  run_file(d, b, "release", path, sizeof path); /* lets the orphaned job end by itself */
-  touch(path);
+  assert_int_equal(procs_with_arg(run_dir), 2); /* orphaned, still running */
   assert_int_equal(daemon_start(d), 0);
   job = get_job(d, b);
   assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
-  assert_string_equal(job->reason, "dpod restarted while the job was running");
+  assert_string_equal(job->reason, "dpod restarted while the job was running; stopped its 2 remaining processes");
   protobuf_c_message_free_unpacked(&job->base, NULL);
+  for (int i = 0; i < 100 && procs_with_arg(run_dir) > 0; i++) usleep(50000);
+  assert_int_equal(procs_with_arg(run_dir), 0);
 }
 
 int main(void) {

@@ -216,6 +216,7 @@ static void reopened_store_finds_its_data(void **state) {
   assert_int_equal(append_metrics(f, id, 1), 2);
   assert_int_equal(job_store_set_secret(f->s, id, "abc"), 0);
   assert_int_equal(job_store_set_cancel_requested(f->s, id), 0);
+  assert_int_equal(job_store_set_session(f->s, id, 4242), 0);
   job_store_close(f->s);
   f->s = NULL;
 
@@ -226,6 +227,7 @@ static void reopened_store_finds_its_data(void **state) {
   assert_int_equal(info.last_seq, 2);
   assert_string_equal(info.secret, "abc");
   assert_true(info.cancel_requested);
+  assert_int_equal(info.session, 4242);
   Dpod__V1__JobEvent *ev = NULL;
   assert_int_equal(job_store_get_event(f->s, id, 2, &ev), 0);
   assert_int_equal(ev->metrics->step, 1);
@@ -280,6 +282,30 @@ static void newer_schema_is_refused(void **state) {
   assert_non_null(strstr(err, "99"));
 }
 
+/* A database written by the dpod before sessions were stored (schema 2) opens, keeps its jobs, and
+ * gains the column. */
+static void version_2_database_is_migrated(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "old", 1);
+  job_store_close(f->s);
+  f->s = NULL;
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN session_id; PRAGMA user_version = 2;", NULL, NULL,
+                                NULL),
+                   SQLITE_OK);
+  sqlite3_close(db);
+
+  char err[256];
+  assert_int_equal(job_store_open(f->db, &f->s, err, sizeof err), 0);
+  job_info info;
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_int_equal(info.session, 0);
+  assert_int_equal(job_store_set_session(f->s, id, 7), 0);
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_int_equal(info.session, 7);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(created_job_reads_back_with_its_first_event, setup, teardown),
@@ -290,6 +316,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(reopened_store_finds_its_data, setup, teardown),
       cmocka_unit_test_setup_teardown(list_filters_by_state_newest_first, setup, teardown),
       cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
+      cmocka_unit_test_setup_teardown(version_2_database_is_migrated, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
