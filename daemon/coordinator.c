@@ -76,7 +76,7 @@ coord_params coord_default_params(void) {
   p.worker = "dpo-worker";
   p.cancel_term_ms = 2000;
   p.cancel_kill_ms = 5000;
-  p.shutdown_kill_ms = 5000;
+  p.shutdown_kill_ms = 30000; /* time for every rank to reach a step boundary and write a checkpoint */
   return p;
 }
 
@@ -208,6 +208,9 @@ static void coord_on_exit(launcher_proc *p, int64_t exit_status, int term_signal
   if (cancel) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED;
     snprintf(reason, sizeof reason, "cancelled by user");
+  } else if (co->shutting_down && !term_signal && exit_status == WORKER_EXIT_PREEMPTED) {
+    state = DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED;
+    snprintf(reason, sizeof reason, "dpod shut down; the job stopped at a checkpoint");
   } else if (co->shutting_down) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
     snprintf(reason, sizeof reason, "dpod shut down");
@@ -345,7 +348,7 @@ static void coord_fail_store(coord *co, rpc_call *call, int status, uint64_t id)
 }
 
 static void coord_health_check(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
-  (void)arg;
+  const coord *co = arg;
   Grpc__Health__V1__HealthCheckRequest *msg = grpc__health__v1__health_check_request__unpack(NULL, len, req);
   if (!msg) {
     rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthCheckRequest");
@@ -354,7 +357,9 @@ static void coord_health_check(rpc_call *call, const uint8_t *req, size_t len, v
   const char *svc = msg->service ? msg->service : "";
   if (strcmp(svc, "") == 0 || strcmp(svc, "dpod.v1.Coordinator") == 0) {
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    resp.status = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    /* While it stops its jobs a shutting-down dpod still answers, but takes no new work. */
+    resp.status = co->shutting_down ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                                    : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
     rpc_call_reply(call, &resp.base);
   } else {
     rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "unknown service \"%.200s\"", svc);
@@ -784,7 +789,9 @@ void coord_shutdown(coord *co, void (*done)(void *arg), void *arg) {
   log_info("stopping %zu running jobs", co->n_jobs);
   for (coord_job *j = co->jobs; j; j = j->next) {
     if (j->stop_stage >= 1) continue;
-    launcher_kill(j->proc, SIGTERM);
+    /* Ranks that get the signal themselves checkpoint and exit "preempted", resumable with RestartJob;
+     * a job with no rank started yet is simply stopped. */
+    if (launcher_preempt(j->proc) == 0) launcher_kill(j->proc, SIGTERM);
     j->stop_stage = 1;
     uv_timer_start(j->timer, coord_stop_timer, co->shutdown_kill_ms, 0);
   }

@@ -39,9 +39,10 @@ int coord_register(coord *co, rpc_server *srv);
 int coord_recover(coord *co);
 /* Slower periodic chores; `loops` counts cron runs, for run_with_period-style pacing. */
 void coord_cron(coord *co, uint64_t loops, unsigned period_ms);
-/* Stops launching, SIGTERMs every running job's process group, SIGKILLs what is left after
- * shutdown_kill_ms, and marks the jobs FAILED "dpod shut down" as they exit. `done` runs on the loop
- * thread once no job process is left (possibly before this returns). */
+/* Stops launching, SIGTERMs every running job's ranks (which checkpoint and exit "preempted"), SIGKILLs
+ * what is left after shutdown_kill_ms, and marks the jobs PREEMPTED (stopped at a checkpoint) or FAILED
+ * "dpod shut down" as they exit. `done` runs on the loop thread once no job process is left (possibly
+ * before this returns). */
 void coord_shutdown(coord *co, void (*done)(void *arg), void *arg);
 /* Closes the store. Only after coord_shutdown()'s `done` (no process or watcher left). */
 void coord_free(coord *co);

@@ -45,9 +45,9 @@ static int launcher_has_arg_(long pid, const char *arg) {
   return 0;
 }
 
-/* Signals every process of session `sid` but the caller, or only those with the argument `arg` when it
- * is not NULL; returns how many were signalled. */
-static int launcher_signal_(int sid, const char *arg, int sig) {
+/* Signals every process of session `sid` but the caller and `spare` (0: none), or only those with the
+ * argument `arg` when it is not NULL; returns how many were signalled. */
+static int launcher_signal_(int sid, const char *arg, int sig, int spare) {
   DIR *d = opendir("/proc");
   if (!d) return 0;
   int n = 0;
@@ -55,7 +55,7 @@ static int launcher_signal_(int sid, const char *arg, int sig) {
   while ((e = readdir(d)) != NULL) {
     char *end;
     long pid = strtol(e->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0 || pid == (long)getpid()) continue;
+    if (*end != '\0' || pid <= 0 || pid == (long)getpid() || pid == spare) continue;
     char path[64], buf[512];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
@@ -77,11 +77,11 @@ static int launcher_signal_(int sid, const char *arg, int sig) {
   return n;
 }
 
-int launcher_signal_session_(int sid, int sig) { return launcher_signal_(sid, NULL, sig); }
+int launcher_signal_session_(int sid, int sig) { return launcher_signal_(sid, NULL, sig, 0); }
 
 int launcher_stop_orphans(int sid, const char *run_dir) {
   if (sid <= 0 || !run_dir || !*run_dir) return 0;
-  return launcher_signal_(sid, run_dir, SIGKILL);
+  return launcher_signal_(sid, run_dir, SIGKILL, 0);
 }
 
 static void launcher_on_exit(uv_process_t *h, int64_t exit_status, int term_signal) {
@@ -101,6 +101,11 @@ int launcher_kill(launcher_proc *p, int sig) {
   if (p->exited) return DPOD_ESTATE;
   launcher_signal_session_(p->pid, sig);
   return 0;
+}
+
+int launcher_preempt(launcher_proc *p) {
+  if (p->exited) return 0;
+  return launcher_signal_(p->pid, NULL, SIGTERM, p->pid);
 }
 
 int launcher_make_secret(char out[JOB_SECRET_HEX_LEN + 1]) {

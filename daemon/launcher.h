@@ -54,6 +54,11 @@ int launcher_pid(const launcher_proc *p);
  * when mpirun has already exited. */
 int launcher_kill(launcher_proc *p, int sig);
 
+/* SIGTERM to the job's ranks but not to mpirun, as Slurm signals tasks on preemption: each rank
+ * checkpoints at its next step boundary and exits with WORKER_EXIT_PREEMPTED, and so does mpirun.
+ * Returns how many processes were signalled (0 before mpirun has started any, or after it exited). */
+int launcher_preempt(launcher_proc *p);
+
 /* Signals every process of session `sid` except the caller; returns how many were signalled. */
 int launcher_signal_session_(int sid, int sig);
 

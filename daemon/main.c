@@ -7,8 +7,9 @@
  * process group (launcher.c) whose exit the loop observes through uv_spawn's exit callback.
  * Signals only start the shutdown sequence; a 1 s cron runs the slower chores.
  *
- * Shutdown: stop accepting calls, SIGTERM every job's process group, SIGKILL what is left after a grace
- * period, record the jobs FAILED "dpod shut down", cancel the calls still open, let the
+ * Shutdown: refuse new jobs, SIGTERM every job's ranks (they checkpoint, report it and exit
+ * "preempted"), SIGKILL what is left after a grace period, record the jobs PREEMPTED or FAILED "dpod
+ * shut down"; then stop accepting calls, cancel those still open, let the
  * completion-queue thread drain and exit, close the store, remove the socket.
  *
  * Start-up after a crash: queued jobs are queued again; a job that was starting or running has lost
@@ -39,7 +40,7 @@
 
 #define CRON_PERIOD_MS 1000
 #define SHUTDOWN_CALL_GRACE_MS 2000 /* open calls may end by themselves this long after the last job */
-#define SHUTDOWN_DEADLINE_MS 30000  /* last resort if a call or a process never lets go */
+#define SHUTDOWN_DEADLINE_MS 60000  /* last resort if a call or a process never lets go */
 
 static struct {
   uv_loop_t *loop;
@@ -181,8 +182,11 @@ static void on_jobs_done(void *arg) {
   (void)arg;
   log_debug("no job process left");
   dpod.jobs_done = true;
-  /* The jobs' final events are stored; watchers now send them and end by themselves. Calls that would
-   * not end on their own (a watch of a job still queued) are cut off after a short grace. */
+  /* Only now does the server stop taking calls: until the last rank exited, its reports (the checkpoint
+   * it wrote on the way out) had to get in. The jobs' final events are stored; watchers now send them
+   * and end by themselves. Calls that would not end on their own (a watch of a job still queued) are
+   * cut off after a short grace. */
+  rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
   if (!dpod.rpc_done) uv_timer_start(&dpod.grace, on_call_grace, SHUTDOWN_CALL_GRACE_MS, 0);
   shutdown_finish();
 }
@@ -202,7 +206,6 @@ static void start_shutdown(int signum) {
   dpod.shutting_down = true;
   log_info("signal %d: shutting down", signum);
   uv_timer_start(&dpod.deadline, on_deadline, SHUTDOWN_DEADLINE_MS, 0);
-  rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
   coord_shutdown(dpod.co, on_jobs_done, NULL);
 }
 

@@ -849,8 +849,10 @@ int main(int argc, char **argv) {
   int status = trainer_run(&tr, args.run_dir, start_step);
 
   if (tr.rep) {
-    /* The daemon learns of the last step and the final checkpoint before we exit. */
-    if (status == WORKER_EXIT_OK && reporter_flush(tr.rep, 30000) != 0)
+    /* The daemon learns of the last step and the final (or preemption) checkpoint before we exit; a
+     * preempted job has less time, since whoever preempted it will SIGKILL before long. */
+    int flush_ms = status == WORKER_EXIT_OK ? 30000 : status == WORKER_EXIT_PREEMPTED ? 10000 : 0;
+    if (flush_ms && reporter_flush(tr.rep, flush_ms) != 0)
       log_warn("could not deliver every report to dpod before exiting");
     reporter_stop(tr.rep);
   }

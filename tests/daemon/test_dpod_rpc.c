@@ -589,6 +589,37 @@ static void shutdown_and_crash_fail_running_jobs(void **state) {
   assert_int_equal(procs_with_arg(run_dir), 0);
 }
 
+/* At shutdown the ranks get SIGTERM themselves; ranks that checkpoint and exit "preempted" leave the job
+ * PREEMPTED, resumable, rather than FAILED. */
+static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit(d, "graceful", 1);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  char secret[256];
+  run_file(d, id, "secret", secret, sizeof secret); /* written once the rank runs */
+  for (int i = 0; i < 200 && !file_exists(secret); i++) usleep(50000);
+  assert_true(file_exists(secret));
+  /* While the rank checkpoints, dpod still answers: not serving, and refusing new jobs. */
+  kill(d->pid, SIGTERM);
+  sleep_ms(300);
+  int serving = 1;
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_false(serving);
+  Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/SubmitJob", &req.base,
+                             &dpod__v1__submit_job_response__descriptor, &resp, 5000, err, sizeof err),
+                   DPOD_ERPC);
+  assert_non_null(strstr(err, "shutting down"));
+  assert_int_equal(daemon_stop(d), 0);
+  assert_int_equal(daemon_start(d), 0);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED);
+  assert_string_equal(job->reason, "dpod shut down; the job stopped at a checkpoint");
+  assert_int_equal(job->exit_code, 4);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(health_check_reports_serving, setup, teardown),
@@ -602,6 +633,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(queued_job_waits_behind_the_head_and_cancels_at_once, setup, teardown),
       cmocka_unit_test_setup_teardown(watchers_that_leave_are_forgotten, setup, teardown),
       cmocka_unit_test_setup_teardown(shutdown_and_crash_fail_running_jobs, setup, teardown),
+      cmocka_unit_test_setup_teardown(shutdown_preempts_jobs_whose_ranks_checkpoint, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
