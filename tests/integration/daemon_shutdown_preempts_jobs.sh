@@ -8,11 +8,7 @@ source "$(dirname "$0")/lib.sh"
 it_start_dpod
 id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=150 --set train.checkpoint_every=0 \
        --name stop)
-for _ in $(seq 1 600); do
-  [ "$(it_job_field "$id" '.last_metrics.step // 0')" -ge 3 ] && break
-  sleep 0.1
-done
-[ "$(it_job_field "$id" '.last_metrics.step // 0')" -ge 3 ] || it_fail "job $id never reached step 3"
+it_wait_at_least "$id" .last_metrics.step 3 60
 
 kill -TERM "$DPOD_PID"
 for _ in $(seq 1 300); do kill -0 "$DPOD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -29,9 +25,5 @@ it_start_dpod
 at=$(it_job_field "$id" .last_checkpoint.step)
 [ "$at" -ge 3 ] || it_fail "dpod knows of no checkpoint from the shutdown (last_checkpoint.step = $at)"
 
-"$DPOCTL_BIN" restart "$id" >/dev/null || it_fail "dpoctl restart failed"
-"$DPOCTL_BIN" watch "$id" --events-jsonl >"$T/events.jsonl" 2>/dev/null || it_fail "the restarted job did not succeed"
-grep -q "resumed from .*(step $at)" "$T/state/jobs/$id/job.log" || it_fail "the restarted job did not resume from step $at"
-steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/events.jsonl")
-[ "$steps" = "$(jq -c -n '[range(1; 151)]')" ] || it_fail "metrics steps over both runs: $steps"
+it_restart_resumes "$id" "$at" 150
 echo "PASS: stopped by dpod's shutdown at step $at with a checkpoint, PREEMPTED, restarted to SUCCEEDED"

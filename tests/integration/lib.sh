@@ -76,6 +76,28 @@ it_wait_state() {
   it_fail "job $1 is '$s', not '$2', after $3 s"
 }
 
+# it_wait_at_least ID JQ-PATH N TIMEOUT_S: waits until a numeric field of the job reaches N
+it_wait_at_least() {
+  local v=0
+  for _ in $(seq 1 $(($4 * 10))); do
+    v=$(it_job_field "$1" "$2 // 0")
+    [ "$v" -ge "$3" ] && return 0
+    sleep 0.1
+  done
+  it_fail "job $1: $2 is $v, not >= $3, after $4 s"
+}
+
+# it_restart_resumes ID AT STEPS: `dpoctl restart ID`, watched to SUCCEEDED; the job must resume from its
+# checkpoint at step AT, and over both runs report every step 1..STEPS exactly once.
+it_restart_resumes() {
+  "$DPOCTL_BIN" restart "$1" >/dev/null || it_fail "dpoctl restart $1 failed"
+  "$DPOCTL_BIN" watch "$1" --events-jsonl >"$T/restarted-$1.jsonl" 2>/dev/null || it_fail "the restarted job did not succeed"
+  grep -q "resumed from .*(step $2)" "$T/state/jobs/$1/job.log" || it_fail "the restarted job did not resume from step $2"
+  local steps
+  steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/restarted-$1.jsonl")
+  [ "$steps" = "$(jq -c -n "[range(1; $3 + 1)]")" ] || it_fail "metrics steps over both runs: $steps"
+}
+
 # Processes of a job, found by its run directory on their command line (zombies waiting for a reaper
 # excluded: they are already dead).
 it_job_procs() {

@@ -32,10 +32,7 @@ grep -q "resumed from .*(step $step)" "$T/resume.log" || it_fail "did not resume
 it_start_dpod
 id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=40 --set train.checkpoint_every=0 \
        --name preempt)
-for _ in $(seq 1 600); do
-  [ "$(it_job_field "$id" '.last_metrics.step // 0')" -ge 2 ] && break
-  sleep 0.1
-done
+it_wait_at_least "$id" .last_metrics.step 2 60
 ranks=$(it_job_ranks "$id")
 [ -n "$ranks" ] || it_fail "no ranks of job $id to signal"
 kill -TERM $ranks
@@ -43,13 +40,9 @@ it_wait_state "$id" preempted 60
 [ "$(it_job_field "$id" .exit_code)" = 4 ] || it_fail "exit code recorded as $(it_job_field "$id" .exit_code)"
 at=$(it_job_field "$id" .last_checkpoint.step)
 [ "$at" -ge 2 ] || it_fail "dpod knows of no preemption checkpoint (last_checkpoint.step = $at)"
-"$DPOCTL_BIN" restart "$id" >/dev/null || it_fail "dpoctl restart failed"
-"$DPOCTL_BIN" watch "$id" --events-jsonl >"$T/restarted.jsonl" 2>/dev/null || it_fail "the restarted job did not succeed"
-grep -q "resumed from .*(step $at)" "$T/state/jobs/$id/job.log" || it_fail "the restarted job did not resume from step $at"
 # Every step reported exactly once over both runs, despite the replay after the checkpoint.
-steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/restarted.jsonl")
-[ "$steps" = "$(jq -c -n '[range(1; 41)]')" ] || it_fail "metrics steps over both runs: $steps"
-states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/restarted.jsonl")
+it_restart_resumes "$id" "$at" 40
+states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/restarted-$id.jsonl")
 [ "$states" = "queued,starting,running,preempted,queued,starting,running,succeeded" ] || it_fail "states: $states"
 if "$DPOCTL_BIN" restart "$id" 2>"$T/err.txt"; then it_fail "restarting a succeeded job was accepted"; fi
 grep -q "succeeded" "$T/err.txt" || it_fail "the refusal does not say why: $(cat "$T/err.txt")"
