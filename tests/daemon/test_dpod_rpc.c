@@ -573,17 +573,22 @@ static void shutdown_and_crash_fail_running_jobs(void **state) {
   char run_dir[256];
   run_file(d, b, "", run_dir, sizeof run_dir);
   run_dir[strlen(run_dir) - 1] = '\0'; /* no trailing slash: the argument as the launcher passed it */
+  /* mpirun and the worker; now and then also the worker's child between fork and exec of a sleep. */
   for (int i = 0; i < 100 && procs_with_arg(run_dir) < 2; i++) usleep(50000);
-  assert_int_equal(procs_with_arg(run_dir), 2);
+  assert_true(procs_with_arg(run_dir) >= 2);
   rpc_client_close(d->c);
   d->c = NULL;
   kill(d->pid, SIGKILL);
   waitpid(d->pid, NULL, 0);
-  assert_int_equal(procs_with_arg(run_dir), 2); /* orphaned, still running */
+  assert_true(procs_with_arg(run_dir) >= 2); /* orphaned, still running */
   assert_int_equal(daemon_start(d), 0);
   job = get_job(d, b);
   assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
-  assert_string_equal(job->reason, "dpod restarted while the job was running; stopped its 2 remaining processes");
+  int stopped = 0;
+  assert_int_equal(sscanf(job->reason, "dpod restarted while the job was running; stopped its %d remaining processes",
+                          &stopped),
+                   1);
+  assert_true(stopped >= 2);
   protobuf_c_message_free_unpacked(&job->base, NULL);
   for (int i = 0; i < 100 && procs_with_arg(run_dir) > 0; i++) usleep(50000);
   assert_int_equal(procs_with_arg(run_dir), 0);
@@ -599,11 +604,14 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
   run_file(d, id, "secret", secret, sizeof secret); /* written once the rank runs */
   for (int i = 0; i < 200 && !file_exists(secret); i++) usleep(50000);
   assert_true(file_exists(secret));
-  /* While the rank checkpoints, dpod still answers: not serving, and refusing new jobs. */
+  /* While the rank "checkpoints" (until the release file exists), dpod still answers: not serving, and
+   * refusing new jobs. */
   kill(d->pid, SIGTERM);
-  sleep_ms(300);
   int serving = 1;
-  assert_int_equal(health(d, "", &serving), 0);
+  for (int i = 0; i < 200 && serving; i++) {
+    assert_int_equal(health(d, "", &serving), 0);
+    if (serving) sleep_ms(50);
+  }
   assert_false(serving);
   Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
@@ -611,6 +619,9 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
                              &dpod__v1__submit_job_response__descriptor, &resp, 5000, err, sizeof err),
                    DPOD_ERPC);
   assert_non_null(strstr(err, "shutting down"));
+  char release[256];
+  run_file(d, id, "release", release, sizeof release);
+  touch(release);
   assert_int_equal(daemon_stop(d), 0);
   assert_int_equal(daemon_start(d), 0);
   Dpod__V1__Job *job = get_job(d, id);
