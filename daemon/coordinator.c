@@ -16,7 +16,7 @@
 #include "job_spec.h"
 #include "job_store.h"
 #include "launcher.h"
-#include "sched.h"
+#include "job_queue.h"
 
 #define COORD_LIST_MAX 1000 /* ListJobs never returns more, whatever the request asks */
 
@@ -49,7 +49,7 @@ typedef struct coord_watch {
 struct coord {
   uv_loop_t *loop;
   job_store *store;
-  sched sched;
+  job_queue queue;
   launcher_params lp;
   char *state_dir, *jobs_dir, *report_addr, *worker, *mpirun;
   unsigned cancel_term_ms, cancel_kill_ms, shutdown_kill_ms;
@@ -236,7 +236,7 @@ static void coord_on_exit(launcher_proc *p, int64_t exit_status, int term_signal
   else co->jobs = j->next;
   if (j->next) j->next->prev = j->prev;
   co->n_jobs--;
-  sched_release(&co->sched, j->ranks);
+  job_queue_release(&co->queue, j->ranks);
   uint64_t id = j->id;
   uv_close((uv_handle_t *)j->timer, coord_timer_closed);
   free(j);
@@ -311,7 +311,7 @@ fail:
   log_error("job %llu: launch failed: %s", (unsigned long long)id, err);
   if (j) free(j->timer);
   free(j);
-  sched_release(&co->sched, ranks);
+  job_queue_release(&co->queue, ranks);
   {
     char reason[600];
     snprintf(reason, sizeof reason, "launch failed: %s", err);
@@ -327,7 +327,7 @@ static void coord_schedule(coord *co) {
   if (co->shutting_down) return;
   uint64_t id;
   unsigned ranks;
-  while ((id = sched_next(&co->sched, &ranks)) != 0) coord_launch(co, id, ranks);
+  while ((id = job_queue_next(&co->queue, &ranks)) != 0) coord_launch(co, id, ranks);
 }
 
 /* ---------------------------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ static void coord_submit_job(rpc_call *call, const uint8_t *req, size_t len, voi
     rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
     goto done;
   }
-  if (job_spec_validate(spec, co->sched.slots, err, sizeof err) != 0) {
+  if (job_spec_validate(spec, co->queue.slots, err, sizeof err) != 0) {
     rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "%s", err);
     goto done;
   }
@@ -399,7 +399,7 @@ static void coord_submit_job(rpc_call *call, const uint8_t *req, size_t len, voi
   }
   log_info("job %llu submitted: \"%s\", %u ranks", (unsigned long long)id, spec->name ? spec->name : "",
            spec->ranks);
-  if (sched_enqueue(&co->sched, id, spec->ranks) != 0) {
+  if (job_queue_enqueue(&co->queue, id, spec->ranks) != 0) {
     /* Validation already bounded ranks by the slots, so only memory can fail here. */
     coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "cannot queue the job", -1);
   }
@@ -470,7 +470,7 @@ static void coord_cancel_job(rpc_call *call, const uint8_t *req, size_t len, voi
     return;
   }
   if (info.state == DPOD__V1__JOB_STATE__JOB_STATE_QUEUED) {
-    sched_remove(&co->sched, id);
+    job_queue_remove(&co->queue, id);
     coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED, "cancelled by user", 0);
     /* The cancelled job may have been the head blocking the queue. */
     coord_schedule(co);
@@ -527,9 +527,9 @@ static void coord_restart_job(rpc_call *call, const uint8_t *req, size_t len, vo
     rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "dpod is shutting down");
     goto done;
   }
-  if (sched_enqueue(&co->sched, id, job->spec->ranks) != 0) {
+  if (job_queue_enqueue(&co->queue, id, job->spec->ranks) != 0) {
     rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "job %llu needs %u slots, dpod has %u",
-                  (unsigned long long)id, job->spec->ranks, co->sched.slots);
+                  (unsigned long long)id, job->spec->ranks, co->queue.slots);
     goto done;
   }
   coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, "restarted by user", 0);
@@ -669,7 +669,7 @@ int coord_open(uv_loop_t *loop, const coord_params *p, coord **out, char *err, s
   co->cancel_term_ms = p->cancel_term_ms;
   co->cancel_kill_ms = p->cancel_kill_ms;
   co->shutdown_kill_ms = p->shutdown_kill_ms;
-  sched_init(&co->sched, p->slots);
+  job_queue_init(&co->queue, p->slots);
   co->state_dir = strdup(p->state_dir);
   co->report_addr = strdup(p->report_addr);
   co->worker = strdup(p->worker);
@@ -755,10 +755,10 @@ int coord_recover(coord *co) {
   if ((status = job_store_list(co->store, queued, 1, 0, true, &jobs, &n)) != 0) return status;
   for (size_t i = 0; i < n; i++) {
     unsigned ranks = jobs[i]->spec->ranks;
-    if (sched_enqueue(&co->sched, jobs[i]->id, ranks) != 0) {
+    if (job_queue_enqueue(&co->queue, jobs[i]->id, ranks) != 0) {
       /* Submitted to a daemon with more slots than this one. */
       char reason[128];
-      snprintf(reason, sizeof reason, "needs %u slots, dpod has %u", ranks, co->sched.slots);
+      snprintf(reason, sizeof reason, "needs %u slots, dpod has %u", ranks, co->queue.slots);
       coord_append_state(co, jobs[i]->id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, reason, -1);
     }
   }
@@ -772,8 +772,8 @@ void coord_cron(coord *co, uint64_t loops, unsigned period_ms) {
   /* run_with_period(60000): a heartbeat in the debug log. */
   uint64_t every = period_ms ? 60000 / period_ms : 1;
   if (every == 0 || loops % every == 0)
-    log_debug("%zu jobs running, %zu queued, %u/%u slots free, %zu watchers", co->n_jobs, co->sched.queued,
-              co->sched.free_slots, co->sched.slots, co->n_watches);
+    log_debug("%zu jobs running, %zu queued, %u/%u slots free, %zu watchers", co->n_jobs, co->queue.queued,
+              co->queue.free_slots, co->queue.slots, co->n_watches);
 }
 
 void coord_shutdown(coord *co, void (*done)(void *arg), void *arg) {
@@ -802,7 +802,7 @@ void coord_free(coord *co) {
   if (co->n_jobs || co->n_watches)
     log_error("coord_free with %zu jobs and %zu watchers left", co->n_jobs, co->n_watches);
   job_store_close(co->store);
-  sched_free(&co->sched);
+  job_queue_free(&co->queue);
   free(co->state_dir);
   free(co->jobs_dir);
   free(co->report_addr);

@@ -16,9 +16,9 @@
 #include <stdint.h>
 
 #include "dpod.pb-c.h"
+#include "dpod_paths.h"
 
 #define JOB_STORE_SCHEMA_VERSION 3
-#define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
 
 typedef struct job_store job_store;
 

@@ -21,6 +21,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,7 +60,7 @@ static void usage(FILE *f) {
           "  --listen ADDR      address to serve on (default: $DPOD_ADDR or unix:$XDG_RUNTIME_DIR/dpod/dpod.sock)\n"
           "  --state-dir DIR    database and job directories (default: $XDG_STATE_HOME/dpod)\n"
           "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2)\n"
-          "  --worker PATH      dpo-worker binary (default: next to dpod, or ../workers/dpo-worker)\n"
+          "  --worker PATH      dpo-worker binary (default: the one next to dpod)\n"
           "  --mpirun PATH      mpirun binary (default: mpirun from PATH)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
           "  --help             this text\n");

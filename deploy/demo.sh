@@ -12,9 +12,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
 
-DPOD="$DPOD_BUILD/daemon/dpod"
-DPOCTL="$DPOD_BUILD/client/dpoctl"
-TOOL="$DPOD_BUILD/workers/dpo-tool"
+DPOD="$DPOD_BUILD/bin/dpod"
+DPOCTL="$DPOD_BUILD/bin/dpoctl"
+TOOL="$DPOD_BUILD/bin/dpo-tool"
 EXAMPLES="$DPOD_ROOT/deploy/examples"
 started=""
 if ! "$DPOCTL" health >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
-/* The main() every cmocka suite here shares: run every test, or only the one named by argv[1] (ctest
- * registers each case on its own, so `ctest -R name` runs just that one). A name that matches no test is
- * refused with status 2: it would otherwise run nothing and pass. Include after <cmocka.h>. */
+/* The main() every cmocka suite here shares: `--list` prints the case names, one per line (CMake
+ * registers exactly those as ctest cases after the build, see tests/CMakeLists.txt); a case name runs only
+ * that case; no argument runs them all. A name that matches no case is refused with status 2: it would
+ * otherwise run nothing and pass. Include after <cmocka.h>. */
 #ifndef DPOD_TESTS_CMOCKA_MAIN_H
 #define DPOD_TESTS_CMOCKA_MAIN_H
 
@@ -10,6 +11,10 @@
 static inline int cmocka_main_(const char *group, const struct CMUnitTest *tests, size_t n,
                                CMFixtureFunction group_setup, CMFixtureFunction group_teardown, int argc,
                                char **argv) {
+  if (argc > 1 && strcmp(argv[1], "--list") == 0) {
+    for (size_t i = 0; i < n; i++) printf("%s\n", tests[i].name);
+    return 0;
+  }
   if (argc > 1) {
     for (size_t i = 0; i < n; i++)
       if (strcmp(tests[i].name, argv[1]) == 0)

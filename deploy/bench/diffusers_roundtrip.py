@@ -1,7 +1,7 @@
 """Does a dpod checkpoint load straight into diffusers, and compute what dpod computes?
 
     PYTHONPATH=/opt/ref/diffusers/src:/opt/ref/huggingface_hub/src:deploy/bench/pyshim \
-        /usr/bin/python3 deploy/bench/diffusers_roundtrip.py CHECKPOINT_DIR [--dpo-tool build/workers/dpo-tool]
+        /usr/bin/python3 deploy/bench/diffusers_roundtrip.py CHECKPOINT_DIR [--dpo-tool build/bin/dpo-tool]
 
 Loads CHECKPOINT_DIR (diffusion_pytorch_model.safetensors + config.json, as every dpod checkpoint holds)
 with UNet2DConditionModel.from_pretrained, refusing missing or unexpected weights; runs it on random
@@ -37,7 +37,7 @@ def save_f32(path, tensors):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--dpo-tool", default="build/workers/dpo-tool")
+    ap.add_argument("--dpo-tool", default="build/bin/dpo-tool")
     ap.add_argument("--size", type=int, default=8, help="latent height and width")
     ap.add_argument("--atol", type=float, default=1e-5)
     args = ap.parse_args()

@@ -16,12 +16,12 @@ trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 
 run() {  # run NAME RANKS: trains with RANKS ranks, log in $work/logNAME
-  "$build/client/dpoctl" submit "$root/deploy/examples/tiny-dpo.yaml" --dry-run --set ranks="$2" \
+  "$build/bin/dpoctl" submit "$root/deploy/examples/tiny-dpo.yaml" --dry-run --set ranks="$2" \
     --set threads_per_rank=1 --set train.steps="$steps" --set train.batch_size="$pairs" \
     --set train.checkpoint_every=0 --set data.pairs=$((pairs * 2 * 8)) >"$work/job$1.yaml"
   mkdir -p "$work/run$1/tmp"
   TMPDIR="$work/run$1/tmp" mpirun -np "$2" --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS \
-    "$build/workers/dpo-worker" --spec "$work/job$1.yaml" --run-dir "$work/run$1" >"$work/log$1" 2>&1
+    "$build/bin/dpo-worker" --spec "$work/job$1.yaml" --run-dir "$work/run$1" >"$work/log$1" 2>&1
 }
 
 echo "tiny-sd shape, $pairs pairs per rank, $steps steps, 1 thread per rank"

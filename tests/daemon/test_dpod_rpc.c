@@ -7,6 +7,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
+#include "test_util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <grpc/status.h>
@@ -95,8 +99,7 @@ static int daemon_stop(daemon_fx *d) {
 
 static int setup(void **state) {
   daemon_fx *d = calloc(1, sizeof *d);
-  snprintf(d->dir, sizeof d->dir, "/tmp/dpod-test-rpc-XXXXXX");
-  if (!mkdtemp(d->dir)) return -1;
+  if (test_mkdtemp(d->dir, sizeof d->dir, "dpod-rpc") != 0) return -1;
   snprintf(d->state, sizeof d->state, "%s/state", d->dir);
   snprintf(d->sock, sizeof d->sock, "%s/run/dpod.sock", d->dir);
   snprintf(d->addr, sizeof d->addr, "unix:%s", d->sock);
@@ -631,7 +634,7 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
   protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(health_check_reports_serving, setup, teardown),
       cmocka_unit_test_setup_teardown(malformed_requests_are_refused_and_the_daemon_lives_on, setup, teardown),
@@ -646,5 +649,5 @@ int main(void) {
       cmocka_unit_test_setup_teardown(shutdown_and_crash_fail_running_jobs, setup, teardown),
       cmocka_unit_test_setup_teardown(shutdown_preempts_jobs_whose_ranks_checkpoint, setup, teardown),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return CMOCKA_MAIN("dpod_rpc", tests, NULL, NULL);
 }

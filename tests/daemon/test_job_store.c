@@ -5,6 +5,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "cmocka_main.h"
+
+#include "test_util.h"
+
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,8 +27,7 @@ typedef struct {
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  snprintf(f->dir, sizeof f->dir, "/tmp/dpod-test-store-XXXXXX");
-  if (!mkdtemp(f->dir)) return -1;
+  if (test_mkdtemp(f->dir, sizeof f->dir, "dpod-store") != 0) return -1;
   snprintf(f->db, sizeof f->db, "%s/dpod.db", f->dir);
   char err[256];
   if (job_store_open(f->db, &f->s, err, sizeof err) != 0) {
@@ -306,7 +309,7 @@ static void version_2_database_is_migrated(void **state) {
   assert_int_equal(info.session, 7);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(created_job_reads_back_with_its_first_event, setup, teardown),
       cmocka_unit_test_setup_teardown(events_append_gap_free_and_read_back_in_order, setup, teardown),
@@ -318,5 +321,5 @@ int main(void) {
       cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(version_2_database_is_migrated, setup, teardown),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  return CMOCKA_MAIN("job_store", tests, NULL, NULL);
 }

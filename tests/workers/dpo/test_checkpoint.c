@@ -1,0 +1,162 @@
+/* The checkpoint protocol's guarantees: a checkpoint is used only when its marker is there and every
+ * file matches the sizes and checksums it records; keep_last bounds what stays on disk. Run one case
+ * with `test_checkpoint NAME`. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "test_util.h"
+
+#include "cmocka_main.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+
+static char run_dir[256];
+
+static int setup(void **state) {
+  (void)state;
+  return test_mkdtemp(run_dir, sizeof run_dir, "dpod-ckpt");
+}
+
+static int teardown(void **state) {
+  (void)state;
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", run_dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+static void write_file(const char *dir, const char *name, const char *text) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* A complete 2-rank checkpoint at `step`, as the worker writes one (the weights are stand-in bytes). */
+static void make_checkpoint(uint32_t step) {
+  char partial[1024], err[512];
+  assert_int_equal(ckpt_begin(run_dir, step, err, sizeof err), 0);
+  ckpt_dir(run_dir, step, 1, partial, sizeof partial);
+  write_file(partial, CKPT_WEIGHTS, "weights of a step");
+  write_file(partial, CKPT_OPTIMIZER, "adam moments");
+  for (uint32_t r = 0; r < 2; r++) {
+    ckpt_rank_state st = {.world_size = 2, .rank = r, .step = step, .data_position = step * 8ull, .seed = 42};
+    assert_int_equal(ckpt_write_rank_state(partial, &st, err, sizeof err), 0);
+  }
+  uint64_t bytes = 0;
+  if (ckpt_commit(run_dir, step, 2, &bytes, err, sizeof err) != 0) fail_msg("%s", err);
+  assert_true(bytes > 0);
+}
+
+static void complete_checkpoint_verifies_and_is_found(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  char dir[1024], err[512];
+  uint32_t step = 0;
+  ckpt_dir(run_dir, 10, 0, dir, sizeof dir);
+  assert_int_equal(ckpt_verify(dir, &step, err, sizeof err), 0);
+  assert_int_equal(step, 10);
+  char found[1024];
+  assert_int_equal(ckpt_find_latest(run_dir, &step, found, sizeof found), 1);
+  assert_string_equal(found, dir);
+  ckpt_rank_state st;
+  assert_int_equal(ckpt_read_rank_state(dir, 1, &st, err, sizeof err), 0);
+  assert_int_equal(st.rank, 1);
+  assert_int_equal(st.world_size, 2);
+  assert_true(st.data_position == 80 && st.seed == 42);
+}
+
+static void corrupt_file_is_never_used(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  make_checkpoint(20);
+  char dir[1024], path[1100], err[512];
+  ckpt_dir(run_dir, 20, 0, dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_WEIGHTS);
+  write_file(dir, CKPT_WEIGHTS, "weights of a stop"); /* same size, one byte differs */
+  assert_int_not_equal(ckpt_verify(dir, NULL, err, sizeof err), 0);
+  assert_non_null(strstr(err, "checksum"));
+  uint32_t step = 0;
+  char found[1024];
+  assert_int_equal(ckpt_find_latest(run_dir, &step, found, sizeof found), 1);
+  assert_int_equal(step, 10);
+}
+
+static void checkpoint_without_marker_is_never_used(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  make_checkpoint(20);
+  char dir[1024], path[1100], err[512];
+  ckpt_dir(run_dir, 20, 0, dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_MARKER);
+  assert_int_equal(unlink(path), 0);
+  assert_int_not_equal(ckpt_verify(dir, NULL, err, sizeof err), 0);
+  /* A crash before commit leaves only a partial directory: not a checkpoint either. */
+  assert_int_equal(ckpt_begin(run_dir, 30, err, sizeof err), 0);
+  ckpt_dir(run_dir, 30, 1, dir, sizeof dir);
+  write_file(dir, CKPT_WEIGHTS, "half written");
+  uint32_t step = 0;
+  char found[1024];
+  assert_int_equal(ckpt_find_latest(run_dir, &step, found, sizeof found), 1);
+  assert_int_equal(step, 10);
+}
+
+static void missing_file_or_rank_is_refused(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  char dir[1024], path[1100], err[512];
+  ckpt_dir(run_dir, 10, 0, dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_OPTIMIZER);
+  assert_int_equal(unlink(path), 0);
+  assert_int_not_equal(ckpt_verify(dir, NULL, err, sizeof err), 0);
+  uint32_t step;
+  char found[1024];
+  assert_int_equal(ckpt_find_latest(run_dir, &step, found, sizeof found), 0);
+  /* Commit refuses while a rank has not written its state. */
+  assert_int_equal(ckpt_begin(run_dir, 20, err, sizeof err), 0);
+  ckpt_dir(run_dir, 20, 1, dir, sizeof dir);
+  write_file(dir, CKPT_WEIGHTS, "w");
+  ckpt_rank_state st = {.world_size = 2, .rank = 0, .step = 20, .data_position = 160, .seed = 42};
+  assert_int_equal(ckpt_write_rank_state(dir, &st, err, sizeof err), 0);
+  assert_int_not_equal(ckpt_commit(run_dir, 20, 2, NULL, err, sizeof err), 0);
+  assert_non_null(strstr(err, "rank 1"));
+}
+
+static void prune_keeps_the_newest(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  make_checkpoint(20);
+  make_checkpoint(30);
+  char err[512], dir[1024];
+  assert_int_equal(ckpt_begin(run_dir, 5, err, sizeof err), 0); /* stale partial from an old crash */
+  assert_int_equal(ckpt_prune(run_dir, 2), 2);
+  struct stat st;
+  ckpt_dir(run_dir, 10, 0, dir, sizeof dir);
+  assert_int_not_equal(stat(dir, &st), 0);
+  ckpt_dir(run_dir, 5, 1, dir, sizeof dir);
+  assert_int_not_equal(stat(dir, &st), 0);
+  ckpt_dir(run_dir, 20, 0, dir, sizeof dir);
+  assert_int_equal(stat(dir, &st), 0);
+  ckpt_dir(run_dir, 30, 0, dir, sizeof dir);
+  assert_int_equal(stat(dir, &st), 0);
+}
+
+#define CASE(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+int main(int argc, char **argv) {
+  const struct CMUnitTest all[] = {
+      CASE(complete_checkpoint_verifies_and_is_found), CASE(corrupt_file_is_never_used),
+      CASE(checkpoint_without_marker_is_never_used),   CASE(missing_file_or_rank_is_refused),
+      CASE(prune_keeps_the_newest),
+  };
+  return CMOCKA_MAIN("checkpoint", all, NULL, NULL);
+}
