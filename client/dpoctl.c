@@ -228,11 +228,6 @@ static int get_job(ctl *c, uint64_t id, Dpod__V1__GetJobResponse **out) {
 /* ----------------------------------------------------------------------------------------------- */
 /* watch */
 
-static int is_terminal(Dpod__V1__JobState s) {
-  return s == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED || s == DPOD__V1__JOB_STATE__JOB_STATE_FAILED ||
-         s == DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED || s == DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED;
-}
-
 typedef struct {
   uint64_t last_seq;
   int have_metrics, have_ckpt, terminal;
@@ -271,7 +266,7 @@ static void watch_note_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
     case DPOD__V1__JOB_EVENT__EVENT_STATE:
       w->state = ev->state->state;
       snprintf(w->reason, sizeof w->reason, "%s", ev->state->reason ? ev->state->reason : "");
-      w->terminal = is_terminal(w->state); /* a restarted job leaves its terminal state again */
+      w->terminal = job_state_is_terminal(w->state); /* a restarted job leaves its terminal state again */
       break;
     case DPOD__V1__JOB_EVENT__EVENT_METRICS:
       w->metrics = *ev->metrics;
@@ -671,7 +666,7 @@ static void print_job(const Dpod__V1__Job *j) {
          j->name && *j->name ? ")" : "");
   printf("  state:       %s\n", job_state_name(j->state));
   if (j->reason && *j->reason) printf("  reason:      %s\n", j->reason);
-  if (j->has_exit_code && is_terminal(j->state)) printf("  exit code:   %d\n", j->exit_code);
+  if (j->has_exit_code && job_state_is_terminal(j->state)) printf("  exit code:   %d\n", j->exit_code);
   if (j->created_unix_ms > 0)
     printf("  created:     %s (%s ago)\n", fmt_time(j->created_unix_ms, t, sizeof t),
            fmt_age(now - j->created_unix_ms, ago, sizeof ago));

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "job_spec.h"
+#include "pb_walk.h"
 
 int64_t fmt_now_ms(void) {
   struct timespec ts;
@@ -186,28 +187,12 @@ static cJSON *fmt_value_json(const ProtobufCFieldDescriptor *f, const void *p) {
       return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
     }
     case PROTOBUF_C_TYPE_ENUM:
-      return cJSON_CreateString(job_spec_enum_name(f->descriptor, *(const int *)p, tmp, sizeof tmp));
+      return cJSON_CreateString(pb_enum_name(f->descriptor, *(const int *)p, tmp, sizeof tmp));
     case PROTOBUF_C_TYPE_MESSAGE: {
       const ProtobufCMessage *m = *(ProtobufCMessage *const *)p;
       return m ? fmt_message_json(m) : cJSON_CreateNull();
     }
     default: return cJSON_CreateNull();
-  }
-}
-
-static size_t fmt_elem_size(const ProtobufCFieldDescriptor *f) {
-  switch (f->type) {
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64:
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64:
-    case PROTOBUF_C_TYPE_DOUBLE: return 8;
-    case PROTOBUF_C_TYPE_STRING:
-    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
-    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
-    default: return 4;
   }
 }
 
@@ -217,24 +202,14 @@ cJSON *fmt_message_json(const ProtobufCMessage *msg) {
   const ProtobufCMessageDescriptor *d = msg->descriptor;
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
-    const char *base = (const char *)msg;
-    const void *member = base + f->offset;
     if (f->type == PROTOBUF_C_TYPE_BYTES) continue;
     if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-      size_t n = *(const size_t *)(base + f->quantifier_offset);
-      const char *arr = *(char *const *)member;
       cJSON *a = cJSON_AddArrayToObject(obj, f->name);
-      for (size_t k = 0; a && k < n; k++) cJSON_AddItemToArray(a, fmt_value_json(f, arr + k * fmt_elem_size(f)));
-      continue;
+      for (size_t k = 0, n = pb_count(msg, f); a && k < n; k++)
+        cJSON_AddItemToArray(a, fmt_value_json(f, pb_element(msg, f, k)));
+    } else if (pb_is_present(msg, f)) {
+      cJSON_AddItemToObject(obj, f->name, fmt_value_json(f, pb_member(msg, f)));
     }
-    if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
-      if (*(const uint32_t *)(base + f->quantifier_offset) != f->id) continue;
-    } else if (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE) {
-      if (!*(void *const *)member) continue;
-    } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL) {
-      if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset) && !f->default_value) continue;
-    }
-    cJSON_AddItemToObject(obj, f->name, fmt_value_json(f, member));
   }
   return obj;
 }

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "health.pb-c.h"
@@ -682,11 +683,7 @@ int coord_open(uv_loop_t *loop, const coord_params *p, coord **out, char *err, s
   co->lp.worker = co->worker;
   co->lp.report_addr = co->report_addr;
 
-  if (dpod_mkdirs(co->jobs_dir) != 0) {
-    snprintf(err, errlen, "creating %s: %s", co->jobs_dir, strerror(errno));
-    status = DPOD_EIO;
-    goto fail;
-  }
+  if ((status = dpod_mkdirs(co->jobs_dir, 0700, 0, err, errlen)) != 0) goto fail;
   char db[PATH_MAX];
   snprintf(db, sizeof db, "%s/dpod.db", p->state_dir);
   if ((status = job_store_open(db, &co->store, err, errlen)) != 0) goto fail;

@@ -233,11 +233,6 @@ void job_store_close(job_store *s) {
 
 const char *job_store_last_error(const job_store *s) { return s->err; }
 
-bool job_state_is_terminal(Dpod__V1__JobState st) {
-  return st == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED || st == DPOD__V1__JOB_STATE__JOB_STATE_FAILED ||
-         st == DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED || st == DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED;
-}
-
 /* The body of an append; runs inside the caller's transaction. */
 static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *ev, int64_t now_ms,
                                uint64_t *seq_out) {

@@ -17,6 +17,7 @@
 
 #include "dpod.pb-c.h"
 #include "dpod_paths.h"
+#include "job_names.h"
 
 #define JOB_STORE_SCHEMA_VERSION 3
 
@@ -85,7 +86,5 @@ int job_store_set_session(job_store *s, uint64_t job_id, int session);
 /* Persists the cancel request of a STARTING/RUNNING job. */
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id);
 
-/* Terminal states: SUCCEEDED, FAILED, CANCELLED, PREEMPTED. */
-bool job_state_is_terminal(Dpod__V1__JobState s);
 
 #endif

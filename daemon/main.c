@@ -34,6 +34,7 @@
 
 #include "coordinator.h"
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "launcher.h"
@@ -66,14 +67,8 @@ static void usage(FILE *f) {
           "  --help             this text\n");
 }
 
-/* Error messages are truncated to their buffer on purpose; going through vsnprintf keeps gcc's
- * -Wformat-truncation for the copies where truncation would be a bug. */
-__attribute__((format(printf, 3, 4))) static void fmt_into(char *err, size_t len, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
+/* Formats into a buffer that a long message is cut to fit (error messages, derived addresses). */
+#define fmt_into(buf, len, ...) (void)dpod_errf((buf), (len), 0, __VA_ARGS__)
 
 /* Copies a string that must fit: returns -1 (and copies nothing) when it does not. */
 static int str_copy(char *dst, size_t len, const char *src) {
@@ -107,10 +102,8 @@ static int prepare_socket(const char *path, char *err, size_t errlen) {
   char *slash = strrchr(dir, '/');
   if (slash && slash != dir) {
     *slash = '\0';
-    if (dpod_mkdirs(dir) != 0) {
-      fmt_into(err, errlen, "creating %s: %s", dir, strerror(errno));
-      return DPOD_EIO;
-    }
+    int status = dpod_mkdirs(dir, 0700, 0, err, errlen);
+    if (status != 0) return status;
   }
   struct stat st;
   if (lstat(path, &st) != 0) return 0;
@@ -284,8 +277,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   /* Job directories are handed to workers that run elsewhere in the tree: make the path absolute. */
-  if (dpod_mkdirs(state_dir) != 0) {
-    log_error("creating %s: %s", state_dir, strerror(errno));
+  if (dpod_mkdirs(state_dir, 0700, 0, err, sizeof err) != 0) {
+    log_error("%s", err);
     return 1;
   }
   char resolved[PATH_MAX];

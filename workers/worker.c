@@ -30,6 +30,7 @@
 #include "dataset.h"
 #include "dpo_math.h"
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "ddim.h"
@@ -38,6 +39,10 @@
 #include "safetensors.h"
 #include "synth.h"
 #include "unet_shim.h"
+
+/* Bounds on the text files a job names: a spec, a model or scheduler config. */
+#define WORKER_SPEC_MAX ((size_t)1 << 20)
+#define WORKER_CONFIG_MAX ((size_t)1 << 20)
 
 /* Gradients are all-reduced in buckets of this many floats (64 MiB): few, large calls. */
 #define ALLREDUCE_BUCKET ((size_t)16 << 20)
@@ -85,40 +90,6 @@ static double now_seconds(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Reads a whole file into a NUL-terminated buffer the caller frees; NULL with errno set on failure. */
-static char *read_file(const char *path, size_t *len_out) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (cap - len < 4096) {
-      cap = cap ? cap * 2 : 8192;
-      char *nb = realloc(buf, cap + 1);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        errno = ENOMEM;
-        return NULL;
-      }
-      buf = nb;
-    }
-    size_t n = fread(buf + len, 1, cap - len, f);
-    len += n;
-    if (n == 0) break;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) {
-    free(buf);
-    errno = EIO;
-    return NULL;
-  }
-  buf[len] = '\0';
-  if (len_out) *len_out = len;
-  return buf;
 }
 
 typedef struct {
@@ -177,8 +148,8 @@ static Dpod__V1__JobSpec *load_spec(const char *path) {
     if (job_spec_load_yaml(spec, path, err, sizeof err) != 0) worker_die("%s", err);
   } else {
     size_t len = 0;
-    char *bytes = read_file(path, &len);
-    if (!bytes) worker_die("cannot read job spec %s: %s", path, strerror(errno));
+    char *bytes = NULL;
+    if (dpod_read_file(path, WORKER_SPEC_MAX, &bytes, &len, err, sizeof err) != 0) worker_die("job spec %s", err);
     spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
     free(bytes);
     if (!spec) worker_die("%s: not a valid dpod.v1.JobSpec", path);
@@ -237,8 +208,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   /* Model and reference. */
   char *config_text = NULL;
   if (*spec->model->config) {
-    config_text = read_file(spec->model->config, NULL);
-    if (!config_text) worker_die("model.config %s: %s", spec->model->config, strerror(errno));
+    if (dpod_read_file(spec->model->config, WORKER_CONFIG_MAX, &config_text, NULL, err, sizeof err) != 0)
+      worker_die("model.config %s", err);
   }
   tr->policy = build_unet(config_text, spec, spec->model->weights);
   unet_get_info(tr->policy, &tr->info);
@@ -259,14 +230,15 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
       if (MPI_Bcast(rp, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
         worker_die("MPI_Bcast of the reference weights failed");
     }
-    unet_freeze(tr->ref);
+    if (unet_freeze(tr->ref) != 0) worker_die("freezing the reference: %s", unet_last_error(tr->ref));
   }
   free(config_text);
 
   /* Noise schedule. */
   if (*spec->model->scheduler_config) {
-    char *json = read_file(spec->model->scheduler_config, NULL);
-    if (!json) worker_die("model.scheduler_config %s: %s", spec->model->scheduler_config, strerror(errno));
+    char *json = NULL;
+    if (dpod_read_file(spec->model->scheduler_config, WORKER_CONFIG_MAX, &json, NULL, err, sizeof err) != 0)
+      worker_die("model.scheduler_config %s", err);
     if (dpo_schedule_from_json(&tr->sched, json, err, sizeof err) != 0)
       worker_die("%s: %s", spec->model->scheduler_config, err);
     free(json);
@@ -707,7 +679,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
   Dpod__V1__StepMetrics last = DPOD__V1__STEP_METRICS__INIT;
   for (uint32_t step = start_step + 1; step <= steps; step++) {
     double t0 = now_seconds();
-    unet_zero_grad(tr->policy);
+    if (unet_zero_grad(tr->policy) != 0) worker_die("zeroing the gradients: %s", unet_last_error(tr->policy));
     dpo_loss_sums sums = {0};
     for (uint32_t a = 0; a < accum; a++) {
       /* This rank's slice of the global batch: micro-batch a, rank r. */

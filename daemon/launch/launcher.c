@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 
@@ -191,29 +192,12 @@ char *launcher_default_worker(char *buf, size_t len) {
   return buf;
 }
 
-/* Writes the spec next to the job atomically, so a worker never reads half a file. */
+/* Writes the spec next to the job atomically and durably, so a worker never reads half a file and a
+ * restarted dpod finds what it launched. */
 static int launcher_write_spec(const launcher_job *job, char *err, size_t errlen) {
-  char path[PATH_MAX], tmp[PATH_MAX + 8];
+  char path[PATH_MAX];
   snprintf(path, sizeof path, "%s/spec.pb", job->run_dir);
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) goto fail;
-  size_t off = 0;
-  while (off < job->spec_len) {
-    ssize_t w = write(fd, job->spec_pb + off, job->spec_len - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      close(fd);
-      goto fail;
-    }
-    off += (size_t)w;
-  }
-  if (close(fd) != 0 || rename(tmp, path) != 0) goto fail;
-  return 0;
-fail:
-  snprintf(err, errlen, "writing %s: %s", path, strerror(errno));
-  unlink(tmp);
-  return DPOD_EIO;
+  return dpod_write_file_atomic(path, job->spec_pb, job->spec_len, DPOD_WRITE_PRIVATE, err, errlen);
 }
 
 /* The daemon's environment minus the variables the launch sets, plus those. Entries of `extra` are
@@ -248,10 +232,7 @@ int launcher_start(uv_loop_t *loop, const launcher_params *params, const launche
   snprintf(tmpdir, sizeof tmpdir, "%s/tmp", job->run_dir);
   snprintf(log_path, sizeof log_path, "%s/job.log", job->run_dir);
   snprintf(spec_path, sizeof spec_path, "%s/spec.pb", job->run_dir);
-  if (dpod_mkdirs(tmpdir) != 0) {
-    snprintf(err, errlen, "creating %s: %s", tmpdir, strerror(errno));
-    goto fail;
-  }
+  if ((status = dpod_mkdirs(tmpdir, 0700, 0, err, errlen)) != 0) goto fail;
   if ((status = launcher_write_spec(job, err, errlen)) != 0) goto fail;
   status = DPOD_EIO;
   if ((log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {

@@ -1,5 +1,8 @@
 #include "dpod_error.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *dpod_strerror(int status) {
   switch (status) {
     case DPOD_OK: return "success";
@@ -18,4 +21,14 @@ const char *dpod_err_name(int status) {
 #undef DPOD_ERR_NAME_CASE_
   }
   return "DPOD_EUNKNOWN";
+}
+
+int dpod_errf(char *err, size_t errlen, int status, const char *fmt, ...) {
+  if (err && errlen > 0) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+  }
+  return status;
 }

@@ -6,6 +6,8 @@
 #ifndef DPOD_ERROR_H
 #define DPOD_ERROR_H
 
+#include <stddef.h>
+
 #define DPOD_ERRNO_MAP(X)                                              \
   X(EINVAL, -1, "invalid argument")                                    \
   X(ENOMEM, -2, "out of memory")                                       \
@@ -22,7 +24,8 @@
   X(EMPI, -13, "MPI error")                                            \
   X(EDB, -14, "database error")                                        \
   X(ECANCELED, -15, "operation cancelled")                             \
-  X(ENUMERIC, -16, "non-finite value")
+  X(ENUMERIC, -16, "non-finite value")                                \
+  X(EACCESS, -17, "permission denied")
 
 typedef enum {
   DPOD_OK = 0,
@@ -35,5 +38,9 @@ typedef enum {
 const char *dpod_strerror(int status);
 /* The symbolic name ("DPOD_ESHAPE"); never NULL, static storage. */
 const char *dpod_err_name(int status);
+
+/* Formats a message into err (if err is not NULL and errlen > 0; a long message is cut to fit) and
+ * returns `status`, so that failures read `return dpod_errf(err, errlen, DPOD_EIO, "%s: ...", path);`. */
+int dpod_errf(char *err, size_t errlen, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -30,19 +30,3 @@ char *dpod_default_state_dir(char *buf, size_t len) {
     snprintf(buf, len, "%s/.local/state/dpod", home && *home ? home : "/tmp");
   return buf;
 }
-
-int dpod_mkdirs(const char *path) {
-  char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
-    errno = ENAMETOOLONG;
-    return DPOD_EIO;
-  }
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = '\0';
-    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return DPOD_EIO;
-    *p = '/';
-  }
-  if (mkdir(tmp, 0700) != 0 && errno != EEXIST) return DPOD_EIO;
-  return 0;
-}

@@ -12,9 +12,6 @@ char *dpod_default_addr(char *buf, size_t len);
 /* The daemon's default state directory: $XDG_STATE_HOME/dpod, or $HOME/.local/state/dpod. Returns `buf`. */
 char *dpod_default_state_dir(char *buf, size_t len);
 
-/* mkdir -p with mode 0700 for each created component. Returns 0 or DPOD_EIO (errno set). */
-int dpod_mkdirs(const char *path);
-
 /* How the daemon launches a job:
  *   mpirun -np RANKS ... dpo-worker --spec RUN_DIR/spec.pb --run-dir RUN_DIR --job-id ID --report-addr ADDR
  * with the per-job secret in the environment (never on the command line, where ps would show it). */

@@ -58,15 +58,7 @@ static void rpc_init_once(void) { grpc_init(); }
 
 int rpc_last_grpc_status(void) { return rpc_last_status_; }
 
-static void rpc_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void rpc_errf(char *err, size_t errlen, const char *fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
+#define rpc_errf(err, errlen, ...) (void)dpod_errf((err), (errlen), 0, __VA_ARGS__)
 
 static const char *rpc_status_name(grpc_status_code code) {
   switch (code) {

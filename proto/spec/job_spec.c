@@ -19,22 +19,16 @@
 #include <yaml.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
+#include "job_names.h"
+#include "pb_walk.h"
 
 #define JS_KEY_MAX 256      /* longest dotted key we handle */
 #define JS_NAME_MAX 128     /* longest job name */
+#define JS_FILE_MAX (1 << 20) /* largest job file */
 
-static int js_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-/* Writes a message into err (if any) and returns DPOD_EINVAL, so that failures read `return js_errf(...)`. */
-static int js_errf(char *err, size_t errlen, const char *fmt, ...) {
-  if (err && errlen > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return DPOD_EINVAL;
-}
+/* Failures of a job file read `return js_errf(err, errlen, "...", ...)`: all are invalid arguments. */
+#define js_errf(err, errlen, ...) dpod_errf((err), (errlen), DPOD_EINVAL, __VA_ARGS__)
 
 /* ----------------------------------------------------------------------------------------------- */
 /* Normalization. */
@@ -46,15 +40,9 @@ static int js_normalize_message(ProtobufCMessage *msg) {
     if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED ||
         (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
       continue;
-    ProtobufCMessage **sub = (ProtobufCMessage **)((char *)msg + f->offset);
-    if (!*sub) {
-      const ProtobufCMessageDescriptor *sd = f->descriptor;
-      ProtobufCMessage *m = malloc(sd->sizeof_message);
-      if (!m) return DPOD_ENOMEM;
-      protobuf_c_message_init(sd, m);
-      *sub = m;
-    }
-    int rc = js_normalize_message(*sub);
+    ProtobufCMessage *sub = pb_sub_ensure(msg, f);
+    if (!sub) return DPOD_ENOMEM;
+    int rc = js_normalize_message(sub);
     if (rc) return rc;
   }
   return 0;
@@ -74,84 +62,6 @@ Dpod__V1__JobSpec *job_spec_new(void) {
     return NULL;
   }
   return spec;
-}
-
-/* ----------------------------------------------------------------------------------------------- */
-/* Enums: "dpo" or "OBJECTIVE_DPO" for Objective.OBJECTIVE_DPO. */
-
-/* "JobState" -> "JOB_STATE_", the prefix proto style puts on every value name. */
-static void js_enum_prefix(const ProtobufCEnumDescriptor *ed, char *buf, size_t len) {
-  size_t n = 0;
-  const char *s = ed->short_name;
-  for (size_t i = 0; s[i] && n + 3 < len; i++) {
-    if (i > 0 && isupper((unsigned char)s[i]) && islower((unsigned char)s[i - 1])) buf[n++] = '_';
-    buf[n++] = (char)toupper((unsigned char)s[i]);
-  }
-  buf[n++] = '_';
-  buf[n] = '\0';
-}
-
-/* The short lower-case name of an enum value into buf ("dpo"); the full name if it lacks the prefix. */
-static const char *js_enum_short(const ProtobufCEnumDescriptor *ed, const char *full, char *buf, size_t len) {
-  char prefix[128];
-  js_enum_prefix(ed, prefix, sizeof prefix);
-  size_t pl = strlen(prefix);
-  const char *s = strncmp(full, prefix, pl) == 0 && full[pl] ? full + pl : full;
-  size_t n = 0;
-  for (; s[n] && n + 1 < len; n++) buf[n] = (char)tolower((unsigned char)s[n]);
-  buf[n] = '\0';
-  return buf;
-}
-
-static int js_enum_parse(const ProtobufCEnumDescriptor *ed, const char *text, int *out) {
-  char shortname[128];
-  for (unsigned i = 0; i < ed->n_values; i++) {
-    const ProtobufCEnumValue *v = &ed->values[i];
-    js_enum_short(ed, v->name, shortname, sizeof shortname);
-    if (strcasecmp(text, v->name) == 0 || strcasecmp(text, shortname) == 0) {
-      *out = v->value;
-      return 0;
-    }
-  }
-  return -1;
-}
-
-const char *job_spec_enum_name(const ProtobufCEnumDescriptor *ed, int value, char *buf, size_t len) {
-  const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(ed, value);
-  if (!v) {
-    snprintf(buf, len, "%d", value);
-    return buf;
-  }
-  return js_enum_short(ed, v->name, buf, len);
-}
-
-const char *job_state_name(Dpod__V1__JobState s) {
-  switch (s) {
-    case DPOD__V1__JOB_STATE__JOB_STATE_UNSPECIFIED: return "unspecified";
-    case DPOD__V1__JOB_STATE__JOB_STATE_QUEUED: return "queued";
-    case DPOD__V1__JOB_STATE__JOB_STATE_STARTING: return "starting";
-    case DPOD__V1__JOB_STATE__JOB_STATE_RUNNING: return "running";
-    case DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED: return "succeeded";
-    case DPOD__V1__JOB_STATE__JOB_STATE_FAILED: return "failed";
-    case DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED: return "cancelled";
-    case DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED: return "preempted";
-    default: return "unknown";
-  }
-}
-
-const char *objective_name(Dpod__V1__Objective o) {
-  switch (o) {
-    case DPOD__V1__OBJECTIVE__OBJECTIVE_DPO: return "dpo";
-    case DPOD__V1__OBJECTIVE__OBJECTIVE_SFT: return "sft";
-    default: return "unknown";
-  }
-}
-
-int job_state_parse(const char *text, Dpod__V1__JobState *out) {
-  int v;
-  if (!text || js_enum_parse(&dpod__v1__job_state__descriptor, text, &v) != 0) return DPOD_EINVAL;
-  *out = (Dpod__V1__JobState)v;
-  return 0;
 }
 
 /* ----------------------------------------------------------------------------------------------- */
@@ -238,15 +148,7 @@ static int js_resolve(ProtobufCMessage *msg, const char *rel, const char *full, 
     }
     if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED)
       return js_errf(err, errlen, "key '%s': '%s' is a value, not a section", full, comp);
-    ProtobufCMessage **sub = (ProtobufCMessage **)((char *)msg + f->offset);
-    if (!*sub) {
-      const ProtobufCMessageDescriptor *sd = f->descriptor;
-      ProtobufCMessage *m = malloc(sd->sizeof_message);
-      if (!m) return DPOD_ENOMEM;
-      protobuf_c_message_init(sd, m);
-      *sub = m;
-    }
-    msg = *sub;
+    if (!(msg = pb_sub_ensure(msg, f))) return DPOD_ENOMEM;
     comp = dot + 1;
   }
 }
@@ -374,12 +276,12 @@ static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
     case PROTOBUF_C_TYPE_ENUM: {
       const ProtobufCEnumDescriptor *ed = f->descriptor;
       int v;
-      if (js_enum_parse(ed, text, &v) != 0) {
+      if (pb_enum_parse(ed, text, &v) != 0) {
         char list[256] = "", one[64];
         for (unsigned i = 0; i < ed->n_values; i++) {
           size_t n = strlen(list);
           snprintf(list + n, sizeof list - n, "%s%s", i ? ", " : "",
-                   js_enum_short(ed, ed->values[i].name, one, sizeof one));
+                   pb_enum_short_name(ed, ed->values[i].name, one, sizeof one));
         }
         return js_errf(err, errlen, "key '%s': unknown value '%s' (expected one of: %s)", key, text, list);
       }
@@ -588,53 +490,17 @@ fail:
 
 int job_spec_load_yaml(Dpod__V1__JobSpec *spec, const char *path, char *err, size_t errlen) {
   if (!path) return js_errf(err, errlen, "job_spec_load_yaml: NULL path");
-  FILE *fp = fopen(path, "rb");
   char *buf = NULL;
-  size_t len = 0, cap = 0;
-  int rc;
-  if (!fp) {
-    js_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-    return DPOD_ENOENT;
-  }
-  for (;;) {
-    if (len + 4096 > cap) {
-      cap = cap ? 2 * cap : 8192;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        rc = js_errf(err, errlen, "%s: out of memory", path);
-        rc = DPOD_ENOMEM;
-        goto fail;
-      }
-      buf = nb;
-    }
-    size_t n = fread(buf + len, 1, cap - len, fp);
-    len += n;
-    if (n == 0) break;
-  }
-  if (ferror(fp)) {
-    js_errf(err, errlen, "%s: read error: %s", path, strerror(errno));
-    rc = DPOD_EIO;
-    goto fail;
-  }
-  rc = job_spec_parse_yaml(spec, buf ? buf : "", len, path, err, errlen);
-fail:
+  size_t len = 0;
+  int rc = dpod_read_file(path, JS_FILE_MAX, &buf, &len, err, errlen);
+  if (rc != 0) return rc;
+  rc = job_spec_parse_yaml(spec, buf, len, path, err, errlen);
   free(buf);
-  fclose(fp);
   return rc;
 }
 
 /* ----------------------------------------------------------------------------------------------- */
 /* Writing specs back out. */
-
-/* Shortest "%g" form that reads back as the same double. */
-static const char *js_fmt_double(double v, char *buf, size_t len) {
-  for (int prec = 6; prec <= 17; prec++) {
-    snprintf(buf, len, "%.*g", prec, v);
-    if (strtod(buf, NULL) == v) break;
-  }
-  /* Keep it a YAML float and make integers look like numbers either way. */
-  return buf;
-}
 
 static void js_fmt_string(const char *s, FILE *out) {
   fputc('"', out);
@@ -654,29 +520,7 @@ static void js_fmt_string(const char *s, FILE *out) {
 }
 
 int job_spec_format_value(const ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, char *buf, size_t len) {
-  const void *m = (const char *)msg + f->offset;
-  switch (f->type) {
-    case PROTOBUF_C_TYPE_STRING: {
-      const char *s = *(char *const *)m;
-      snprintf(buf, len, "%s", s ? s : "");
-      return 0;
-    }
-    case PROTOBUF_C_TYPE_BOOL: snprintf(buf, len, "%s", *(const protobuf_c_boolean *)m ? "true" : "false"); return 0;
-    case PROTOBUF_C_TYPE_UINT32:
-    case PROTOBUF_C_TYPE_FIXED32: snprintf(buf, len, "%" PRIu32, *(const uint32_t *)m); return 0;
-    case PROTOBUF_C_TYPE_UINT64:
-    case PROTOBUF_C_TYPE_FIXED64: snprintf(buf, len, "%" PRIu64, *(const uint64_t *)m); return 0;
-    case PROTOBUF_C_TYPE_INT32:
-    case PROTOBUF_C_TYPE_SINT32:
-    case PROTOBUF_C_TYPE_SFIXED32: snprintf(buf, len, "%" PRId32, *(const int32_t *)m); return 0;
-    case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_SINT64:
-    case PROTOBUF_C_TYPE_SFIXED64: snprintf(buf, len, "%" PRId64, *(const int64_t *)m); return 0;
-    case PROTOBUF_C_TYPE_DOUBLE: js_fmt_double(*(const double *)m, buf, len); return 0;
-    case PROTOBUF_C_TYPE_FLOAT: js_fmt_double(*(const float *)m, buf, len); return 0;
-    case PROTOBUF_C_TYPE_ENUM: job_spec_enum_name(f->descriptor, *(const int *)m, buf, len); return 0;
-    default: snprintf(buf, len, "?"); return DPOD_EUNSUPPORTED;
-  }
+  return pb_format_scalar(f, pb_member(msg, f), buf, len);
 }
 
 static void js_write_message(const ProtobufCMessage *msg, const ProtobufCMessageDescriptor *d, FILE *out,

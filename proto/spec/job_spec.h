@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "dpod.pb-c.h"
+#include "job_names.h"
 
 /* Makes sure every sub-message exists, so that every field of the spec reads as its value or its
  * default. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
@@ -38,17 +39,6 @@ int job_spec_load_yaml(Dpod__V1__JobSpec *spec, const char *path, char *err, siz
 /* The same from a string already in memory (`name` is used in error messages). */
 int job_spec_parse_yaml(Dpod__V1__JobSpec *spec, const char *text, size_t len, const char *name, char *err,
                         size_t errlen);
-
-/* Short lower-case names: "queued", "running", ... and "dpo"/"sft". Static storage. */
-const char *job_state_name(Dpod__V1__JobState s);
-const char *objective_name(Dpod__V1__Objective o);
-
-/* The short lower-case name of any enum value, as job files spell it: "dpo" for OBJECTIVE_DPO, "running"
- * for JOB_STATE_RUNNING; the number for values the descriptor does not know. Returns `buf`. */
-const char *job_spec_enum_name(const ProtobufCEnumDescriptor *ed, int value, char *buf, size_t len);
-
-/* Parses "running" or "JOB_STATE_RUNNING" (any case). Returns 0 or DPOD_EINVAL. */
-int job_state_parse(const char *text, Dpod__V1__JobState *out);
 
 /* Writes the whole spec as a YAML job file (every field, defaults included; enums by short name), each
  * line indented by `indent` spaces. Reading it back with job_spec_parse_yaml() gives the same spec.

@@ -13,8 +13,8 @@
 #include <zlib.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_log.h"
-#include "dpod_paths.h"
 
 #define RANK_STATE_MAGIC "dpod-rank-state"
 #define MARKER_MAGIC "dpod-checkpoint"
@@ -24,39 +24,10 @@ void ckpt_dir(const char *run_dir, uint32_t step, int partial, char *buf, size_t
   snprintf(buf, len, "%s/checkpoints/step-%06u%s", run_dir, step, partial ? ".partial" : "");
 }
 
-static int fsync_path(const char *path, int directory) {
-  int fd = open(path, (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
-/* Writes `data` to path.tmp, fsyncs it and renames it over `path`. */
+/* Every file of a checkpoint is written whole or not at all; the directory is fsynced once, when the
+ * checkpoint is committed. */
 static int write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen) {
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) goto fail;
-  const char *p = data;
-  size_t left = len;
-  while (left > 0) {
-    ssize_t n = write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      close(fd);
-      goto fail;
-    }
-    p += n;
-    left -= (size_t)n;
-  }
-  if (fsync(fd) != 0 || close(fd) != 0) goto fail;
-  if (rename(tmp, path) != 0) goto fail;
-  return 0;
-fail:
-  snprintf(err, errlen, "%s: %s", path, strerror(errno));
-  unlink(tmp);
-  return DPOD_EIO;
+  return dpod_write_file_atomic(path, data, len, DPOD_WRITE_NO_DIR_SYNC, err, errlen);
 }
 
 static void remove_tree(const char *path) {
@@ -82,11 +53,7 @@ int ckpt_begin(const char *run_dir, uint32_t step, char *err, size_t errlen) {
   char dir[4096];
   ckpt_dir(run_dir, step, 1, dir, sizeof dir);
   remove_tree(dir);
-  if (dpod_mkdirs(dir) != 0) {
-    snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
-    return DPOD_EIO;
-  }
-  return 0;
+  return dpod_mkdirs(dir, 0700, 0, err, errlen);
 }
 
 int ckpt_write_rank_state(const char *partial_dir, const ckpt_rank_state *st, char *err, size_t errlen) {
@@ -207,11 +174,7 @@ int ckpt_commit(const char *run_dir, uint32_t step, uint32_t world_size, uint64_
   if (!text) goto done;
   snprintf(path, sizeof path, "%s/%s", partial, CKPT_MARKER);
   if ((rc = write_atomic(path, text, strlen(text), err, errlen)) != 0) goto done;
-  if (fsync_path(partial, 1) != 0) {
-    snprintf(err, errlen, "fsync %s: %s", partial, strerror(errno));
-    rc = DPOD_EIO;
-    goto done;
-  }
+  if ((rc = dpod_fsync_dir(partial, err, errlen)) != 0) goto done;
   remove_tree(final); /* a complete checkpoint of the same step from an earlier attempt */
   if (rename(partial, final) != 0) {
     snprintf(err, errlen, "rename %s: %s", partial, strerror(errno));
@@ -219,7 +182,7 @@ int ckpt_commit(const char *run_dir, uint32_t step, uint32_t world_size, uint64_
     goto done;
   }
   snprintf(path, sizeof path, "%s/checkpoints", run_dir);
-  fsync_path(path, 1);
+  if ((rc = dpod_fsync_dir(path, err, errlen)) != 0) goto done;
   if (bytes_out) *bytes_out = total;
   rc = 0;
 done:
@@ -230,28 +193,12 @@ done:
   return rc;
 }
 
+/* A checkpoint's small JSON file (its marker or a rank record), or NULL (errno set). */
 static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = NULL;
-  size_t len = 0;
-  char chunk[4096];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
-    char *nb = realloc(buf, len + n + 1);
-    if (!nb) {
-      free(buf);
-      fclose(f);
-      return NULL;
-    }
-    buf = nb;
-    memcpy(buf + len, chunk, n);
-    len += n;
-  }
-  fclose(f);
-  if (!buf) buf = calloc(1, 1);
-  else buf[len] = '\0';
-  return buf;
+  char *text = NULL;
+  int rc = dpod_read_file(path, 1 << 20, &text, NULL, NULL, 0);
+  if (rc != 0) errno = rc == DPOD_ENOENT ? ENOENT : EIO;
+  return text;
 }
 
 int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {

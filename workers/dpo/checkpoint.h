@@ -16,8 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "diffusers_names.h"
+
 #define CKPT_MARKER "COMPLETE"
-#define CKPT_WEIGHTS "diffusion_pytorch_model.safetensors"
+#define CKPT_WEIGHTS DIFFUSERS_WEIGHTS_NAME
 #define CKPT_OPTIMIZER "optimizer.safetensors"
 
 /* The per-rank record. */

@@ -10,8 +10,11 @@
 
 #include "dpo_math.h"
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "pref_format.h"
 #include "safetensors.h"
+
+#define DS_MANIFEST_MAX ((size_t)64 << 20) /* a manifest lists shards: it stays small */
 
 /* Streams of the dataset generator's RNG, so each table is independent of the others' sizes. */
 enum { STREAM_EMBEDDINGS = 1, STREAM_MODES = 2, STREAM_PAIRS = 3, STREAM_SHUFFLE = 4, STREAM_HELD_OUT = 5 };
@@ -123,52 +126,6 @@ dataset_open_params dataset_open_default_params(void) {
   return p;
 }
 
-static int ds_fail_(char *err, size_t errlen, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int ds_fail_(char *err, size_t errlen, int status, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return status;
-}
-
-static char *ds_read_text_(const char *path, int *errnum) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    *errnum = errno;
-    return NULL;
-  }
-  char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len + 4097 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        *errnum = ENOMEM;
-        return NULL;
-      }
-      buf = nb;
-    }
-    size_t n = fread(buf + len, 1, 4096, f);
-    len += n;
-    if (n < 4096) break;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) {
-    free(buf);
-    *errnum = EIO;
-    return NULL;
-  }
-  buf[len] = 0;
-  return buf;
-}
 
 /* A manifest integer field in [lo, hi]. */
 static int ds_json_int_(const cJSON *o, const char *key, double lo, double hi, int64_t *out) {
@@ -208,7 +165,7 @@ static void ds_shape_str_(const st_tensor *t, char *buf, size_t n) {
 static int ds_expect_tensor_(st_file *f, const char *path, const char *name, st_dtype dtype, int ndim,
                              const int64_t *dims, const st_tensor **out, char *err, size_t errlen) {
   const st_tensor *t = st_find(f, name);
-  if (!t) return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: no tensor '%s'", path, name);
+  if (!t) return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: no tensor '%s'", path, name);
   int ok = t->dtype == dtype && t->ndim == ndim;
   for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == dims[i];
   if (!ok) {
@@ -218,7 +175,7 @@ static int ds_expect_tensor_(st_file *f, const char *path, const char *name, st_
     for (int i = 0; i < ndim && k < sizeof want; i++)
       k += (size_t)snprintf(want + k, sizeof want - k, "%s%lld", i ? ", " : "", (long long)dims[i]);
     if (k < sizeof want) snprintf(want + k, sizeof want - k, "]");
-    return ds_fail_(err, errlen, DPOD_ESHAPE, "%s: tensor '%s' is %s, expected %s", path, name, have, want);
+    return dpod_errf(err, errlen, DPOD_ESHAPE, "%s: tensor '%s' is %s, expected %s", path, name, have, want);
   }
   *out = t;
   return 0;
@@ -232,7 +189,7 @@ static size_t ds_first_nonfinite_(st_dtype dtype, const unsigned char *p, size_t
       uint16_t h;
       memcpy(&h, p + 2 * i, 2);
       if ((h & 0x7c00u) != 0x7c00u) continue;
-      v = pref_f16_to_f32(h);
+      v = dpod_f16_to_f32(h);
     } else {
       memcpy(&v, p + 4 * i, 4);
       if (isfinite(v)) continue;
@@ -251,7 +208,7 @@ static void ds_load_(st_dtype dtype, const unsigned char *p, size_t n, float *ou
   for (size_t i = 0; i < n; i++) {
     uint16_t h;
     memcpy(&h, p + 2 * i, 2);
-    out[i] = pref_f16_to_f32(h);
+    out[i] = dpod_f16_to_f32(h);
   }
 }
 
@@ -273,12 +230,12 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
   const cJSON *shards = cJSON_GetObjectItemCaseSensitive(prompts, "shards");
   if (!cJSON_IsObject(prompts) || ds_json_int_(prompts, "count", 1, (double)INT32_MAX, &count) != 0 ||
       !cJSON_IsArray(shards))
-    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'prompts' needs a positive 'count' and a 'shards' array",
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'prompts' needs a positive 'count' and a 'shards' array",
                     mpath);
   ds->num_prompts = (size_t)count;
   size_t n = (size_t)cJSON_GetArraySize(shards);
   if (!(st->pshards = calloc(n ? n : 1, sizeof *st->pshards)))
-    return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+    return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
   size_t emb = dataset_prompt_size(ds), esz = st_dtype_size(st->embed_dtype), first = 0;
   char path[4096];
   const cJSON *o;
@@ -286,7 +243,7 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
     const char *file = ds_json_file_(o, "file");
     int64_t c;
     if (!file || ds_json_int_(o, "count", 1, (double)INT32_MAX, &c) != 0)
-      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: prompt shard %zu needs a plain 'file' name and a positive "
+      return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: prompt shard %zu needs a plain 'file' name and a positive "
                       "'count'", mpath, st->npshards);
     snprintf(path, sizeof path, "%s/%s", dir, file);
     ds_prompt_shard_ *ps = &st->pshards[st->npshards++];
@@ -304,20 +261,20 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
         float v;
         size_t e = ds_first_nonfinite_(st->embed_dtype, ps->emb + r * emb * esz, emb, &v);
         if (e < emb)
-          return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: record %zu (prompt %zu): 'embedding' holds %g at "
+          return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: record %zu (prompt %zu): 'embedding' holds %g at "
                           "element %zu", path, r, first + r, v, e);
       }
     }
     first += ps->count;
   }
   if (first != ds->num_prompts)
-    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: the prompt shards hold %zu prompts, 'prompts.count' says %zu",
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: the prompt shards hold %zu prompts, 'prompts.count' says %zu",
                     mpath, first, ds->num_prompts);
 
   const char *empty = NULL;
   if (cJSON_GetObjectItemCaseSensitive(m, "empty_prompt")) {
     if (!(empty = ds_json_file_(m, "empty_prompt")))
-      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'empty_prompt' is not a plain file name", mpath);
+      return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'empty_prompt' is not a plain file name", mpath);
     snprintf(path, sizeof path, "%s/%s", dir, empty);
     int rc = st_open(path, &st->empty_f, err, errlen);
     if (rc) return rc;
@@ -328,7 +285,7 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
     float v;
     size_t e = ds_first_nonfinite_(st->embed_dtype, t->data, emb, &v);
     if (e < emb)
-      return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: 'embedding' holds %g at element %zu", path, v, e);
+      return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: 'embedding' holds %g at element %zu", path, v, e);
     st->empty = t->data;
     ds->has_empty_prompt = 1;
   }
@@ -347,17 +304,17 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     cJSON_ArrayForEach(o, splits) {
       if (k < sizeof names) k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", k ? ", " : "", o->string);
     }
-    return ds_fail_(err, errlen, DPOD_ENOENT, "%s: no split '%s' (the dataset has: %s)", mpath, split,
+    return dpod_errf(err, errlen, DPOD_ENOENT, "%s: no split '%s' (the dataset has: %s)", mpath, split,
                     k ? names : "none");
   }
   int64_t pairs;
   const cJSON *shards = cJSON_GetObjectItemCaseSensitive(sp, "shards");
   if (ds_json_int_(sp, "pairs", 0, 4e15, &pairs) != 0 || !cJSON_IsArray(shards))
-    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: split '%s' needs 'pairs' and a 'shards' array", mpath, split);
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: split '%s' needs 'pairs' and a 'shards' array", mpath, split);
   ds->num_pairs = (size_t)pairs;
   size_t n = (size_t)cJSON_GetArraySize(shards);
   if (!(st->shards = calloc(n ? n : 1, sizeof *st->shards)))
-    return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+    return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
   size_t img = dataset_image_size(ds), lsz = st_dtype_size(st->latent_dtype), first = 0;
   char path[4096];
   const cJSON *o;
@@ -365,11 +322,11 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     const char *file = ds_json_file_(o, "file");
     int64_t c;
     if (!file || ds_json_int_(o, "pairs", 1, (double)INT32_MAX, &c) != 0)
-      return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: split '%s' shard %zu needs a plain 'file' name and a "
+      return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: split '%s' shard %zu needs a plain 'file' name and a "
                       "positive 'pairs'", mpath, split, st->nshards);
     snprintf(path, sizeof path, "%s/%s", dir, file);
     ds_shard_ *s = &st->shards[st->nshards++];
-    if (!(s->path = strdup(path))) return ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    if (!(s->path = strdup(path))) return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     int rc = st_open(path, &s->f, err, errlen);
     if (rc) return rc;
     const st_tensor *tw, *tl, *tp;
@@ -389,7 +346,7 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     for (size_t r = 0; r < s->count; r++) {
       int64_t p = ds_prompt_at_(s, r);
       if (p < 0 || (uint64_t)p >= ds->num_prompts)
-        return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: record %zu (pair %zu of '%s'): prompt index %lld is out "
+        return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: record %zu (pair %zu of '%s'): prompt index %lld is out "
                         "of range [0, %zu)", path, r, first + r, split, (long long)p, ds->num_prompts);
       if (!check_values) continue;
       for (int k = 0; k < 2; k++) {
@@ -397,14 +354,14 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
         float v;
         size_t e = ds_first_nonfinite_(st->latent_dtype, x, img, &v);
         if (e < img)
-          return ds_fail_(err, errlen, DPOD_ENUMERIC, "%s: record %zu (pair %zu of '%s'): '%s' holds %g at "
+          return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: record %zu (pair %zu of '%s'): '%s' holds %g at "
                           "element %zu", path, r, first + r, split, k ? "loser" : "winner", v, e);
       }
     }
     first += s->count;
   }
   if (first != ds->num_pairs)
-    return ds_fail_(err, errlen, DPOD_EFORMAT, "%s: the shards of split '%s' hold %zu pairs, its 'pairs' says %zu",
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: the shards of split '%s' hold %zu pairs, its 'pairs' says %zu",
                     mpath, split, first, ds->num_pairs);
   return 0;
 }
@@ -416,32 +373,34 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
   const char *split = p->split ? p->split : "train";
   char mpath[4096];
   snprintf(mpath, sizeof mpath, "%s/%s", dir, PREF_MANIFEST);
-  int rc = DPOD_EFORMAT, errnum = 0;
+  int rc = DPOD_EFORMAT;
   cJSON *m = NULL;
-  char *text = ds_read_text_(mpath, &errnum);
-  if (!text) {
-    return ds_fail_(err, errlen, errnum == ENOENT ? DPOD_ENOENT : DPOD_EIO, "%s: cannot read: %s%s", mpath,
-                    strerror(errnum), errnum == ENOENT ? " (not a preference dataset, or an unfinished one)" : "");
+  char *text = NULL;
+  if ((rc = dpod_read_file(mpath, DS_MANIFEST_MAX, &text, NULL, err, errlen)) != 0) {
+    if (rc == DPOD_ENOENT)
+      dpod_errf(err, errlen, rc, "%s: cannot read: no such file (not a preference dataset, or an unfinished one)",
+               mpath);
+    return rc;
   }
   if (!(m = cJSON_Parse(text))) {
-    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: not valid JSON", mpath);
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: not valid JSON", mpath);
     goto fail;
   }
   const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(m, "format");
   int64_t version;
   if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, PREF_FORMAT_NAME) != 0 ||
       ds_json_int_(m, "version", 0, 1e9, &version) != 0) {
-    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: not a %s manifest", mpath, PREF_FORMAT_NAME);
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: not a %s manifest", mpath, PREF_FORMAT_NAME);
     goto fail;
   }
   if (version != PREF_FORMAT_VERSION) {
-    rc = ds_fail_(err, errlen, DPOD_EUNSUPPORTED, "%s: format version %lld, this build reads %d", mpath,
+    rc = dpod_errf(err, errlen, DPOD_EUNSUPPORTED, "%s: format version %lld, this build reads %d", mpath,
                   (long long)version, PREF_FORMAT_VERSION);
     goto fail;
   }
   struct dataset_store_ *st = ds->store_ = calloc(1, sizeof *st);
   if (!st) {
-    rc = ds_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", mpath);
     goto fail;
   }
   const cJSON *shape = cJSON_GetObjectItemCaseSensitive(m, "latent_shape");
@@ -453,13 +412,13 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
     if (ok) dims[i] = (int64_t)v->valuedouble;
   }
   if (!ok || ds_json_int_(m, "text_len", 1, 1 << 20, &L) != 0 || ds_json_int_(m, "embed_dim", 1, 1 << 20, &D) != 0) {
-    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: needs 'latent_shape' [C, H, W], 'text_len' and 'embed_dim' "
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: needs 'latent_shape' [C, H, W], 'text_len' and 'embed_dim' "
                   "as positive integers", mpath);
     goto fail;
   }
   if (ds_parse_dtype_(m, "latent_dtype", &st->latent_dtype) != 0 ||
       ds_parse_dtype_(m, "embed_dtype", &st->embed_dtype) != 0) {
-    rc = ds_fail_(err, errlen, DPOD_EFORMAT, "%s: 'latent_dtype' and 'embed_dtype' must be \"F16\" or \"F32\"",
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'latent_dtype' and 'embed_dtype' must be \"F16\" or \"F32\"",
                   mpath);
     goto fail;
   }
@@ -470,12 +429,12 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
   ds->embed_dim = (int)D;
   if ((p->channels && p->channels != ds->channels) || (p->height && p->height != ds->height) ||
       (p->width && p->width != ds->width)) {
-    rc = ds_fail_(err, errlen, DPOD_ESHAPE, "%s: latents are [%d, %d, %d], the model expects [%d, %d, %d]", mpath,
+    rc = dpod_errf(err, errlen, DPOD_ESHAPE, "%s: latents are [%d, %d, %d], the model expects [%d, %d, %d]", mpath,
                   ds->channels, ds->height, ds->width, p->channels, p->height, p->width);
     goto fail;
   }
   if (p->embed_dim && p->embed_dim != ds->embed_dim) {
-    rc = ds_fail_(err, errlen, DPOD_ESHAPE, "%s: prompt embeddings are %d wide, the model's cross_attention_dim "
+    rc = dpod_errf(err, errlen, DPOD_ESHAPE, "%s: prompt embeddings are %d wide, the model's cross_attention_dim "
                   "is %d", mpath, ds->embed_dim, p->embed_dim);
     goto fail;
   }

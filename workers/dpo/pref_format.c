@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 
 typedef struct {
   char *name;
@@ -50,56 +51,6 @@ pref_writer_params pref_writer_default_params(void) {
   return p;
 }
 
-/* ---- half precision ---- */
-
-uint16_t pref_f32_to_f16(float f) {
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000u;
-  uint32_t exp = (x >> 23) & 0xffu;
-  uint32_t man = x & 0x7fffffu;
-  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u : 0)); /* inf, nan */
-  int e = (int)exp - 127 + 15;
-  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);                           /* overflow */
-  if (e <= 0) {                                                                /* subnormal or zero */
-    if (e < -10) return (uint16_t)sign;
-    man |= 0x800000u;
-    int shift = 14 - e;
-    uint32_t half = man >> shift;
-    uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-    if (rem > mid || (rem == mid && (half & 1))) half++;
-    return (uint16_t)(sign | half);
-  }
-  uint32_t half = ((uint32_t)e << 10) | (man >> 13);
-  uint32_t rem = man & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (half & 1))) half++; /* may carry into the exponent: right */
-  return (uint16_t)(sign | half);
-}
-
-float pref_f16_to_f32(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {
-      int e = -1;
-      do {
-        e++;
-        man <<= 1;
-      } while (!(man & 0x400u));
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float out;
-  memcpy(&out, &bits, 4);
-  return out;
-}
-
 /* Stores n floats in `dtype` at dst. */
 static void pref_store_(st_dtype dtype, const float *src, size_t n, unsigned char *dst) {
   if (dtype == ST_F32) {
@@ -107,7 +58,7 @@ static void pref_store_(st_dtype dtype, const float *src, size_t n, unsigned cha
     return;
   }
   for (size_t i = 0; i < n; i++) {
-    uint16_t h = pref_f32_to_f16(src[i]);
+    uint16_t h = dpod_f32_to_f16(src[i]);
     memcpy(dst + 2 * i, &h, 2);
   }
 }
@@ -137,10 +88,8 @@ int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer *
              dir);
     return DPOD_EINVAL;
   }
-  if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-    snprintf(err, errlen, "%s: cannot create: %s", dir, strerror(errno));
-    return DPOD_EIO;
-  }
+  int rc = dpod_mkdirs(dir, 0777, 0, err, errlen);
+  if (rc != 0) return rc;
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, PREF_MANIFEST);
   if (unlink(path) != 0 && errno != ENOENT) {
@@ -333,23 +282,15 @@ int pref_writer_set_info_number(pref_writer *w, const char *key, double value) {
   return cJSON_AddNumberToObject(w->info, key, value) ? 0 : DPOD_ENOMEM;
 }
 
+/* A manifest: the text and a final newline, whole or not at all. */
 static int pref_write_text_atomic_(const char *path, const char *text, char *err, size_t errlen) {
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-    return DPOD_EIO;
-  }
-  size_t n = strlen(text);
-  int ok = fwrite(text, 1, n, f) == n && fputc('\n', f) != EOF && fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = (fclose(f) == 0) && ok;
-  if (!ok || rename(tmp, path) != 0) {
-    snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
-    unlink(tmp);
-    return DPOD_EIO;
-  }
-  return 0;
+  dpod_atomic_file f;
+  int rc = dpod_atomic_open(&f, path, 0, err, errlen);
+  if (rc == 0) rc = dpod_atomic_write(&f, text, strlen(text), err, errlen);
+  if (rc == 0) rc = dpod_atomic_write(&f, "\n", 1, err, errlen);
+  if (rc == 0) return dpod_atomic_commit(&f, err, errlen);
+  dpod_atomic_abort(&f);
+  return rc;
 }
 
 int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {

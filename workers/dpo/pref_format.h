@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dpod_half.h"
 #include "safetensors.h"
 
 #define PREF_FORMAT_NAME "dpod-preference"
@@ -62,9 +63,5 @@ void pref_writer_free(pref_writer *w);
 
 /* The message of the last failed add on w. */
 const char *pref_writer_last_error(const pref_writer *w);
-
-/* IEEE half precision, round to nearest even; overflow gives infinity. */
-uint16_t pref_f32_to_f16(float f);
-float pref_f16_to_f32(uint16_t h);
 
 #endif

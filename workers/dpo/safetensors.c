@@ -10,7 +10,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,8 @@
 #include <unistd.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
+#include "dpod_half.h"
 
 #define ST_MAX_HEADER (100u * 1000u * 1000u)
 
@@ -62,17 +63,6 @@ static int st_dtype_parse_(const char *s, st_dtype *out) {
   return -1;
 }
 
-static int st_fail_(char *err, size_t errlen, int status, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int st_fail_(char *err, size_t errlen, int status, const char *fmt, ...) {
-  if (err && errlen) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-  }
-  return status;
-}
 
 /* A JSON number that is a non-negative integer representable exactly (< 2^53). */
 static int st_json_uint_(const cJSON *j, uint64_t *out) {
@@ -129,26 +119,26 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   st_file *f = NULL;
 
   *out = NULL;
-  if (!path) return st_fail_(err, errlen, DPOD_EINVAL, "st_open: no path");
+  if (!path) return dpod_errf(err, errlen, DPOD_EINVAL, "st_open: no path");
   f = calloc(1, sizeof *f);
   if (!f || !(f->path = strdup(path))) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    rc = st_fail_(err, errlen, errno == ENOENT ? DPOD_ENOENT : DPOD_EIO, "%s: cannot open: %s", path,
+    rc = dpod_errf(err, errlen, errno == ENOENT ? DPOD_ENOENT : DPOD_EIO, "%s: cannot open: %s", path,
                   strerror(errno));
     goto fail;
   }
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    rc = dpod_errf(err, errlen, DPOD_EIO, "%s: cannot stat: %s", path, strerror(errno));
     goto fail;
   }
   uint64_t fsize = (uint64_t)sb.st_size;
   if (fsize < 8) {
-    rc = st_fail_(err, errlen, DPOD_EFORMAT,
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                   "%s: file is %llu bytes, too short for the 8-byte header length (truncated?)", path,
                   (unsigned long long)fsize);
     goto fail;
@@ -156,7 +146,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   f->map = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
   if (f->map == MAP_FAILED) {
     f->map = NULL;
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: cannot map: %s", path, strerror(errno));
+    rc = dpod_errf(err, errlen, DPOD_EIO, "%s: cannot map: %s", path, strerror(errno));
     goto fail;
   }
   f->map_len = (size_t)fsize;
@@ -167,12 +157,12 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | base[i];
   if (hlen > ST_MAX_HEADER) {
-    rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: header length %llu exceeds the %u-byte limit", path,
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: header length %llu exceeds the %u-byte limit", path,
                   (unsigned long long)hlen, ST_MAX_HEADER);
     goto fail;
   }
   if (hlen > fsize - 8) {
-    rc = st_fail_(err, errlen, DPOD_EFORMAT,
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                   "%s: header length %llu goes beyond the end of the file (%llu bytes; truncated?)", path,
                   (unsigned long long)hlen, (unsigned long long)fsize);
     goto fail;
@@ -181,18 +171,18 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   root = cJSON_ParseWithLengthOpts((const char *)base + 8, (size_t)hlen, &parse_end, 0);
   if (!root) {
     size_t at = parse_end ? (size_t)(parse_end - ((const char *)base + 8)) : 0;
-    rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: header is not valid JSON (near byte %zu of %llu)", path,
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: header is not valid JSON (near byte %zu of %llu)", path,
                   at, (unsigned long long)hlen);
     goto fail;
   }
   if (!cJSON_IsObject(root)) {
-    rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: header JSON is not an object", path);
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: header JSON is not an object", path);
     goto fail;
   }
   /* Trailing bytes after the JSON may only be the spaces writers pad with. */
   for (const char *p = parse_end; p && p < (const char *)base + 8 + hlen; p++) {
     if (*p != ' ' && *p != '\n' && *p != '\t' && *p != '\r' && *p != '\0') {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: header has trailing bytes after the JSON object", path);
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: header has trailing bytes after the JSON object", path);
       goto fail;
     }
   }
@@ -204,7 +194,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   tmp = calloc(n ? n : 1, sizeof *tmp);
   spans = calloc(n ? n : 1, sizeof *spans);
   if (!tmp || !spans) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
 
@@ -212,7 +202,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     const char *name = e->string ? e->string : "";
     if (strcmp(name, "__metadata__") == 0) {
       if (!cJSON_IsObject(e)) {
-        rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: __metadata__ is not an object", path);
+        rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: __metadata__ is not an object", path);
         goto fail;
       }
       size_t m = 0;
@@ -222,12 +212,12 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
       f->meta_keys = calloc(m ? m : 1, sizeof(char *));
       f->meta_values = calloc(m ? m : 1, sizeof(char *));
       if (!f->meta_keys || !f->meta_values) {
-        rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+        rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
         goto fail;
       }
       for (cJSON *kv = e->child; kv; kv = kv->next) {
         if (!cJSON_IsString(kv)) {
-          rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: __metadata__ value '%s' is not a string", path,
+          rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: __metadata__ value '%s' is not a string", path,
                         kv->string ? kv->string : "");
           goto fail;
         }
@@ -235,14 +225,14 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
         f->meta_values[f->meta_count] = strdup(kv->valuestring);
         f->meta_count++;
         if (!f->meta_keys[f->meta_count - 1] || !f->meta_values[f->meta_count - 1]) {
-          rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+          rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
           goto fail;
         }
       }
       continue;
     }
     if (!cJSON_IsObject(e)) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': entry is not an object", path, name);
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': entry is not an object", path, name);
       goto fail;
     }
     const cJSON *jd = NULL, *js = NULL, *jo = NULL;
@@ -252,29 +242,29 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
       else if (strcmp(k, "shape") == 0 && !js) js = fld;
       else if (strcmp(k, "data_offsets") == 0 && !jo) jo = fld;
       else {
-        rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': unexpected field '%s'", path, name, k);
+        rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': unexpected field '%s'", path, name, k);
         goto fail;
       }
     }
     if (!jd || !js || !jo) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': missing field '%s'", path, name,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': missing field '%s'", path, name,
                     !jd ? "dtype" : !js ? "shape" : "data_offsets");
       goto fail;
     }
     st_tensor *t = &tmp[ntmp];
     if (!cJSON_IsString(jd) || st_dtype_parse_(jd->valuestring, &t->dtype) != 0) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': unknown dtype %s%s%s", path, name,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': unknown dtype %s%s%s", path, name,
                     cJSON_IsString(jd) ? "'" : "", cJSON_IsString(jd) ? jd->valuestring : "(not a string)",
                     cJSON_IsString(jd) ? "'" : "");
       goto fail;
     }
     if (!cJSON_IsArray(js)) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': shape is not an array", path, name);
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': shape is not an array", path, name);
       goto fail;
     }
     int nd = cJSON_GetArraySize(js);
     if (nd > ST_MAX_DIMS) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': %d dimensions, at most %d supported", path,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': %d dimensions, at most %d supported", path,
                     name, nd, ST_MAX_DIMS);
       goto fail;
     }
@@ -285,7 +275,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     for (cJSON *d = js->child; d; d = d->next, di++) {
       uint64_t v;
       if (st_json_uint_(d, &v) != 0) {
-        rc = st_fail_(err, errlen, DPOD_EFORMAT,
+        rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                       "%s: tensor '%s': shape[%d] is not a non-negative integer", path, name, di);
         goto fail;
       }
@@ -295,25 +285,25 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     }
     size_t esz = st_dtype_size(t->dtype);
     if (overflow || numel > UINT64_MAX / esz) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': shape's element count overflows", path,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': shape's element count overflows", path,
                     name);
       goto fail;
     }
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2 ||
         st_json_uint_(jo->child, &spans[ntmp].begin) != 0 ||
         st_json_uint_(jo->child->next, &spans[ntmp].end) != 0) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets is not a pair of non-negative integers", path, name);
       goto fail;
     }
     uint64_t b = spans[ntmp].begin, en = spans[ntmp].end;
     if (b > en) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': data_offsets [%llu, %llu) end before they begin",
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s': data_offsets [%llu, %llu) end before they begin",
                     path, name, (unsigned long long)b, (unsigned long long)en);
       goto fail;
     }
     if (en > data_len) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets [%llu, %llu) out of range: the data area holds %llu bytes",
                     path, name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)data_len);
       goto fail;
@@ -325,7 +315,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
       for (int k = 0; k < nd && o < sizeof shp; k++)
         o += (size_t)snprintf(shp + o, sizeof shp - o, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
       if (o < sizeof shp) snprintf(shp + o, sizeof shp - o, "]");
-      rc = st_fail_(err, errlen, DPOD_EFORMAT,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets [%llu, %llu) hold %llu bytes, %s %s needs %llu", path,
                     name, (unsigned long long)b, (unsigned long long)en, (unsigned long long)(en - b),
                     st_dtype_name(t->dtype), shp, (unsigned long long)(numel * esz));
@@ -336,7 +326,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     t->data = data + b;
     t->name = strdup(name);
     if (!t->name) {
-      rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+      rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
       goto fail;
     }
     ntmp++;
@@ -346,14 +336,14 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   names = malloc((ntmp ? ntmp : 1) * sizeof *names);
   order = malloc((ntmp ? ntmp : 1) * sizeof *order);
   if (!names || !order) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
   for (size_t i = 0; i < ntmp; i++) names[i] = (char *)tmp[i].name;
   qsort(names, ntmp, sizeof *names, st_cmp_str_);
   for (size_t i = 1; i < ntmp; i++) {
     if (strcmp(names[i - 1], names[i]) == 0) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT, "%s: tensor '%s' appears twice in the header", path, names[i]);
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: tensor '%s' appears twice in the header", path, names[i]);
       goto fail;
     }
   }
@@ -368,14 +358,14 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   for (size_t k = 0; k < ntmp; k++) {
     size_t i = order[k];
     if (spans[i].begin < pos) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s' (which ends at %llu)", path,
                     tmp[i].name, (unsigned long long)spans[i].begin, (unsigned long long)spans[i].end,
                     prev ? prev : "?", (unsigned long long)pos);
       goto fail;
     }
     if (spans[i].begin > pos) {
-      rc = st_fail_(err, errlen, DPOD_EFORMAT,
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets begin at %llu, leaving a gap after byte %llu", path,
                     tmp[i].name, (unsigned long long)spans[i].begin, (unsigned long long)pos);
       goto fail;
@@ -384,7 +374,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     prev = tmp[i].name;
   }
   if (pos != data_len) {
-    rc = st_fail_(err, errlen, DPOD_EFORMAT,
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                   "%s: the data area holds %llu bytes but the tensors cover %llu (trailing bytes)", path,
                   (unsigned long long)data_len, (unsigned long long)pos);
     goto fail;
@@ -392,7 +382,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
 
   f->tensors = calloc(ntmp ? ntmp : 1, sizeof *f->tensors);
   if (!f->tensors) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
   for (size_t k = 0; k < ntmp; k++) f->tensors[k] = tmp[order[k]];
@@ -451,32 +441,6 @@ void st_metadata_at(const st_file *f, size_t i, const char **key, const char **v
   if (value) *value = f->meta_values[i];
 }
 
-static float st_half_to_f32_(uint16_t h) {
-  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t man = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else { /* subnormal: renormalise */
-      int e = -1;
-      do {
-        e++;
-        man <<= 1;
-      } while (!(man & 0x400u));
-      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float out;
-  memcpy(&out, &bits, 4);
-  return out;
-}
-
 int st_to_f32(const st_tensor *t, float *out) {
   if (!t || !out) return DPOD_EINVAL;
   const unsigned char *p = t->data;
@@ -487,15 +451,14 @@ int st_to_f32(const st_tensor *t, float *out) {
       for (int64_t i = 0; i < n; i++) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        out[i] = st_half_to_f32_(h);
+        out[i] = dpod_f16_to_f32(h);
       }
       break;
     case ST_BF16:
       for (int64_t i = 0; i < n; i++) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        uint32_t bits = (uint32_t)h << 16;
-        memcpy(&out[i], &bits, 4);
+        out[i] = dpod_bf16_to_f32(h);
       }
       break;
     case ST_F64:
@@ -664,34 +627,21 @@ static int st_cmp_wentry_(const void *a, const void *b) {
   return strcmp(x->name, y->name);
 }
 
-static int st_write_all_(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n) {
-    ssize_t k = write(fd, p, n > (1u << 30) ? (1u << 30) : n);
-    if (k < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += k;
-    n -= (size_t)k;
-  }
-  return 0;
-}
-
 int st_writer_write(st_writer *w, const char *path, uint64_t *bytes_out, char *err, size_t errlen) {
   int rc = DPOD_EIO;
   cJSON *root = NULL;
-  char *json = NULL, *tmp = NULL, *dircopy = NULL;
+  char *json = NULL;
   st_wentry_ **sorted = NULL;
-  int fd = -1;
+  dpod_atomic_file f;
+  f.fd = -1;
 
-  if (!w || !path) return st_fail_(err, errlen, DPOD_EINVAL, "st_writer_write: no writer or path");
+  if (!w || !path) return dpod_errf(err, errlen, DPOD_EINVAL, "st_writer_write: no writer or path");
   if (w->failed)
-    return st_fail_(err, errlen, DPOD_EINVAL, "%s: an earlier st_writer_add failed; not writing", path);
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: an earlier st_writer_add failed; not writing", path);
   sorted = malloc((w->n ? w->n : 1) * sizeof *sorted);
   root = cJSON_CreateObject();
   if (!sorted || !root) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
   for (size_t i = 0; i < w->n; i++) sorted[i] = &w->e[i];
@@ -701,7 +651,7 @@ int st_writer_write(st_writer *w, const char *path, uint64_t *bytes_out, char *e
     for (size_t i = 0; m && i < w->mn; i++)
       if (!cJSON_AddStringToObject(m, w->mkeys[i], w->mvals[i])) m = NULL;
     if (!m) {
-      rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+      rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
       goto fail;
     }
   }
@@ -711,13 +661,13 @@ int st_writer_write(st_writer *w, const char *path, uint64_t *bytes_out, char *e
     cJSON *t = cJSON_CreateObject();
     if (!t || !cJSON_AddItemToObject(root, e->name, t)) {
       cJSON_Delete(t);
-      rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+      rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
       goto fail;
     }
     cJSON *shape = cJSON_AddArrayToObject(t, "shape");
     cJSON *offs = cJSON_AddArrayToObject(t, "data_offsets");
     if (!cJSON_AddStringToObject(t, "dtype", st_dtype_name(e->dtype)) || !shape || !offs) {
-      rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+      rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
       goto fail;
     }
     for (int k = 0; k < e->ndim; k++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)e->shape[k]));
@@ -727,76 +677,32 @@ int st_writer_write(st_writer *w, const char *path, uint64_t *bytes_out, char *e
   }
   json = cJSON_PrintUnformatted(root);
   if (!json) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
+    rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
   size_t jlen = strlen(json);
   size_t hlen = (jlen + 7) & ~(size_t)7;
 
-  size_t plen = strlen(path);
-  tmp = malloc(plen + 5);
-  if (!tmp) {
-    rc = st_fail_(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
-    goto fail;
-  }
-  memcpy(tmp, path, plen);
-  memcpy(tmp + plen, ".tmp", 5);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    goto fail;
-  }
+  if ((rc = dpod_atomic_open(&f, path, 0, err, errlen)) != 0) goto fail;
   unsigned char lenbuf[8];
   for (int i = 0; i < 8; i++) lenbuf[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
   static const char spaces[8] = "        ";
-  if (st_write_all_(fd, lenbuf, 8) != 0 || st_write_all_(fd, json, jlen) != 0 ||
-      st_write_all_(fd, spaces, hlen - jlen) != 0) {
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: write failed: %s", tmp, strerror(errno));
+  if ((rc = dpod_atomic_write(&f, lenbuf, 8, err, errlen)) != 0 ||
+      (rc = dpod_atomic_write(&f, json, jlen, err, errlen)) != 0 ||
+      (rc = dpod_atomic_write(&f, spaces, hlen - jlen, err, errlen)) != 0)
     goto fail;
-  }
-  for (size_t i = 0; i < w->n; i++) {
-    if (sorted[i]->nbytes && st_write_all_(fd, sorted[i]->data, sorted[i]->nbytes) != 0) {
-      rc = st_fail_(err, errlen, DPOD_EIO, "%s: writing tensor '%s' failed: %s", tmp, sorted[i]->name,
-                    strerror(errno));
+  for (size_t i = 0; i < w->n; i++)
+    if (sorted[i]->nbytes && (rc = dpod_atomic_write(&f, sorted[i]->data, sorted[i]->nbytes, err, errlen)) != 0)
       goto fail;
-    }
-  }
-  if (fsync(fd) != 0) {
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: fsync failed: %s", tmp, strerror(errno));
-    goto fail;
-  }
-  if (close(fd) != 0) {
-    fd = -1;
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: close failed: %s", tmp, strerror(errno));
-    goto fail;
-  }
-  fd = -1;
-  if (rename(tmp, path) != 0) {
-    rc = st_fail_(err, errlen, DPOD_EIO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-    goto fail;
-  }
-  /* Make the rename itself durable. */
-  dircopy = strdup(path);
-  if (dircopy) {
-    int dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      (void)fsync(dfd);
-      close(dfd);
-    }
-  }
+  if ((rc = dpod_atomic_commit(&f, err, errlen)) != 0) goto fail;
   if (bytes_out) *bytes_out = 8 + hlen + off;
-  free(dircopy);
-  free(tmp);
   free(json);
   free(sorted);
   cJSON_Delete(root);
   return 0;
 
 fail:
-  if (fd >= 0) close(fd);
-  if (tmp) unlink(tmp);
-  free(dircopy);
-  free(tmp);
+  dpod_atomic_abort(&f);
   free(json);
   free(sorted);
   cJSON_Delete(root);

@@ -59,7 +59,7 @@ int unet_load_weights(unet_t m, const char *safetensors_path);
 int unet_copy_weights(unet_t dst, unet_t src);
 
 /* Makes the model a frozen reference: no gradients, inference mode for every later forward. */
-void unet_freeze(unet_t m);
+int unet_freeze(unet_t m);
 
 /* Writes `dir`/diffusion_pytorch_model.safetensors (F32, diffusers names, written to a temporary name,
  * fsynced and renamed) and `dir`/config.json, so UNet2DConditionModel.from_pretrained(dir) loads it.
@@ -83,10 +83,13 @@ int unet_backward_mse(unet_t m, const float *grad_mse);
 
 /* All trainable parameters live in one contiguous float32 buffer and their gradients in another, in
  * state-dict order, so gradients can be all-reduced in a few large calls. The pointers stay valid for
- * the handle's lifetime. CPU only (NULL otherwise). *n receives the element count. */
+ * the handle's lifetime. CPU only; NULL (with unet_last_error saying why) otherwise. *n receives the
+ * element count. */
 float *unet_grad_buffer(unet_t m, size_t *n);
 float *unet_param_buffer(unet_t m, size_t *n);
-void unet_zero_grad(unet_t m);
+/* Zeroes the gradient buffer. A failure here must stop training: the next backward would add to stale
+ * gradients. */
+int unet_zero_grad(unet_t m);
 
 /* Parameter tensor i (0 <= i < num_tensors) in state-dict order: its diffusers name, element offset in
  * the flat buffers, and shape. Strings owned by the handle. */

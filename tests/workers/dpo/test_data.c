@@ -118,8 +118,8 @@ static void check_round_trip(st_dtype dtype) {
     for (size_t j = 0; j < TIMG; j++) {
       float ew = winner_value(i, j), el = loser_value(i, j);
       if (dtype == ST_F16) {
-        ew = pref_f16_to_f32(pref_f32_to_f16(ew));
-        el = pref_f16_to_f32(pref_f32_to_f16(el));
+        ew = dpod_f16_to_f32(dpod_f32_to_f16(ew));
+        el = dpod_f16_to_f32(dpod_f32_to_f16(el));
       }
       assert_true(w[j] == ew);
       assert_true(l[j] == el);
@@ -156,18 +156,18 @@ static void format_round_trip_f16_is_rounded_f32(void **state) {
 
 static void f16_conversion_rounds_to_nearest_even(void **state) {
   (void)state;
-  assert_int_equal(pref_f32_to_f16(1.0f), 0x3c00);
-  assert_int_equal(pref_f32_to_f16(-2.0f), 0xc000);
-  assert_int_equal(pref_f32_to_f16(65504.0f), 0x7bff);
-  assert_int_equal(pref_f32_to_f16(65520.0f), 0x7c00);          /* rounds up to infinity */
-  assert_int_equal(pref_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);   /* tie: to even */
-  assert_int_equal(pref_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02); /* tie: to even, upwards */
-  assert_int_equal(pref_f32_to_f16(0x1p-24f), 0x0001);          /* smallest subnormal */
-  assert_int_equal(pref_f32_to_f16(0x1p-26f), 0x0000);
-  assert_true(isnan(pref_f16_to_f32(pref_f32_to_f16(NAN))));
+  assert_int_equal(dpod_f32_to_f16(1.0f), 0x3c00);
+  assert_int_equal(dpod_f32_to_f16(-2.0f), 0xc000);
+  assert_int_equal(dpod_f32_to_f16(65504.0f), 0x7bff);
+  assert_int_equal(dpod_f32_to_f16(65520.0f), 0x7c00);          /* rounds up to infinity */
+  assert_int_equal(dpod_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);   /* tie: to even */
+  assert_int_equal(dpod_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02); /* tie: to even, upwards */
+  assert_int_equal(dpod_f32_to_f16(0x1p-24f), 0x0001);          /* smallest subnormal */
+  assert_int_equal(dpod_f32_to_f16(0x1p-26f), 0x0000);
+  assert_true(isnan(dpod_f16_to_f32(dpod_f32_to_f16(NAN))));
   for (int i = -20000; i < 20000; i += 7) {
     float x = (float)i * 0.013f;
-    assert_true(fabsf(pref_f16_to_f32(pref_f32_to_f16(x)) - x) <= fabsf(x) * 0x1p-11f + 0x1p-25f);
+    assert_true(fabsf(dpod_f16_to_f32(dpod_f32_to_f16(x)) - x) <= fabsf(x) * 0x1p-11f + 0x1p-25f);
   }
 }
 
@@ -264,7 +264,7 @@ static void open_refuses_inf_in_f16_latent_naming_shard_and_record(void **state)
   (void)state;
   const char *dir = write_known("inf16", ST_F16, 10, 5);
   static uint16_t w[4 * TIMG], l[4 * TIMG];
-  for (size_t j = 0; j < 4 * TIMG; j++) w[j] = l[j] = pref_f32_to_f16(0.5f);
+  for (size_t j = 0; j < 4 * TIMG; j++) w[j] = l[j] = dpod_f32_to_f16(0.5f);
   w[3 * TIMG] = 0x7c00; /* +inf at record 3, element 0 of the winner */
   int32_t p[4] = {0, 1, 2, 3};
   int64_t shape[4] = {4, TC, TH, TW};
@@ -500,7 +500,7 @@ static void write_import_inputs(void) {
     snprintf(name[i], sizeof name[i], "img_%c", 'a' + i);
     for (int j = 0; j < 16; j++) {
       lat[i][j] = (float)(i + 1);
-      lat16[i][j] = pref_f32_to_f16((float)(i + 1));
+      lat16[i][j] = dpod_f32_to_f16((float)(i + 1));
     }
     int64_t s4[4] = {1, 4, 2, 2}, s3[3] = {4, 2, 2};
     if (i == 0) assert_int_equal(st_writer_add(w, name[i], ST_F32, 4, s4, lat[i]), 0);

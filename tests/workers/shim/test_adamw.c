@@ -97,7 +97,7 @@ static void grads_accumulate_in_flat_buffer(void **state) {
   assert_int_equal(unet_backward_mse(m, gm), DPOD_ESTATE); /* no graph yet */
   size_t n;
   const float *g = unet_grad_buffer(m, &n);
-  unet_zero_grad(m);
+  assert_int_equal(unet_zero_grad(m), 0);
   if (unet_forward_mse(m, 2, 8, 8, 4, x, t, e, tgt, mse, NULL) != 0) fail_msg("%s", unet_last_error(m));
   if (unet_backward_mse(m, gm) != 0) fail_msg("%s", unet_last_error(m));
   float *once = malloc(n * sizeof(float));
@@ -111,7 +111,7 @@ static void grads_accumulate_in_flat_buffer(void **state) {
   for (size_t i = 0; i < n; i++)
     if (fabs(g[i] - 2.0 * once[i]) > 1e-5 * fabs(once[i]) + 1e-12)
       fail_msg("grad[%zu] after two backwards %.9g, want %.9g", i, g[i], 2.0 * once[i]);
-  unet_zero_grad(m);
+  assert_int_equal(unet_zero_grad(m), 0);
   for (size_t i = 0; i < n; i++) assert_true(g[i] == 0.0f);
   free(once);
   unet_free(m);

@@ -37,7 +37,7 @@ static void check_dpo_folder(const char *folder) {
 #define F(name) (snprintf(rel, sizeof rel, "%s/%s", folder, name), tu_path(rel))
   unet_t policy = load_model(tu_path("unet.safetensors"));
   unet_t ref = load_model(F("ref_unet.safetensors"));
-  unet_freeze(ref);
+  assert_int_equal(unet_freeze(ref), 0);
 
   char inputs[1024];
   snprintf(inputs, sizeof inputs, "%s", F("dpo_inputs.safetensors"));
@@ -98,7 +98,7 @@ static void check_dpo_folder(const char *folder) {
   cJSON_Delete(exp);
 
   /* Back-propagate and compare every gradient, within 1e-3 of the largest gradient in the set. */
-  unet_zero_grad(policy);
+  assert_int_equal(unet_zero_grad(policy), 0);
   if (unet_backward_mse(policy, grad_mse) != 0) fail_msg("backward: %s", unet_last_error(policy));
   size_t ngrad = 0;
   const float *grad = unet_grad_buffer(policy, &ngrad);

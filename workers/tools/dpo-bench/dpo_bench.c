@@ -19,6 +19,7 @@
 
 #include "blas_select.h"
 #include "dpo_math.h"
+#include "dpod_file.h"
 #include "unet_shim.h"
 
 /* The "bigger" shape: three levels (64/128/256), two layers per block, SD-style 77-token text. */
@@ -64,19 +65,6 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = xmalloc((size_t)n + 1);
-  size_t got = fread(s, 1, (size_t)n, f);
-  fclose(f);
-  s[got] = 0;
-  return s;
-}
-
 static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, const char *profile) {
   char err[1024];
   unet_params up = unet_default_params();
@@ -89,11 +77,10 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     unet_free(policy);
     return 1;
   }
-  if (unet_copy_weights(ref, policy) != 0) {
+  if (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0) {
     fprintf(stderr, "dpo-bench: %s\n", unet_last_error(ref));
     return 1;
   }
-  unet_freeze(ref);
   unet_info info;
   unet_get_info(policy, &info);
   const int P = sh->pairs, n = 2 * P, L = sh->text_len;
@@ -136,7 +123,7 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     }
     for (int i = 0; i < n; i++) tf[i] = (float)ti[i];
     dpo_add_noise(&sched, n, img, x0, noise, ti, x_t, target);
-    unet_zero_grad(policy);
+    if (unet_zero_grad(policy) != 0) goto torch_fail_p;
     t[1] = now_ms();
     if (unet_forward_mse(policy, n, hw, hw, L, x_t, tf, ehs, target, mse_p, NULL) != 0) goto torch_fail_p;
     t[2] = now_ms();
@@ -245,9 +232,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (config) {
-    char *json = read_text(config);
-    if (!json) {
-      fprintf(stderr, "dpo-bench: cannot read %s\n", config);
+    char *json = NULL, err[1024];
+    if (dpod_read_file(config, 1 << 20, &json, NULL, err, sizeof err) != 0) {
+      fprintf(stderr, "dpo-bench: %s\n", err);
       return 1;
     }
     bench_shape sh = {config, json, pairs, text_len, size};

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "blas_select.h"
+#include "dpod_file.h"
 #include "dpod_error.h"
 #include "safetensors.h"
 #include "tool_data.h"
@@ -55,39 +56,14 @@ static void command_usage(const dpo_tool_command *c, FILE *out) {
   fprintf(out, "usage: dpo-tool %s %s\n  %s\n", c->name, c->args, c->summary);
 }
 
+/* The text of a config file the user named, or NULL after saying why. */
 static char *read_text(const char *path, const char *what) {
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    fprintf(stderr, "dpo-tool: cannot open %s %s: %s\n", what, path, strerror(errno));
+  char *text = NULL, err[1024];
+  if (dpod_read_file(path, 1 << 20, &text, NULL, err, sizeof err) != 0) {
+    fprintf(stderr, "dpo-tool: %s %s\n", what, err);
     return NULL;
   }
-  char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len + 4096 + 1 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        fprintf(stderr, "dpo-tool: out of memory reading %s\n", path);
-        return NULL;
-      }
-      buf = nb;
-    }
-    size_t k = fread(buf + len, 1, 4096, f);
-    len += k;
-    if (k < 4096) break;
-  }
-  int bad = ferror(f);
-  fclose(f);
-  if (bad) {
-    free(buf);
-    fprintf(stderr, "dpo-tool: read error on %s\n", path);
-    return NULL;
-  }
-  buf[len] = 0;
-  return buf;
+  return text;
 }
 
 static void print_shape(FILE *out, const int64_t *shape, int ndim) {

@@ -15,36 +15,22 @@
 #include "dataset.h"
 #include "ddim.h"
 #include "dpo_math.h"
+#include "diffusers_names.h"
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "safetensors.h"
 #include "synth.h"
 #include "tool_data.h"
 #include "unet_shim.h"
 
+/* The text of a config file, or NULL after saying why. */
 static char *sample_read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  char *buf = NULL;
-  size_t len = 0, cap = 0;
-  for (;;) {
-    if (len + 4097 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *nb = realloc(buf, cap);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        errno = ENOMEM;
-        return NULL;
-      }
-      buf = nb;
-    }
-    size_t n = fread(buf + len, 1, 4096, f);
-    len += n;
-    if (n < 4096) break;
+  char *text = NULL, err[1024];
+  if (dpod_read_file(path, 1 << 20, &text, NULL, err, sizeof err) != 0) {
+    fprintf(stderr, "dpo-tool sample: %s\n", err);
+    return NULL;
   }
-  fclose(f);
-  buf[len] = 0;
-  return buf;
+  return text;
 }
 
 typedef struct {
@@ -149,36 +135,29 @@ int tool_sample_main(int argc, char **argv) {
   st_writer *w = NULL;
 
   /* The model. */
-  snprintf(path, sizeof path, "%s/config.json", ckpt);
-  if (!(cfg = sample_read_text(path))) {
-    fprintf(stderr, "dpo-tool sample: cannot read %s: %s\n", path, strerror(errno));
-    goto fail;
-  }
+  snprintf(path, sizeof path, "%s/%s", ckpt, DIFFUSERS_CONFIG_NAME);
+  if (!(cfg = sample_read_text(path))) goto fail;
   unet_params up = unet_default_params();
   up.threads = (int)threads;
   if ((rc = unet_create(cfg, &up, &m, err, sizeof err)) != 0) {
     fprintf(stderr, "dpo-tool sample: %s: %s (%s)\n", path, err, dpod_err_name(rc));
     goto fail;
   }
-  snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", ckpt);
-  if ((rc = unet_load_weights(m, path)) != 0) {
+  snprintf(path, sizeof path, "%s/%s", ckpt, DIFFUSERS_WEIGHTS_NAME);
+  if ((rc = unet_load_weights(m, path)) != 0 || (rc = unet_freeze(m)) != 0) {
     fprintf(stderr, "dpo-tool sample: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
     goto fail;
   }
-  unet_freeze(m);
   unet_info info;
   unet_get_info(m, &info);
 
   /* The schedule: --scheduler-config, else CKPT/scheduler_config.json if present, else SD 1.5's. */
   if (!sched_path) {
-    snprintf(path, sizeof path, "%s/scheduler_config.json", ckpt);
+    snprintf(path, sizeof path, "%s/%s", ckpt, DIFFUSERS_SCHEDULER_CONFIG_NAME);
     if (access(path, R_OK) == 0) sched_path = path;
   }
   if (sched_path) {
-    if (!(sj = sample_read_text(sched_path))) {
-      fprintf(stderr, "dpo-tool sample: cannot read %s: %s\n", sched_path, strerror(errno));
-      goto fail;
-    }
+    if (!(sj = sample_read_text(sched_path))) goto fail;
     if ((rc = dpo_schedule_from_json(&sched, sj, err, sizeof err)) != 0) {
       fprintf(stderr, "dpo-tool sample: %s: %s (%s)\n", sched_path, err, dpod_err_name(rc));
       goto fail;

@@ -1,0 +1,148 @@
+/* The UNet inside the shim (C++, internal): its parameters, its structure and the functions over it.
+ *
+ * The model is not a tree of torch::nn modules but a list of parameters in diffusers' state-dict order
+ * plus small structs that hold indices into it. That keeps the names exact by construction, lets every
+ * parameter be a view into one flat buffer (and every gradient a view into another, for in-place
+ * all-reduce), and keeps the shim on <ATen/ATen.h> rather than the much slower <torch/torch.h>.
+ *
+ *   unet_model.cpp      building the parameter list, the forward pass, the analytic FLOP count
+ *   unet_attention.cpp  the attention core (direct sgemm per head, with its own backward)
+ *   unet_ops.cpp        what the C API does: create, load, save, train step, optimizer
+ *   unet_shim.cpp       the C API itself: the extern "C" boundary where every exception stops
+ *
+ * Functions here report failure by throwing: shim::error for what a caller did wrong (a status and a
+ * message naming the problem), anything else for libtorch's own failures. */
+#ifndef DPOD_UNET_MODEL_H
+#define DPOD_UNET_MODEL_H
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "unet_config.h"
+
+namespace shim {
+
+/* A failure with a dpod_status, thrown inside the shim and turned into a return value at the boundary. */
+struct error : std::runtime_error {
+  int status;
+  error(int s, const std::string &msg) : std::runtime_error(msg), status(s) {}
+};
+
+enum init_kind { INIT_FAN_IN, INIT_ONES, INIT_ZEROS };
+
+struct param_ {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;
+  init_kind init = INIT_FAN_IN;
+  int64_t fan_in = 1;
+  at::Tensor t;  /* view into the flat parameter buffer */
+};
+
+struct lin_ {
+  int w = -1, b = -1;
+};
+struct conv_ {
+  int w = -1, b = -1;
+  int64_t stride = 1, pad = 0;
+  bool pad_right = false; /* downsample_padding 0: pad (0, 1, 0, 1) before the strided conv */
+};
+struct norm_ {
+  int w = -1, b = -1;
+  int64_t groups = 0; /* 0: LayerNorm over the last dimension */
+  double eps = 1e-5;
+};
+struct resnet_ {
+  norm_ n1, n2;
+  conv_ c1, c2, shortcut;
+  lin_ temb;
+  bool has_shortcut = false;
+  double scale = 1.0;
+};
+struct attn_ {
+  lin_ q, k, v, out;
+  int qkv = -1; /* self-attention: index of the fused [3 dim, dim] to_q/to_k/to_v leaf in unet::fused */
+  int kv = -1;  /* cross-attention: the fused [2 dim, ctx_dim] to_k/to_v leaf */
+  int64_t heads = 1, dim_head = 1;
+  double scale = 1.0;
+};
+struct tblock_ {
+  norm_ n1, n2, n3;
+  attn_ a1, a2;
+  lin_ ff1, ff2;
+};
+struct transformer_ {
+  norm_ norm;
+  bool linear = false;
+  conv_ pin_c, pout_c; /* use_linear_projection false */
+  int pin_2d = -1, pout_2d = -1; /* their 1x1 kernels as [out, in] leaves in unet::fused */
+  lin_ pin_l, pout_l;  /* use_linear_projection true */
+  std::vector<tblock_> blocks;
+};
+/* Consecutive weights used as one matrix: `count` parameters from `first`, each [rows, cols]. */
+struct span_ {
+  int first = 0, count = 0;
+  int64_t rows = 0, cols = 0;
+};
+struct block_ {
+  std::vector<transformer_> attns;
+  std::vector<resnet_> resnets;
+  bool has_sampler = false;
+  conv_ sampler;
+};
+
+}  // namespace shim
+
+struct unet {
+  unet_config_ cfg;
+  std::string cfg_json;
+  std::vector<shim::param_> params;
+  /* Leaves over runs of consecutive parameters (q/k/v weights) so one matmul computes all three; like
+   * the parameters they are views of the flat buffer, and their .grad views of the gradient buffer. */
+  std::vector<shim::span_> spans;
+  std::vector<at::Tensor> fused;
+  at::Tensor flat, flat_grad;          /* [num_params] float32 */
+  at::Tensor adam_m, adam_v;           /* allocated on the first step */
+  int64_t adam_step = 0;
+  bool frozen = false;
+  std::string err;
+
+  shim::conv_ conv_in, conv_out;
+  shim::lin_ t1, t2;
+  std::vector<shim::block_> downs, ups;
+  shim::block_ mid;
+  shim::norm_ norm_out;
+
+  at::Tensor mse;  /* [n] with its graph, between unet_forward_mse and unet_backward_mse */
+  int mse_n = 0;
+};
+
+namespace shim {
+
+/* Fills m.params and the block structs from m.cfg, in diffusers' registration order. */
+void build(unet &m);
+/* Lays the parameters out in one flat buffer (and their gradients in another) and initialises them
+ * from `seed` the way PyTorch's default Linear/Conv init would (distribution, not stream). */
+void allocate(unet &m, uint64_t seed);
+
+/* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. Records autograd only when grad
+ * mode is on. */
+at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs);
+
+/* Forward FLOPs (matmul-shaped work only) of n images of h x w latents with L text tokens. */
+double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w);
+
+/* softmax(scale q k^T) v for every (image, head). q [b, n, 3 dim] (self-attention: q, k, v side by
+ * side, kv empty) or q [b, n, dim] with kv [b, m, 2 dim]; returns [b, n, dim]. Differentiable. */
+at::Tensor attention_core(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale);
+
+/* Sets OpenBLAS's own thread pool, if the BLAS is OpenBLAS (at::set_num_threads does not reach it). */
+void set_blas_threads(int n);
+
+}  // namespace shim
+
+#endif
