@@ -23,18 +23,20 @@
 #include "health.pb-c.h"
 #include "job_spec.h"
 #include "rpc_client.h"
+#include "rpc_methods.h"
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 
 #define RPC_TIMEOUT_MS 10000
 #define WATCH_RETRIES 10
-#define M_SUBMIT "/dpod.v1.Coordinator/SubmitJob"
-#define M_GET "/dpod.v1.Coordinator/GetJob"
-#define M_LIST "/dpod.v1.Coordinator/ListJobs"
-#define M_CANCEL "/dpod.v1.Coordinator/CancelJob"
-#define M_RESTART "/dpod.v1.Coordinator/RestartJob"
-#define M_WATCH "/dpod.v1.Coordinator/WatchJob"
-#define M_HEALTH "/grpc.health.v1.Health/Check"
+#define M_COORD(name) rpc_method_path(&dpod__v1__coordinator__descriptor, name)
+#define M_SUBMIT M_COORD("SubmitJob")
+#define M_GET M_COORD("GetJob")
+#define M_LIST M_COORD("ListJobs")
+#define M_CANCEL M_COORD("CancelJob")
+#define M_RESTART M_COORD("RestartJob")
+#define M_WATCH M_COORD("WatchJob")
+#define M_HEALTH rpc_method_path(&grpc__health__v1__health__descriptor, "Check")
 
 typedef struct {
   char addr[1024];

@@ -27,7 +27,7 @@ enum {
   ST_GET_INFO,
   ST_SET_SECRET,
   ST_SET_CANCEL,
-  ST_SET_SESSION,
+  ST_SET_HANDLE,
   ST_COUNT_
 };
 
@@ -53,10 +53,10 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_GET_EVENT] = "SELECT payload FROM events WHERE job_id = ?1 AND seq = ?2",
     [ST_GET_JOB] = "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
                    " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs WHERE id = ?1",
-    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret, session_id FROM jobs WHERE id = ?1",
+    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret, launch_handle FROM jobs WHERE id = ?1",
     [ST_SET_SECRET] = "UPDATE jobs SET secret = ?2 WHERE id = ?1",
     [ST_SET_CANCEL] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
-    [ST_SET_SESSION] = "UPDATE jobs SET session_id = ?2 WHERE id = ?1",
+    [ST_SET_HANDLE] = "UPDATE jobs SET launch_handle = ?2 WHERE id = ?1",
 };
 
 /* Version 1. The *_step columns let an append decide "already stored?" without unpacking a blob. */
@@ -95,6 +95,13 @@ static const char store_schema_v2[] =
 
 /* Version 3: the session of a launched job's mpirun, for recovery after a daemon crash. */
 static const char store_schema_v3[] = "ALTER TABLE jobs ADD COLUMN session_id INTEGER NOT NULL DEFAULT 0;";
+
+/* Version 4: the session id becomes the launcher's durable handle, text that any backend can write
+ * ("mpirun:sid=1234,attempt=2", "slurm:job=5678,attempt=1"). Jobs launched before carry attempt 1. */
+static const char store_schema_v4[] =
+    "ALTER TABLE jobs ADD COLUMN launch_handle TEXT NOT NULL DEFAULT '';"
+    "UPDATE jobs SET launch_handle = 'mpirun:sid=' || session_id || ',attempt=1' WHERE session_id > 0;"
+    "ALTER TABLE jobs DROP COLUMN session_id;";
 
 struct job_store {
   sqlite3 *db;
@@ -167,6 +174,7 @@ static int job_store_migrate_(job_store *s, char *err, size_t errlen) {
     const char *step = version == 0   ? store_schema_v1
                        : version == 1 ? store_schema_v2
                        : version == 2 ? store_schema_v3
+                       : version == 3 ? store_schema_v4
                                       : NULL;
     if (!step) {
       snprintf(err, errlen, "no migration from schema version %d", version);
@@ -524,7 +532,8 @@ int job_store_get_info(job_store *s, uint64_t job_id, job_info *out) {
     out->last_seq = (uint64_t)sqlite3_column_int64(st, 2);
     const unsigned char *secret = sqlite3_column_text(st, 3);
     snprintf(out->secret, sizeof out->secret, "%s", secret ? (const char *)secret : "");
-    out->session = sqlite3_column_int(st, 4);
+    const unsigned char *handle = sqlite3_column_text(st, 4);
+    snprintf(out->launch_handle, sizeof out->launch_handle, "%s", handle ? (const char *)handle : "");
   } else if (rc == SQLITE_DONE) {
     status = DPOD_ENOENT;
   } else {
@@ -601,11 +610,15 @@ int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret) {
   return store_exec_stmt(s, st, "storing the job secret");
 }
 
-int job_store_set_session(job_store *s, uint64_t job_id, int session) {
-  sqlite3_stmt *st = store_stmt(s, ST_SET_SESSION);
+int job_store_set_launch_handle(job_store *s, uint64_t job_id, const char *handle) {
+  if (strlen(handle) >= JOB_STORE_HANDLE_MAX) {
+    snprintf(s->err, sizeof s->err, "launch handle longer than %d bytes", JOB_STORE_HANDLE_MAX - 1);
+    return DPOD_EINVAL;
+  }
+  sqlite3_stmt *st = store_stmt(s, ST_SET_HANDLE);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
-  sqlite3_bind_int(st, 2, session);
-  return store_exec_stmt(s, st, "storing the job's session");
+  sqlite3_bind_text(st, 2, handle, -1, SQLITE_STATIC);
+  return store_exec_stmt(s, st, "storing the job's launch handle");
 }
 
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id) {

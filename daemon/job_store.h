@@ -19,7 +19,8 @@
 #include "dpod_paths.h"
 #include "job_names.h"
 
-#define JOB_STORE_SCHEMA_VERSION 3
+#define JOB_STORE_SCHEMA_VERSION 4
+#define JOB_STORE_HANDLE_MAX 128 /* longest launch handle, NUL included (LAUNCH_HANDLE_MAX) */
 
 typedef struct job_store job_store;
 
@@ -30,7 +31,7 @@ typedef struct {
   bool cancel_requested;
   uint64_t last_seq;
   char secret[JOB_SECRET_HEX_LEN + 1]; /* "" until the job is launched */
-  int session;                         /* the session mpirun leads (its pid); 0 until launched */
+  char launch_handle[JOB_STORE_HANDLE_MAX]; /* the newest attempt's launch handle; "" until launched */
 } job_info;
 
 /* Opens (creating if needed) the database at `path`: WAL, synchronous=NORMAL, a busy timeout, schema
@@ -80,9 +81,9 @@ void job_store_free_jobs(Dpod__V1__Job **jobs, size_t n);
 
 /* Stores the job's secret (set when it is launched). */
 int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret);
-/* Stores the session id of the job's mpirun, so that a dpod restarted after a crash can find the
- * processes of the jobs it was running. */
-int job_store_set_session(job_store *s, uint64_t job_id, int session);
+/* Stores the launch handle of the job's newest attempt (daemon/launch/launch.h), so that a dpod
+ * restarted after a crash can find what it was running. DPOD_EINVAL if longer than the column allows. */
+int job_store_set_launch_handle(job_store *s, uint64_t job_id, const char *handle);
 /* Persists the cancel request of a STARTING/RUNNING job. */
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id);
 

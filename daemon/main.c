@@ -1,20 +1,23 @@
-/* dpod: the coordinator daemon.
+/* dpod: the coordinator daemon. This file is process set-up: options, the state directory and its lock,
+ * the socket, the loop, signals and the order of shutdown.
  *
  * One libuv loop owns all state. The gRPC server (rpc_server.c) drains its completion queue on a
- * thread of its own and hands every completion to the loop through uv_async_send; handlers
- * (coordinator.c) run on the loop, read and write the SQLite job store (job_store.c) synchronously,
- * queue jobs FIFO over a fixed number of worker slots (sched.c) and start each job as an mpirun
- * process group (launcher.c) whose exit the loop observes through uv_spawn's exit callback.
- * Signals only start the shutdown sequence; a 1 s cron runs the slower chores.
+ * thread of its own and hands every completion to the loop through uv_async_send; the handlers (api.c)
+ * run on the loop and call the coordinator (coordinator.c), which reads and writes the SQLite job store
+ * (job_store.c) synchronously, queues jobs FIFO over the launch backend's capacity (job_queue.c) and runs
+ * each attempt through the launch backend (launch/, mpirun today), whose exits the loop observes.
+ * WatchJob streams (watch.c) hear of every stored event. Signals only start the shutdown sequence; a 1 s
+ * cron runs the slower chores.
  *
  * Shutdown: refuse new jobs, SIGTERM every job's ranks (they checkpoint, report it and exit
  * "preempted"), SIGKILL what is left after a grace period, record the jobs PREEMPTED or FAILED "dpod
  * shut down"; then stop accepting calls, cancel those still open, let the
  * completion-queue thread drain and exit, close the store, remove the socket.
  *
- * Start-up after a crash: queued jobs are queued again; a job that was starting or running has lost
- * its parent, so what is left of it (found by the mpirun session id stored at launch) is killed and the
- * job is recorded FAILED, resumable from its newest checkpoint with RestartJob. */
+ * Start-up after a crash: queued jobs are queued again; for a job that was starting or running, the
+ * launch backend says from the stored launch handle what became of it: recorded as its exit record says
+ * if it ended, else (mpirun's attempts lose their parent) what is left of it is killed and the job is
+ * recorded FAILED, resumable from its newest checkpoint with RestartJob. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -37,8 +40,10 @@
 #include "dpod_file.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
-#include "launcher.h"
+#include "api.h"
+#include "launch.h"
 #include "rpc_server.h"
+#include "watch.h"
 
 #define CRON_PERIOD_MS 1000
 #define SHUTDOWN_CALL_GRACE_MS 2000 /* open calls may end by themselves this long after the last job */
@@ -47,7 +52,10 @@
 static struct {
   uv_loop_t *loop;
   rpc_server *srv;
+  launch_backend *backend;
   coord *co;
+  watch_set *watches;
+  api_ctx api;
   uv_signal_t sigint, sigterm;
   uv_timer_t cron, grace, deadline;
   uint64_t cronloops;
@@ -148,8 +156,12 @@ static void shutdown_finish(void) {
   if (!dpod.jobs_done || !dpod.rpc_done) return;
   rpc_server_free(dpod.srv);
   dpod.srv = NULL;
+  watch_set_free(dpod.watches);
+  dpod.watches = NULL;
   coord_free(dpod.co);
   dpod.co = NULL;
+  launch_backend_free(dpod.backend);
+  dpod.backend = NULL;
   close_handle((uv_handle_t *)&dpod.sigint);
   close_handle((uv_handle_t *)&dpod.sigterm);
   close_handle((uv_handle_t *)&dpod.cron);
@@ -225,7 +237,7 @@ int main(int argc, char **argv) {
 
   dpod_default_addr(addr, sizeof addr);
   dpod_default_state_dir(state_dir, sizeof state_dir);
-  launcher_default_worker(worker, sizeof worker);
+  launch_default_worker(worker, sizeof worker);
 
   enum { OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP };
   static const struct option opts[] = {
@@ -305,17 +317,40 @@ int main(int argc, char **argv) {
   make_report_addr(addr, report_addr, sizeof report_addr);
 
   dpod.loop = uv_default_loop();
-  coord_params cp = coord_default_params();
-  cp.state_dir = state_dir;
-  cp.report_addr = report_addr;
-  cp.slots = (unsigned)slots;
-  cp.worker = worker;
-  cp.mpirun = mpirun;
-  if (coord_open(dpod.loop, &cp, &dpod.co, err, sizeof err) != 0) {
+  /* First, before anything that would need undoing: a failure here leaves only the loop to give back. */
+  int uv = 0;
+  if ((uv = uv_signal_init(dpod.loop, &dpod.sigint)) != 0 || (uv = uv_signal_init(dpod.loop, &dpod.sigterm)) != 0 ||
+      (uv = uv_signal_start(&dpod.sigint, on_signal, SIGINT)) != 0 ||
+      (uv = uv_signal_start(&dpod.sigterm, on_signal, SIGTERM)) != 0 || (uv = uv_timer_init(dpod.loop, &dpod.cron)) != 0 ||
+      (uv = uv_timer_start(&dpod.cron, on_cron, CRON_PERIOD_MS, CRON_PERIOD_MS)) != 0 ||
+      (uv = uv_timer_init(dpod.loop, &dpod.grace)) != 0 || (uv = uv_timer_init(dpod.loop, &dpod.deadline)) != 0) {
+    log_error("cannot set up the event loop: %s", uv_strerror(uv));
+    return 1;
+  }
+  uv_unref((uv_handle_t *)&dpod.deadline);
+  launch_mpirun_params lp = launch_mpirun_default_params();
+  lp.mpirun = mpirun;
+  lp.worker = worker;
+  lp.report_addr = report_addr;
+  lp.slots = (unsigned)slots;
+  if (launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err) != 0) {
     log_error("%s", err);
     goto fail;
   }
-  if (rpc_server_create(dpod.loop, &dpod.srv) != 0 || coord_register(dpod.co, dpod.srv) != 0) {
+  coord_params cp = coord_default_params();
+  cp.state_dir = state_dir;
+  if (coord_open(dpod.loop, &cp, dpod.backend, &dpod.co, err, sizeof err) != 0) {
+    log_error("%s", err);
+    goto fail;
+  }
+  if (watch_set_create(coord_store(dpod.co), &dpod.watches) != 0) {
+    log_error("out of memory");
+    goto fail;
+  }
+  coord_set_event_hook(dpod.co, watch_notify, dpod.watches);
+  dpod.api.co = dpod.co;
+  dpod.api.ws = dpod.watches;
+  if (rpc_server_create(dpod.loop, &dpod.srv) != 0 || api_register(dpod.srv, &dpod.api) != 0) {
     log_error("cannot set up the rpc server");
     goto fail;
   }
@@ -327,15 +362,6 @@ int main(int argc, char **argv) {
     log_error("recovering jobs failed; serving anyway");
   }
 
-  uv_signal_init(dpod.loop, &dpod.sigint);
-  uv_signal_init(dpod.loop, &dpod.sigterm);
-  uv_signal_start(&dpod.sigint, on_signal, SIGINT);
-  uv_signal_start(&dpod.sigterm, on_signal, SIGTERM);
-  uv_timer_init(dpod.loop, &dpod.cron);
-  uv_timer_start(&dpod.cron, on_cron, CRON_PERIOD_MS, CRON_PERIOD_MS);
-  uv_timer_init(dpod.loop, &dpod.grace);
-  uv_timer_init(dpod.loop, &dpod.deadline);
-  uv_unref((uv_handle_t *)&dpod.deadline);
 
   printf("dpod listening on %s (state %s, %lu slots)\n", addr, state_dir, slots);
   fflush(stdout);
@@ -352,8 +378,15 @@ fail:
     rpc_server_free(dpod.srv);
     dpod.srv = NULL;
   }
+  watch_set_free(dpod.watches);
   coord_free(dpod.co);
   dpod.co = NULL;
+  launch_backend_free(dpod.backend);
+  close_handle((uv_handle_t *)&dpod.sigint);
+  close_handle((uv_handle_t *)&dpod.sigterm);
+  close_handle((uv_handle_t *)&dpod.cron);
+  close_handle((uv_handle_t *)&dpod.grace);
+  close_handle((uv_handle_t *)&dpod.deadline);
   uv_run(dpod.loop, UV_RUN_NOWAIT); /* runs pending close callbacks */
 out:
   if (dpod.socket_path[0]) unlink(dpod.socket_path);

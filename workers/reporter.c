@@ -9,6 +9,7 @@
 #include "dpod_error.h"
 #include "dpod_log.h"
 #include "rpc_client.h"
+#include "rpc_methods.h"
 
 #define REPORT_PERIOD_MS 200   /* batching window */
 #define REPORT_TIMEOUT_MS 5000 /* one Report call */
@@ -69,7 +70,7 @@ static int reporter_send_batch(reporter *r, size_t n) {
   req.events = events;
   ProtobufCMessage *resp = NULL;
   char err[512];
-  rc = rpc_unary(r->client, "/dpod.v1.WorkerReport/Report", &req.base, &dpod__v1__report_response__descriptor,
+  rc = rpc_unary(r->client, rpc_method_path(&dpod__v1__worker_report__descriptor, "Report"), &req.base, &dpod__v1__report_response__descriptor,
                  &resp, REPORT_TIMEOUT_MS, err, sizeof err);
   if (rc == 0) {
     Dpod__V1__ReportResponse *rr = (Dpod__V1__ReportResponse *)resp;

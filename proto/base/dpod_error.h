@@ -25,7 +25,9 @@
   X(EDB, -14, "database error")                                        \
   X(ECANCELED, -15, "operation cancelled")                             \
   X(ENUMERIC, -16, "non-finite value")                                \
-  X(EACCESS, -17, "permission denied")
+  X(EACCESS, -17, "permission denied")                                 \
+  X(EUNAVAILABLE, -18, "service unavailable")                          \
+  X(EINTERNAL, -19, "internal error")
 
 typedef enum {
   DPOD_OK = 0,

@@ -219,7 +219,7 @@ static void reopened_store_finds_its_data(void **state) {
   assert_int_equal(append_metrics(f, id, 1), 2);
   assert_int_equal(job_store_set_secret(f->s, id, "abc"), 0);
   assert_int_equal(job_store_set_cancel_requested(f->s, id), 0);
-  assert_int_equal(job_store_set_session(f->s, id, 4242), 0);
+  assert_int_equal(job_store_set_launch_handle(f->s, id, "mpirun:sid=4242,attempt=1"), 0);
   job_store_close(f->s);
   f->s = NULL;
 
@@ -230,7 +230,7 @@ static void reopened_store_finds_its_data(void **state) {
   assert_int_equal(info.last_seq, 2);
   assert_string_equal(info.secret, "abc");
   assert_true(info.cancel_requested);
-  assert_int_equal(info.session, 4242);
+  assert_string_equal(info.launch_handle, "mpirun:sid=4242,attempt=1");
   Dpod__V1__JobEvent *ev = NULL;
   assert_int_equal(job_store_get_event(f->s, id, 2, &ev), 0);
   assert_int_equal(ev->metrics->step, 1);
@@ -286,7 +286,7 @@ static void newer_schema_is_refused(void **state) {
 }
 
 /* A database written by the dpod before sessions were stored (schema 2) opens, keeps its jobs, and
- * gains the column. */
+ * gains the launch handle column. */
 static void version_2_database_is_migrated(void **state) {
   fixture *f = *state;
   uint64_t id = create_job(f, "old", 1);
@@ -294,7 +294,7 @@ static void version_2_database_is_migrated(void **state) {
   f->s = NULL;
   sqlite3 *db;
   assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-  assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN session_id; PRAGMA user_version = 2;", NULL, NULL,
+  assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN launch_handle; PRAGMA user_version = 2;", NULL, NULL,
                                 NULL),
                    SQLITE_OK);
   sqlite3_close(db);
@@ -303,10 +303,36 @@ static void version_2_database_is_migrated(void **state) {
   assert_int_equal(job_store_open(f->db, &f->s, err, sizeof err), 0);
   job_info info;
   assert_int_equal(job_store_get_info(f->s, id, &info), 0);
-  assert_int_equal(info.session, 0);
-  assert_int_equal(job_store_set_session(f->s, id, 7), 0);
+  assert_string_equal(info.launch_handle, "");
+  assert_int_equal(job_store_set_launch_handle(f->s, id, "mpirun:sid=7,attempt=1"), 0);
   assert_int_equal(job_store_get_info(f->s, id, &info), 0);
-  assert_int_equal(info.session, 7);
+  assert_string_equal(info.launch_handle, "mpirun:sid=7,attempt=1");
+}
+
+/* Schema 3 stored mpirun's session id as an integer: it becomes that session's handle, attempt 1, and a
+ * job never launched keeps no handle. */
+static void version_3_session_becomes_a_launch_handle(void **state) {
+  fixture *f = *state;
+  uint64_t launched = create_job(f, "launched", 1), queued = create_job(f, "queued", 1);
+  job_store_close(f->s);
+  f->s = NULL;
+  sqlite3 *db;
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "ALTER TABLE jobs DROP COLUMN launch_handle; ALTER TABLE jobs ADD COLUMN session_id INTEGER NOT NULL "
+           "DEFAULT 0; UPDATE jobs SET session_id = 4242 WHERE id = %llu; PRAGMA user_version = 3;",
+           (unsigned long long)launched);
+  assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+
+  char err[256];
+  assert_int_equal(job_store_open(f->db, &f->s, err, sizeof err), 0);
+  job_info info;
+  assert_int_equal(job_store_get_info(f->s, launched, &info), 0);
+  assert_string_equal(info.launch_handle, "mpirun:sid=4242,attempt=1");
+  assert_int_equal(job_store_get_info(f->s, queued, &info), 0);
+  assert_string_equal(info.launch_handle, "");
 }
 
 int main(int argc, char **argv) {
@@ -320,6 +346,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(list_filters_by_state_newest_first, setup, teardown),
       cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(version_2_database_is_migrated, setup, teardown),
+      cmocka_unit_test_setup_teardown(version_3_session_becomes_a_launch_handle, setup, teardown),
   };
   return CMOCKA_MAIN("job_store", tests, NULL, NULL);
 }

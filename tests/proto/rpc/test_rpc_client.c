@@ -24,6 +24,7 @@
 #include "fake_server.h"
 #include "health.pb-c.h"
 #include "rpc_client.h"
+#include "rpc_methods.h"
 
 static char dir[256], addr[300];
 static rpc_client *client;
@@ -285,6 +286,20 @@ static void works_from_other_threads(void **state) {
   }
 }
 
+/* Paths come from protoc-c's descriptors: exactly the contract's, one string per method, and NULL for a
+ * method the service does not have. */
+static void method_paths_come_from_the_contract(void **state) {
+  (void)state;
+  const char *get = rpc_method_path(&dpod__v1__coordinator__descriptor, "GetJob");
+  assert_non_null(get);
+  assert_string_equal(get, "/dpod.v1.Coordinator/GetJob");
+  assert_ptr_equal(get, rpc_method_path(&dpod__v1__coordinator__descriptor, "GetJob"));
+  assert_string_equal(rpc_method_path(&dpod__v1__worker_report__descriptor, "Report"), "/dpod.v1.WorkerReport/Report");
+  assert_string_equal(rpc_method_path(&grpc__health__v1__health__descriptor, "Check"), "/grpc.health.v1.Health/Check");
+  assert_null(rpc_method_path(&dpod__v1__coordinator__descriptor, "Report"));
+  assert_null(rpc_method_path(&dpod__v1__worker_report__descriptor, "GetJob"));
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(int argc, char **argv) {
@@ -302,6 +317,7 @@ int main(int argc, char **argv) {
       T(stream_next_times_out_and_stays_usable),
       T(stream_close_while_running),
       T(works_from_other_threads),
+      cmocka_unit_test(method_paths_come_from_the_contract),
   };
   return CMOCKA_MAIN("rpc_client", tests, group_setup, group_teardown);
 }

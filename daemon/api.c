@@ -1,0 +1,209 @@
+#include "api.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpod_error.h"
+#include "health.pb-c.h"
+#include "job_store.h"
+#include "rpc_methods.h"
+
+#define API_LIST_MAX 1000 /* ListJobs never returns more, whatever the request asks */
+#define API_LIST_DEFAULT 100
+
+grpc_status_code api_code(int status) {
+  switch (status) {
+    case DPOD_OK: return GRPC_STATUS_OK;
+    case DPOD_EINVAL:
+    case DPOD_EFORMAT:
+    case DPOD_ESHAPE:
+    case DPOD_EUNSUPPORTED:
+    case DPOD_ENUMERIC: return GRPC_STATUS_INVALID_ARGUMENT;
+    case DPOD_ENOENT: return GRPC_STATUS_NOT_FOUND;
+    case DPOD_ESTATE: return GRPC_STATUS_FAILED_PRECONDITION;
+    case DPOD_EAUTH: return GRPC_STATUS_UNAUTHENTICATED;
+    case DPOD_EACCESS: return GRPC_STATUS_PERMISSION_DENIED;
+    case DPOD_ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
+    case DPOD_ETIMEDOUT: return GRPC_STATUS_DEADLINE_EXCEEDED;
+    case DPOD_ECANCELED: return GRPC_STATUS_CANCELLED;
+    case DPOD_EUNAVAILABLE: return GRPC_STATUS_UNAVAILABLE;
+    default: return GRPC_STATUS_INTERNAL;
+  }
+}
+
+/* Ends the call with the status's code and message. */
+static void api_fail(rpc_call *call, int status, const char *err) {
+  rpc_call_fail(call, api_code(status), "%s", err);
+}
+
+#define API_UNPACK(type, fn, call, req, len)                                      \
+  type *msg = fn(NULL, (len), (req));                                             \
+  if (!msg) {                                                                     \
+    rpc_call_fail((call), GRPC_STATUS_INVALID_ARGUMENT, "malformed " #type);      \
+    return;                                                                       \
+  }
+
+/* Answers with the job's current state in `resp`, whose job field is `slot`. */
+static void api_reply_job(coord *co, rpc_call *call, uint64_t id, ProtobufCMessage *resp, Dpod__V1__Job **slot) {
+  Dpod__V1__Job *job = NULL;
+  int status = job_store_get(coord_store(co), id, &job);
+  if (status == DPOD_ENOENT) {
+    rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "job %" PRIu64 " not found", id);
+    return;
+  }
+  if (status != 0) {
+    rpc_call_fail(call, GRPC_STATUS_INTERNAL, "job store: %s", job_store_last_error(coord_store(co)));
+    return;
+  }
+  *slot = job;
+  rpc_call_reply(call, resp);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  *slot = NULL;
+}
+
+static void api_health_check(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  const api_ctx *a = arg;
+  API_UNPACK(Grpc__Health__V1__HealthCheckRequest, grpc__health__v1__health_check_request__unpack, call, req, len);
+  const char *svc = msg->service ? msg->service : "";
+  if (strcmp(svc, "") == 0 || strcmp(svc, dpod__v1__coordinator__descriptor.name) == 0) {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    /* While it stops its jobs a shutting-down dpod still answers, but takes no new work. */
+    resp.status = coord_serving(a->co) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    rpc_call_reply(call, &resp.base);
+  } else {
+    rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "unknown service \"%.200s\"", svc);
+  }
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+}
+
+static void api_submit_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__SubmitJobRequest, dpod__v1__submit_job_request__unpack, call, req, len);
+  Dpod__V1__JobSpec *spec = msg->spec;
+  msg->spec = NULL; /* taken: the coordinator normalizes and frees it */
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  char err[512];
+  uint64_t id = 0;
+  int status = coord_submit(a->co, spec, &id, err, sizeof err);
+  if (status != 0) {
+    api_fail(call, status, err);
+    return;
+  }
+  Dpod__V1__SubmitJobResponse resp = DPOD__V1__SUBMIT_JOB_RESPONSE__INIT;
+  api_reply_job(a->co, call, id, &resp.base, &resp.job);
+}
+
+/* The shape of GetJob, CancelJob and RestartJob: an operation on one job (none for GetJob), then the
+ * job as it is now. */
+typedef int (*api_job_op)(coord *co, uint64_t id, char *err, size_t errlen);
+
+static void api_on_job(rpc_call *call, api_ctx *a, uint64_t id, api_job_op op, ProtobufCMessage *resp,
+                       Dpod__V1__Job **slot) {
+  char err[512];
+  int status = op ? op(a->co, id, err, sizeof err) : 0;
+  if (status != 0) api_fail(call, status, err);
+  else api_reply_job(a->co, call, id, resp, slot);
+}
+
+static void api_get_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  API_UNPACK(Dpod__V1__GetJobRequest, dpod__v1__get_job_request__unpack, call, req, len);
+  uint64_t id = msg->job_id;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  Dpod__V1__GetJobResponse resp = DPOD__V1__GET_JOB_RESPONSE__INIT;
+  api_on_job(call, arg, id, NULL, &resp.base, &resp.job);
+}
+
+static void api_list_jobs(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__ListJobsRequest, dpod__v1__list_jobs_request__unpack, call, req, len);
+  uint32_t limit = msg->limit == 0 ? API_LIST_DEFAULT : msg->limit > API_LIST_MAX ? API_LIST_MAX : msg->limit;
+  Dpod__V1__Job **jobs = NULL;
+  size_t n = 0;
+  job_store *store = coord_store(a->co);
+  int status = job_store_list(store, (const Dpod__V1__JobState *)msg->states, msg->n_states, limit, false, &jobs, &n);
+  if (status != 0) {
+    rpc_call_fail(call, GRPC_STATUS_INTERNAL, "job store: %s", job_store_last_error(store));
+  } else {
+    Dpod__V1__ListJobsResponse resp = DPOD__V1__LIST_JOBS_RESPONSE__INIT;
+    resp.jobs = jobs;
+    resp.n_jobs = n;
+    rpc_call_reply(call, &resp.base);
+    job_store_free_jobs(jobs, n);
+  }
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+}
+
+static void api_cancel_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  API_UNPACK(Dpod__V1__CancelJobRequest, dpod__v1__cancel_job_request__unpack, call, req, len);
+  uint64_t id = msg->job_id;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  Dpod__V1__CancelJobResponse resp = DPOD__V1__CANCEL_JOB_RESPONSE__INIT;
+  api_on_job(call, arg, id, coord_cancel, &resp.base, &resp.job);
+}
+
+static void api_restart_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  API_UNPACK(Dpod__V1__RestartJobRequest, dpod__v1__restart_job_request__unpack, call, req, len);
+  uint64_t id = msg->job_id;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  Dpod__V1__RestartJobResponse resp = DPOD__V1__RESTART_JOB_RESPONSE__INIT;
+  api_on_job(call, arg, id, coord_restart, &resp.base, &resp.job);
+}
+
+static void api_watch_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__WatchJobRequest, dpod__v1__watch_job_request__unpack, call, req, len);
+  uint64_t id = msg->job_id, after = msg->after_seq;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  job_info info;
+  job_store *store = coord_store(a->co);
+  int status = job_store_get_info(store, id, &info);
+  if (status == DPOD_ENOENT) {
+    rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "job %" PRIu64 " not found", id);
+  } else if (status != 0) {
+    rpc_call_fail(call, GRPC_STATUS_INTERNAL, "job store: %s", job_store_last_error(store));
+  } else if (watch_start(a->ws, call, id, after) != 0) {
+    rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+}
+
+static void api_report(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__ReportRequest, dpod__v1__report_request__unpack, call, req, len);
+  char err[512];
+  Dpod__V1__ReportResponse resp = DPOD__V1__REPORT_RESPONSE__INIT;
+  int status = coord_report(a->co, msg, &resp.directive, err, sizeof err);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  if (status != 0) {
+    api_fail(call, status, err);
+    return;
+  }
+  resp.has_directive = resp.directive != DPOD__V1__DIRECTIVE__DIRECTIVE_NONE;
+  rpc_call_reply(call, &resp.base);
+}
+
+int api_register(rpc_server *srv, api_ctx *ctx) {
+  const ProtobufCServiceDescriptor *coordinator = &dpod__v1__coordinator__descriptor;
+  const struct {
+    const ProtobufCServiceDescriptor *svc;
+    const char *method;
+    rpc_handler fn;
+  } methods[] = {
+      {coordinator, "SubmitJob", api_submit_job},
+      {coordinator, "GetJob", api_get_job},
+      {coordinator, "ListJobs", api_list_jobs},
+      {coordinator, "CancelJob", api_cancel_job},
+      {coordinator, "RestartJob", api_restart_job},
+      {coordinator, "WatchJob", api_watch_job},
+      {&dpod__v1__worker_report__descriptor, "Report", api_report},
+      {&grpc__health__v1__health__descriptor, "Check", api_health_check},
+  };
+  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+    const char *path = rpc_method_path(methods[i].svc, methods[i].method);
+    if (!path) return DPOD_EINVAL; /* a handler for a method the contract does not have */
+    int status = rpc_server_add_method(srv, path, methods[i].fn, ctx);
+    if (status != 0) return status;
+  }
+  return 0;
+}

@@ -1,0 +1,27 @@
+/* api: the RPC handlers of dpod.v1.Coordinator, dpod.v1.WorkerReport and grpc.health.v1.Health/Check.
+ *
+ * Each handler unpacks its request (refusing a malformed one with INVALID_ARGUMENT), calls the
+ * coordinator or the watch streams, and ends its call before returning (a WatchJob call lives on in its
+ * stream). dpod statuses become gRPC codes in one place, api_code(). */
+#ifndef DPOD_API_H
+#define DPOD_API_H
+
+#include <grpc/status.h>
+
+#include "coordinator.h"
+#include "rpc_server.h"
+#include "watch.h"
+
+/* What the handlers work on; borrowed, it must outlive the server's calls. */
+typedef struct {
+  coord *co;
+  watch_set *ws;
+} api_ctx;
+
+/* Registers every method on `srv` (before rpc_server_start). */
+int api_register(rpc_server *srv, api_ctx *ctx);
+
+/* The gRPC status code for a dpod status: DPOD_ENOENT -> NOT_FOUND, DPOD_EINVAL -> INVALID_ARGUMENT, ... */
+grpc_status_code api_code(int status);
+
+#endif

@@ -1,0 +1,45 @@
+/* For implementers of a launch backend (internal to daemon/launch): the table of operations behind the
+ * launch_* calls, and the parts of a backend and of a run that launch.c manages. */
+#ifndef DPOD_LAUNCH_BACKEND_H
+#define DPOD_LAUNCH_BACKEND_H
+
+#include "launch.h"
+
+typedef struct {
+  const char *name; /* handle prefix */
+  int (*start)(launch_backend *b, const launch_request *req, launch_run **out, char *handle, char *err,
+               size_t errlen);
+  int (*stop)(launch_run *r, launch_stop_mode how, int *signalled);
+  int (*recover)(launch_backend *b, const char *handle, const char *run_dir, launch_run **out, launch_exit *exit,
+                 int *stopped, char *err, size_t errlen);
+  void (*poll)(launch_backend *b);     /* may be NULL */
+  unsigned (*capacity)(const launch_backend *b);
+  void (*log_path)(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len);
+  void (*free)(launch_backend *b);
+} launch_backend_ops;
+
+/* The first member of every backend. */
+struct launch_backend {
+  const launch_backend_ops *ops;
+  uv_loop_t *loop;
+};
+
+/* The first member of every backend's run. The backend allocates the run; launch.c fills cb, arg and
+ * handle and calls launch_run_ended_() once the attempt is over. */
+struct launch_run {
+  launch_backend *backend;
+  launch_exit_cb cb;
+  void *arg;
+  uint32_t attempt;
+  int ended;
+  char handle[LAUNCH_HANDLE_MAX];
+};
+
+/* A backend reports an attempt's end: calls the exit callback. The backend frees the run afterwards. */
+void launch_run_ended_(launch_run *r, const launch_exit *exit);
+
+/* Formats "<name>:<fields>,attempt=<n>" into handle (LAUNCH_HANDLE_MAX bytes). Returns 0 or DPOD_EINVAL
+ * when it does not fit. */
+int launch_handle_format_(char *handle, const char *name, uint32_t attempt, const char *fields);
+
+#endif

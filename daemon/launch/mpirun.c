@@ -1,0 +1,294 @@
+/* The mpirun backend: one attempt is
+ *
+ *   mpirun -np N --oversubscribe --bind-to none [--allow-run-as-root] -x DPOD_JOB_SECRET -x TMPDIR
+ *          -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY <dpo-worker> --spec RUN_DIR/spec.pb
+ *          --run-dir RUN_DIR --job-id ID --report-addr ADDR
+ *
+ * spawned from an argv array (never through a shell) with UV_PROCESS_DETACHED, so mpirun leads a new
+ * session. Open MPI gives every rank a process group of its own, but they all stay in that session:
+ * stopping signals the whole session, and the session is SIGKILLed once mpirun has exited so that no
+ * rank outlives its attempt. The secret travels in the environment, never on the command line where ps
+ * would show it. Output goes to RUN_DIR/job.log, appended attempt after attempt.
+ *
+ * Handles are "mpirun:sid=<session>,attempt=<n>". mpirun is dpod's child, so after a dpod restart an
+ * attempt that is still running cannot be watched any more: recover stops what is left of it (the
+ * processes of its session that name its run directory, so a session id since reused by something else
+ * is left alone) and reports it lost, unless its exit record says it had ended. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dpod_error.h"
+#include "dpod_file.h"
+#include "dpod_log.h"
+#include "launch_backend.h"
+#include "proc_scan.h"
+
+extern char **environ;
+
+typedef struct {
+  launch_backend base;
+  char *mpirun, *worker, *report_addr;
+  unsigned slots;
+} mpirun_backend;
+
+typedef struct {
+  launch_run base;       /* first member */
+  uv_process_t process;
+  char *run_dir;
+  int pid;               /* mpirun's pid, which is also its session id */
+} mpirun_run;
+
+launch_mpirun_params launch_mpirun_default_params(void) {
+  launch_mpirun_params p;
+  memset(&p, 0, sizeof p);
+  p.mpirun = "mpirun";
+  p.worker = "dpo-worker";
+  p.slots = 2;
+  return p;
+}
+
+static int64_t mpirun_now_ms_(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void mpirun_run_free_(uv_handle_t *h) {
+  mpirun_run *r = h->data;
+  free(r->run_dir);
+  free(r);
+}
+
+static void mpirun_on_exit_(uv_process_t *h, int64_t exit_status, int term_signal) {
+  mpirun_run *r = h->data;
+  /* mpirun is gone; anything left in its session (a rank stuck in a collective, a helper) goes too. The
+   * session id cannot have been reused: a pid stays allocated while it names a live session. */
+  int left = proc_signal_session(r->pid, NULL, SIGKILL, 0);
+  if (left > 0) log_warn("killed %d leftover processes of job session %d", left, r->pid);
+  launch_exit ex = {.attempt = r->base.attempt,
+                    .term_signal = term_signal,
+                    .exit_status = term_signal ? 0 : (int)exit_status,
+                    .finished_unix_ms = mpirun_now_ms_()};
+  /* Here dpod is what ran the attempt, so dpod writes its exit record. */
+  char err[512];
+  if (launch_exit_record_write(r->run_dir, &ex, err, sizeof err) != 0) log_warn("%s", err);
+  launch_run_ended_(&r->base, &ex);
+  uv_close((uv_handle_t *)h, mpirun_run_free_);
+}
+
+/* The daemon's environment minus the variables the launch sets, plus those. Entries of `extra` are
+ * borrowed; the array itself is malloc'd. */
+static char **mpirun_build_env_(char *const extra[], size_t n_extra) {
+  size_t n = 0;
+  for (char **e = environ; e && *e; e++) n++;
+  char **env = malloc((n + n_extra + 1) * sizeof *env);
+  if (!env) return NULL;
+  size_t k = 0;
+  for (char **e = environ; e && *e; e++) {
+    int overridden = 0;
+    for (size_t i = 0; i < n_extra && !overridden; i++) {
+      size_t name_len = strcspn(extra[i], "=") + 1; /* "NAME=" */
+      overridden = strncmp(*e, extra[i], name_len) == 0;
+    }
+    if (!overridden) env[k++] = *e;
+  }
+  for (size_t i = 0; i < n_extra; i++) env[k++] = extra[i];
+  env[k] = NULL;
+  return env;
+}
+
+static void mpirun_log_path_(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len) {
+  (void)b;
+  (void)attempt; /* every attempt appends to the same log */
+  snprintf(buf, len, "%s/job.log", run_dir);
+}
+
+static int mpirun_start_(launch_backend *base, const launch_request *req, launch_run **out, char *handle, char *err,
+                         size_t errlen) {
+  mpirun_backend *b = (mpirun_backend *)base;
+  int status, log_fd = -1;
+  char **env = NULL;
+  mpirun_run *r = NULL;
+  char tmpdir[PATH_MAX], log_path[PATH_MAX], spec_path[PATH_MAX];
+
+  snprintf(tmpdir, sizeof tmpdir, "%s/tmp", req->run_dir);
+  mpirun_log_path_(base, req->run_dir, req->attempt, log_path, sizeof log_path);
+  snprintf(spec_path, sizeof spec_path, "%s/spec.pb", req->run_dir);
+  if ((status = dpod_mkdirs(tmpdir, 0700, 0, err, errlen)) != 0) goto fail;
+  /* Atomic and durable, so a worker never reads half a file and a restarted dpod finds what it launched. */
+  if ((status = dpod_write_file_atomic(spec_path, req->spec_pb, req->spec_len, DPOD_WRITE_PRIVATE, err, errlen)) != 0)
+    goto fail;
+  if ((log_fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
+    status = dpod_errf(err, errlen, DPOD_EIO, "opening %s: %s", log_path, strerror(errno));
+    goto fail;
+  }
+
+  char np[16], id[32], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
+      blas_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE";
+  unsigned threads = req->threads_per_rank ? req->threads_per_rank : 1;
+  snprintf(np, sizeof np, "%u", req->ranks);
+  snprintf(id, sizeof id, "%" PRIu64, req->job_id);
+  snprintf(secret_env, sizeof secret_env, "%s=%s", DPOD_ENV_JOB_SECRET, req->secret);
+  snprintf(tmpdir_env, sizeof tmpdir_env, "TMPDIR=%s", tmpdir);
+  snprintf(omp_env, sizeof omp_env, "OMP_NUM_THREADS=%u", threads);
+  /* OpenBLAS (which libtorch's matrix products use) starts its own thread pool when it is loaded, before
+   * the worker can say how many threads it wants: without this, N ranks on N cores run N x cores threads. */
+  snprintf(blas_env, sizeof blas_env, "OPENBLAS_NUM_THREADS=%u", threads);
+  /* Spinning OpenMP threads steal the core a neighbouring rank needs; ranks share the machine. */
+  char *extra[] = {secret_env, tmpdir_env, omp_env, blas_env, wait_env};
+  if (!(env = mpirun_build_env_(extra, sizeof extra / sizeof extra[0]))) {
+    status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
+    goto fail;
+  }
+
+  const char *args[32];
+  int a = 0;
+  args[a++] = b->mpirun;
+  args[a++] = "-np";
+  args[a++] = np;
+  args[a++] = "--oversubscribe";
+  args[a++] = "--bind-to";
+  args[a++] = "none";
+  /* Open MPI refuses root unless told; containers commonly run as root. */
+  if (geteuid() == 0) args[a++] = "--allow-run-as-root";
+  static const char *const exported[] = {DPOD_ENV_JOB_SECRET, "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                         "OMP_WAIT_POLICY"};
+  for (size_t i = 0; i < sizeof exported / sizeof exported[0]; i++) {
+    args[a++] = "-x";
+    args[a++] = exported[i];
+  }
+  args[a++] = b->worker;
+  args[a++] = "--spec";
+  args[a++] = spec_path;
+  args[a++] = "--run-dir";
+  args[a++] = req->run_dir;
+  args[a++] = "--job-id";
+  args[a++] = id;
+  args[a++] = "--report-addr";
+  args[a++] = b->report_addr;
+  args[a] = NULL;
+
+  if (!(r = calloc(1, sizeof *r)) || !(r->run_dir = strdup(req->run_dir))) {
+    status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
+    goto fail;
+  }
+  r->process.data = r;
+
+  uv_stdio_container_t stdio[3];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = log_fd;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = log_fd;
+  uv_process_options_t opts;
+  memset(&opts, 0, sizeof opts);
+  opts.exit_cb = mpirun_on_exit_;
+  opts.file = b->mpirun;
+  opts.args = (char **)args;
+  opts.env = env;
+  opts.cwd = req->run_dir;
+  opts.flags = UV_PROCESS_DETACHED;
+  opts.stdio_count = 3;
+  opts.stdio = stdio;
+  int rc = uv_spawn(base->loop, &r->process, &opts);
+  if (rc != 0) {
+    status = dpod_errf(err, errlen, DPOD_EIO, "spawning %s: %s", b->mpirun, uv_strerror(rc));
+    /* libuv requires the handle to be closed even when the spawn failed. */
+    uv_close((uv_handle_t *)&r->process, mpirun_run_free_);
+    r = NULL;
+    goto fail;
+  }
+  r->pid = r->process.pid;
+  close(log_fd);
+  free(env);
+  char fields[32];
+  snprintf(fields, sizeof fields, "sid=%d", r->pid);
+  launch_handle_format_(handle, "mpirun", req->attempt, fields); /* fits: bounded above */
+  log_info("job %" PRIu64 ": launched %s (pid %d, %u ranks, attempt %" PRIu32 "), log %s", req->job_id, b->mpirun,
+           r->pid, req->ranks, req->attempt, log_path);
+  *out = &r->base;
+  return 0;
+
+fail:
+  if (log_fd >= 0) close(log_fd);
+  free(env);
+  if (r) free(r->run_dir);
+  free(r);
+  return status;
+}
+
+static int mpirun_stop_(launch_run *base, launch_stop_mode how, int *signalled) {
+  mpirun_run *r = (mpirun_run *)base;
+  int n;
+  switch (how) {
+    /* SIGTERM to the ranks but not to mpirun, as Slurm signals tasks on preemption: each rank checkpoints
+     * at its next step boundary and exits WORKER_EXIT_PREEMPTED, and so does mpirun. */
+    case LAUNCH_STOP_PREEMPT: n = proc_signal_session(r->pid, NULL, SIGTERM, r->pid); break;
+    case LAUNCH_STOP_TERMINATE: n = proc_signal_session(r->pid, NULL, SIGTERM, 0); break;
+    default: n = proc_signal_session(r->pid, NULL, SIGKILL, 0); break;
+  }
+  if (signalled) *signalled = n;
+  return 0;
+}
+
+static int mpirun_recover_(launch_backend *b, const char *handle, const char *run_dir, launch_run **out,
+                           launch_exit *exit, int *stopped, char *err, size_t errlen) {
+  (void)b;
+  *out = NULL;
+  uint32_t attempt = launch_handle_attempt(handle);
+  if (attempt > 0 && launch_exit_record_read(run_dir, attempt, exit, NULL, 0) == 0) return LAUNCH_RECOVERED_ENDED;
+  char v[16];
+  char *end;
+  long sid = 0;
+  if (launch_handle_get(handle, "sid", v, sizeof v) == 0) sid = strtol(v, &end, 10);
+  if (sid <= 0 || *end) return dpod_errf(err, errlen, DPOD_EINVAL, "handle '%s' names no session", handle);
+  int n = proc_signal_session((int)sid, run_dir, SIGKILL, 0);
+  if (stopped) *stopped = n;
+  return LAUNCH_RECOVERED_LOST;
+}
+
+static unsigned mpirun_capacity_(const launch_backend *base) { return ((const mpirun_backend *)base)->slots; }
+
+static void mpirun_free_(launch_backend *base) {
+  mpirun_backend *b = (mpirun_backend *)base;
+  free(b->mpirun);
+  free(b->worker);
+  free(b->report_addr);
+  free(b);
+}
+
+static const launch_backend_ops mpirun_ops = {
+    .name = "mpirun",
+    .start = mpirun_start_,
+    .stop = mpirun_stop_,
+    .recover = mpirun_recover_,
+    .poll = NULL, /* mpirun is a child: libuv reports its exit */
+    .capacity = mpirun_capacity_,
+    .log_path = mpirun_log_path_,
+    .free = mpirun_free_,
+};
+
+int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_backend **out, char *err,
+                         size_t errlen) {
+  *out = NULL;
+  if (p->slots == 0) return dpod_errf(err, errlen, DPOD_EINVAL, "the mpirun launcher needs at least one slot");
+  mpirun_backend *b = calloc(1, sizeof *b);
+  if (!b || !(b->mpirun = strdup(p->mpirun)) || !(b->worker = strdup(p->worker)) ||
+      !(b->report_addr = strdup(p->report_addr ? p->report_addr : ""))) {
+    if (b) mpirun_free_(&b->base);
+    return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
+  }
+  b->base.ops = &mpirun_ops;
+  b->base.loop = loop;
+  b->slots = p->slots;
+  *out = &b->base;
+  return 0;
+}

@@ -1,0 +1,251 @@
+/* The launch interface with the mpirun backend: handles, exit records, an attempt's life from start to
+ * exit callback, stopping, and recovery from a handle. A shell script stands in for mpirun, so these
+ * run without MPI. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "cmocka_main.h"
+#include "test_util.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "dpod_error.h"
+#include "dpod_file.h"
+#include "launch.h"
+
+typedef struct {
+  char dir[PATH_MAX];
+  char run_dir[PATH_MAX + 8];
+  char fake_mpirun[PATH_MAX + 16];
+  uv_loop_t loop;
+  launch_backend *b;
+  int exits;
+  launch_exit last;
+} fixture;
+
+/* A stand-in for mpirun: records its arguments and environment, then exits with $FAKE_EXIT, or waits
+ * for a signal when $FAKE_EXIT is "wait". */
+static const char fake_mpirun_text[] =
+    "#!/bin/sh\n"
+    "printf '%s\\n' \"$@\" > \"$FAKE_DIR/args\"\n"
+    "env > \"$FAKE_DIR/env\"\n"
+    "echo 'dpo-worker ERROR rank 0: the reason it failed'\n"
+    "if [ \"$FAKE_EXIT\" = wait ]; then trap 'exit 4' TERM; while :; do sleep 0.05; done; fi\n"
+    "exit \"$FAKE_EXIT\"\n";
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  if (!f || test_mkdtemp(f->dir, sizeof f->dir, "dpod-launch") != 0) return -1;
+  snprintf(f->run_dir, sizeof f->run_dir, "%s/run", f->dir);
+  snprintf(f->fake_mpirun, sizeof f->fake_mpirun, "%s/fake-mpirun", f->dir);
+  if (dpod_write_file_atomic(f->fake_mpirun, fake_mpirun_text, strlen(fake_mpirun_text), 0, NULL, 0) != 0 ||
+      chmod(f->fake_mpirun, 0755) != 0 || uv_loop_init(&f->loop) != 0)
+    return -1;
+  setenv("FAKE_DIR", f->dir, 1);
+  launch_mpirun_params p = launch_mpirun_default_params();
+  p.mpirun = f->fake_mpirun;
+  p.worker = "/nonexistent/dpo-worker";
+  p.report_addr = "unix:/nowhere.sock";
+  p.slots = 3;
+  char err[256];
+  if (launch_mpirun_create(&f->loop, &p, &f->b, err, sizeof err) != 0) return -1;
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  launch_backend_free(f->b);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  uv_loop_close(&f->loop);
+  char cmd[PATH_MAX + 16];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+  if (system(cmd) != 0) return -1;
+  free(f);
+  return 0;
+}
+
+static void on_exit_cb(launch_run *r, const launch_exit *ex, void *arg) {
+  (void)r;
+  fixture *f = arg;
+  f->exits++;
+  f->last = *ex;
+}
+
+static launch_run *start(fixture *f, uint32_t attempt, const char *fake_exit, char *handle) {
+  setenv("FAKE_EXIT", fake_exit, 1);
+  static const uint8_t spec[] = {0x10, 0x02}; /* ranks: 2 */
+  launch_request req = {.job_id = 7,
+                        .attempt = attempt,
+                        .ranks = 2,
+                        .threads_per_rank = 3,
+                        .run_dir = f->run_dir,
+                        .secret = "s3cret",
+                        .spec_pb = spec,
+                        .spec_len = sizeof spec};
+  launch_run *r = NULL;
+  char err[512];
+  if (launch_start(f->b, &req, on_exit_cb, f, &r, handle, err, sizeof err) != 0) fail_msg("launch_start: %s", err);
+  return r;
+}
+
+static void run_until_exit(fixture *f, int exits) {
+  for (int i = 0; i < 1000 && f->exits < exits; i++) uv_run(&f->loop, UV_RUN_ONCE);
+  assert_int_equal(f->exits, exits);
+}
+
+static void handles_carry_backend_fields_and_attempt(void **state) {
+  (void)state;
+  char v[32];
+  const char *h = "mpirun:sid=1234,attempt=2";
+  assert_true(launch_handle_is(h, "mpirun"));
+  assert_false(launch_handle_is(h, "slurm"));
+  assert_false(launch_handle_is("mpiru:sid=1", "mpirun"));
+  assert_int_equal(launch_handle_attempt(h), 2);
+  assert_int_equal(launch_handle_get(h, "sid", v, sizeof v), 0);
+  assert_string_equal(v, "1234");
+  assert_int_equal(launch_handle_get(h, "job", v, sizeof v), DPOD_ENOENT);
+  assert_int_equal(launch_handle_get(h, "att", v, sizeof v), DPOD_ENOENT);
+  assert_int_equal(launch_handle_attempt(""), 0);
+  assert_int_equal(launch_handle_attempt("mpirun:sid=1"), 0);
+  assert_int_equal(launch_handle_attempt("mpirun:attempt=x"), 0);
+  assert_int_equal(launch_handle_attempt("mpirun:attempt=99999999999"), 0);
+}
+
+static void exit_records_round_trip_and_refuse_nonsense(void **state) {
+  fixture *f = *state;
+  char err[512], path[PATH_MAX * 2];
+  assert_int_equal(dpod_mkdirs(f->run_dir, 0700, 0, err, sizeof err), 0);
+  launch_exit in = {.attempt = 3, .exit_status = 4, .term_signal = 0, .finished_unix_ms = 1733130000123}, out;
+  assert_int_equal(launch_exit_record_write(f->run_dir, &in, err, sizeof err), 0);
+  assert_int_equal(launch_exit_record_read(f->run_dir, 3, &out, err, sizeof err), 0);
+  assert_int_equal(out.attempt, 3);
+  assert_int_equal(out.exit_status, 4);
+  assert_int_equal(out.term_signal, 0);
+  assert_true(out.finished_unix_ms == 1733130000123);
+  assert_int_equal(launch_exit_record_read(f->run_dir, 2, &out, err, sizeof err), DPOD_ENOENT);
+
+  /* What a batch script's printf writes reads back the same; keys in any order, unknown ones skipped. */
+  launch_exit_record_path(f->run_dir, 5, path, sizeof path);
+  const char *shell = "term_signal 9\nexit_status 0\nhost node7\nattempt 5\n";
+  assert_int_equal(dpod_write_file_atomic(path, shell, strlen(shell), 0, NULL, 0), 0);
+  assert_int_equal(launch_exit_record_read(f->run_dir, 5, &out, err, sizeof err), 0);
+  assert_int_equal(out.term_signal, 9);
+
+  const char *bad[] = {"attempt 6\nexit_status 0\n", "attempt 6\nexit_status 300\nterm_signal 0\n",
+                       "attempt 7\nexit_status 0\nterm_signal 0\n", "attempt six\n"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    launch_exit_record_path(f->run_dir, 6, path, sizeof path);
+    assert_int_equal(dpod_write_file_atomic(path, bad[i], strlen(bad[i]), 0, NULL, 0), 0);
+    assert_int_equal(launch_exit_record_read(f->run_dir, 6, &out, err, sizeof err), DPOD_EFORMAT);
+    assert_non_null(strstr(err, "attempt-6.exit"));
+  }
+}
+
+/* An attempt runs mpirun with the worker's command line, the secret only in the environment, and ends
+ * with one exit callback and an exit record that says the same. */
+static void attempt_runs_and_its_exit_is_recorded(void **state) {
+  fixture *f = *state;
+  char handle[LAUNCH_HANDLE_MAX], path[PATH_MAX * 2], err[512];
+  launch_run *r = start(f, 2, "3", handle);
+  assert_true(launch_handle_is(handle, "mpirun"));
+  assert_int_equal(launch_handle_attempt(handle), 2);
+  assert_string_equal(launch_run_handle(r), handle);
+  assert_int_equal(launch_run_attempt(r), 2);
+  run_until_exit(f, 1);
+  assert_int_equal(f->last.attempt, 2);
+  assert_int_equal(f->last.exit_status, 3);
+  assert_int_equal(f->last.term_signal, 0);
+
+  launch_exit rec;
+  assert_int_equal(launch_exit_record_read(f->run_dir, 2, &rec, err, sizeof err), 0);
+  assert_int_equal(rec.exit_status, 3);
+
+  char *args = NULL, *env = NULL;
+  snprintf(path, sizeof path, "%s/args", f->dir);
+  assert_int_equal(dpod_read_file(path, 0, &args, NULL, err, sizeof err), 0);
+  snprintf(path, sizeof path, "%s/env", f->dir);
+  assert_int_equal(dpod_read_file(path, 0, &env, NULL, err, sizeof err), 0);
+  assert_non_null(strstr(args, "-np\n2\n"));
+  assert_non_null(strstr(args, "/nonexistent/dpo-worker\n--spec\n"));
+  assert_non_null(strstr(args, "--job-id\n7\n"));
+  assert_null(strstr(args, "s3cret"));
+  assert_non_null(strstr(env, "DPOD_JOB_SECRET=s3cret"));
+  assert_non_null(strstr(env, "OMP_NUM_THREADS=3"));
+  free(args);
+  free(env);
+
+  char log[PATH_MAX * 2], line[256];
+  launch_log_path(f->b, f->run_dir, 2, log, sizeof log);
+  launch_last_error_line(log, line, sizeof line);
+  assert_string_equal(line, "rank 0: the reason it failed");
+  snprintf(path, sizeof path, "%s/spec.pb", f->run_dir);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+}
+
+static void stopped_attempt_reports_its_signal(void **state) {
+  fixture *f = *state;
+  char handle[LAUNCH_HANDLE_MAX];
+  launch_run *r = start(f, 1, "wait", handle);
+  for (int i = 0; i < 20; i++) uv_run(&f->loop, UV_RUN_NOWAIT), usleep(10000);
+  assert_int_equal(launch_stop(r, LAUNCH_STOP_KILL, NULL), 0);
+  run_until_exit(f, 1);
+  assert_int_equal(f->last.term_signal, SIGKILL);
+}
+
+/* After a restart: an attempt with an exit record ended as it says; one without is lost, and only
+ * processes of its session that name its run directory are stopped. */
+static void recover_reads_the_exit_record_or_reports_lost(void **state) {
+  fixture *f = *state;
+  char err[512];
+  assert_int_equal(dpod_mkdirs(f->run_dir, 0700, 0, err, sizeof err), 0);
+  launch_exit rec = {.attempt = 4, .exit_status = 0}, ex;
+  assert_int_equal(launch_exit_record_write(f->run_dir, &rec, err, sizeof err), 0);
+  launch_run *r = NULL;
+  int stopped = -1;
+  assert_int_equal(launch_recover(f->b, "mpirun:sid=2147483000,attempt=4", f->run_dir, on_exit_cb, f, &r, &ex,
+                                  &stopped, err, sizeof err),
+                   LAUNCH_RECOVERED_ENDED);
+  assert_null(r);
+  assert_int_equal(ex.attempt, 4);
+  assert_int_equal(ex.exit_status, 0);
+  assert_int_equal(launch_recover(f->b, "mpirun:sid=2147483000,attempt=5", f->run_dir, on_exit_cb, f, &r, &ex,
+                                  &stopped, err, sizeof err),
+                   LAUNCH_RECOVERED_LOST);
+  assert_int_equal(stopped, 0);
+  assert_true(launch_recover(f->b, "slurm:job=5,attempt=1", f->run_dir, on_exit_cb, f, &r, &ex, &stopped, err,
+                             sizeof err) < 0);
+  assert_true(launch_recover(f->b, "mpirun:attempt=1", f->run_dir, on_exit_cb, f, &r, &ex, &stopped, err,
+                             sizeof err) < 0);
+  assert_int_equal(f->exits, 0);
+}
+
+static void capacity_is_the_backends(void **state) {
+  fixture *f = *state;
+  assert_int_equal(launch_capacity(f->b), 3);
+  assert_string_equal(launch_backend_name(f->b), "mpirun");
+}
+
+int main(int argc, char **argv) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(handles_carry_backend_fields_and_attempt),
+      cmocka_unit_test_setup_teardown(exit_records_round_trip_and_refuse_nonsense, setup, teardown),
+      cmocka_unit_test_setup_teardown(attempt_runs_and_its_exit_is_recorded, setup, teardown),
+      cmocka_unit_test_setup_teardown(stopped_attempt_reports_its_signal, setup, teardown),
+      cmocka_unit_test_setup_teardown(recover_reads_the_exit_record_or_reports_lost, setup, teardown),
+      cmocka_unit_test_setup_teardown(capacity_is_the_backends, setup, teardown),
+  };
+  return CMOCKA_MAIN("launch", tests, NULL, NULL);
+}
