@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpo_math.h"
+#include "rng.h"
 #include "dpod_error.h"
 #include "dpod_file.h"
 #include "pref_format.h"
@@ -17,7 +17,6 @@
 #define DS_MANIFEST_MAX ((size_t)64 << 20) /* a manifest lists shards: it stays small */
 
 /* Streams of the dataset generator's RNG, so each table is independent of the others' sizes. */
-enum { STREAM_EMBEDDINGS = 1, STREAM_MODES = 2, STREAM_PAIRS = 3, STREAM_SHUFFLE = 4, STREAM_HELD_OUT = 5 };
 
 int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err, size_t errlen) {
   memset(ds, 0, sizeof *ds);
@@ -46,12 +45,12 @@ int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err,
     return DPOD_ENOMEM;
   }
   dpo_rng r;
-  dpo_rng_seed(&r, p->seed, STREAM_EMBEDDINGS);
+  dpo_rng_seed(&r, p->seed, DPO_STREAM_EMBEDDINGS);
   dpo_rng_fill_normal(&r, ds->embeddings, emb * ds->num_prompts);
-  dpo_rng_seed(&r, p->seed, STREAM_MODES);
+  dpo_rng_seed(&r, p->seed, DPO_STREAM_MODES);
   dpo_rng_fill_normal(&r, modes, img * 2 * ds->num_prompts);
   /* Held-out sets use their own stream: fresh samples around the same modes. */
-  dpo_rng_seed(&r, p->seed, p->held_out ? STREAM_HELD_OUT : STREAM_PAIRS);
+  dpo_rng_seed(&r, p->seed, p->held_out ? DPO_STREAM_HELD_OUT : DPO_STREAM_PAIRS);
   double spread = p->mode_noise > 0 ? p->mode_noise : 0.3;
   for (size_t i = 0; i < ds->num_pairs; i++) {
     uint32_t prompt = (uint32_t)(i % ds->num_prompts);
@@ -529,42 +528,4 @@ const float *dataset_loser(const dpo_dataset *ds, size_t pair) {
 
 const float *dataset_prompt(const dpo_dataset *ds, size_t pair) {
   return ds->embeddings ? ds->embeddings + (size_t)ds->prompt_of[pair] * dataset_prompt_size(ds) : NULL;
-}
-
-/* ---- the distributed sampler -------------------------------------------------------------------- */
-
-int sampler_init(dpo_sampler *s, size_t num_pairs, size_t global_batch, uint64_t seed) {
-  memset(s, 0, sizeof *s);
-  if (global_batch == 0 || num_pairs < global_batch || num_pairs > UINT32_MAX) return DPOD_EINVAL;
-  s->perm = malloc(sizeof(uint32_t) * num_pairs);
-  if (!s->perm) return DPOD_ENOMEM;
-  s->num_pairs = num_pairs;
-  s->global_batch = global_batch;
-  s->seed = seed;
-  s->epoch = UINT64_MAX;
-  return 0;
-}
-
-void sampler_free(dpo_sampler *s) {
-  free(s->perm);
-  s->perm = NULL;
-}
-
-size_t sampler_pair(dpo_sampler *s, uint64_t g) {
-  uint64_t per_epoch = (s->num_pairs / s->global_batch) * s->global_batch;
-  uint64_t epoch = g / per_epoch;
-  if (epoch != s->epoch) {
-    /* Fisher-Yates from a stream of its own per epoch. */
-    dpo_rng r;
-    dpo_rng_seed(&r, s->seed ^ 0x5eed5a3b1e5ull, STREAM_SHUFFLE + epoch);
-    for (size_t i = 0; i < s->num_pairs; i++) s->perm[i] = (uint32_t)i;
-    for (size_t i = s->num_pairs - 1; i > 0; i--) {
-      uint32_t j = dpo_rng_below(&r, (uint32_t)(i + 1));
-      uint32_t t = s->perm[i];
-      s->perm[i] = s->perm[j];
-      s->perm[j] = t;
-    }
-    s->epoch = epoch;
-  }
-  return s->perm[g % per_epoch];
 }

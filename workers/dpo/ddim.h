@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dpo_math.h"
+#include "schedule.h"
 
 /* The model: x_t [n, C, H, W], t [n] (timesteps as floats), ehs [n, text_len, embed_dim];
  * writes out [n, C, H, W] (epsilon or v). Returns 0, or a negative status that stops the sampler. */

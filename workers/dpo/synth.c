@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpo_math.h"
+#include "rng.h"
 #include "dpod_error.h"
 #include "pref_format.h"
 

@@ -20,7 +20,8 @@
 
 #include "dataset.h"
 #include "ddim.h"
-#include "dpo_math.h"
+#include "rng.h"
+#include "schedule.h"
 #include "dpod_error.h"
 #include "pref_format.h"
 #include "safetensors.h"

@@ -17,7 +17,11 @@
 #include <string.h>
 
 #include "dataset.h"
-#include "dpo_math.h"
+#include "rng.h"
+#include "schedule.h"
+#include "loss.h"
+#include "lr_schedule.h"
+#include "sampler.h"
 #include "safetensors.h"
 
 static char *read_text(const char *path) {

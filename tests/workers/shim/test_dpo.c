@@ -3,7 +3,7 @@
  * after back-propagating dpo_loss()'s d loss / d mse through unet_backward_mse. */
 #include <cjson/cJSON.h>
 
-#include "dpo_math.h"
+#include "loss.h"
 #include "tensor_test_util.h"
 #include "cmocka_main.h"
 #include "unet_shim.h"

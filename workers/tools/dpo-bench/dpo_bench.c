@@ -18,7 +18,9 @@
 #include <time.h>
 
 #include "blas_select.h"
-#include "dpo_math.h"
+#include "rng.h"
+#include "schedule.h"
+#include "loss.h"
 #include "dpod_file.h"
 #include "unet_shim.h"
 

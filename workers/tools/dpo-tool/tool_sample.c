@@ -14,7 +14,8 @@
 
 #include "dataset.h"
 #include "ddim.h"
-#include "dpo_math.h"
+#include "rng.h"
+#include "schedule.h"
 #include "diffusers_names.h"
 #include "dpod_error.h"
 #include "dpod_file.h"

@@ -1,5 +1,4 @@
-/* The DDPM schedule, the RNG and the DPO loss. See dpo_math.h for the contracts. */
-#include "dpo_math.h"
+#include "schedule.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -8,75 +7,6 @@
 #include <string.h>
 
 #include "dpod_error.h"
-
-/* ---- RNG ------------------------------------------------------------------------------------------ */
-
-static uint64_t splitmix64(uint64_t *x) {
-  uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-void dpo_rng_seed(dpo_rng *r, uint64_t seed, uint64_t stream) {
-  /* Mixing the stream through splitmix first makes nearby (seed, stream) pairs unrelated. */
-  uint64_t x = seed ^ (0xD1B54A32D192ED03ull * (stream + 1));
-  for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
-  r->has_spare = 0;
-  r->spare = 0;
-}
-
-uint64_t dpo_rng_u64(dpo_rng *r) {
-  uint64_t *s = r->s;
-  uint64_t result = rotl(s[1] * 5, 7) * 9;
-  uint64_t t = s[1] << 17;
-  s[2] ^= s[0];
-  s[3] ^= s[1];
-  s[1] ^= s[2];
-  s[0] ^= s[3];
-  s[2] ^= t;
-  s[3] = rotl(s[3], 45);
-  return result;
-}
-
-double dpo_rng_uniform(dpo_rng *r) { return (double)(dpo_rng_u64(r) >> 11) * 0x1.0p-53; }
-
-uint32_t dpo_rng_below(dpo_rng *r, uint32_t n) {
-  /* Lemire's multiply-shift with rejection: unbiased for every n. */
-  uint64_t m = (uint64_t)(uint32_t)(dpo_rng_u64(r) >> 32) * n;
-  uint32_t lo = (uint32_t)m;
-  if (lo < n) {
-    uint32_t threshold = -n % n;
-    while (lo < threshold) {
-      m = (uint64_t)(uint32_t)(dpo_rng_u64(r) >> 32) * n;
-      lo = (uint32_t)m;
-    }
-  }
-  return (uint32_t)(m >> 32);
-}
-
-double dpo_rng_normal(dpo_rng *r) {
-  if (r->has_spare) {
-    r->has_spare = 0;
-    return r->spare;
-  }
-  double u1, u2;
-  do u1 = dpo_rng_uniform(r);
-  while (u1 <= 0.0);
-  u2 = dpo_rng_uniform(r);
-  double mag = sqrt(-2.0 * log(u1));
-  r->spare = mag * sin(2.0 * M_PI * u2);
-  r->has_spare = 1;
-  return mag * cos(2.0 * M_PI * u2);
-}
-
-void dpo_rng_fill_normal(dpo_rng *r, float *out, size_t n) {
-  for (size_t i = 0; i < n; i++) out[i] = (float)dpo_rng_normal(r);
-}
-
-/* ---- Schedule ------------------------------------------------------------------------------------- */
 
 /* torch.linspace(start, end, n, dtype=float32): the first half counts up from start, the second half
  * down from end, with a float32 step, which is what diffusers' betas are built from. */
@@ -240,55 +170,4 @@ void dpo_add_noise(const dpo_schedule *s, int n, size_t per_sample, const float 
       tg[j] = s->prediction_type == DPO_PRED_V ? sa * e[j] - so * x[j] : e[j];
     }
   }
-}
-
-/* ---- Loss ----------------------------------------------------------------------------------------- */
-
-/* -logsigmoid(x) = softplus(-x), written so that neither branch overflows. */
-static double neg_logsigmoid(double x) { return x >= 0 ? log1p(exp(-x)) : -x + log1p(exp(x)); }
-static double sigmoid(double x) {
-  if (x >= 0) return 1.0 / (1.0 + exp(-x));
-  double e = exp(x);
-  return e / (1.0 + e);
-}
-
-void dpo_loss(int n, const float *model_mse, const float *ref_mse, double beta, double grad_scale,
-              dpo_loss_sums *sums, float *inside, float *grad_model_mse) {
-  for (int i = 0; i < n; i++) {
-    double mw = model_mse[i], ml = model_mse[n + i], rw = ref_mse[i], rl = ref_mse[n + i];
-    double in = -0.5 * beta * ((mw - ml) - (rw - rl));
-    sums->loss_sum += neg_logsigmoid(in);
-    sums->acc_sum += in > 0 ? 1.0 : 0.0;
-    sums->margin_sum += in;
-    sums->policy_mse_sum += mw + ml;
-    sums->ref_mse_sum += rw + rl;
-    if (inside) inside[i] = (float)in;
-    if (grad_model_mse) {
-      /* d(-logsigmoid(in))/d(in) = -sigmoid(-in); d(in)/d(mw) = -beta/2, d(in)/d(ml) = +beta/2. */
-      double g = grad_scale * sigmoid(-in) * 0.5 * beta;
-      grad_model_mse[i] = (float)g;
-      grad_model_mse[n + i] = (float)-g;
-    }
-  }
-  sums->pairs += n;
-  sums->samples += 2 * n;
-}
-
-void sft_loss(int n, const float *model_mse, const float *ref_mse, double grad_scale, dpo_loss_sums *sums,
-              float *grad_model_mse) {
-  for (int i = 0; i < n; i++) {
-    sums->loss_sum += model_mse[i];
-    sums->policy_mse_sum += model_mse[i];
-    if (ref_mse) sums->ref_mse_sum += ref_mse[i];
-    if (grad_model_mse) grad_model_mse[i] = (float)grad_scale;
-  }
-  sums->pairs += n;
-  sums->samples += n;
-}
-
-double dpo_lr_at(double peak_lr, uint32_t warmup_steps, uint32_t step) {
-  if (warmup_steps == 0 || step >= warmup_steps) return peak_lr;
-  /* diffusers' get_constant_schedule_with_warmup: lr * step / warmup, with the scheduler stepped after
-   * each optimizer step, so optimizer step k (1-based) uses (k - 1) / warmup. */
-  return peak_lr * (double)(step - 1) / (double)warmup_steps;
 }

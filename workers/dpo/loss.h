@@ -1,0 +1,35 @@
+/* The Diffusion-DPO and SFT losses and their gradient with respect to the per-sample MSEs. The UNet (in
+ * the shim) turns those gradients into parameter gradients, so the loss is written once, here, in double
+ * precision, and tested against the reference fixtures. */
+#ifndef DPOD_LOSS_H
+#define DPOD_LOSS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The batch is laid out as the reference script builds it: winners first, then losers,
+ * so model_mse and ref_mse are [2n] with pair i at i (winner) and n + i (loser). */
+typedef struct {
+  double loss_sum;          /* sum over pairs of -logsigmoid(inside) (dpo) or of winner MSE (sft) */
+  double acc_sum;           /* pairs with inside > 0 (a tie counts as wrong) */
+  double margin_sum;        /* sum of inside terms */
+  double policy_mse_sum;    /* sum over all 2n samples of the policy's MSE */
+  double ref_mse_sum;       /* same for the reference */
+  double pairs;             /* n */
+  double samples;           /* images the MSE sums cover: 2n (dpo) or n (sft) */
+} dpo_loss_sums;
+
+/* DPO: inside_i = -beta/2 * ((mw - ml) - (rw - rl)), loss = mean_i -logsigmoid(inside_i).
+ * Accumulates into *sums (so micro-batches and ranks can be added up), writes inside [n] if non-NULL and
+ * grad_model_mse [2n] = d(grad_scale * sum_i -logsigmoid(inside_i)) / d model_mse if non-NULL.
+ * With grad_scale = 1 / (pairs in the global batch) the gradients summed over micro-batches and ranks are
+ * exactly those of the mean loss over the global batch. */
+void dpo_loss(int n, const float *model_mse, const float *ref_mse, double beta, double grad_scale,
+              dpo_loss_sums *sums, float *inside, float *grad_model_mse);
+
+/* SFT baseline: the plain denoising loss on winners only; model_mse is [n] (winners only) and ref_mse may
+ * be NULL. grad_model_mse [n] = grad_scale. */
+void sft_loss(int n, const float *model_mse, const float *ref_mse, double grad_scale, dpo_loss_sums *sums,
+              float *grad_model_mse);
+
+#endif
