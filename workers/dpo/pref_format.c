@@ -65,14 +65,8 @@ static void pref_store_(st_dtype dtype, const float *src, size_t n, unsigned cha
 
 /* ---- writer ---- */
 
-static int pref_fail_(pref_writer *w, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int pref_fail_(pref_writer *w, int status, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(w->last_error, sizeof w->last_error, fmt, ap);
-  va_end(ap);
-  return status;
-}
+/* A failed add leaves its message in the writer. */
+#define pref_fail_(w, status, ...) dpod_errf((w)->last_error, sizeof (w)->last_error, (status), __VA_ARGS__)
 
 const char *pref_writer_last_error(const pref_writer *w) { return w ? w->last_error : ""; }
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "dataset.h"
+#include "dpod_file.h"
 #include "rng.h"
 #include "schedule.h"
 #include "loss.h"
@@ -25,16 +26,9 @@
 #include "safetensors.h"
 
 static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *buf = malloc((size_t)n + 1);
-  if (fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
-  buf[n] = '\0';
-  fclose(f);
-  return buf;
+  char *text = NULL, err[512];
+  if (dpod_read_file(path, 0, &text, NULL, err, sizeof err) != 0) fail_msg("%s", err);
+  return text;
 }
 
 static const char *fixtures(void) { return test_fixtures_dir(); }
