@@ -11,6 +11,7 @@
 #include <getopt.h>
 #include <grpc/status.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,9 +129,13 @@ static const char *const usage_health =
     "\n"
     "Calls grpc.health.v1.Health/Check and prints the status (SERVING). Exits 0 only if serving.\n";
 
-static int usage_error(const char *cmd, const char *fmt, const char *arg) {
+static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage_error(const char *cmd, const char *fmt, ...) {
   fprintf(stderr, "dpoctl: %s%s", cmd ? cmd : "", cmd ? ": " : "");
-  fprintf(stderr, fmt, arg);
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
   fprintf(stderr, " (see dpoctl %s%s--help)\n", cmd ? cmd : "", cmd ? " " : "");
   return EXIT_USAGE;
 }

@@ -42,6 +42,7 @@
 #include "dpod_paths.h"
 #include "api.h"
 #include "launch.h"
+#include "rpc_addr.h"
 #include "rpc_server.h"
 #include "watch.h"
 
@@ -91,20 +92,13 @@ static int arg_too_long(const char *opt) {
   return 2;
 }
 
-/* The unix socket path of "unix:/p" or "unix:///p", or NULL for a TCP address. */
-static const char *unix_path(const char *addr) {
-  if (strncmp(addr, "unix://", 7) == 0) return addr + 7;
-  if (strncmp(addr, "unix:", 5) == 0) return addr + 5;
-  return NULL;
-}
-
 /* Creates the socket's directory (0700: the socket is the only access control) and removes a socket
  * file left by a daemon that died, refusing to start if a live daemon still answers on it. */
 static int prepare_socket(const char *path, char *err, size_t errlen) {
   char dir[PATH_MAX];
   struct sockaddr_un sa;
-  if (str_copy(dir, sizeof dir, path) != 0 || strlen(path) >= sizeof sa.sun_path) {
-    fmt_into(err, errlen, "socket path too long: %s", path);
+  if (str_copy(dir, sizeof dir, path) != 0) {
+    fmt_into(err, errlen, "socket path too long: %.64s...", path);
     return DPOD_EINVAL;
   }
   char *slash = strrchr(dir, '/');
@@ -119,12 +113,20 @@ static int prepare_socket(const char *path, char *err, size_t errlen) {
     fmt_into(err, errlen, "%s exists and is not a socket", path);
     return DPOD_EIO;
   }
+  /* A path longer than sun_path is reached through its directory's descriptor, as the server binds it. */
+  char addr[PATH_MAX + 16], target[PATH_MAX + 64];
+  int dir_fd = -1;
+  fmt_into(addr, sizeof addr, "unix:%s", path);
+  int status = rpc_addr_for_socket(addr, target, sizeof target, &dir_fd, err, errlen);
+  if (status != 0) return status;
+  const char *short_path = rpc_unix_path(target);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   memset(&sa, 0, sizeof sa);
   sa.sun_family = AF_UNIX;
-  memcpy(sa.sun_path, path, strlen(path) + 1);
+  memcpy(sa.sun_path, short_path, strlen(short_path) + 1);
   int live = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
   if (fd >= 0) close(fd);
+  if (dir_fd >= 0) close(dir_fd);
   if (live) {
     fmt_into(err, errlen, "another dpod is listening on %s", path);
     return DPOD_ESTATE;
@@ -306,7 +308,7 @@ int main(int argc, char **argv) {
   }
   if (access(worker, X_OK) != 0) log_warn("worker %s is not executable (yet); jobs will fail to start", worker);
 
-  const char *sock = unix_path(addr);
+  const char *sock = rpc_unix_path(addr);
   if (sock) {
     if (prepare_socket(sock, err, sizeof err) != 0) {
       log_error("%s", err);

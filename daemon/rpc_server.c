@@ -9,11 +9,15 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dpod_error.h"
 #include "dpod_log.h"
+#include "rpc_addr.h"
 
 #define RPC_MAX_METHODS 16
 
@@ -96,6 +100,7 @@ struct rpc_server {
   bool cq_drained;
   uv_async_t async;
   bool async_open;
+  int dir_fd; /* the socket's directory, when its path is too long to bind directly; -1 if none */
 };
 
 /* ---------------------------------------------------------------------------------------------------
@@ -107,16 +112,22 @@ static void *rpc_cq_thread(void *arg) {
     grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     pthread_mutex_lock(&s->lock);
     if (ev.type == GRPC_OP_COMPLETE) {
-      if (s->n_events == s->cap_events) {
+      /* Dropping a tag would leak its call forever and hang shutdown, so without memory for the queue
+       * this thread waits (the loop keeps handling what is queued, and frees as it goes) and tries again. */
+      for (int tries = 0; s->n_events == s->cap_events; tries++) {
         size_t cap = s->cap_events ? 2 * s->cap_events : 64;
         rpc_event *grown = realloc(s->events, cap * sizeof *grown);
-        if (!grown) {
-          /* Dropping a tag would leak a call forever and hang shutdown; there is no recovery. */
-          log_error("out of memory queueing a completion");
-          abort();
+        if (grown) {
+          s->events = grown;
+          s->cap_events = cap;
+          break;
         }
-        s->events = grown;
-        s->cap_events = cap;
+        if (tries == 0) log_error("out of memory queueing a completion; waiting for memory");
+        pthread_mutex_unlock(&s->lock);
+        uv_async_send(&s->async);
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&s->lock);
       }
       s->events[s->n_events++] = (rpc_event){ev.tag, ev.success};
     } else if (ev.type == GRPC_QUEUE_SHUTDOWN) {
@@ -299,7 +310,7 @@ void rpc_call_finish(rpc_call *c, grpc_status_code code, const char *details) {
     /* Held back: a status may not overtake the message before it. */
     c->status_deferred = true;
     c->deferred_code = code;
-    c->deferred_details = strdup(details ? details : "");
+    c->deferred_details = strdup(details ? details : ""); /* NULL (no memory) sends no details */
     return;
   }
   rpc_send_status(c, code, details, NULL);
@@ -472,12 +483,24 @@ static int rpc_request(rpc_server *s, int method) {
 int rpc_server_create(uv_loop_t *loop, rpc_server **out) {
   rpc_server *s = calloc(1, sizeof *s);
   if (!s) return DPOD_ENOMEM;
+  s->dir_fd = -1;
+  if (pthread_mutex_init(&s->lock, NULL) != 0) {
+    free(s);
+    return DPOD_ENOMEM;
+  }
   grpc_init();
   s->loop = loop;
   s->tag_shutdown = (rpc_tag){RPC_TAG_SHUTDOWN, s};
-  pthread_mutex_init(&s->lock, NULL);
   s->cq = grpc_completion_queue_create_for_next(NULL);
   s->server = grpc_server_create(NULL, NULL);
+  if (!s->cq || !s->server) {
+    if (s->server) grpc_server_destroy(s->server);
+    if (s->cq) grpc_completion_queue_destroy(s->cq);
+    grpc_shutdown();
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+    return DPOD_ENOMEM;
+  }
   grpc_server_register_completion_queue(s->server, s->cq, NULL);
   *out = s;
   return 0;
@@ -501,8 +524,11 @@ int rpc_server_add_method(rpc_server *s, const char *path, rpc_handler handler, 
 }
 
 int rpc_server_start(rpc_server *s, const char *addr, char *err, size_t errlen) {
+  char target[PATH_MAX + 64];
+  int status = rpc_addr_for_socket(addr, target, sizeof target, &s->dir_fd, err, errlen);
+  if (status != 0) return status;
   grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-  int port = grpc_server_add_http2_port(s->server, addr, creds);
+  int port = grpc_server_add_http2_port(s->server, target, creds);
   grpc_server_credentials_release(creds);
   if (port == 0) {
     snprintf(err, errlen, "cannot listen on %s", addr);
@@ -572,6 +598,7 @@ void rpc_server_free(rpc_server *s) {
   /* The server holds no more calls: shutdown completed and every tag was handled. */
   grpc_server_destroy(s->server);
   grpc_completion_queue_destroy(s->cq);
+  if (s->dir_fd >= 0) close(s->dir_fd);
   while (s->calls) rpc_call_free(s->calls);
   if (s->async_open) {
     uv_close((uv_handle_t *)&s->async, rpc_async_closed);

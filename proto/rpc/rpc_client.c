@@ -15,16 +15,20 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
+#include <unistd.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dpod_error.h"
+#include "rpc_addr.h"
 
 struct rpc_client {
   grpc_channel *channel;
   char *addr;
+  int dir_fd; /* the socket's directory, for a unix path too long to connect to directly; -1 if none */
 };
 
 struct rpc_stream {
@@ -163,8 +167,15 @@ int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen
   pthread_once(&rpc_once_, rpc_init_once);
   rpc_client *c = calloc(1, sizeof *c);
   if (!c) goto nomem;
+  c->dir_fd = -1;
   c->addr = strdup(addr);
   if (!c->addr) goto nomem;
+  char target[PATH_MAX + 64];
+  int status = rpc_addr_for_socket(addr, target, sizeof target, &c->dir_fd, err, errlen);
+  if (status != 0) {
+    rpc_client_close(c);
+    return status;
+  }
   /* The daemon is local and restarts quickly: reconnect within a second or two instead of gRPC's default
    * backoff (which grows to two minutes), and keep our own subchannels so that a new client really makes
    * a new connection instead of sharing one that is backing off. */
@@ -184,7 +195,7 @@ int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen
   args[3].value.integer = 1;
   grpc_channel_args chargs = {.num_args = 4, .args = args};
   grpc_channel_credentials *creds = grpc_insecure_credentials_create();
-  c->channel = grpc_channel_create(addr, creds, &chargs);
+  c->channel = grpc_channel_create(target, creds, &chargs);
   grpc_channel_credentials_release(creds);
   if (!c->channel) {
     rpc_errf(err, errlen, "cannot create a channel to %s", addr);
@@ -204,6 +215,7 @@ nomem:
 void rpc_client_close(rpc_client *c) {
   if (!c) return;
   if (c->channel) grpc_channel_destroy(c->channel);
+  if (c->dir_fd >= 0) close(c->dir_fd);
   free(c->addr);
   free(c);
 }

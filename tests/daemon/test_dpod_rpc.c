@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <grpc/status.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,10 +38,10 @@
 #endif
 
 typedef struct {
-  char dir[64];
-  char state[128];
-  char sock[128];
-  char addr[140];
+  char dir[PATH_MAX];
+  char state[PATH_MAX + 8];
+  char sock[PATH_MAX + 16];
+  char addr[PATH_MAX + 24];
   pid_t pid;
   rpc_client *c;
 } daemon_fx;
@@ -60,7 +61,7 @@ static int file_exists(const char *p) {
 static int health(daemon_fx *d, const char *service, int *serving);
 
 static int daemon_start(daemon_fx *d) {
-  char log[160];
+  char log[PATH_MAX + 16];
   snprintf(log, sizeof log, "%s/dpod.log", d->dir);
   d->pid = fork();
   if (d->pid == 0) {
@@ -111,18 +112,35 @@ static int setup(void **state) {
   return 0;
 }
 
+/* The same daemon with its socket deeper than a sockaddr_un's 108 bytes can name. */
+static int setup_long_socket(void **state) {
+  daemon_fx *d = calloc(1, sizeof *d);
+  if (test_mkdtemp(d->dir, sizeof d->dir, "dpod-rpc") != 0) return -1;
+  snprintf(d->state, sizeof d->state, "%s/state", d->dir);
+  if (snprintf(d->sock, sizeof d->sock, "%s/run/a-directory-name-long-enough/that-no-sockaddr_un/"
+               "could-hold-the-path/of-the-socket/in-it/dpod.sock", d->dir) >= (int)sizeof d->sock)
+    return -1;
+  snprintf(d->addr, sizeof d->addr, "unix:%s", d->sock);
+  *state = d;
+  if (daemon_start(d) != 0) {
+    fprintf(stderr, "dpod did not start: %s\n", err);
+    return -1;
+  }
+  return 0;
+}
+
 static int teardown(void **state) {
   daemon_fx *d = *state;
   int rc = daemon_stop(d);
   int sock_left = file_exists(d->sock);
   if (rc != 0 || sock_left) {
-    char cmd[200];
+    char cmd[PATH_MAX + 32];
     fprintf(stderr, "dpod exit status %d, socket %s; its log:\n", rc, sock_left ? "left behind" : "removed");
     snprintf(cmd, sizeof cmd, "cat %s/dpod.log >&2", d->dir);
     if (system(cmd)) {
     }
   }
-  char cmd[160];
+  char cmd[PATH_MAX + 32];
   snprintf(cmd, sizeof cmd, "rm -rf %s", d->dir);
   if (system(cmd)) {
   }
@@ -330,6 +348,20 @@ static void submit_refuses_more_ranks_than_slots(void **state) {
   assert_non_null(strstr(err, "ranks"));
 }
 
+static void serves_on_a_socket_path_longer_than_sun_path(void **state) {
+  daemon_fx *d = *state;
+  assert_true(strlen(d->sock) > 108);
+  int serving = 0;
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_true(serving);
+  uint64_t id = submit(d, "ok", 1);
+  Dpod__V1__JobEvent *evs[16];
+  int n = watch_all(d, id, 0, evs, 16);
+  assert_int_equal(n, 3);
+  assert_int_equal(evs[2]->state->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  free_events(evs, n);
+}
+
 static void job_succeeds_and_watch_replays_every_event(void **state) {
   daemon_fx *d = *state;
   uint64_t id = submit(d, "ok", 1);
@@ -356,7 +388,7 @@ static void job_succeeds_and_watch_replays_every_event(void **state) {
   assert_int_equal(job->exit_code, 0);
   assert_int_equal(job->last_seq, 3);
   assert_non_null(job->spec->train); /* normalized */
-  char path[256];
+  char path[PATH_MAX * 2];
   run_file(d, id, "spec.pb", path, sizeof path);
   assert_true(file_exists(path));
   run_file(d, id, "secret", path, sizeof path);
@@ -420,7 +452,7 @@ static int report(daemon_fx *d, uint64_t id, const char *secret, const unsigned 
 static void reports_are_authenticated_deduplicated_and_carry_the_cancel(void **state) {
   daemon_fx *d = *state;
   uint64_t id = submit(d, "hold", 1);
-  char path[256], secret[80] = "";
+  char path[PATH_MAX * 2], secret[80] = "";
   run_file(d, id, "secret", path, sizeof path);
   for (int i = 0; i < 200 && !file_exists(path); i++) sleep_ms(50);
   sleep_ms(50);
@@ -477,7 +509,7 @@ static void queued_job_waits_behind_the_head_and_cancels_at_once(void **state) {
   protobuf_c_message_free_unpacked(&job->base, NULL);
 
   uint64_t c = submit(d, "ok", 1);
-  char path[256];
+  char path[PATH_MAX * 2];
   run_file(d, a, "release", path, sizeof path);
   touch(path);
   assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
@@ -531,7 +563,7 @@ static void watchers_that_leave_are_forgotten(void **state) {
   rpc_stream_close(w[1]);
   assert_int_equal(watch_next_seq(w[2], NULL), 2);
   rpc_stream_close(w[2]);
-  char path[256];
+  char path[PATH_MAX * 2];
   run_file(d, id, "release", path, sizeof path);
   touch(path);
   Dpod__V1__JobState st = 0;
@@ -573,7 +605,7 @@ static void shutdown_and_crash_fail_running_jobs(void **state) {
    * worker) running, holding slots nobody accounts for; the next daemon stops them and fails the job. */
   uint64_t b = submit(d, "hold", 1);
   assert_int_equal(wait_state(d, b, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
-  char run_dir[256];
+  char run_dir[PATH_MAX * 2];
   run_file(d, b, "", run_dir, sizeof run_dir);
   run_dir[strlen(run_dir) - 1] = '\0'; /* no trailing slash: the argument as the launcher passed it */
   /* mpirun and the worker; now and then also the worker's child between fork and exec of a sleep. */
@@ -603,7 +635,7 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
   daemon_fx *d = *state;
   uint64_t id = submit(d, "graceful", 1);
   assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
-  char secret[256];
+  char secret[PATH_MAX * 2];
   run_file(d, id, "secret", secret, sizeof secret); /* written once the rank runs */
   for (int i = 0; i < 200 && !file_exists(secret); i++) usleep(50000);
   assert_true(file_exists(secret));
@@ -622,7 +654,7 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
                              &dpod__v1__submit_job_response__descriptor, &resp, 5000, err, sizeof err),
                    DPOD_ERPC);
   assert_non_null(strstr(err, "shutting down"));
-  char release[256];
+  char release[PATH_MAX * 2];
   run_file(d, id, "release", release, sizeof release);
   touch(release);
   assert_int_equal(daemon_stop(d), 0);
@@ -637,6 +669,7 @@ static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(health_check_reports_serving, setup, teardown),
+      cmocka_unit_test_setup_teardown(serves_on_a_socket_path_longer_than_sun_path, setup_long_socket, teardown),
       cmocka_unit_test_setup_teardown(malformed_requests_are_refused_and_the_daemon_lives_on, setup, teardown),
       cmocka_unit_test_setup_teardown(unknown_methods_are_unimplemented, setup, teardown),
       cmocka_unit_test_setup_teardown(unknown_jobs_are_not_found, setup, teardown),

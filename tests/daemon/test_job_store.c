@@ -10,6 +10,7 @@
 #include "test_util.h"
 
 #include <sqlite3.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,8 @@
 #include "job_store.h"
 
 typedef struct {
-  char dir[64];
-  char db[128];
+  char dir[PATH_MAX];
+  char db[PATH_MAX + 16];
   job_store *s;
 } fixture;
 
@@ -41,7 +42,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   fixture *f = *state;
   job_store_close(f->s);
-  char cmd[160];
+  char cmd[PATH_MAX + 32];
   snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
   if (system(cmd) != 0) return -1;
   free(f);

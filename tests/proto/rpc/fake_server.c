@@ -2,6 +2,11 @@
  * the one completion queue for the tag of the batch it just started. */
 #include "fake_server.h"
 
+#include <limits.h>
+#include <unistd.h>
+
+#include "rpc_addr.h"
+
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -284,8 +289,16 @@ int fake_server_start(const char *addr) {
   server = grpc_server_create(NULL, NULL);
   cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(server, cq, NULL);
+  /* Bound like dpod binds, so that a socket path longer than sun_path works here too. */
+  char target[PATH_MAX + 64], err[256];
+  static int dir_fd = -1;
+  if (dir_fd >= 0) close(dir_fd);
+  if (rpc_addr_for_socket(addr, target, sizeof target, &dir_fd, err, sizeof err) != 0) {
+    fprintf(stderr, "fake_server: %s\n", err);
+    return -1;
+  }
   grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-  int port = grpc_server_add_http2_port(server, addr, creds);
+  int port = grpc_server_add_http2_port(server, target, creds);
   grpc_server_credentials_release(creds);
   if (!port) {
     fprintf(stderr, "fake_server: cannot listen on %s\n", addr);

@@ -1,6 +1,7 @@
 /* rpc_client against the scripted fake server (fake_server.h): unary calls, status codes and their
  * messages, deadlines, server streams to the end, per-message timeouts, closing a live stream, and use
  * from another thread. `test_rpc_client NAME` runs one test. */
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,7 +27,7 @@
 #include "rpc_client.h"
 #include "rpc_methods.h"
 
-static char dir[256], addr[300];
+static char dir[PATH_MAX], addr[PATH_MAX + 32];
 static rpc_client *client;
 static char err[1024];
 
@@ -45,7 +46,7 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   (void)state;
   fake_server_stop();
-  char path[320];
+  char path[PATH_MAX + 16];
   snprintf(path, sizeof path, "%s/fake.sock", dir);
   unlink(path);
   rmdir(dir);
@@ -150,7 +151,7 @@ static void health_check_serving(void **state) {
 static void unreachable_server_is_unavailable(void **state) {
   (void)state;
   rpc_client *c;
-  char a[400];
+  char a[PATH_MAX + 32];
   snprintf(a, sizeof a, "unix:%s/nobody-here.sock", dir);
   assert_int_equal(rpc_client_open(a, &c, err, sizeof err), 0);
   Dpod__V1__GetJobRequest req = DPOD__V1__GET_JOB_REQUEST__INIT;
