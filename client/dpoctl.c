@@ -20,6 +20,7 @@
 
 #include "dpod_error.h"
 #include "dpod_paths.h"
+#include "dpod_parse.h"
 #include "format.h"
 #include "health.pb-c.h"
 #include "job_spec.h"
@@ -156,11 +157,7 @@ static int next_opt(const char *cmd, int argc, char **argv, const char *shortopt
 }
 
 static int parse_id(const char *cmd, const char *text, uint64_t *id) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(text, &end, 10);
-  if (!*text || *end || errno || v == 0 || text[0] == '-') return usage_error(cmd, "bad job id '%s'", text);
-  *id = v;
+  if (dpod_parse_u64(text, UINT64_MAX, id) != 0 || *id == 0) return usage_error(cmd, "bad job id '%s'", text);
   return 0;
 }
 
@@ -412,16 +409,17 @@ static int cmd_watch(ctl *c, int argc, char **argv) {
   int opt, bad = 0;
   while ((opt = next_opt("watch", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
-      case 'a': {
-        char *end;
-        errno = 0;
-        after = strtoull(optarg, &end, 10);
-        if (!*optarg || *end || errno || optarg[0] == '-') return usage_error("watch", "bad --after-seq '%s'", optarg);
+      case 'a':
+        if (dpod_parse_u64(optarg, UINT64_MAX, &after) != 0) return usage_error("watch", "bad --after-seq '%s'", optarg);
         break;
-      }
       case 'j': o.jsonl = 1; break;
       case 'P': o.progress = 0; break;
-      case 'r': o.retries = atoi(optarg); break;
+      case 'r': {
+        uint64_t v;
+        if (dpod_parse_u64(optarg, 1000000, &v) != 0) return usage_error("watch", "bad --retries '%s'", optarg);
+        o.retries = (int)v;
+        break;
+      }
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
       case 'h': fputs(usage_watch, stdout); return EXIT_OK;
     }
@@ -607,10 +605,8 @@ static int cmd_list(ctl *c, int argc, char **argv) {
         break;
       }
       case 'l': {
-        char *end;
-        unsigned long v = strtoul(optarg, &end, 10);
-        if (!*optarg || *end || optarg[0] == '-' || v == 0 || v > UINT32_MAX)
-          return usage_error("list", "bad --limit '%s'", optarg);
+        uint64_t v;
+        if (dpod_parse_u64(optarg, UINT32_MAX, &v) != 0 || v == 0) return usage_error("list", "bad --limit '%s'", optarg);
         limit = (uint32_t)v;
         break;
       }

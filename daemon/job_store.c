@@ -40,12 +40,12 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_GET_SEQ] = "SELECT last_seq, last_metrics_step, last_checkpoint_step, last_eval_step FROM jobs WHERE id = ?1",
     [ST_INSERT_EVENT] = "INSERT INTO events(job_id, seq, time_ms, payload) VALUES(?1, ?2, ?3, ?4)",
     [ST_SET_LAST_SEQ] = "UPDATE jobs SET last_seq = ?2 WHERE id = ?1",
-    /* A job that re-enters the queue (state 1, QUEUED: a restart) starts with no finish time and no
-     * pending cancel. */
+    /* A job that re-enters the queue (?7 is QUEUED: a restart) starts with no finish time and no pending
+     * cancel. */
     [ST_SET_STATE] = "UPDATE jobs SET state = ?2, reason = ?3, exit_code = ?4,"
                      " started_ms = CASE WHEN ?5 > 0 THEN ?5 ELSE started_ms END,"
-                     " finished_ms = CASE WHEN ?6 > 0 THEN ?6 WHEN ?2 = 1 THEN 0 ELSE finished_ms END,"
-                     " cancel_requested = CASE WHEN ?2 = 1 THEN 0 ELSE cancel_requested END WHERE id = ?1",
+                     " finished_ms = CASE WHEN ?6 > 0 THEN ?6 WHEN ?2 = ?7 THEN 0 ELSE finished_ms END,"
+                     " cancel_requested = CASE WHEN ?2 = ?7 THEN 0 ELSE cancel_requested END WHERE id = ?1",
     [ST_SET_METRICS] = "UPDATE jobs SET last_metrics = ?2, last_metrics_step = ?3 WHERE id = ?1",
     [ST_SET_CHECKPOINT] = "UPDATE jobs SET last_checkpoint = ?2, last_checkpoint_step = ?3 WHERE id = ?1",
     [ST_SET_EVAL] = "UPDATE jobs SET last_eval = ?2, last_eval_step = ?3, first_eval = COALESCE(first_eval, ?2)"
@@ -309,6 +309,7 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
       sqlite3_bind_int(st, 4, sc->has_exit_code ? sc->exit_code : 0);
       sqlite3_bind_int64(st, 5, sc->state == DPOD__V1__JOB_STATE__JOB_STATE_STARTING ? now_ms : 0);
       sqlite3_bind_int64(st, 6, job_state_is_terminal(sc->state) ? now_ms : 0);
+      sqlite3_bind_int(st, 7, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
       status = store_exec_stmt(s, st, "updating the job state");
       break;
     }
@@ -551,14 +552,16 @@ void job_store_free_jobs(Dpod__V1__Job **jobs, size_t n) {
 
 int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_states, uint32_t limit,
                    bool oldest_first, Dpod__V1__Job ***out, size_t *n) {
-  /* Built per call (listing is rare); the state list is bound, never pasted into the SQL. */
-  char sql[1024];
+  /* The states travel as one bound bit mask, however many a request names (a state number beyond the
+   * mask is none that is ever stored, so it matches nothing, as it should). */
+  int64_t mask = 0;
+  for (size_t i = 0; i < n_states; i++)
+    if (states[i] >= 0 && states[i] < 63) mask |= (int64_t)1 << states[i];
+  char sql[512];
   int off = snprintf(sql, sizeof sql,
                      "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
-                     " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs");
-  if (n_states > 64) n_states = 64;
-  for (size_t i = 0; i < n_states; i++) off += snprintf(sql + off, sizeof sql - off, "%s?", i ? ", " : " WHERE state IN (");
-  if (n_states) off += snprintf(sql + off, sizeof sql - off, ")");
+                     " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs%s",
+                     n_states ? " WHERE ((?1 >> state) & 1) = 1" : "");
   off += snprintf(sql + off, sizeof sql - off, " ORDER BY id %s", oldest_first ? "ASC" : "DESC");
   if (limit) snprintf(sql + off, sizeof sql - off, " LIMIT %u", limit);
 
@@ -569,7 +572,7 @@ int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_stat
   size_t count = 0, cap = 0;
   int status = 0;
   if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return store_fail(s, "listing jobs");
-  for (size_t i = 0; i < n_states; i++) sqlite3_bind_int(st, (int)i + 1, states[i]);
+  if (n_states) sqlite3_bind_int64(st, 1, mask);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     if (count == cap) {

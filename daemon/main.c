@@ -38,6 +38,7 @@
 #include "coordinator.h"
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "api.h"
@@ -249,7 +250,6 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, OPT_HELP},           {NULL, 0, NULL, 0},
   };
   int c;
-  char *end;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
       case OPT_LISTEN:
@@ -258,14 +258,15 @@ int main(int argc, char **argv) {
       case OPT_STATE:
         if (str_copy(state_dir, sizeof state_dir, optarg) != 0) return arg_too_long("--state-dir");
         break;
-      case OPT_SLOTS:
-        errno = 0;
-        slots = strtoul(optarg, &end, 10);
-        if (errno || *end || slots < 1 || slots > 4096) {
+      case OPT_SLOTS: {
+        uint64_t v;
+        if (dpod_parse_u64(optarg, 4096, &v) != 0 || v < 1) {
           fprintf(stderr, "dpod: --slots: expected a number from 1 to 4096, got \"%s\"\n", optarg);
           return 2;
         }
+        slots = (unsigned long)v;
         break;
+      }
       case OPT_WORKER:
         if (str_copy(worker, sizeof worker, optarg) != 0) return arg_too_long("--worker");
         break;

@@ -13,11 +13,13 @@
  *   [winners; losers], dpo_loss -> d loss / d mse, unet_backward_mse;
  *   then all-reduce the gradients and the metric sums (with rank 0's stop flag), clip, AdamW. */
 #include <errno.h>
+#include <inttypes.h>
 #include <getopt.h>
 #include <signal.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,7 @@
 #include "sampler.h"
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "ddim.h"
@@ -48,10 +51,13 @@
 #define WORKER_SPEC_MAX ((size_t)1 << 20)
 #define WORKER_CONFIG_MAX ((size_t)1 << 20)
 
-/* Gradients are all-reduced in buckets of this many floats (64 MiB): few, large calls. */
-#define ALLREDUCE_BUCKET ((size_t)16 << 20)
+/* Parameters are broadcast and gradients all-reduced in calls of at most this many floats (64 MiB): few,
+ * large calls, each well under MPI's int count (an SDXL-sized UNet has 2.6e9 parameters).
+ * DPOD_MPI_CHUNK_FLOATS overrides it, so that tests can make every collective take many calls. */
+#define MPI_CHUNK_DEFAULT ((size_t)16 << 20)
 
 static int g_rank = 0, g_world = 1;
+static size_t g_mpi_chunk = MPI_CHUNK_DEFAULT;
 
 /* SIGTERM or SIGUSR1 (Slurm preemption, a time limit, dpod) asks for a checkpoint at the next step
  * boundary and exit status WORKER_EXIT_PREEMPTED; a second SIGTERM exits at once. The handler only
@@ -128,7 +134,12 @@ static int parse_args(int argc, char **argv, worker_args *a) {
     switch (c) {
       case 's': a->spec_path = optarg; break;
       case 'r': a->run_dir = optarg; break;
-      case 'j': a->job_id = strtoull(optarg, NULL, 10); break;
+      case 'j':
+        if (dpod_parse_u64(optarg, UINT64_MAX, &a->job_id) != 0 || a->job_id == 0) {
+          fprintf(stderr, "dpo-worker: --job-id wants a job number, got '%s'\n", optarg);
+          return -1;
+        }
+        break;
       case 'a': a->report_addr = optarg; break;
       case 'h': usage(stdout); return 1;
       default: usage(stderr); return -1;
@@ -177,15 +188,35 @@ typedef struct {
   int dpo;                   /* objective is dpo (else sft) */
   size_t img;                /* floats per latent image */
   size_t emb;                /* floats per prompt embedding */
-  uint32_t global_batch;     /* pairs per optimizer step over all ranks */
+  uint64_t global_batch;     /* pairs per optimizer step over all ranks */
   double peak_lr;
   uint32_t warmup_steps;
+  size_t *batch_pairs;       /* [B]: the pairs of the micro-batch being filled */
+  uint64_t *batch_keys;      /* [B]: their RNG keys */
   /* Micro-batch buffers: up to 2B images (winners then losers). */
   float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
   float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
   int64_t *t_int;
   reporter *rep;
 } trainer;
+
+/* Rank 0's copy of n floats to every rank, in calls of at most g_mpi_chunk. */
+static void bcast_floats(float *buf, size_t n, const char *what) {
+  for (size_t off = 0; off < n; off += g_mpi_chunk) {
+    size_t len = n - off < g_mpi_chunk ? n - off : g_mpi_chunk;
+    if (MPI_Bcast(buf + off, (int)len, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+      worker_die("MPI_Bcast of %s failed", what);
+  }
+}
+
+/* count x size bytes, or the worker dies saying so: nothing here can go on without its buffers. */
+static void *alloc_array(size_t count, size_t size) {
+  if (size && count > SIZE_MAX / size) worker_die("a buffer of %zu x %zu bytes is too large", count, size);
+  size_t bytes = count * size;
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p) worker_die("out of memory (%zu bytes)", bytes);
+  return p;
+}
 
 static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec, const char *weights) {
   unet_params p = unet_default_params();
@@ -222,8 +253,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");
   /* Random initialisation is seeded identically on every rank, but broadcasting rank 0's weights makes
    * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
-  if (MPI_Bcast(params, (int)nparam, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
-    worker_die("MPI_Bcast of the initial weights failed");
+  bcast_floats(params, nparam, "the initial weights");
   if (tr->dpo) {
     const char *ref_weights = *spec->model->reference_weights ? spec->model->reference_weights : NULL;
     tr->ref = build_unet(config_text, spec, ref_weights);
@@ -231,8 +261,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
     if (ref_weights) {
       size_t n = 0;
       float *rp = unet_param_buffer(tr->ref, &n);
-      if (MPI_Bcast(rp, (int)n, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
-        worker_die("MPI_Bcast of the reference weights failed");
+      if (!rp) worker_die("the reference's weights: %s", unet_last_error(tr->ref));
+      bcast_floats(rp, n, "the reference weights");
     }
     if (unet_freeze(tr->ref) != 0) worker_die("freezing the reference: %s", unet_last_error(tr->ref));
   }
@@ -291,9 +321,11 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
   uint32_t b = tr->train->batch_size, a = tr->train->grad_accum;
-  tr->global_batch = b * a * (uint32_t)g_world;
+  tr->global_batch = (uint64_t)b * a * (uint64_t)g_world; /* < 2^96: no overflow in 64 bits for these inputs */
+  if (b == 0 || (uint64_t)b * a > UINT32_MAX / (uint64_t)g_world)
+    worker_die("a global batch of ranks %d x batch_size %u x grad_accum %u pairs is too large", g_world, b, a);
   if (tr->data.num_pairs < tr->global_batch)
-    worker_die("the dataset has %zu pairs, fewer than one global batch of %u (ranks %d x batch_size %u x "
+    worker_die("the dataset has %zu pairs, fewer than one global batch of %" PRIu64 " (ranks %d x batch_size %u x "
                "grad_accum %u)", tr->data.num_pairs, tr->global_batch, g_world, b, a);
   if (sampler_init(&tr->sampler, tr->data.num_pairs, tr->global_batch, tr->train->seed) != 0)
     worker_die("out of memory");
@@ -306,20 +338,19 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
                          : tr->train->warmup_steps;
 
   size_t n = 2 * (size_t)b;
-  tr->x0 = malloc(sizeof(float) * n * tr->img);
-  tr->noise = malloc(sizeof(float) * n * tr->img);
-  tr->x_t = malloc(sizeof(float) * n * tr->img);
-  tr->target = malloc(sizeof(float) * n * tr->img);
-  tr->ehs = malloc(sizeof(float) * n * tr->emb);
-  tr->timesteps = malloc(sizeof(float) * n);
-  tr->t_int = malloc(sizeof(int64_t) * n);
-  tr->mse_policy = malloc(sizeof(float) * n);
-  tr->mse_ref = malloc(sizeof(float) * n);
-  tr->grad_mse = malloc(sizeof(float) * n);
-  tr->pred = malloc(sizeof(float) * n * tr->img);
-  if (!tr->pred || !tr->x0 || !tr->noise || !tr->x_t || !tr->target || !tr->ehs || !tr->timesteps || !tr->t_int ||
-      !tr->mse_policy || !tr->mse_ref || !tr->grad_mse)
-    worker_die("out of memory");
+  tr->x0 = alloc_array(n * tr->img, sizeof(float));
+  tr->noise = alloc_array(n * tr->img, sizeof(float));
+  tr->x_t = alloc_array(n * tr->img, sizeof(float));
+  tr->target = alloc_array(n * tr->img, sizeof(float));
+  tr->pred = alloc_array(n * tr->img, sizeof(float));
+  tr->ehs = alloc_array(n * tr->emb, sizeof(float));
+  tr->timesteps = alloc_array(n, sizeof(float));
+  tr->t_int = alloc_array(n, sizeof(int64_t));
+  tr->mse_policy = alloc_array(n, sizeof(float));
+  tr->mse_ref = alloc_array(n, sizeof(float));
+  tr->grad_mse = alloc_array(n, sizeof(float));
+  tr->batch_pairs = alloc_array(b, sizeof(size_t));
+  tr->batch_keys = alloc_array(b, sizeof(uint64_t));
 }
 
 /* Fills the micro-batch buffers with b pairs of `ds`: winners in rows 0..b-1, losers in rows b..2b-1.
@@ -360,13 +391,11 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
 /* The training pairs at global positions g0 .. g0 + b - 1, keyed by their position, so the numbers do
  * not depend on how the global batch is split over ranks. */
 static void trainer_fill_batch(trainer *tr, uint64_t g0, int b) {
-  size_t pairs[b];
-  uint64_t keys[b];
   for (int i = 0; i < b; i++) {
-    keys[i] = g0 + (uint64_t)i;
-    pairs[i] = sampler_pair(&tr->sampler, keys[i]);
+    tr->batch_keys[i] = g0 + (uint64_t)i;
+    tr->batch_pairs[i] = sampler_pair(&tr->sampler, tr->batch_keys[i]);
   }
-  fill_pairs(tr, &tr->data, pairs, keys, tr->train->seed, b);
+  fill_pairs(tr, &tr->data, tr->batch_pairs, tr->batch_keys, tr->train->seed, b);
 }
 
 /* One micro-batch: forward both models, the loss in C, backward into the gradient buffer. */
@@ -397,8 +426,9 @@ static void allreduce_grads(trainer *tr) {
   if (g_world == 1) return;
   size_t n = 0;
   float *g = unet_grad_buffer(tr->policy, &n);
-  for (size_t off = 0; off < n; off += ALLREDUCE_BUCKET) {
-    size_t len = n - off < ALLREDUCE_BUCKET ? n - off : ALLREDUCE_BUCKET;
+  if (!g) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
+  for (size_t off = 0; off < n; off += g_mpi_chunk) {
+    size_t len = n - off < g_mpi_chunk ? n - off : g_mpi_chunk;
     if (MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of gradients failed");
   }
@@ -501,7 +531,10 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
     worker_die("resume: %s does not hold F32 exp_avg and exp_avg_sq of %zu elements and a step", path, n);
   memcpy(m, tm->data, n * sizeof(float));
   memcpy(v, tv->data, n * sizeof(float));
-  if (unet_adamw_set_step(tr->policy, strtoull(saved_step, NULL, 10)) != 0) worker_die("%s", unet_last_error(tr->policy));
+  uint64_t saved;
+  if (dpod_parse_u64(saved_step, UINT32_MAX, &saved) != 0)
+    worker_die("resume: %s: its step metadata is not a step count", path);
+  if (unet_adamw_set_step(tr->policy, saved) != 0) worker_die("%s", unet_last_error(tr->policy));
   st_close(f);
   if (g_rank == 0) log_info("resumed from %s (step %u)", dir, step);
   return step;
@@ -590,8 +623,8 @@ static void trainer_eval(trainer *tr, uint32_t step) {
     size_t n_eval = tr->val.num_pairs;
     if (tr->train->eval_pairs > 0 && tr->train->eval_pairs < n_eval) n_eval = tr->train->eval_pairs;
     const int b = (int)tr->train->batch_size;
-    size_t pairs[b];
-    uint64_t keys[b];
+    size_t *pairs = tr->batch_pairs;
+    uint64_t *keys = tr->batch_keys;
     int k = 0;
     dpo_loss_sums sums = {0};
     for (size_t i = (size_t)g_rank; i < n_eval; i += (size_t)g_world) {
@@ -670,7 +703,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_STARTED;
     ev.started = &st;
     report(tr, &ev);
-    log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %u pairs per step, "
+    log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %" PRIu64 " pairs per step, "
              "%zu parameters, beta %g, lr %g (warmup %u steps), BLAS kernels %s",
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
              tr->train->beta, tr->peak_lr, tr->warmup_steps, blas_select_corename());
@@ -790,6 +823,8 @@ static void trainer_free(trainer *tr) {
   free(tr->mse_ref);
   free(tr->grad_mse);
   free(tr->pred);
+  free(tr->batch_pairs);
+  free(tr->batch_keys);
   dataset_free(&tr->val);
   synth_task_free(&tr->task);
 }
@@ -806,6 +841,14 @@ int main(int argc, char **argv) {
   /* Info lines from rank 0 only; warnings and errors from every rank, which says which it is. */
   dpod_log_init("dpo-worker", g_rank == 0 ? DPOD_LOG_INFO : DPOD_LOG_WARN);
   install_signal_handlers();
+  const char *chunk = getenv("DPOD_MPI_CHUNK_FLOATS");
+  uint64_t chunk_v;
+  if (chunk && *chunk) {
+    if (dpod_parse_u64(chunk, INT32_MAX, &chunk_v) != 0 || chunk_v == 0)
+      worker_die("DPOD_MPI_CHUNK_FLOATS wants a count from 1 to %d, got '%s'", INT32_MAX, chunk);
+    g_mpi_chunk = (size_t)chunk_v;
+    log_info("broadcasts and all-reduces in calls of at most %zu floats", g_mpi_chunk);
+  }
 
   Dpod__V1__JobSpec *spec = load_spec(args.spec_path);
   if (spec->ranks != (uint32_t)g_world)

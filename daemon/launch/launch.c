@@ -13,6 +13,7 @@
 
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 
 void launch_backend_free(launch_backend *b) {
   if (b) b->ops->free(b);
@@ -112,10 +113,8 @@ int launch_handle_get(const char *handle, const char *key, char *buf, size_t len
 uint32_t launch_handle_attempt(const char *handle) {
   char v[16];
   if (launch_handle_get(handle, "attempt", v, sizeof v) != 0) return 0;
-  char *end;
-  errno = 0;
-  unsigned long a = strtoul(v, &end, 10);
-  return errno || *end || end == v || a > UINT32_MAX ? 0 : (uint32_t)a;
+  uint64_t a;
+  return dpod_parse_u64(v, UINT32_MAX, &a) == 0 ? (uint32_t)a : 0;
 }
 
 /* ---- exit records ---- */

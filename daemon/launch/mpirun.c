@@ -27,6 +27,7 @@
 
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 #include "dpod_log.h"
 #include "launch_backend.h"
 #include "proc_scan.h"
@@ -246,10 +247,9 @@ static int mpirun_recover_(launch_backend *b, const char *handle, const char *ru
   uint32_t attempt = launch_handle_attempt(handle);
   if (attempt > 0 && launch_exit_record_read(run_dir, attempt, exit, NULL, 0) == 0) return LAUNCH_RECOVERED_ENDED;
   char v[16];
-  char *end;
-  long sid = 0;
-  if (launch_handle_get(handle, "sid", v, sizeof v) == 0) sid = strtol(v, &end, 10);
-  if (sid <= 0 || *end) return dpod_errf(err, errlen, DPOD_EINVAL, "handle '%s' names no session", handle);
+  uint64_t sid = 0;
+  if (launch_handle_get(handle, "sid", v, sizeof v) != 0 || dpod_parse_u64(v, INT_MAX, &sid) != 0 || sid == 0)
+    return dpod_errf(err, errlen, DPOD_EINVAL, "handle '%s' names no session", handle);
   int n = proc_signal_session((int)sid, run_dir, SIGKILL, 0);
   if (stopped) *stopped = n;
   return LAUNCH_RECOVERED_LOST;

@@ -21,9 +21,13 @@ import json
 import os
 import time
 
+# The fixtures sit beside the checkout (../shared/fixtures), or where DPOD_FIXTURES says.
+FIXTURES = os.environ.get("DPOD_FIXTURES") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures")
+
 SHAPES = {
-    # /work/shared/fixtures/tiny-sd/config.json: 8x8 latents, 4 channels, cross_attention_dim 32
-    "tiny": dict(config="/work/shared/fixtures/tiny-sd/config.json", pairs=8, text_len=4),
+    # ../shared/fixtures/tiny-sd/config.json: 8x8 latents, 4 channels, cross_attention_dim 32
+    "tiny": dict(config=os.path.join(FIXTURES, "tiny-sd", "config.json"), pairs=8, text_len=4),
     "bigger": dict(config=dict(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=[64, 128, 256],

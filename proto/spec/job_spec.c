@@ -20,6 +20,7 @@
 
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 #include "job_names.h"
 #include "pb_walk.h"
 
@@ -156,31 +157,6 @@ static int js_resolve(ProtobufCMessage *msg, const char *rel, const char *full, 
 /* ----------------------------------------------------------------------------------------------- */
 /* Scalars from text. */
 
-static int js_parse_u64(const char *text, uint64_t max, uint64_t *out) {
-  const char *p = text;
-  if (!isdigit((unsigned char)*p)) return -1;  /* no sign, no blanks, no empty string */
-  errno = 0;
-  char *end;
-  unsigned long long v = strtoull(p, &end, 10);
-  if (*end) return -1;
-  if (errno == ERANGE || v > max) return -2;
-  *out = v;
-  return 0;
-}
-
-static int js_parse_i64(const char *text, int64_t min, int64_t max, int64_t *out) {
-  const char *p = text;
-  if (*p == '-' || *p == '+') p++;
-  if (!isdigit((unsigned char)*p)) return -1;
-  errno = 0;
-  char *end;
-  long long v = strtoll(text, &end, 10);
-  if (*end) return -1;
-  if (errno == ERANGE || v < min || v > max) return -2;
-  *out = v;
-  return 0;
-}
-
 static int js_parse_bool(const char *text, protobuf_c_boolean *out) {
   static const char *yes[] = {"true", "yes", "on"}, *no[] = {"false", "no", "off"};
   for (size_t i = 0; i < 3; i++) {
@@ -229,7 +205,7 @@ static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
     case PROTOBUF_C_TYPE_FIXED64: {
       int is32 = f->type == PROTOBUF_C_TYPE_UINT32 || f->type == PROTOBUF_C_TYPE_FIXED32;
       uint64_t max = is32 ? UINT32_MAX : UINT64_MAX, v;
-      int rc = js_parse_u64(text, max, &v);
+      int rc = dpod_parse_u64(text, max, &v);
       if (rc == -1 && text[0] == '-')
         return js_errf(err, errlen, "key '%s': must not be negative (got %s)", key, text);
       if (rc == -1) return js_errf(err, errlen, "key '%s': expected a whole number >= 0, got '%s'", key, text);
@@ -249,7 +225,7 @@ static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
       int is32 = f->type == PROTOBUF_C_TYPE_INT32 || f->type == PROTOBUF_C_TYPE_SINT32 ||
                  f->type == PROTOBUF_C_TYPE_SFIXED32;
       int64_t v;
-      int rc = js_parse_i64(text, is32 ? INT32_MIN : INT64_MIN, is32 ? INT32_MAX : INT64_MAX, &v);
+      int rc = dpod_parse_i64(text, is32 ? INT32_MIN : INT64_MIN, is32 ? INT32_MAX : INT64_MAX, &v);
       if (rc == -1) return js_errf(err, errlen, "key '%s': expected a whole number, got '%s'", key, text);
       if (rc == -2) return js_errf(err, errlen, "key '%s': %s is out of range", key, text);
       if (is32)

@@ -266,6 +266,49 @@ static void list_filters_by_state_newest_first(void **state) {
   job_store_free_jobs(jobs, n);
 }
 
+/* However many filters a request names, none is dropped: the one that matches can come last, and a
+ * state number no job has matches nothing. */
+static void list_takes_any_number_of_state_filters(void **state) {
+  fixture *f = *state;
+  uint64_t a = create_job(f, "a", 1);
+  job_store_append_state(f->s, a, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED, "cancelled by user", 0, 1, NULL);
+  Dpod__V1__JobState filters[100];
+  for (int i = 0; i < 99; i++) filters[i] = (i % 2) ? DPOD__V1__JOB_STATE__JOB_STATE_RUNNING : (Dpod__V1__JobState)1000;
+  filters[99] = DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED;
+  Dpod__V1__Job **jobs = NULL;
+  size_t n = 0;
+  assert_int_equal(job_store_list(f->s, filters, 100, 0, false, &jobs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_int_equal(jobs[0]->id, a);
+  job_store_free_jobs(jobs, n);
+  assert_int_equal(job_store_list(f->s, filters, 99, 0, false, &jobs, &n), 0);
+  assert_int_equal(n, 0);
+  job_store_free_jobs(jobs, n);
+}
+
+/* A restart (back to QUEUED) clears the finish time and a pending cancel; other states keep them. */
+static void requeued_job_loses_its_finish_time_and_cancel(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "r", 1);
+  job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, NULL, 0, 5, NULL);
+  assert_int_equal(job_store_set_cancel_requested(f->s, id), 0);
+  job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "x", 1, 9, NULL);
+  Dpod__V1__Job *job = NULL;
+  job_info info;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_int_equal(job->finished_unix_ms, 9);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_true(info.cancel_requested);
+  job_store_append_state(f->s, id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, "restarted by user", 0, 12, NULL);
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_int_equal(job->finished_unix_ms, 0);
+  assert_int_equal(job->started_unix_ms, 5);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  assert_int_equal(job_store_get_info(f->s, id, &info), 0);
+  assert_false(info.cancel_requested);
+}
+
 static void newer_schema_is_refused(void **state) {
   fixture *f = *state;
   sqlite3 *db;
@@ -345,6 +388,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(failed_append_rolls_back_event_and_last_seq, setup, teardown),
       cmocka_unit_test_setup_teardown(reopened_store_finds_its_data, setup, teardown),
       cmocka_unit_test_setup_teardown(list_filters_by_state_newest_first, setup, teardown),
+      cmocka_unit_test_setup_teardown(list_takes_any_number_of_state_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(requeued_job_loses_its_finish_time_and_cancel, setup, teardown),
       cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(version_2_database_is_migrated, setup, teardown),
       cmocka_unit_test_setup_teardown(version_3_session_becomes_a_launch_handle, setup, teardown),

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,8 @@
 
 #include "dpod_error.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
+#include "json_num.h"
 #include "dpod_log.h"
 
 #define RANK_STATE_MAGIC "dpod-rank-state"
@@ -36,8 +39,9 @@ static void remove_tree(const char *path) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
       if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-      char child[4200];
-      snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+      char child[PATH_MAX];
+      /* A truncated name is some other file: leave the entry (and so the directory) rather than unlink it. */
+      if (snprintf(child, sizeof child, "%s/%s", path, e->d_name) >= (int)sizeof child) continue;
       struct stat st;
       if (lstat(child, &st) == 0 && S_ISDIR(st.st_mode))
         remove_tree(child);
@@ -214,8 +218,9 @@ int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {
   const cJSON *magic = cJSON_GetObjectItemCaseSensitive(root, "magic");
   const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
   const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
-  if (!root || !cJSON_IsString(magic) || strcmp(magic->valuestring, MARKER_MAGIC) != 0 || !cJSON_IsNumber(step) ||
-      !cJSON_IsObject(files)) {
+  uint64_t marker_step;
+  if (!root || !cJSON_IsString(magic) || strcmp(magic->valuestring, MARKER_MAGIC) != 0 ||
+      dpo_json_uint(step, UINT32_MAX, &marker_step) != 0 || !cJSON_IsObject(files)) {
     snprintf(err, errlen, "%s: malformed marker", path);
     goto done;
   }
@@ -224,7 +229,9 @@ int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {
   cJSON_ArrayForEach(f, files) {
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(f, "size");
     const cJSON *crc = cJSON_GetObjectItemCaseSensitive(f, "crc32");
-    if (!cJSON_IsNumber(size) || !cJSON_IsString(crc) || strchr(f->string, '/')) {
+    uint64_t want_size;
+    if (dpo_json_uint(size, UINT64_MAX, &want_size) != 0 || !cJSON_IsString(crc) || strchr(f->string, '/') ||
+        strcmp(f->string, "..") == 0) {
       snprintf(err, errlen, "%s: malformed entry for '%s'", path, f->string);
       goto done;
     }
@@ -239,9 +246,10 @@ int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {
     }
     char hex[9];
     snprintf(hex, sizeof hex, "%08x", got_crc);
-    if ((double)got_size != size->valuedouble || strcmp(hex, crc->valuestring) != 0) {
-      snprintf(err, errlen, "%s: size or checksum differs from the marker (%" PRIu64 " bytes, crc32 %s; recorded %.0f, %s)",
-               fpath, got_size, hex, size->valuedouble, crc->valuestring);
+    if (got_size != want_size || strcmp(hex, crc->valuestring) != 0) {
+      snprintf(err, errlen,
+               "%s: size or checksum differs from the marker (%" PRIu64 " bytes, crc32 %s; recorded %" PRIu64 ", %.8s)",
+               fpath, got_size, hex, want_size, crc->valuestring);
       goto done;
     }
     if (strcmp(f->string, CKPT_WEIGHTS) == 0) have_weights = 1;
@@ -250,7 +258,7 @@ int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {
     snprintf(err, errlen, "%s: the marker lists no %s", path, CKPT_WEIGHTS);
     goto done;
   }
-  if (step_out) *step_out = (uint32_t)step->valuedouble;
+  if (step_out) *step_out = (uint32_t)marker_step;
   rc = 0;
 done:
   cJSON_Delete(root);
@@ -330,16 +338,19 @@ int ckpt_read_rank_state(const char *dir, uint32_t rank, ckpt_rank_state *st, ch
   const cJSON *step = cJSON_GetObjectItemCaseSensitive(root, "step");
   const cJSON *pos = cJSON_GetObjectItemCaseSensitive(root, "data_position");
   const cJSON *seed = cJSON_GetObjectItemCaseSensitive(root, "seed");
-  if (!root || !cJSON_IsString(magic) || strcmp(magic->valuestring, RANK_STATE_MAGIC) != 0 || !cJSON_IsNumber(world) ||
-      !cJSON_IsNumber(r) || !cJSON_IsNumber(step) || !cJSON_IsNumber(pos) || !cJSON_IsString(seed)) {
+  uint64_t world_v, rank_v, step_v, pos_v, seed_v;
+  if (!root || !cJSON_IsString(magic) || strcmp(magic->valuestring, RANK_STATE_MAGIC) != 0 ||
+      dpo_json_uint(world, UINT32_MAX, &world_v) != 0 || dpo_json_uint(r, UINT32_MAX, &rank_v) != 0 ||
+      dpo_json_uint(step, UINT32_MAX, &step_v) != 0 || dpo_json_uint(pos, UINT64_MAX, &pos_v) != 0 ||
+      !cJSON_IsString(seed) || dpod_parse_u64(seed->valuestring, UINT64_MAX, &seed_v) != 0) {
     snprintf(err, errlen, "%s: malformed rank state", path);
     goto done;
   }
-  st->world_size = (uint32_t)world->valuedouble;
-  st->rank = (uint32_t)r->valuedouble;
-  st->step = (uint32_t)step->valuedouble;
-  st->data_position = (uint64_t)pos->valuedouble;
-  st->seed = strtoull(seed->valuestring, NULL, 10);
+  st->world_size = (uint32_t)world_v;
+  st->rank = (uint32_t)rank_v;
+  st->step = (uint32_t)step_v;
+  st->data_position = pos_v;
+  st->seed = seed_v;
   if (st->rank != rank) {
     snprintf(err, errlen, "%s: records rank %u", path, st->rank);
     goto done;

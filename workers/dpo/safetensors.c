@@ -21,6 +21,7 @@
 #include "dpod_error.h"
 #include "dpod_file.h"
 #include "dpod_half.h"
+#include "json_num.h"
 
 #define ST_MAX_HEADER (100u * 1000u * 1000u)
 
@@ -65,27 +66,17 @@ static int st_dtype_parse_(const char *s, st_dtype *out) {
 
 
 /* A JSON number that is a non-negative integer representable exactly (< 2^53). */
-static int st_json_uint_(const cJSON *j, uint64_t *out) {
-  if (!cJSON_IsNumber(j)) return -1;
-  double d = j->valuedouble;
-  if (!(d >= 0) || d > 9007199254740992.0 || d != (double)(uint64_t)d) return -1;
-  *out = (uint64_t)d;
-  return 0;
-}
-
+/* A tensor's byte range and its place in the header; sorted by range, with no context outside it. */
 typedef struct {
   uint64_t begin, end;
+  size_t index;
 } st_span_;
 
-/* qsort has no context argument in C11; sort an index array with a file-scope pointer instead. */
-static const st_span_ *st_sort_spans_;
-static int st_cmp_index_(const void *a, const void *b) {
-  size_t i = *(const size_t *)a, j = *(const size_t *)b;
-  uint64_t x = st_sort_spans_[i].begin, y = st_sort_spans_[j].begin;
-  if (x != y) return x < y ? -1 : 1;
-  uint64_t xe = st_sort_spans_[i].end, ye = st_sort_spans_[j].end;
-  if (xe != ye) return xe < ye ? -1 : 1;
-  return i < j ? -1 : (i > j);
+static int st_cmp_span_(const void *a, const void *b) {
+  const st_span_ *x = a, *y = b;
+  if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+  if (x->end != y->end) return x->end < y->end ? -1 : 1;
+  return x->index < y->index ? -1 : (x->index > y->index);
 }
 
 static int st_cmp_str_(const void *a, const void *b) {
@@ -112,7 +103,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   int fd = -1;
   cJSON *root = NULL;
   st_span_ *spans = NULL;
-  size_t *order = NULL;
+  st_span_ *order = NULL; /* the spans in data order */
   st_tensor *tmp = NULL;
   size_t ntmp = 0;
   char **names = NULL;
@@ -274,7 +265,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     int di = 0;
     for (cJSON *d = js->child; d; d = d->next, di++) {
       uint64_t v;
-      if (st_json_uint_(d, &v) != 0) {
+      if (dpo_json_uint(d, UINT64_MAX, &v) != 0) {
         rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                       "%s: tensor '%s': shape[%d] is not a non-negative integer", path, name, di);
         goto fail;
@@ -290,8 +281,8 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
       goto fail;
     }
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2 ||
-        st_json_uint_(jo->child, &spans[ntmp].begin) != 0 ||
-        st_json_uint_(jo->child->next, &spans[ntmp].end) != 0) {
+        dpo_json_uint(jo->child, UINT64_MAX, &spans[ntmp].begin) != 0 ||
+        dpo_json_uint(jo->child->next, UINT64_MAX, &spans[ntmp].end) != 0) {
       rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets is not a pair of non-negative integers", path, name);
       goto fail;
@@ -349,14 +340,15 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   }
 
   /* In data order, tensors must tile the data area: no overlap, no gap, nothing after the last. */
-  for (size_t i = 0; i < ntmp; i++) order[i] = i;
-  st_sort_spans_ = spans;
-  qsort(order, ntmp, sizeof *order, st_cmp_index_);
-  st_sort_spans_ = NULL;
+  for (size_t i = 0; i < ntmp; i++) {
+    order[i] = spans[i];
+    order[i].index = i;
+  }
+  qsort(order, ntmp, sizeof *order, st_cmp_span_);
   uint64_t pos = 0;
   const char *prev = NULL;
   for (size_t k = 0; k < ntmp; k++) {
-    size_t i = order[k];
+    size_t i = order[k].index;
     if (spans[i].begin < pos) {
       rc = dpod_errf(err, errlen, DPOD_EFORMAT,
                     "%s: tensor '%s': data_offsets [%llu, %llu) overlap tensor '%s' (which ends at %llu)", path,
@@ -385,7 +377,7 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
-  for (size_t k = 0; k < ntmp; k++) f->tensors[k] = tmp[order[k]];
+  for (size_t k = 0; k < ntmp; k++) f->tensors[k] = tmp[order[k].index];
   f->count = ntmp;
   ntmp = 0; /* names now owned by f */
 

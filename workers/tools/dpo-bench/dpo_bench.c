@@ -22,6 +22,7 @@
 #include "schedule.h"
 #include "loss.h"
 #include "dpod_file.h"
+#include "dpod_parse.h"
 #include "unet_shim.h"
 
 /* The "bigger" shape: three levels (64/128/256), two layers per block, SD-style 77-token text. */
@@ -200,6 +201,12 @@ static void usage(FILE *out) {
           "(one shape only; recording slows the step, so its timings are not the benchmark's).\n");
 }
 
+/* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
+static int int_arg(const char *text) {
+  uint64_t v;
+  return dpod_parse_u64(text, 1000000, &v) == 0 ? (int)v : -1;
+}
+
 int main(int argc, char **argv) {
   blas_select_kernels(argv);
   static const struct option opts[] = {{"shape", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
@@ -213,13 +220,13 @@ int main(int argc, char **argv) {
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
       case 's': shape = optarg; break;
-      case 't': threads = atoi(optarg); break;
-      case 'n': steps = atoi(optarg); break;
-      case 'w': warmup = atoi(optarg); break;
+      case 't': threads = int_arg(optarg); break;
+      case 'n': steps = int_arg(optarg); break;
+      case 'w': warmup = int_arg(optarg); break;
       case 'c': config = optarg; break;
-      case 'p': pairs = atoi(optarg); break;
-      case 'l': text_len = atoi(optarg); break;
-      case 'z': size = atoi(optarg); break;
+      case 'p': pairs = int_arg(optarg); break;
+      case 'l': text_len = int_arg(optarg); break;
+      case 'z': size = int_arg(optarg); break;
       case 'P': profile = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;

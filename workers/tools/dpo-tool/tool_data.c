@@ -13,14 +13,13 @@
 #include "pref_format.h"
 #include "safetensors.h"
 #include "synth.h"
+#include "dpod_parse.h"
 
 /* ---- small helpers ------------------------------------------------------------------------------ */
 
-static int parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
+int tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
+  uint64_t v;
+  if (dpod_parse_u64(s, hi, &v) != 0 || v < lo) {
     fprintf(stderr, "dpo-tool %s: %s wants an integer in [%llu, %llu], got '%s'\n", cmd, opt,
             (unsigned long long)lo, (unsigned long long)hi, s);
     return -1;
@@ -414,7 +413,7 @@ int tool_import_main(int argc, char **argv) {
         break;
       case 's': {
         uint64_t v;
-        if (parse_u64("import", "--shard-pairs", optarg, 1, 1u << 24, &v) != 0) return 2;
+        if (tool_parse_u64("import", "--shard-pairs", optarg, 1, 1u << 24, &v) != 0) return 2;
         wp.shard_pairs = (size_t)v;
         break;
       }
@@ -549,27 +548,27 @@ int tool_synth_main(int argc, char **argv) {
       case O_CONFIG: config = optarg; break;
       case O_SHAPE: shape = optarg; break;
       case O_PROMPTS:
-        if (parse_u64("synth", "--prompts", optarg, 1, 1u << 24, &v)) return 2;
+        if (tool_parse_u64("synth", "--prompts", optarg, 1, 1u << 24, &v)) return 2;
         p.prompts = (uint32_t)v;
         break;
       case O_BASE:
-        if (parse_u64("synth", "--base-per-prompt", optarg, 1, 1u << 24, &v)) return 2;
+        if (tool_parse_u64("synth", "--base-per-prompt", optarg, 1, 1u << 24, &v)) return 2;
         p.base_per_prompt = (uint32_t)v;
         break;
       case O_TRAIN:
-        if (parse_u64("synth", "--train-pairs", optarg, 1, 1u << 30, &v)) return 2;
+        if (tool_parse_u64("synth", "--train-pairs", optarg, 1, 1u << 30, &v)) return 2;
         p.train_pairs = (uint32_t)v;
         break;
       case O_VAL:
-        if (parse_u64("synth", "--validation-pairs", optarg, 0, 1u << 30, &v)) return 2;
+        if (tool_parse_u64("synth", "--validation-pairs", optarg, 0, 1u << 30, &v)) return 2;
         p.validation_pairs = (uint32_t)v;
         break;
       case O_TEXT:
-        if (parse_u64("synth", "--text-len", optarg, 1, 4096, &v)) return 2;
+        if (tool_parse_u64("synth", "--text-len", optarg, 1, 4096, &v)) return 2;
         p.text_len = (int)v;
         break;
       case O_EMBED:
-        if (parse_u64("synth", "--embed-dim", optarg, 1, 1u << 16, &v)) return 2;
+        if (tool_parse_u64("synth", "--embed-dim", optarg, 1, 1u << 16, &v)) return 2;
         p.embed_dim = (int)v;
         break;
       case O_NOISE:
@@ -579,7 +578,7 @@ int tool_synth_main(int argc, char **argv) {
         if (parse_double("synth", "--reward-scale", optarg, 0, &p.reward_scale)) return 2;
         break;
       case O_SEED:
-        if (parse_u64("synth", "--seed", optarg, 0, UINT64_MAX, &p.seed)) return 2;
+        if (tool_parse_u64("synth", "--seed", optarg, 0, UINT64_MAX, &p.seed)) return 2;
         break;
       case O_DTYPE:
         if (parse_dtype("synth", optarg, &p.dtype)) return 2;

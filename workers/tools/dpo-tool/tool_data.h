@@ -11,6 +11,8 @@
 #ifndef DPOD_TOOL_DATA_H
 #define DPOD_TOOL_DATA_H
 
+#include <stdint.h>
+
 int tool_import_main(int argc, char **argv);
 int tool_synth_main(int argc, char **argv);
 int tool_sample_main(int argc, char **argv);
@@ -29,5 +31,9 @@ int tool_sample_main(int argc, char **argv);
   "--checkpoint DIR --dataset DIR --out latents.safetensors [--split validation] [--prompts N] "        \
   "[--per-prompt K] [--steps 20] [--guidance 3] [--seed S] [--scheduler-config F] [--batch B] [--threads N]"
 #define TOOL_SAMPLE_SUMMARY "DDIM-sample a checkpoint on a dataset's prompts; score them if the dataset is synth"
+
+/* Parses the value `s` of option `opt` of subcommand `cmd` as an integer in [lo, hi], saying what is wrong
+ * on stderr if it is not. Returns 0 or -1. */
+int tool_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
 
 #endif

@@ -44,19 +44,6 @@ static int sample_unet_eps(void *ctx, int n, const float *x_t, const float *t, c
   return unet_forward(c->m, n, c->h, c->w, c->L, x_t, t, ehs, out);
 }
 
-static int sample_u64(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || *s == '-' || v < lo || v > hi) {
-    fprintf(stderr, "dpo-tool sample: %s wants an integer in [%llu, %llu], got '%s'\n", opt, (unsigned long long)lo,
-            (unsigned long long)hi, s);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
 int tool_sample_main(int argc, char **argv) {
   enum { O_CKPT = 1, O_DATA, O_OUT, O_SPLIT, O_PROMPTS, O_PER, O_STEPS, O_GUID, O_SEED, O_SCHED, O_BATCH, O_THREADS };
   static const struct option opts[] = {
@@ -81,13 +68,13 @@ int tool_sample_main(int argc, char **argv) {
       case O_SPLIT: split = optarg; break;
       case O_SCHED: sched_path = optarg; break;
       case O_PROMPTS:
-        if (sample_u64("--prompts", optarg, 1, 1u << 24, &nprompts)) return 2;
+        if (tool_parse_u64("sample", "--prompts", optarg, 1, 1u << 24, &nprompts)) return 2;
         break;
       case O_PER:
-        if (sample_u64("--per-prompt", optarg, 1, 1u << 16, &per)) return 2;
+        if (tool_parse_u64("sample", "--per-prompt", optarg, 1, 1u << 16, &per)) return 2;
         break;
       case O_STEPS:
-        if (sample_u64("--steps", optarg, 1, 1000, &v)) return 2;
+        if (tool_parse_u64("sample", "--steps", optarg, 1, 1000, &v)) return 2;
         dp.steps = (int)v;
         break;
       case O_GUID: {
@@ -100,13 +87,13 @@ int tool_sample_main(int argc, char **argv) {
         break;
       }
       case O_SEED:
-        if (sample_u64("--seed", optarg, 0, UINT64_MAX, &seed)) return 2;
+        if (tool_parse_u64("sample", "--seed", optarg, 0, UINT64_MAX, &seed)) return 2;
         break;
       case O_BATCH:
-        if (sample_u64("--batch", optarg, 1, 4096, &batch)) return 2;
+        if (tool_parse_u64("sample", "--batch", optarg, 1, 4096, &batch)) return 2;
         break;
       case O_THREADS:
-        if (sample_u64("--threads", optarg, 0, 1024, &threads)) return 2;
+        if (tool_parse_u64("sample", "--threads", optarg, 0, 1024, &threads)) return 2;
         break;
       case 'h': printf("usage: dpo-tool sample %s\n  %s\n", TOOL_SAMPLE_ARGS, TOOL_SAMPLE_SUMMARY); return 0;
       default: fprintf(stderr, "usage: dpo-tool sample %s\n", TOOL_SAMPLE_ARGS); return 2;
