@@ -5,17 +5,36 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "unet_model.h"
 
+#if DPOD_HAVE_SGEMM
 extern "C" {
 /* The Fortran BLAS libtorch itself calls (OpenBLAS on Debian when installed). */
 void sgemm_(const char *transa, const char *transb, const int *m, const int *n, const int *k, const float *alpha,
             const float *a, const int *lda, const float *b, const int *ldb, const float *beta, float *c,
             const int *ldc);
 }
+#endif
 
 namespace shim {
+
+/* Direct sgemm_ calls where the BLAS is linked, unless DPOD_ATTENTION_GEMM=aten asks for ATen's
+ * matmul (which is what a build without a Fortran BLAS always uses). Decided once per process. */
+bool attention_uses_sgemm() {
+#if DPOD_HAVE_SGEMM
+  static const bool use = [] {
+    const char *e = std::getenv("DPOD_ATTENTION_GEMM");
+    return !(e && std::strcmp(e, "aten") == 0);
+  }();
+  return use;
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 /* ---- attention core: softmax(scale q k^T) v for every (image, head) ----
@@ -33,11 +52,22 @@ namespace {
 
 void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
              const float *B, int64_t ldb, float *C, int64_t ldc) {
-  /* Row-major C = alpha op(A) op(B) is column-major C^T = alpha op(B)^T op(A)^T. */
-  const char a = tb ? 'T' : 'N', b = ta ? 'T' : 'N';
-  const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
-  const float beta = 0.0f;
-  sgemm_(&a, &b, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+#if DPOD_HAVE_SGEMM
+  if (attention_uses_sgemm()) {
+    /* Row-major C = alpha op(A) op(B) is column-major C^T = alpha op(B)^T op(A)^T. */
+    const char a = tb ? 'T' : 'N', b = ta ? 'T' : 'N';
+    const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+    const float beta = 0.0f;
+    sgemm_(&a, &b, &m, &n, &k, &alpha, B, &la, A, &lb, &beta, C, &lc);
+    return;
+  }
+#endif
+  /* The same product on ATen, over views of the row-major blocks with their leading dimensions. */
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor a = ta ? at::from_blob((void *)A, {K, M}, {lda, 1}, f32).t() : at::from_blob((void *)A, {M, K}, {lda, 1}, f32);
+  at::Tensor b = tb ? at::from_blob((void *)B, {N, K}, {ldb, 1}, f32).t() : at::from_blob((void *)B, {K, N}, {ldb, 1}, f32);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, f32);
+  c.copy_(at::mm(a, b).mul_(alpha));
 }
 
 constexpr int64_t kShortRow = 16;

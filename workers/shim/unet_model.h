@@ -140,6 +140,9 @@ double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w);
  * side, kv empty) or q [b, n, dim] with kv [b, m, 2 dim]; returns [b, n, dim]. Differentiable. */
 at::Tensor attention_core(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale);
 
+/* Whether attention_core multiplies through direct sgemm_ calls (else ATen's matmul). */
+bool attention_uses_sgemm();
+
 /* Sets OpenBLAS's own thread pool, if the BLAS is OpenBLAS (at::set_num_threads does not reach it). */
 void set_blas_threads(int n);
 

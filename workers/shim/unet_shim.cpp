@@ -191,6 +191,8 @@ double unet_train_flops(unet_t m, int n, int height, int width, int text_len) {
   return status ? 0 : flops;
 }
 
+const char *unet_attention_gemm(void) { return shim::attention_uses_sgemm() ? "sgemm" : "aten"; }
+
 int unet_profile_start(const char *json_path, char *err, size_t errlen) {
   std::string msg;
   int status = run_caught([&] { shim::profile_start(json_path); }, &msg);

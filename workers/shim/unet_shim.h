@@ -126,6 +126,11 @@ int unet_adamw_set_step(unet_t m, uint64_t step);
  * attention matmuls (2 * 2 heads Lq Lk head_dim); elementwise ops and norms are ignored. 0 on bad input. */
 double unet_train_flops(unet_t m, int n, int height, int width, int text_len);
 
+/* "sgemm" when the attention core calls the BLAS directly (fast on small heads), "aten" when it uses
+ * ATen's matmul: in a build without a Fortran BLAS, or with DPOD_ATTENTION_GEMM=aten in the environment.
+ * Static storage. */
+const char *unet_attention_gemm(void);
+
 /* Records every ATen op this process runs from now until unet_profile_stop(), which writes them to
  * json_path as a Chrome trace (chrome://tracing, Perfetto). One recording at a time. For dpo-bench. */
 int unet_profile_start(const char *json_path, char *err, size_t errlen);

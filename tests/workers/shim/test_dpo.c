@@ -164,6 +164,14 @@ static void dpo_unsaturated_matches_reference(void **state) {
   check_dpo_folder("dpo_unsaturated");
 }
 
+/* The attention backward on ATen's matmul gives the same gradients (see shim.forward's aten case). */
+static void dpo_unsaturated_matches_reference_on_aten_matmul(void **state) {
+  (void)state;
+  setenv("DPOD_ATTENTION_GEMM", "aten", 1);
+  assert_string_equal(unet_attention_gemm(), "aten");
+  check_dpo_folder("dpo_unsaturated");
+}
+
 static void dpo_ref_equals_policy_matches_reference(void **state) {
   (void)state;
   check_dpo_folder("dpo_ref_equals_policy");
@@ -173,6 +181,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(dpo_unsaturated_matches_reference),
       cmocka_unit_test(dpo_ref_equals_policy_matches_reference),
+      cmocka_unit_test(dpo_unsaturated_matches_reference_on_aten_matmul),
   };
   return CMOCKA_MAIN("dpo", tests, NULL, NULL);
 }

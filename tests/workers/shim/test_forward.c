@@ -39,6 +39,15 @@ static void forward_matches_diffusers(void **state) {
   run_forward("timestep");
 }
 
+/* Where no Fortran BLAS is linked (PyTorch's own libtorch), attention runs on ATen's matmul: the same
+ * numbers. DPOD_ATTENTION_GEMM=aten selects that path in this build too. */
+static void forward_matches_diffusers_on_aten_matmul(void **state) {
+  (void)state;
+  setenv("DPOD_ATTENTION_GEMM", "aten", 1);
+  assert_string_equal(unet_attention_gemm(), "aten");
+  run_forward("timestep");
+}
+
 static void forward_matches_diffusers_f32_timestep(void **state) {
   (void)state;
   run_forward("timestep_f32");
@@ -77,6 +86,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(forward_matches_diffusers),
       cmocka_unit_test(forward_matches_diffusers_f32_timestep),
+      cmocka_unit_test(forward_matches_diffusers_on_aten_matmul),
       cmocka_unit_test(builtin_config_matches_tiny_sd),
       cmocka_unit_test(train_flops_match_hand_count),
   };

@@ -153,8 +153,8 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
       if (timed[s] < mn) mn = timed[s];
     double med = median(timed, steps);
     double flops = unet_train_flops(policy, n, hw, hw, L);
-    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, BLAS %s\n", sh->name, P, n, hw, hw,
-           L, info.num_params, threads, blas_select_corename());
+    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name, P,
+           n, hw, hw, L, info.num_params, threads, unet_attention_gemm(), blas_select_corename());
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
     printf("  phases (median ms):");
