@@ -132,20 +132,25 @@ int reporter_start(const char *addr, uint64_t job_id, const char *secret, report
                    size_t errlen) {
   reporter *r = calloc(1, sizeof *r);
   if (!r) return DPOD_ENOMEM;
+  int inited = 0; /* how many of mu, wake, drained exist */
   int rc = rpc_client_open(addr, &r->client, err, errlen);
   if (rc) goto fail;
   r->job_id = job_id;
-  r->secret = strdup(secret ? secret : "");
-  pthread_mutex_init(&r->mu, NULL);
-  pthread_cond_init(&r->wake, NULL);
-  pthread_cond_init(&r->drained, NULL);
-  if (pthread_create(&r->thread, NULL, reporter_main, r) != 0) {
-    rc = DPOD_ENOMEM;
-    goto fail;
-  }
+  rc = DPOD_ENOMEM;
+  if (!(r->secret = strdup(secret ? secret : ""))) goto fail;
+  if (pthread_mutex_init(&r->mu, NULL) != 0) goto fail;
+  inited++;
+  if (pthread_cond_init(&r->wake, NULL) != 0) goto fail;
+  inited++;
+  if (pthread_cond_init(&r->drained, NULL) != 0) goto fail;
+  inited++;
+  if (pthread_create(&r->thread, NULL, reporter_main, r) != 0) goto fail;
   *out = r;
   return 0;
 fail:
+  if (inited > 2) pthread_cond_destroy(&r->drained);
+  if (inited > 1) pthread_cond_destroy(&r->wake);
+  if (inited > 0) pthread_mutex_destroy(&r->mu);
   if (r->client) rpc_client_close(r->client);
   free(r->secret);
   free(r);

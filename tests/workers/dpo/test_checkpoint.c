@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "dpod_error.h"
+#include "dpod_file.h"
 
 static char run_dir[256];
 
@@ -132,6 +134,43 @@ static void missing_file_or_rank_is_refused(void **state) {
   assert_non_null(strstr(err, "rank 1"));
 }
 
+/* Numbers in a rank record or a marker are whole and in range, or the file is refused: a negative, huge
+ * or fractional step must not wrap into some other step. */
+static void records_with_impossible_numbers_are_refused(void **state) {
+  (void)state;
+  make_checkpoint(10);
+  char dir[1024], err[512];
+  ckpt_dir(run_dir, 10, 0, dir, sizeof dir);
+  static const char *const bad[] = {
+      "\"world_size\": 2, \"rank\": 1, \"step\": -1, \"data_position\": 0, \"seed\": \"42\"",
+      "\"world_size\": 2, \"rank\": 1, \"step\": 1e300, \"data_position\": 0, \"seed\": \"42\"",
+      "\"world_size\": 2, \"rank\": 1, \"step\": 2.5, \"data_position\": 0, \"seed\": \"42\"",
+      "\"world_size\": 2, \"rank\": 1, \"step\": 4294967296, \"data_position\": 0, \"seed\": \"42\"",
+      "\"world_size\": 2, \"rank\": 1, \"step\": 10, \"data_position\": 0, \"seed\": \"-42\"",
+      "\"world_size\": 2, \"rank\": 1, \"step\": 10, \"data_position\": 0, \"seed\": \"42x\"",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char text[512];
+    snprintf(text, sizeof text, "{\"magic\": \"dpod-rank-state\", \"version\": 1, %s}", bad[i]);
+    write_file(dir, "rank-00001.json", text);
+    ckpt_rank_state st;
+    assert_int_equal(ckpt_read_rank_state(dir, 1, &st, err, sizeof err), DPOD_EFORMAT);
+    assert_non_null(strstr(err, "malformed rank state"));
+  }
+  /* And a marker whose step is not a step. */
+  char path[1100], *marker = NULL;
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_MARKER);
+  assert_int_equal(dpod_read_file(path, 0, &marker, NULL, err, sizeof err), 0);
+  char *at = strstr(marker, "\"step\":");
+  assert_non_null(at);
+  char *fixed = malloc(strlen(marker) + 16);
+  snprintf(fixed, strlen(marker) + 16, "%.*s\"step\": -10, \"x\":%s", (int)(at - marker), marker, at + 7);
+  write_file(dir, CKPT_MARKER, fixed);
+  assert_int_equal(ckpt_verify(dir, NULL, err, sizeof err), DPOD_EFORMAT);
+  free(marker);
+  free(fixed);
+}
+
 static void prune_keeps_the_newest(void **state) {
   (void)state;
   make_checkpoint(10);
@@ -154,7 +193,7 @@ static void prune_keeps_the_newest(void **state) {
 #define CASE(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 int main(int argc, char **argv) {
   const struct CMUnitTest all[] = {
-      CASE(complete_checkpoint_verifies_and_is_found), CASE(corrupt_file_is_never_used),
+      CASE(complete_checkpoint_verifies_and_is_found), CASE(corrupt_file_is_never_used), CASE(records_with_impossible_numbers_are_refused),
       CASE(checkpoint_without_marker_is_never_used),   CASE(missing_file_or_rank_is_refused),
       CASE(prune_keeps_the_newest),
   };

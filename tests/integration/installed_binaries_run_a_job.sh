@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `cmake --install` into a fresh prefix gives a working system: the installed dpod, given no --worker,
+# finds the installed dpo-worker next to it and runs the README's example job with the installed dpoctl.
+#   installed_binaries_run_a_job.sh BUILD_DIR
+source "$(dirname "$0")/lib.sh"
+build=$1
+prefix="$T/prefix"
+cmake --install "$build" --prefix "$prefix" >"$T/install.log" 2>&1 || it_fail "cmake --install failed: $(tail -n 5 "$T/install.log")"
+for p in dpod dpoctl dpo-worker dpo-tool; do
+  [ -x "$prefix/bin/$p" ] || it_fail "cmake --install did not install $p"
+done
+
+DPOD_BIN="$prefix/bin/dpod"
+DPOCTL_BIN="$prefix/bin/dpoctl"
+mkdir -p "$T/run"
+"$DPOD_BIN" --listen "$DPOD_ADDR" --state-dir "$T/state" --slots 2 >"$T/dpod.log" 2>&1 &
+DPOD_PID=$!
+for _ in $(seq 1 200); do "$DPOCTL_BIN" health >/dev/null 2>&1 && break; sleep 0.05; done
+"$DPOCTL_BIN" health >/dev/null || it_fail "the installed dpod does not answer"
+grep -q "worker $prefix/bin/dpo-worker" "$T/dpod.log" || it_fail "the installed dpod does not use the installed worker"
+
+id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=2 --name installed)
+"$DPOCTL_BIN" watch "$id" >/dev/null 2>&1 || it_fail "the job did not succeed with the installed binaries"
+[ "$(it_job_field "$id" .state)" = succeeded ] || it_fail "job $id is $(it_job_field "$id" .state)"
+echo "PASS: the installed dpod ran job $id with $prefix/bin/dpo-worker"
