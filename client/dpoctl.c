@@ -65,6 +65,9 @@ static const char *const usage_main =
     "  cancel ID         cancel a job\n"
     "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
     "  health            ask dpod whether it is serving\n"
+    "  drain             running jobs checkpoint and stop (PREEMPTED); new ones are refused until undrain\n"
+    "  undrain           take jobs again after a drain\n"
+    "  status            dpod's slots, queue, watchers and event-loop stalls\n"
     "\n"
     "Options:\n"
     "  --addr ADDR       dpod's address (unix:/path or host:port); default $DPOD_ADDR, else\n"
@@ -124,6 +127,27 @@ static const char *const usage_restart =
     "\n"
     "Queues a failed, cancelled or preempted job again, in its run directory: the worker resumes from\n"
     "the newest complete checkpoint (or starts over if there is none). Watch it with `dpoctl watch ID`.\n";
+
+static const char *const usage_drain =
+    "usage: dpoctl drain\n"
+    "\n"
+    "For maintenance: every running job checkpoints and ends PREEMPTED (resume it with `dpoctl restart`),\n"
+    "queued jobs wait, and new ones are refused until `dpoctl undrain`. Stopping dpod itself does not\n"
+    "touch running jobs: the next dpod adopts them.\n";
+
+static const char *const usage_undrain =
+    "usage: dpoctl undrain\n"
+    "\n"
+    "Ends a drain: dpod takes jobs again and starts the queued ones.\n";
+
+static const char *const usage_status =
+    "usage: dpoctl status [--json]\n"
+    "\n"
+    "What dpod is doing: its version and uptime, worker slots in use, running and queued jobs, whether it\n"
+    "is draining, open watchers, and how responsive its event loop has been (the longest it went without\n"
+    "serving calls, and how often that exceeded 50 ms).\n"
+    "\n"
+    "  --json   the status as JSON\n";
 
 static const char *const usage_health =
     "usage: dpoctl health [--service NAME]\n"
@@ -689,6 +713,17 @@ static void print_job(const Dpod__V1__Job *j) {
     ev.checkpoint = j->last_checkpoint;
     printf("  checkpoint:  %s\n", fmt_event(&ev, line, sizeof line) + strlen("checkpoint "));
   }
+  if (j->n_checkpoints > 1) {
+    printf("  on disk:     ");
+    for (size_t i = 0; i < j->n_checkpoints; i++) printf("%sstep %u", i ? ", " : "", j->checkpoints[i]->step);
+    printf("\n");
+  }
+  if (j->n_attempts > 0) {
+    printf("  attempts:    %zu\n", j->n_attempts);
+    if (j->restarts) printf("  restarts:    %u automatic (of %u allowed)\n", j->restarts, j->spec ? j->spec->max_restarts : 0);
+    for (size_t i = 0; i < j->n_attempts; i++)
+      printf("    %s\n", fmt_attempt(j->attempts[i], line, sizeof line));
+  }
   if (j->first_eval) printf("  first eval:  %s\n", fmt_eval(j->first_eval, line, sizeof line) + strlen("eval "));
   if (j->last_eval && (!j->first_eval || j->last_eval->step != j->first_eval->step))
     printf("  last eval:   %s\n", fmt_eval(j->last_eval, line, sizeof line) + strlen("eval "));
@@ -815,6 +850,81 @@ static int cmd_health(ctl *c, int argc, char **argv) {
   return rc;
 }
 
+/* drain and undrain: no arguments, one call. */
+static int cmd_drain_or_undrain(ctl *c, int argc, char **argv, int drain) {
+  const char *name = drain ? "drain" : "undrain";
+  static const struct option longopts[] = {{"addr", required_argument, NULL, 'A'}, {"help", no_argument, NULL, 'h'}, {0}};
+  int opt, bad = 0;
+  while ((opt = next_opt(name, argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(drain ? usage_drain : usage_undrain, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc) return usage_error(name, "unexpected argument '%s'", argv[optind]);
+  ProtobufCMessage *m;
+  int rc;
+  if (drain) {
+    Dpod__V1__DrainRequest req = DPOD__V1__DRAIN_REQUEST__INIT;
+    if ((rc = ctl_unary(c, name, M_COORD("Drain"), &req.base, &dpod__v1__drain_response__descriptor, &m))) return rc;
+    printf("draining: %u running jobs asked to checkpoint and stop; new jobs are refused until `dpoctl undrain`\n",
+           ((Dpod__V1__DrainResponse *)m)->preempting);
+  } else {
+    Dpod__V1__UndrainRequest req = DPOD__V1__UNDRAIN_REQUEST__INIT;
+    if ((rc = ctl_unary(c, name, M_COORD("Undrain"), &req.base, &dpod__v1__undrain_response__descriptor, &m))) return rc;
+    printf("undrained: dpod takes jobs again\n");
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  return EXIT_OK;
+}
+
+static int cmd_drain(ctl *c, int argc, char **argv) { return cmd_drain_or_undrain(c, argc, argv, 1); }
+static int cmd_undrain(ctl *c, int argc, char **argv) { return cmd_drain_or_undrain(c, argc, argv, 0); }
+
+static int cmd_status(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  int opt, bad = 0, json = 0;
+  while ((opt = next_opt("status", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'j': json = 1; break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_status, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc) return usage_error("status", "unexpected argument '%s'", argv[optind]);
+  Dpod__V1__GetStatusRequest req = DPOD__V1__GET_STATUS_REQUEST__INIT;
+  ProtobufCMessage *m;
+  int rc = ctl_unary(c, "status", M_COORD("GetStatus"), &req.base, &dpod__v1__get_status_response__descriptor, &m);
+  if (rc) return rc;
+  const Dpod__V1__GetStatusResponse *st = (const Dpod__V1__GetStatusResponse *)m;
+  if (json) {
+    cJSON *j = fmt_message_json(m);
+    char *text = cJSON_Print(j);
+    if (text) puts(text);
+    cJSON_free(text);
+    cJSON_Delete(j);
+  } else {
+    char up[32];
+    fmt_duration((double)st->uptime_ms / 1000, up, sizeof up);
+    printf("dpod %s, up %s, %s launcher%s\n", st->version ? st->version : "?", up, st->launcher ? st->launcher : "?",
+           st->draining ? ", DRAINING (new jobs refused until `dpoctl undrain`)" : "");
+    printf("slots    %u of %u in use\n", st->slots - st->slots_free, st->slots);
+    printf("jobs     %u running, %u queued\n", st->running, st->queued);
+    printf("watchers %u\n", st->watchers);
+    if (st->loop)
+      printf("loop     longest stall %.1f ms, %" PRIu64 " stalls over 50 ms, busy %.1f%% of the time\n",
+             (double)st->loop->longest_stall_us / 1000, st->loop->stalls_over_50ms,
+             st->uptime_ms ? 100.0 * (double)st->loop->busy_us / ((double)st->uptime_ms * 1000) : 0.0);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  return EXIT_OK;
+}
+
 /* ----------------------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -826,7 +936,8 @@ typedef struct {
 static const command commands[] = {
     {"submit", cmd_submit, usage_submit}, {"list", cmd_list, usage_list},       {"get", cmd_get, usage_get},
     {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"restart", cmd_restart, usage_restart},
-    {"health", cmd_health, usage_health},
+    {"health", cmd_health, usage_health}, {"drain", cmd_drain, usage_drain},     {"undrain", cmd_undrain, usage_undrain},
+    {"status", cmd_status, usage_status},
 };
 
 int main(int argc, char **argv) {

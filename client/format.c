@@ -115,6 +115,16 @@ char *fmt_eval(const Dpod__V1__EvalMetrics *e, char *buf, size_t len) {
   return buf;
 }
 
+char *fmt_attempt(const Dpod__V1__AttemptInfo *a, char *buf, size_t len) {
+  if (!a->has_ended_unix_ms) {
+    snprintf(buf, len, "attempt %u started", a->attempt);
+  } else {
+    snprintf(buf, len, "attempt %u ended: %s (exit code %d)%s", a->attempt, a->reason && *a->reason ? a->reason : "?",
+             a->exit_code, a->will_retry ? "; the job goes on" : "");
+  }
+  return buf;
+}
+
 char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len) {
   char tmp[64];
   switch (ev->event_case) {
@@ -137,6 +147,10 @@ char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len) {
       break;
     }
     case DPOD__V1__JOB_EVENT__EVENT_EVAL: fmt_eval(ev->eval, buf, len); break;
+    case DPOD__V1__JOB_EVENT__EVENT_ATTEMPT: fmt_attempt(ev->attempt, buf, len); break;
+    case DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT_REMOVED:
+      snprintf(buf, len, "checkpoint step %u removed (keep_last)", ev->checkpoint_removed->step);
+      break;
     default: snprintf(buf, len, "event %" PRIu64 " (unknown kind)", ev->seq); break;
   }
   return buf;

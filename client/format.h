@@ -26,6 +26,9 @@ char *fmt_bytes(uint64_t n, char *buf, size_t len);
 char *fmt_metrics(const Dpod__V1__StepMetrics *m, char *buf, size_t len);
 /* "eval step 20: held-out acc 0.930 loss 0.2100 (128 pairs); samples: preferred mode 95.0%, ..." */
 char *fmt_eval(const Dpod__V1__EvalMetrics *e, char *buf, size_t len);
+/* "attempt 2 started", or "attempt 2 ended: no progress for 30 s (last step 12) (exit code 137); the job
+ * goes on". */
+char *fmt_attempt(const Dpod__V1__AttemptInfo *a, char *buf, size_t len);
 /* One line for an event: "state running", "state failed: exit status 3", a metrics line, an eval line, or
  * "checkpoint step 10: /path (3.4 MiB)". */
 char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len);

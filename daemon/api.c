@@ -1,6 +1,7 @@
 #include "api.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,20 +63,158 @@ static void api_reply_job(coord *co, rpc_call *call, uint64_t id, ProtobufCMessa
   *slot = NULL;
 }
 
+static int api_health_status(const api_ctx *a, bool known);
+
 static void api_health_check(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
   const api_ctx *a = arg;
   API_UNPACK(Grpc__Health__V1__HealthCheckRequest, grpc__health__v1__health_check_request__unpack, call, req, len);
   const char *svc = msg->service ? msg->service : "";
   if (strcmp(svc, "") == 0 || strcmp(svc, dpod__v1__coordinator__descriptor.name) == 0) {
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
-    /* While it stops its jobs a shutting-down dpod still answers, but takes no new work. */
-    resp.status = coord_serving(a->co) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
-                                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    /* A draining dpod still answers, but takes no new work. */
+    resp.status = api_health_status(a, true);
     rpc_call_reply(call, &resp.base);
   } else {
     rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "unknown service \"%.200s\"", svc);
   }
   protobuf_c_message_free_unpacked(&msg->base, NULL);
+}
+
+/* ---- grpc.health.v1.Health/Watch: the status now, then every change, for as long as the client stays. */
+
+struct api_health_watch {
+  api_ctx *a;
+  rpc_call *call;
+  bool known;           /* the service is ours (else SERVICE_UNKNOWN is sent once) */
+  bool sending;
+  int sent;             /* the status last sent; -1 none */
+  api_health_watch *prev, *next;
+};
+
+static int api_health_status(const api_ctx *a, bool known) {
+  if (!known) return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+  return coord_serving(a->co) ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                              : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+/* Sends the current status if it is news and no send is in flight. */
+static void api_health_pump(api_health_watch *w) {
+  if (w->sending || rpc_call_is_over(w->call)) return;
+  int now = api_health_status(w->a, w->known);
+  if (now == w->sent) return;
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  resp.status = now;
+  if (rpc_call_send(w->call, &resp.base) == 0) {
+    w->sending = true;
+    w->sent = now;
+  }
+}
+
+static void api_health_sent(rpc_call *call, int ok, void *data) {
+  (void)call;
+  api_health_watch *w = data;
+  w->sending = false;
+  if (ok) api_health_pump(w); /* a change may have come while this send was in flight */
+}
+
+static void api_health_done(rpc_call *call, void *data) {
+  (void)call;
+  api_health_watch *w = data;
+  if (w->prev) w->prev->next = w->next;
+  else w->a->health_watches = w->next;
+  if (w->next) w->next->prev = w->prev;
+  free(w);
+}
+
+void api_serving_changed(void *ctx) {
+  api_ctx *a = ctx;
+  for (api_health_watch *w = a->health_watches; w; w = w->next) api_health_pump(w);
+}
+
+static void api_health_watch_start(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Grpc__Health__V1__HealthCheckRequest, grpc__health__v1__health_check_request__unpack, call, req, len);
+  const char *svc = msg->service ? msg->service : "";
+  bool known = strcmp(svc, "") == 0 || strcmp(svc, dpod__v1__coordinator__descriptor.name) == 0;
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  api_health_watch *w = calloc(1, sizeof *w);
+  if (!w) {
+    rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  w->a = a;
+  w->call = call;
+  w->known = known;
+  w->sent = -1;
+  w->next = a->health_watches;
+  if (a->health_watches) a->health_watches->prev = w;
+  a->health_watches = w;
+  rpc_call_set_stream(call, api_health_sent, api_health_done, w);
+  api_health_pump(w);
+}
+
+static void api_drain(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__DrainRequest, dpod__v1__drain_request__unpack, call, req, len);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  char err[256];
+  unsigned n = 0;
+  int status = coord_drain(a->co, &n, err, sizeof err);
+  if (status != 0) {
+    api_fail(call, status, err);
+    return;
+  }
+  Dpod__V1__DrainResponse resp = DPOD__V1__DRAIN_RESPONSE__INIT;
+  resp.has_preempting = 1;
+  resp.preempting = n;
+  rpc_call_reply(call, &resp.base);
+}
+
+static void api_undrain(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__UndrainRequest, dpod__v1__undrain_request__unpack, call, req, len);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  char err[256];
+  int status = coord_undrain(a->co, err, sizeof err);
+  if (status != 0) {
+    api_fail(call, status, err);
+    return;
+  }
+  Dpod__V1__UndrainResponse resp = DPOD__V1__UNDRAIN_RESPONSE__INIT;
+  rpc_call_reply(call, &resp.base);
+}
+
+static void api_get_status(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__GetStatusRequest, dpod__v1__get_status_request__unpack, call, req, len);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  coord_status cs;
+  coord_get_status(a->co, &cs);
+  Dpod__V1__LoopStats loop = DPOD__V1__LOOP_STATS__INIT;
+  Dpod__V1__GetStatusResponse resp = DPOD__V1__GET_STATUS_RESPONSE__INIT;
+  resp.version = (char *)DPOD_VERSION_STRING;
+  resp.has_uptime_ms = 1;
+  resp.uptime_ms = (uv_hrtime() - a->started_ns) / 1000000;
+  resp.has_slots = resp.has_slots_free = resp.has_running = resp.has_queued = resp.has_draining = 1;
+  resp.slots = cs.slots;
+  resp.slots_free = cs.slots_free;
+  resp.running = (uint32_t)cs.running;
+  resp.queued = (uint32_t)cs.queued;
+  resp.draining = cs.draining;
+  resp.has_watchers = 1;
+  resp.watchers = (uint32_t)watch_count(a->ws);
+  resp.launcher = (char *)cs.launcher;
+  if (a->loop) {
+    loop.has_iterations = loop.has_busy_us = loop.has_longest_stall_us = loop.has_stalls_over_50ms = 1;
+    loop.iterations = a->loop->iterations;
+    loop.busy_us = a->loop->busy_ns / 1000;
+    loop.longest_stall_us = a->loop->longest_ns / 1000;
+    loop.stalls_over_50ms = a->loop->slow_iterations;
+    loop.has_longest_cpu_us = 1;
+    loop.longest_cpu_us = a->loop->longest_cpu_ns / 1000;
+    resp.loop = &loop;
+  }
+  rpc_call_reply(call, &resp.base);
 }
 
 static void api_submit_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
@@ -196,8 +335,12 @@ int api_register(rpc_server *srv, api_ctx *ctx) {
       {coordinator, "CancelJob", api_cancel_job},
       {coordinator, "RestartJob", api_restart_job},
       {coordinator, "WatchJob", api_watch_job},
+      {coordinator, "Drain", api_drain},
+      {coordinator, "Undrain", api_undrain},
+      {coordinator, "GetStatus", api_get_status},
       {&dpod__v1__worker_report__descriptor, "Report", api_report},
       {&grpc__health__v1__health__descriptor, "Check", api_health_check},
+      {&grpc__health__v1__health__descriptor, "Watch", api_health_watch_start},
   };
   for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
     const char *path = rpc_method_path(methods[i].svc, methods[i].method);

@@ -69,6 +69,12 @@ uint64_t job_queue_next(job_queue *s, unsigned *ranks) {
   return id;
 }
 
+int job_queue_hold(job_queue *s, unsigned ranks) {
+  if (ranks > s->free_slots) return DPOD_ESTATE;
+  s->free_slots -= ranks;
+  return 0;
+}
+
 void job_queue_release(job_queue *s, unsigned ranks) {
   if (ranks > s->slots - s->free_slots) {
     /* A bookkeeping bug; clamp rather than hand out slots that do not exist. */

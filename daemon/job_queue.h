@@ -40,6 +40,11 @@ int job_queue_remove(job_queue *s, uint64_t job_id);
  * (with its rank count in *ranks); otherwise returns 0. Call in a loop until it returns 0. */
 uint64_t job_queue_next(job_queue *s, unsigned *ranks);
 
+/* Reserves the slots of a job that is already running (adopted after a daemon restart), before the
+ * queue hands any out. Returns 0, or DPOD_ESTATE when fewer are free (the daemon now has fewer slots
+ * than the one that launched it): then nothing is reserved. */
+int job_queue_hold(job_queue *s, unsigned ranks);
+
 /* Gives back the slots of a launched job that has ended (or failed to launch). */
 void job_queue_release(job_queue *s, unsigned ranks);
 

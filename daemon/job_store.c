@@ -28,6 +28,16 @@ enum {
   ST_SET_SECRET,
   ST_SET_CANCEL,
   ST_SET_HANDLE,
+  ST_ATTEMPT_START,
+  ST_ATTEMPT_END,
+  ST_ATTEMPTS,
+  ST_CHECKPOINT_ADD,
+  ST_CHECKPOINT_DEL,
+  ST_CHECKPOINTS,
+  ST_SET_RESTARTS,
+  ST_SET_NOT_BEFORE,
+  ST_SETTING_GET,
+  ST_SETTING_SET,
   ST_COUNT_
 };
 
@@ -52,11 +62,24 @@ static const char *const store_sql[ST_COUNT_] = {
                     " WHERE id = ?1",
     [ST_GET_EVENT] = "SELECT payload FROM events WHERE job_id = ?1 AND seq = ?2",
     [ST_GET_JOB] = "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
-                   " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs WHERE id = ?1",
-    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret, launch_handle FROM jobs WHERE id = ?1",
+                   " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval, restarts FROM jobs WHERE id = ?1",
+    [ST_GET_INFO] = "SELECT state, cancel_requested, last_seq, secret, launch_handle, restarts, not_before_ms"
+                    " FROM jobs WHERE id = ?1",
     [ST_SET_SECRET] = "UPDATE jobs SET secret = ?2 WHERE id = ?1",
     [ST_SET_CANCEL] = "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1",
     [ST_SET_HANDLE] = "UPDATE jobs SET launch_handle = ?2 WHERE id = ?1",
+    [ST_ATTEMPT_START] = "INSERT OR REPLACE INTO attempts(job_id, attempt, started_ms) VALUES(?1, ?2, ?3)",
+    [ST_ATTEMPT_END] = "UPDATE attempts SET ended_ms = ?3, exit_code = ?4, reason = ?5, will_retry = ?6"
+                       " WHERE job_id = ?1 AND attempt = ?2",
+    [ST_ATTEMPTS] = "SELECT attempt, started_ms, ended_ms, exit_code, reason, will_retry FROM attempts"
+                    " WHERE job_id = ?1 ORDER BY attempt",
+    [ST_CHECKPOINT_ADD] = "INSERT OR REPLACE INTO checkpoints(job_id, step, info) VALUES(?1, ?2, ?3)",
+    [ST_CHECKPOINT_DEL] = "DELETE FROM checkpoints WHERE job_id = ?1 AND step = ?2",
+    [ST_CHECKPOINTS] = "SELECT info FROM checkpoints WHERE job_id = ?1 ORDER BY step",
+    [ST_SET_RESTARTS] = "UPDATE jobs SET restarts = ?2 WHERE id = ?1",
+    [ST_SET_NOT_BEFORE] = "UPDATE jobs SET not_before_ms = ?2 WHERE id = ?1",
+    [ST_SETTING_GET] = "SELECT value FROM settings WHERE key = ?1",
+    [ST_SETTING_SET] = "INSERT OR REPLACE INTO settings(key, value) VALUES(?1, ?2)",
 };
 
 /* Version 1. The *_step columns let an append decide "already stored?" without unpacking a blob. */
@@ -102,6 +125,30 @@ static const char store_schema_v4[] =
     "ALTER TABLE jobs ADD COLUMN launch_handle TEXT NOT NULL DEFAULT '';"
     "UPDATE jobs SET launch_handle = 'mpirun:sid=' || session_id || ',attempt=1' WHERE session_id > 0;"
     "ALTER TABLE jobs DROP COLUMN session_id;";
+
+/* Version 5: attempts and their outcomes, the checkpoints on disk now (added by checkpoint events,
+ * removed by checkpoint_removed ones), the automatic restarts used and the backoff before the next,
+ * and daemon-wide settings that must survive a restart (draining). */
+static const char store_schema_v5[] =
+    "ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN not_before_ms INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE attempts("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id),"
+    "  attempt INTEGER NOT NULL,"
+    "  started_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER NOT NULL DEFAULT 0,"
+    "  exit_code INTEGER NOT NULL DEFAULT 0,"
+    "  reason TEXT NOT NULL DEFAULT '',"
+    "  will_retry INTEGER NOT NULL DEFAULT 0,"
+    "  PRIMARY KEY(job_id, attempt)) WITHOUT ROWID;"
+    "CREATE TABLE checkpoints("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id),"
+    "  step INTEGER NOT NULL,"
+    "  info BLOB NOT NULL,"
+    "  PRIMARY KEY(job_id, step)) WITHOUT ROWID;"
+    "INSERT INTO checkpoints(job_id, step, info)"
+    "  SELECT id, last_checkpoint_step, last_checkpoint FROM jobs WHERE last_checkpoint IS NOT NULL;"
+    "CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);";
 
 struct job_store {
   sqlite3 *db;
@@ -175,6 +222,7 @@ static int job_store_migrate_(job_store *s, char *err, size_t errlen) {
                        : version == 1 ? store_schema_v2
                        : version == 2 ? store_schema_v3
                        : version == 3 ? store_schema_v4
+                       : version == 4 ? store_schema_v5
                                       : NULL;
     if (!step) {
       snprintf(err, errlen, "no migration from schema version %d", version);
@@ -276,6 +324,14 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
     goto skipped;
   if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_EVAL && ev->eval && (int64_t)ev->eval->step <= eval_step)
     goto skipped;
+  /* A removal is news only while the checkpoint is listed (it too may be reported twice). */
+  if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT_REMOVED && ev->checkpoint_removed) {
+    st = store_stmt(s, ST_CHECKPOINT_DEL);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+    sqlite3_bind_int64(st, 2, ev->checkpoint_removed->step);
+    if ((status = store_exec_stmt(s, st, "removing a checkpoint")) != 0) return status;
+    if (sqlite3_changes(s->db) == 0) goto skipped;
+  }
 
   uint64_t seq = last_seq + 1;
   ev->has_job_id = 1;
@@ -326,6 +382,31 @@ static int store_append_locked(job_store *s, uint64_t job_id, Dpod__V1__JobEvent
       sqlite3_bind_blob(st, 2, sub, (int)sub_len, SQLITE_STATIC);
       sqlite3_bind_int64(st, 3, m ? ev->metrics->step : ev->checkpoint->step);
       status = store_exec_stmt(s, st, m ? "updating last_metrics" : "updating last_checkpoint");
+      if (status == 0 && !m) {
+        st = store_stmt(s, ST_CHECKPOINT_ADD);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+        sqlite3_bind_int64(st, 2, ev->checkpoint->step);
+        sqlite3_bind_blob(st, 3, sub, (int)sub_len, SQLITE_STATIC);
+        status = store_exec_stmt(s, st, "listing a checkpoint");
+      }
+      break;
+    }
+    case DPOD__V1__JOB_EVENT__EVENT_ATTEMPT: {
+      const Dpod__V1__AttemptInfo *a = ev->attempt;
+      if (!a) break;
+      bool ended = a->has_ended_unix_ms;
+      st = store_stmt(s, ended ? ST_ATTEMPT_END : ST_ATTEMPT_START);
+      sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+      sqlite3_bind_int64(st, 2, a->attempt);
+      if (ended) {
+        sqlite3_bind_int64(st, 3, a->ended_unix_ms);
+        sqlite3_bind_int(st, 4, a->exit_code);
+        sqlite3_bind_text(st, 5, a->reason ? a->reason : "", -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 6, a->will_retry ? 1 : 0);
+      } else {
+        sqlite3_bind_int64(st, 3, a->has_started_unix_ms ? a->started_unix_ms : now_ms);
+      }
+      status = store_exec_stmt(s, st, "recording an attempt");
       break;
     }
     case DPOD__V1__JOB_EVENT__EVENT_EVAL: {
@@ -351,6 +432,8 @@ done:
   sqlite3_clear_bindings(s->stmt[ST_SET_METRICS]);
   sqlite3_clear_bindings(s->stmt[ST_SET_CHECKPOINT]);
   sqlite3_clear_bindings(s->stmt[ST_SET_EVAL]);
+  sqlite3_clear_bindings(s->stmt[ST_CHECKPOINT_ADD]);
+  sqlite3_clear_bindings(s->stmt[ST_ATTEMPT_END]);
   free(buf);
   free(sub);
   return status;
@@ -371,6 +454,25 @@ int job_store_append(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *ev, int6
     return status;
   }
   return store_commit(s);
+}
+
+int job_store_append_batch(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *const *evs, size_t n, int64_t now_ms,
+                           size_t *stored_out) {
+  int status;
+  size_t stored = 0;
+  if (stored_out) *stored_out = 0;
+  if ((status = store_begin(s)) != 0) return status;
+  for (size_t i = 0; i < n; i++) {
+    uint64_t seq = 0;
+    if ((status = store_append_locked(s, job_id, evs[i], now_ms, &seq)) != 0) {
+      store_rollback(s);
+      return status;
+    }
+    stored += seq != 0;
+  }
+  if ((status = store_commit(s)) != 0) return status;
+  if (stored_out) *stored_out = stored;
+  return 0;
 }
 
 int job_store_append_state(job_store *s, uint64_t job_id, Dpod__V1__JobState state, const char *reason,
@@ -498,6 +600,8 @@ static Dpod__V1__Job *store_row_to_job(sqlite3_stmt *st) {
   if (sqlite3_column_type(st, 14) == SQLITE_BLOB)
     j->last_eval = dpod__v1__eval_metrics__unpack(NULL, (size_t)sqlite3_column_bytes(st, 14),
                                                   sqlite3_column_blob(st, 14));
+  j->has_restarts = 1;
+  j->restarts = (uint32_t)sqlite3_column_int64(st, 15);
   if (!j->name || !j->reason || !j->run_dir || !j->spec) {
     protobuf_c_message_free_unpacked(&j->base, NULL);
     return NULL;
@@ -505,19 +609,76 @@ static Dpod__V1__Job *store_row_to_job(sqlite3_stmt *st) {
   return j;
 }
 
+/* Appends one element to a protobuf-c repeated field of pointers. Returns 0 or DPOD_ENOMEM. */
+static int store_push_(void ***arr, size_t *n, void *elem) {
+  void **grown = realloc(*arr, (*n + 1) * sizeof *grown);
+  if (!grown) return DPOD_ENOMEM;
+  grown[(*n)++] = elem;
+  *arr = grown;
+  return 0;
+}
+
+/* The job's attempts and listed checkpoints, from their tables. */
+static int store_fill_lists_(job_store *s, Dpod__V1__Job *j) {
+  int status = 0, rc;
+  sqlite3_stmt *st = store_stmt(s, ST_ATTEMPTS);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)j->id);
+  while (status == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    Dpod__V1__AttemptInfo *a = malloc(sizeof *a);
+    if (!a) {
+      status = DPOD_ENOMEM;
+      break;
+    }
+    dpod__v1__attempt_info__init(a);
+    a->has_attempt = a->has_started_unix_ms = 1;
+    a->attempt = (uint32_t)sqlite3_column_int64(st, 0);
+    a->started_unix_ms = sqlite3_column_int64(st, 1);
+    if (sqlite3_column_int64(st, 2) > 0) {
+      a->has_ended_unix_ms = a->has_exit_code = a->has_will_retry = 1;
+      a->ended_unix_ms = sqlite3_column_int64(st, 2);
+      a->exit_code = sqlite3_column_int(st, 3);
+      a->will_retry = sqlite3_column_int(st, 5) != 0;
+    }
+    a->reason = store_column_strdup(st, 4);
+    if (!a->reason || store_push_((void ***)&j->attempts, &j->n_attempts, a) != 0) {
+      protobuf_c_message_free_unpacked(&a->base, NULL);
+      status = DPOD_ENOMEM;
+    }
+  }
+  sqlite3_reset(st);
+  st = store_stmt(s, ST_CHECKPOINTS);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)j->id);
+  while (status == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    Dpod__V1__CheckpointInfo *c =
+        dpod__v1__checkpoint_info__unpack(NULL, (size_t)sqlite3_column_bytes(st, 0), sqlite3_column_blob(st, 0));
+    if (!c || store_push_((void ***)&j->checkpoints, &j->n_checkpoints, c) != 0) {
+      if (c) protobuf_c_message_free_unpacked(&c->base, NULL);
+      status = DPOD_ENOMEM;
+    }
+  }
+  sqlite3_reset(st);
+  return status;
+}
+
 int job_store_get(job_store *s, uint64_t job_id, Dpod__V1__Job **out) {
   *out = NULL;
   sqlite3_stmt *st = store_stmt(s, ST_GET_JOB);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
   int rc = sqlite3_step(st), status = 0;
+  Dpod__V1__Job *j = NULL;
   if (rc == SQLITE_ROW) {
-    if (!(*out = store_row_to_job(st))) status = DPOD_ENOMEM;
+    if (!(j = store_row_to_job(st))) status = DPOD_ENOMEM;
   } else if (rc == SQLITE_DONE) {
     status = DPOD_ENOENT;
   } else {
     status = store_fail(s, "reading a job");
   }
   sqlite3_reset(st);
+  if (status == 0 && (status = store_fill_lists_(s, j)) != 0) {
+    protobuf_c_message_free_unpacked(&j->base, NULL);
+    j = NULL;
+  }
+  *out = j;
   return status;
 }
 
@@ -535,6 +696,8 @@ int job_store_get_info(job_store *s, uint64_t job_id, job_info *out) {
     snprintf(out->secret, sizeof out->secret, "%s", secret ? (const char *)secret : "");
     const unsigned char *handle = sqlite3_column_text(st, 4);
     snprintf(out->launch_handle, sizeof out->launch_handle, "%s", handle ? (const char *)handle : "");
+    out->restarts = (uint32_t)sqlite3_column_int64(st, 5);
+    out->not_before_ms = sqlite3_column_int64(st, 6);
   } else if (rc == SQLITE_DONE) {
     status = DPOD_ENOENT;
   } else {
@@ -560,7 +723,7 @@ int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_stat
   char sql[512];
   int off = snprintf(sql, sizeof sql,
                      "SELECT id, name, state, spec, created_ms, started_ms, finished_ms, reason, exit_code,"
-                     " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval FROM jobs%s",
+                     " run_dir, last_metrics, last_checkpoint, last_seq, first_eval, last_eval, restarts FROM jobs%s",
                      n_states ? " WHERE ((?1 >> state) & 1) = 1" : "");
   off += snprintf(sql + off, sizeof sql - off, " ORDER BY id %s", oldest_first ? "ASC" : "DESC");
   if (limit) snprintf(sql + off, sizeof sql - off, " LIMIT %u", limit);
@@ -622,6 +785,45 @@ int job_store_set_launch_handle(job_store *s, uint64_t job_id, const char *handl
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
   sqlite3_bind_text(st, 2, handle, -1, SQLITE_STATIC);
   return store_exec_stmt(s, st, "storing the job's launch handle");
+}
+
+int job_store_set_restarts(job_store *s, uint64_t job_id, uint32_t restarts) {
+  sqlite3_stmt *st = store_stmt(s, ST_SET_RESTARTS);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+  sqlite3_bind_int64(st, 2, restarts);
+  return store_exec_stmt(s, st, "storing the restart count");
+}
+
+int job_store_set_not_before(job_store *s, uint64_t job_id, int64_t not_before_ms) {
+  sqlite3_stmt *st = store_stmt(s, ST_SET_NOT_BEFORE);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+  sqlite3_bind_int64(st, 2, not_before_ms);
+  return store_exec_stmt(s, st, "storing the restart backoff");
+}
+
+int job_store_get_setting(job_store *s, const char *key, char *buf, size_t len) {
+  sqlite3_stmt *st = store_stmt(s, ST_SETTING_GET);
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  int rc = sqlite3_step(st), status = DPOD_ENOENT;
+  if (rc == SQLITE_ROW) {
+    const unsigned char *v = sqlite3_column_text(st, 0);
+    snprintf(buf, len, "%s", v ? (const char *)v : "");
+    status = 0;
+  } else if (rc != SQLITE_DONE) {
+    status = store_fail(s, "reading a setting");
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return status;
+}
+
+int job_store_set_setting(job_store *s, const char *key, const char *value) {
+  sqlite3_stmt *st = store_stmt(s, ST_SETTING_SET);
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+  int status = store_exec_stmt(s, st, "storing a setting");
+  sqlite3_clear_bindings(st);
+  return status;
 }
 
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id) {

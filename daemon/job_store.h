@@ -19,7 +19,7 @@
 #include "dpod_paths.h"
 #include "job_names.h"
 
-#define JOB_STORE_SCHEMA_VERSION 4
+#define JOB_STORE_SCHEMA_VERSION 5
 #define JOB_STORE_HANDLE_MAX 128 /* longest launch handle, NUL included (LAUNCH_HANDLE_MAX) */
 
 typedef struct job_store job_store;
@@ -32,6 +32,8 @@ typedef struct {
   uint64_t last_seq;
   char secret[JOB_SECRET_HEX_LEN + 1]; /* "" until the job is launched */
   char launch_handle[JOB_STORE_HANDLE_MAX]; /* the newest attempt's launch handle; "" until launched */
+  uint32_t restarts;                   /* automatic restarts used since the last manual restart */
+  int64_t not_before_ms;               /* a restarted job waits in its backoff until then; 0: none */
 } job_info;
 
 /* Opens (creating if needed) the database at `path`: WAL, synchronous=NORMAL, a busy timeout, schema
@@ -50,12 +52,20 @@ int job_store_create(job_store *s, const Dpod__V1__JobSpec *spec, const char *jo
 /* Appends `ev` to the job's events with the next seq, and updates the summary columns:
  *   state      -> state, reason, exit_code; started_ms on STARTING, finished_ms on terminal states;
  *   metrics    -> last_metrics; skipped when a metrics event of that step or a later one is stored;
- *   checkpoint -> last_checkpoint; skipped likewise by step (a retried Report must not duplicate).
+ *   checkpoint -> last_checkpoint and the listed checkpoints; skipped likewise by step (a retried Report
+ *                 must not duplicate);
+ *   checkpoint_removed -> no longer listed; skipped when it was not listed;
+ *   attempt    -> the attempts table (started, or ended with its outcome).
  * ev->job_id, ev->seq and ev->time_unix_ms are filled in here (ev is modified; it stays owned by the
  * caller). *seq_out (may be NULL) receives the new seq, or 0 when the event was skipped as a duplicate.
  * Returns DPOD_ENOENT for an unknown job. */
 int job_store_append(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *ev, int64_t now_ms,
                      uint64_t *seq_out);
+
+/* Appends events in one transaction (a worker's report): all of them or none. *stored_out (may be NULL)
+ * receives how many were new (not duplicates). Events are modified as by job_store_append(). */
+int job_store_append_batch(job_store *s, uint64_t job_id, Dpod__V1__JobEvent *const *evs, size_t n, int64_t now_ms,
+                           size_t *stored_out);
 
 /* Convenience: appends a state change (reason may be NULL; exit_code is stored as given). */
 int job_store_append_state(job_store *s, uint64_t job_id, Dpod__V1__JobState state, const char *reason,
@@ -84,6 +94,14 @@ int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret);
 /* Stores the launch handle of the job's newest attempt (daemon/launch/launch.h), so that a dpod
  * restarted after a crash can find what it was running. DPOD_EINVAL if longer than the column allows. */
 int job_store_set_launch_handle(job_store *s, uint64_t job_id, const char *handle);
+/* The automatic restarts a job has used, and the time before which it must not start again. */
+int job_store_set_restarts(job_store *s, uint64_t job_id, uint32_t restarts);
+int job_store_set_not_before(job_store *s, uint64_t job_id, int64_t not_before_ms);
+
+/* Daemon-wide settings that outlive a restart ("draining"). get: DPOD_ENOENT when unset. */
+int job_store_get_setting(job_store *s, const char *key, char *buf, size_t len);
+int job_store_set_setting(job_store *s, const char *key, const char *value);
+
 /* Persists the cancel request of a STARTING/RUNNING job. */
 int job_store_set_cancel_requested(job_store *s, uint64_t job_id);
 

@@ -9,15 +9,14 @@
  * WatchJob streams (watch.c) hear of every stored event. Signals only start the shutdown sequence; a 1 s
  * cron runs the slower chores.
  *
- * Shutdown: refuse new jobs, SIGTERM every job's ranks (they checkpoint, report it and exit
- * "preempted"), SIGKILL what is left after a grace period, record the jobs PREEMPTED or FAILED "dpod
- * shut down"; then stop accepting calls, cancel those still open, let the
- * completion-queue thread drain and exit, close the store, remove the socket.
+ * Shutdown (SIGTERM, SIGINT) leaves the jobs alone: each attempt runs under its own supervisor, which
+ * outlives dpod. dpod forgets them, stops accepting calls, cancels those still open after a short grace,
+ * lets the completion-queue thread drain and exit, closes the store and removes the socket. To stop the
+ * jobs too, drain first (`dpoctl drain`).
  *
- * Start-up after a crash: queued jobs are queued again; for a job that was starting or running, the
- * launch backend says from the stored launch handle what became of it: recorded as its exit record says
- * if it ended, else (mpirun's attempts lose their parent) what is left of it is killed and the job is
- * recorded FAILED, resumable from its newest checkpoint with RestartJob. */
+ * Start-up, after a stop or a crash: a job that was starting or running is adopted from its launch
+ * handle if its attempt still runs, recorded from its exit record and report journal if it ended, and
+ * failed (then retried as it allows) if neither; queued jobs are queued again. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -48,7 +47,7 @@
 #include "watch.h"
 
 #define CRON_PERIOD_MS 1000
-#define SHUTDOWN_CALL_GRACE_MS 2000 /* open calls may end by themselves this long after the last job */
+#define SHUTDOWN_CALL_GRACE_MS 1000 /* open calls may end by themselves this long after the shutdown starts */
 #define SHUTDOWN_DEADLINE_MS 60000  /* last resort if a call or a process never lets go */
 
 static struct {
@@ -60,6 +59,7 @@ static struct {
   api_ctx api;
   uv_signal_t sigint, sigterm;
   uv_timer_t cron, grace, deadline;
+  loop_stats loop_stats;
   uint64_t cronloops;
   bool shutting_down, jobs_done, rpc_done;
   char socket_path[PATH_MAX]; /* "" when not listening on a unix socket */
@@ -73,8 +73,25 @@ static void usage(FILE *f) {
           "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2)\n"
           "  --worker PATH      dpo-worker binary (default: the one next to dpod)\n"
           "  --mpirun PATH      mpirun binary (default: mpirun from PATH)\n"
+          "  --start-timeout S  a job's rank 0 must report in within S seconds of its launch (default 600)\n"
+          "  --heartbeat-floor S  the least a job's heartbeat timeout can be, in seconds (default 300)\n"
+          "  --restart-backoff S  wait before the first automatic restart; doubles with each (default 10)\n"
+          "  --drain-grace S    after a drain, SIGKILL what has not stopped at a checkpoint (default 30)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
           "  --help             this text\n");
+}
+
+/* A duration in seconds (fractions allowed, up to a day) as ms. Returns 0, or -1 after saying why. */
+static int parse_seconds(const char *opt, const char *text, unsigned *ms) {
+  char *end;
+  double v = strtod(text, &end);
+  if (end == text || *end || !(v > 0) || v > 86400) {
+    fprintf(stderr, "dpod: %s: expected seconds, more than 0 and at most 86400, got \"%s\"\n", opt, text);
+    return -1;
+  }
+  *ms = (unsigned)(v * 1000.0 + 0.5);
+  if (*ms == 0) *ms = 1;
+  return 0;
 }
 
 /* Formats into a buffer that a long message is cut to fit (error messages, derived addresses). */
@@ -170,6 +187,7 @@ static void shutdown_finish(void) {
   close_handle((uv_handle_t *)&dpod.cron);
   close_handle((uv_handle_t *)&dpod.grace);
   close_handle((uv_handle_t *)&dpod.deadline);
+  loop_stats_stop(&dpod.loop_stats);
 }
 
 static void on_rpc_done(void *arg) {
@@ -187,19 +205,6 @@ static void on_call_grace(uv_timer_t *t) {
   }
 }
 
-static void on_jobs_done(void *arg) {
-  (void)arg;
-  log_debug("no job process left");
-  dpod.jobs_done = true;
-  /* Only now does the server stop taking calls: until the last rank exited, its reports (the checkpoint
-   * it wrote on the way out) had to get in. The jobs' final events are stored; watchers now send them
-   * and end by themselves. Calls that would not end on their own (a watch of a job still queued) are
-   * cut off after a short grace. */
-  rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
-  if (!dpod.rpc_done) uv_timer_start(&dpod.grace, on_call_grace, SHUTDOWN_CALL_GRACE_MS, 0);
-  shutdown_finish();
-}
-
 static void on_deadline(uv_timer_t *t) {
   (void)t;
   log_error("shutdown did not finish within %d s; exiting anyway", SHUTDOWN_DEADLINE_MS / 1000);
@@ -213,9 +218,17 @@ static void start_shutdown(int signum) {
     return;
   }
   dpod.shutting_down = true;
-  log_info("signal %d: shutting down", signum);
+  log_info("signal %d: shutting down; running jobs keep running and the next dpod adopts them", signum);
   uv_timer_start(&dpod.deadline, on_deadline, SHUTDOWN_DEADLINE_MS, 0);
-  coord_shutdown(dpod.co, on_jobs_done, NULL);
+  /* Jobs are left alone: their supervisors outlive us. (Preempting everything is `dpoctl drain`.) */
+  coord_detach(dpod.co);
+  dpod.jobs_done = true;
+  /* Calls in flight end by themselves (a watch of a finished job sends its last events and ends); those
+   * that would not (a watch of a running job) are cut off after a short grace. A rank whose report is
+   * cut off retries it with the next dpod. */
+  rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
+  if (!dpod.rpc_done) uv_timer_start(&dpod.grace, on_call_grace, SHUTDOWN_CALL_GRACE_MS, 0);
+  shutdown_finish();
 }
 
 /* uv_signal callbacks run on the loop, not in signal context: starting the shutdown here is safe. */
@@ -231,7 +244,7 @@ static void on_cron(uv_timer_t *t) {
 }
 
 int main(int argc, char **argv) {
-  char addr[PATH_MAX + 16], state_dir[PATH_MAX], worker[PATH_MAX], report_addr[PATH_MAX + 16];
+  char addr[PATH_MAX + 16], state_dir[PATH_MAX], worker[PATH_MAX], supervisor[PATH_MAX], report_addr[PATH_MAX + 16];
   char err[1024];
   const char *mpirun = "mpirun";
   unsigned long slots = 2;
@@ -241,13 +254,26 @@ int main(int argc, char **argv) {
   dpod_default_addr(addr, sizeof addr);
   dpod_default_state_dir(state_dir, sizeof state_dir);
   launch_default_worker(worker, sizeof worker);
+  launch_default_supervisor(supervisor, sizeof supervisor);
 
-  enum { OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP };
+  coord_params cp = coord_default_params();
+  enum {
+    OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
+    OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE
+  };
   static const struct option opts[] = {
-      {"listen", required_argument, NULL, OPT_LISTEN}, {"state-dir", required_argument, NULL, OPT_STATE},
-      {"slots", required_argument, NULL, OPT_SLOTS},   {"worker", required_argument, NULL, OPT_WORKER},
-      {"mpirun", required_argument, NULL, OPT_MPIRUN}, {"log-level", required_argument, NULL, OPT_LEVEL},
-      {"help", no_argument, NULL, OPT_HELP},           {NULL, 0, NULL, 0},
+      {"listen", required_argument, NULL, OPT_LISTEN},
+      {"state-dir", required_argument, NULL, OPT_STATE},
+      {"slots", required_argument, NULL, OPT_SLOTS},
+      {"worker", required_argument, NULL, OPT_WORKER},
+      {"mpirun", required_argument, NULL, OPT_MPIRUN},
+      {"log-level", required_argument, NULL, OPT_LEVEL},
+      {"start-timeout", required_argument, NULL, OPT_START_TIMEOUT},
+      {"heartbeat-floor", required_argument, NULL, OPT_HEARTBEAT_FLOOR},
+      {"restart-backoff", required_argument, NULL, OPT_RESTART_BACKOFF},
+      {"drain-grace", required_argument, NULL, OPT_DRAIN_GRACE},
+      {"help", no_argument, NULL, OPT_HELP},
+      {NULL, 0, NULL, 0},
   };
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -271,6 +297,18 @@ int main(int argc, char **argv) {
         if (str_copy(worker, sizeof worker, optarg) != 0) return arg_too_long("--worker");
         break;
       case OPT_MPIRUN: mpirun = optarg; break;
+      case OPT_START_TIMEOUT:
+        if (parse_seconds("--start-timeout", optarg, &cp.start_timeout_ms) != 0) return 2;
+        break;
+      case OPT_HEARTBEAT_FLOOR:
+        if (parse_seconds("--heartbeat-floor", optarg, &cp.heartbeat_floor_ms) != 0) return 2;
+        break;
+      case OPT_RESTART_BACKOFF:
+        if (parse_seconds("--restart-backoff", optarg, &cp.restart_backoff_ms) != 0) return 2;
+        break;
+      case OPT_DRAIN_GRACE:
+        if (parse_seconds("--drain-grace", optarg, &cp.drain_kill_ms) != 0) return 2;
+        break;
       case OPT_LEVEL:
         if ((level = dpod_log_parse_level(optarg)) < 0) {
           fprintf(stderr, "dpod: --log-level: expected error, warn, info or debug, got \"%s\"\n", optarg);
@@ -308,6 +346,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (access(worker, X_OK) != 0) log_warn("worker %s is not executable (yet); jobs will fail to start", worker);
+  if (access(supervisor, X_OK) != 0)
+    log_warn("supervisor %s is not executable (yet); jobs will fail to start", supervisor);
 
   const char *sock = rpc_unix_path(addr);
   if (sock) {
@@ -326,7 +366,8 @@ int main(int argc, char **argv) {
       (uv = uv_signal_start(&dpod.sigint, on_signal, SIGINT)) != 0 ||
       (uv = uv_signal_start(&dpod.sigterm, on_signal, SIGTERM)) != 0 || (uv = uv_timer_init(dpod.loop, &dpod.cron)) != 0 ||
       (uv = uv_timer_start(&dpod.cron, on_cron, CRON_PERIOD_MS, CRON_PERIOD_MS)) != 0 ||
-      (uv = uv_timer_init(dpod.loop, &dpod.grace)) != 0 || (uv = uv_timer_init(dpod.loop, &dpod.deadline)) != 0) {
+      (uv = uv_timer_init(dpod.loop, &dpod.grace)) != 0 || (uv = uv_timer_init(dpod.loop, &dpod.deadline)) != 0 ||
+      (uv = loop_stats_start(dpod.loop, &dpod.loop_stats)) != 0) {
     log_error("cannot set up the event loop: %s", uv_strerror(uv));
     return 1;
   }
@@ -334,13 +375,13 @@ int main(int argc, char **argv) {
   launch_mpirun_params lp = launch_mpirun_default_params();
   lp.mpirun = mpirun;
   lp.worker = worker;
+  lp.supervisor = supervisor;
   lp.report_addr = report_addr;
   lp.slots = (unsigned)slots;
   if (launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err) != 0) {
     log_error("%s", err);
     goto fail;
   }
-  coord_params cp = coord_default_params();
   cp.state_dir = state_dir;
   if (coord_open(dpod.loop, &cp, dpod.backend, &dpod.co, err, sizeof err) != 0) {
     log_error("%s", err);
@@ -353,6 +394,9 @@ int main(int argc, char **argv) {
   coord_set_event_hook(dpod.co, watch_notify, dpod.watches);
   dpod.api.co = dpod.co;
   dpod.api.ws = dpod.watches;
+  dpod.api.loop = &dpod.loop_stats;
+  dpod.api.started_ns = uv_hrtime();
+  coord_set_serving_hook(dpod.co, api_serving_changed, &dpod.api);
   if (rpc_server_create(dpod.loop, &dpod.srv) != 0 || api_register(dpod.srv, &dpod.api) != 0) {
     log_error("cannot set up the rpc server");
     goto fail;
@@ -390,6 +434,7 @@ fail:
   close_handle((uv_handle_t *)&dpod.cron);
   close_handle((uv_handle_t *)&dpod.grace);
   close_handle((uv_handle_t *)&dpod.deadline);
+  loop_stats_stop(&dpod.loop_stats);
   uv_run(dpod.loop, UV_RUN_NOWAIT); /* runs pending close callbacks */
 out:
   if (dpod.socket_path[0]) unlink(dpod.socket_path);

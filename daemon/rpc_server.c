@@ -20,6 +20,7 @@
 #include "rpc_addr.h"
 
 #define RPC_MAX_METHODS 16
+#define RPC_SLICE_NS 500000 /* the most completions may take in one loop iteration, about */
 
 typedef enum {
   RPC_TAG_NEW,      /* a requested call arrived (or the request was cancelled by shutdown) */
@@ -100,6 +101,10 @@ struct rpc_server {
   bool cq_drained;
   uv_async_t async;
   bool async_open;
+  /* Taken from `events` by the loop and worked off in slices (RPC_SLICE_NS per loop iteration), so a
+   * burst of completions never keeps the loop from polling. */
+  rpc_event *work;
+  size_t n_work, cap_work, work_pos;
   int dir_fd; /* the socket's directory, when its path is too long to bind directly; -1 if none */
 };
 
@@ -209,12 +214,18 @@ static int rpc_start(rpc_call *c, const grpc_op *ops, size_t n, rpc_tag *tag) {
   return 0;
 }
 
-static grpc_byte_buffer *rpc_pack(const ProtobufCMessage *msg) {
+int rpc_pack_slice(const ProtobufCMessage *msg, grpc_slice *out) {
   size_t len = protobuf_c_message_get_packed_size(msg);
   uint8_t *buf = malloc(len ? len : 1);
-  if (!buf) return NULL;
+  if (!buf) return DPOD_ENOMEM;
   protobuf_c_message_pack(msg, buf);
-  grpc_slice slice = grpc_slice_new(buf, len, free);
+  *out = grpc_slice_new(buf, len, free);
+  return 0;
+}
+
+static grpc_byte_buffer *rpc_pack(const ProtobufCMessage *msg) {
+  grpc_slice slice;
+  if (rpc_pack_slice(msg, &slice) != 0) return NULL;
   grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
   grpc_slice_unref(slice);
   return bb;
@@ -276,11 +287,26 @@ void rpc_call_set_stream(rpc_call *c, rpc_sent_cb sent, rpc_done_cb done, void *
   c->data = data;
 }
 
+static int rpc_call_send_buffer(rpc_call *c, grpc_byte_buffer *bb);
+
 int rpc_call_send(rpc_call *c, const ProtobufCMessage *msg) {
   if (c->ended || c->send_in_flight) return DPOD_ESTATE;
   if (!rpc_call_can_start(c)) return DPOD_ECANCELED;
   grpc_byte_buffer *bb = rpc_pack(msg);
   if (!bb) return DPOD_ENOMEM;
+  return rpc_call_send_buffer(c, bb);
+}
+
+int rpc_call_send_slice(rpc_call *c, grpc_slice msg) {
+  if (c->ended || c->send_in_flight) return DPOD_ESTATE;
+  if (!rpc_call_can_start(c)) return DPOD_ECANCELED;
+  grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&msg, 1); /* takes its own reference */
+  if (!bb) return DPOD_ENOMEM;
+  return rpc_call_send_buffer(c, bb);
+}
+
+/* Starts the SEND_MESSAGE batch of `bb`, which it owns from here on. */
+static int rpc_call_send_buffer(rpc_call *c, grpc_byte_buffer *bb) {
   grpc_op ops[2];
   size_t n = 0;
   memset(ops, 0, sizeof ops);
@@ -437,24 +463,58 @@ static void rpc_maybe_shutdown_cq(rpc_server *s) {
   grpc_completion_queue_shutdown(s->cq);
 }
 
+/* Appends completions to the loop's own work list. */
+static bool rpc_work_append(rpc_server *s, const rpc_event *evs, size_t n) {
+  if (s->work_pos == s->n_work) s->work_pos = s->n_work = 0;
+  if (s->n_work + n > s->cap_work) {
+    size_t cap = s->cap_work ? s->cap_work : 64;
+    while (cap < s->n_work + n) cap *= 2;
+    rpc_event *grown = realloc(s->work, cap * sizeof *grown);
+    if (!grown) return false;
+    s->work = grown;
+    s->cap_work = cap;
+  }
+  memcpy(s->work + s->n_work, evs, n * sizeof *evs);
+  s->n_work += n;
+  return true;
+}
+
+/* Handles queued completions for at most about RPC_SLICE_NS, then lets the loop poll again (waking
+ * itself to go on) if any are left. New calls go first: a burst of stream sends (an event fanned out
+ * to hundreds of watchers) must not make a GetJob wait for all of it. That reordering is safe because a
+ * call's arrival is its first completion: nothing else of that call can be queued before it. */
 static void rpc_on_async(uv_async_t *h) {
   rpc_server *s = h->data;
-  for (;;) {
-    pthread_mutex_lock(&s->lock);
-    rpc_event *events = s->events;
-    size_t n = s->n_events;
-    bool drained = s->cq_drained;
-    s->events = NULL;
-    s->n_events = s->cap_events = 0;
-    pthread_mutex_unlock(&s->lock);
-    for (size_t i = 0; i < n; i++) rpc_on_event(s, events[i].tag, events[i].ok);
-    free(events);
-    rpc_maybe_shutdown_cq(s);
-    if (n == 0) {
-      if (drained) rpc_finish_shutdown(s);
-      return;
-    }
+  uint64_t start = uv_hrtime();
+  pthread_mutex_lock(&s->lock);
+  rpc_event *incoming = s->events;
+  size_t n = s->n_events;
+  bool drained = s->cq_drained;
+  s->events = NULL;
+  s->n_events = s->cap_events = 0;
+  pthread_mutex_unlock(&s->lock);
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (incoming[i].tag->kind == RPC_TAG_NEW) rpc_on_event(s, incoming[i].tag, incoming[i].ok);
+    else incoming[kept++] = incoming[i];
   }
+  /* Without memory to queue them, handle them now: slower to answer, never lost. */
+  if (kept && !rpc_work_append(s, incoming, kept))
+    for (size_t i = 0; i < kept; i++) rpc_on_event(s, incoming[i].tag, incoming[i].ok);
+  free(incoming);
+  while (s->work_pos < s->n_work) {
+    rpc_event ev = s->work[s->work_pos++];
+    rpc_on_event(s, ev.tag, ev.ok);
+    if ((s->work_pos & 7) == 0 && uv_hrtime() - start > RPC_SLICE_NS) break;
+  }
+  rpc_maybe_shutdown_cq(s);
+  if (s->work_pos < s->n_work) {
+    uv_async_send(&s->async);
+    return;
+  }
+  s->work_pos = s->n_work = 0;
+  if (drained && n == 0) rpc_finish_shutdown(s);
+  else if (drained) uv_async_send(&s->async); /* once more, to see the queue empty */
 }
 
 /* Asks for the next call of `method` (-1: any unregistered method). */
@@ -577,6 +637,7 @@ static void rpc_async_closed(uv_handle_t *h) {
   for (int i = 0; i < s->n_methods; i++) free(s->methods[i].path);
   pthread_mutex_destroy(&s->lock);
   free(s->events);
+  free(s->work);
   free(s);
   grpc_shutdown();
 }
@@ -606,6 +667,7 @@ void rpc_server_free(rpc_server *s) {
     for (int i = 0; i < s->n_methods; i++) free(s->methods[i].path);
     pthread_mutex_destroy(&s->lock);
     free(s->events);
+    free(s->work);
     free(s);
     grpc_shutdown();
   }

@@ -19,6 +19,7 @@
 #define DPOD_RPC_SERVER_H
 
 #include <grpc/grpc.h>
+#include <grpc/slice.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,6 +65,11 @@ void rpc_call_set_stream(rpc_call *c, rpc_sent_cb sent, rpc_done_cb done, void *
 /* Sends one message of a stream. Returns 0 (the sent callback follows), DPOD_ESTATE while another send
  * is in flight or after the call was ended, or DPOD_ECANCELED when the client has gone. */
 int rpc_call_send(rpc_call *c, const ProtobufCMessage *msg);
+/* The same with a message packed beforehand (rpc_pack_slice): one event sent to many streams is packed
+ * once. The call takes its own reference to the slice. */
+int rpc_call_send_slice(rpc_call *c, grpc_slice msg);
+/* Packs `msg` into a new slice, which the caller releases with grpc_slice_unref(). 0 or DPOD_ENOMEM. */
+int rpc_pack_slice(const ProtobufCMessage *msg, grpc_slice *out);
 /* Ends a stream with `code` (details may be NULL). If a send is in flight the status follows it. */
 void rpc_call_finish(rpc_call *c, grpc_status_code code, const char *details);
 /* Whether the client has cancelled or the call has been ended. */

@@ -15,6 +15,7 @@ DPOD_PACKAGES=(
   libopenmpi-dev openmpi-bin
   libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
+  systemd # systemd-analyze checks the service unit in a test
 )
 
 dpod_install_packages() {

@@ -42,6 +42,7 @@
 #include "dpod_paths.h"
 #include "ddim.h"
 #include "job_spec.h"
+#include "report_journal.h"
 #include "reporter.h"
 #include "safetensors.h"
 #include "synth.h"
@@ -95,6 +96,8 @@ static void worker_die_(int status, const char *file, int line, const char *fmt,
   exit(status);
 }
 #define worker_die(...) worker_die_(WORKER_EXIT_FAILED, __FILE__, __LINE__, __VA_ARGS__)
+/* The job's input is at fault (its spec, model or data): dpod does not retry such a job. */
+#define worker_die_input(...) worker_die_(WORKER_EXIT_BAD_INPUT, __FILE__, __LINE__, __VA_ARGS__)
 
 static double now_seconds(void) {
   struct timespec ts;
@@ -160,17 +163,17 @@ static Dpod__V1__JobSpec *load_spec(const char *path) {
   if ((plen > 5 && strcmp(path + plen - 5, ".yaml") == 0) || (plen > 4 && strcmp(path + plen - 4, ".yml") == 0)) {
     spec = job_spec_new();
     if (!spec) worker_die("out of memory");
-    if (job_spec_load_yaml(spec, path, err, sizeof err) != 0) worker_die("%s", err);
+    if (job_spec_load_yaml(spec, path, err, sizeof err) != 0) worker_die_input("%s", err);
   } else {
     size_t len = 0;
     char *bytes = NULL;
-    if (dpod_read_file(path, WORKER_SPEC_MAX, &bytes, &len, err, sizeof err) != 0) worker_die("job spec %s", err);
+    if (dpod_read_file(path, WORKER_SPEC_MAX, &bytes, &len, err, sizeof err) != 0) worker_die_input("job spec %s", err);
     spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
     free(bytes);
-    if (!spec) worker_die("%s: not a valid dpod.v1.JobSpec", path);
+    if (!spec) worker_die_input("%s: not a valid dpod.v1.JobSpec", path);
   }
   if (job_spec_normalize(spec) != 0) worker_die("out of memory");
-  if (job_spec_validate(spec, 0, err, sizeof err) != 0) worker_die("%s: %s", path, err);
+  if (job_spec_validate(spec, 0, err, sizeof err) != 0) worker_die_input("%s: %s", path, err);
   return spec;
 }
 
@@ -225,9 +228,13 @@ static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec,
   unet_t m = NULL;
   char err[1024];
   int rc = unet_create(config_text, &p, &m, err, sizeof err);
+  /* Out of memory or libtorch failing is this run's trouble; anything else is the model's. */
+  int bad_input = rc != DPOD_ENOMEM && rc != DPOD_ETORCH;
+  if (rc && bad_input) worker_die_input("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
   if (rc) worker_die("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
   if (weights && *weights) {
     rc = unet_load_weights(m, weights);
+    if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", unet_last_error(m));
     if (rc) worker_die("%s", unet_last_error(m));
   }
   return m;
@@ -244,7 +251,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   char *config_text = NULL;
   if (*spec->model->config) {
     if (dpod_read_file(spec->model->config, WORKER_CONFIG_MAX, &config_text, NULL, err, sizeof err) != 0)
-      worker_die("model.config %s", err);
+      worker_die_input("model.config %s", err);
   }
   tr->policy = build_unet(config_text, spec, spec->model->weights);
   unet_get_info(tr->policy, &tr->info);
@@ -272,9 +279,9 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (*spec->model->scheduler_config) {
     char *json = NULL;
     if (dpod_read_file(spec->model->scheduler_config, WORKER_CONFIG_MAX, &json, NULL, err, sizeof err) != 0)
-      worker_die("model.scheduler_config %s", err);
+      worker_die_input("model.scheduler_config %s", err);
     if (dpo_schedule_from_json(&tr->sched, json, err, sizeof err) != 0)
-      worker_die("%s: %s", spec->model->scheduler_config, err);
+      worker_die_input("%s: %s", spec->model->scheduler_config, err);
     free(json);
   } else if (dpo_schedule_default(&tr->sched) != 0) {
     worker_die("out of memory");
@@ -304,10 +311,10 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
     op.channels = tr->info.in_channels;
     op.height = op.width = tr->info.sample_size;
     op.embed_dim = tr->info.cross_attention_dim;
-    if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die("data.dataset: %s", err);
+    if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die_input("data.dataset: %s", err);
     if (evaluate) {
       op.split = d->validation_split;
-      if (dataset_open(d->dataset, &op, &tr->val, err, sizeof err) != 0) worker_die("data.validation_split: %s", err);
+      if (dataset_open(d->dataset, &op, &tr->val, err, sizeof err) != 0) worker_die_input("data.validation_split: %s", err);
       /* The synthetic task knows its reward: evaluations then also sample and score latents. */
       char path[4200];
       snprintf(path, sizeof path, "%s/%s", d->dataset, SYNTH_FILE);
@@ -316,16 +323,16 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
     }
   }
   if (d->caption_dropout > 0 && !tr->data.has_empty_prompt)
-    worker_die("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
+    worker_die_input("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
   uint32_t b = tr->train->batch_size, a = tr->train->grad_accum;
   tr->global_batch = (uint64_t)b * a * (uint64_t)g_world; /* < 2^96: no overflow in 64 bits for these inputs */
   if (b == 0 || (uint64_t)b * a > UINT32_MAX / (uint64_t)g_world)
-    worker_die("a global batch of ranks %d x batch_size %u x grad_accum %u pairs is too large", g_world, b, a);
+    worker_die_input("a global batch of ranks %d x batch_size %u x grad_accum %u pairs is too large", g_world, b, a);
   if (tr->data.num_pairs < tr->global_batch)
-    worker_die("the dataset has %zu pairs, fewer than one global batch of %" PRIu64 " (ranks %d x batch_size %u x "
+    worker_die_input("the dataset has %zu pairs, fewer than one global batch of %" PRIu64 " (ranks %d x batch_size %u x "
                "grad_accum %u)", tr->data.num_pairs, tr->global_batch, g_world, b, a);
   if (sampler_init(&tr->sampler, tr->data.num_pairs, tr->global_batch, tr->train->seed) != 0)
     worker_die("out of memory");
@@ -435,7 +442,35 @@ static void allreduce_grads(trainer *tr) {
 }
 
 static void report(trainer *tr, const Dpod__V1__WorkerEvent *ev) {
-  if (tr->rep && reporter_push(tr->rep, ev) != 0) log_warn("cannot queue a report: out of memory");
+  if (tr->rep && reporter_push(tr->rep, ev) != 0) log_warn("cannot queue a report");
+}
+
+/* Progress that is not a step (an evaluation batch, a checkpoint file), so that dpod's watchdog can tell
+ * a slow phase from a hang. Only the training loop calls this, never the reporter's own thread: a rank
+ * stuck in a collective must look stuck. */
+static void heartbeat(trainer *tr, uint32_t step, const char *phase) {
+  if (g_rank != 0 || !tr->rep) return;
+  Dpod__V1__WorkerHeartbeat hb = DPOD__V1__WORKER_HEARTBEAT__INIT;
+  hb.has_step = 1;
+  hb.step = step;
+  hb.phase = (char *)phase;
+  Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+  ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_HEARTBEAT;
+  ev.heartbeat = &hb;
+  report(tr, &ev);
+}
+
+/* keep_last removed an older checkpoint: dpod stops listing it. */
+static void report_pruned(uint32_t step, const char *dir, void *arg) {
+  trainer *tr = arg;
+  Dpod__V1__CheckpointRemoved rm = DPOD__V1__CHECKPOINT_REMOVED__INIT;
+  rm.has_step = 1;
+  rm.step = step;
+  rm.path = (char *)dir;
+  Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
+  ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT_REMOVED;
+  ev.checkpoint_removed = &rm;
+  report(tr, &ev);
 }
 
 /* Writes optimizer.safetensors: the AdamW moments over the flat parameter buffer and the step count. */
@@ -467,7 +502,9 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) {
     if (unet_save(tr->policy, partial, NULL) != 0) worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
+    heartbeat(tr, step, "checkpoint");
     save_optimizer(tr, partial);
+    heartbeat(tr, step, "checkpoint");
   }
   ckpt_rank_state st = {.world_size = (uint32_t)g_world,
                         .rank = (uint32_t)g_rank,
@@ -479,9 +516,7 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
   if (g_rank != 0) return;
   uint64_t bytes = 0;
   if (ckpt_commit(run_dir, step, (uint32_t)g_world, &bytes, err, sizeof err) != 0) worker_die("%s", err);
-  int pruned = ckpt_prune(run_dir, tr->train->keep_last);
-  log_info("checkpoint %s: %.1f MB in %.2f s%s", final, (double)bytes / 1e6, now_seconds() - t0,
-           pruned > 0 ? ", older ones pruned" : "");
+  log_info("checkpoint %s: %.1f MB in %.2f s", final, (double)bytes / 1e6, now_seconds() - t0);
   Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
   ck.has_step = 1;
   ck.step = step;
@@ -493,6 +528,8 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
   ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT;
   ev.checkpoint = &ck;
   report(tr, &ev);
+  /* After the new one is reported, so that dpod never lists fewer than keep_last. */
+  ckpt_prune(run_dir, tr->train->keep_last, report_pruned, tr);
 }
 
 /* Continues from the newest complete checkpoint in run_dir, if any: policy weights, optimizer state and
@@ -508,7 +545,7 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
   ckpt_rank_state st;
   if (ckpt_read_rank_state(dir, (uint32_t)g_rank, &st, err, sizeof err) != 0) worker_die("resume: %s", err);
   if (st.world_size != (uint32_t)g_world)
-    worker_die("resume: %s was written by %u ranks, this run has %d; resume with the same ranks", dir, st.world_size,
+    worker_die_input("resume: %s was written by %u ranks, this run has %d; resume with the same ranks", dir, st.world_size,
                g_world);
   if (st.seed != tr->train->seed || st.step != step || st.data_position != (uint64_t)step * tr->global_batch)
     worker_die("resume: %s does not belong to this job (seed, step or batch size differ)", dir);
@@ -632,10 +669,12 @@ static void trainer_eval(trainer *tr, uint32_t step) {
       keys[k] = i;
       if (++k == b) {
         eval_pairs_chunk(tr, pairs, keys, k, &sums);
+        heartbeat(tr, step, "eval");
         k = 0;
       }
     }
     if (k > 0) eval_pairs_chunk(tr, pairs, keys, k, &sums);
+    heartbeat(tr, step, "eval");
     red[0] = sums.loss_sum;
     red[1] = sums.acc_sum;
     red[2] = sums.margin_sum;
@@ -833,7 +872,7 @@ int main(int argc, char **argv) {
   blas_select_kernels(argv); /* may re-execute this program with faster sgemm kernels */
   worker_args args;
   int pa = parse_args(argc, argv, &args);
-  if (pa != 0) return pa > 0 ? 0 : WORKER_EXIT_USAGE;
+  if (pa != 0) return pa > 0 ? 0 : WORKER_EXIT_BAD_INPUT;
 
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
@@ -852,16 +891,27 @@ int main(int argc, char **argv) {
 
   Dpod__V1__JobSpec *spec = load_spec(args.spec_path);
   if (spec->ranks != (uint32_t)g_world)
-    worker_die("the job asks for %u ranks but mpirun started %d", spec->ranks, g_world);
+    worker_die_input("the job asks for %u ranks but mpirun started %d", spec->ranks, g_world);
 
   trainer tr;
   trainer_init(&tr, spec);
   if (g_rank == 0 && args.report_addr) {
-    const char *secret = getenv(DPOD_ENV_JOB_SECRET);
-    if (!secret || !*secret) worker_die("--report-addr given but $%s is not set", DPOD_ENV_JOB_SECRET);
-    char err[512];
-    if (reporter_start(args.report_addr, args.job_id, secret, &tr.rep, err, sizeof err) != 0)
-      worker_die("cannot report to %s: %s", args.report_addr, err);
+    const char *secret = getenv(DPOD_ENV_JOB_SECRET), *attempt_text = getenv(DPOD_ENV_ATTEMPT);
+    if (!secret || !*secret) worker_die_input("--report-addr given but $%s is not set", DPOD_ENV_JOB_SECRET);
+    uint64_t attempt = 1;
+    if (attempt_text && (dpod_parse_u64(attempt_text, UINT32_MAX, &attempt) != 0 || attempt == 0))
+      worker_die_input("$%s wants an attempt number, got '%s'", DPOD_ENV_ATTEMPT, attempt_text);
+    char err[512], journal[4200];
+    report_journal_path(args.run_dir, (uint32_t)attempt, journal, sizeof journal);
+    reporter_params rp = {.addr = args.report_addr,
+                          .job_id = args.job_id,
+                          .attempt = (uint32_t)attempt,
+                          .secret = secret,
+                          .journal_path = journal};
+    const char *queue_max = getenv("DPOD_REPORT_QUEUE_MAX"); /* tests make the journal take over early */
+    uint64_t qm;
+    if (queue_max && dpod_parse_u64(queue_max, 1u << 24, &qm) == 0) rp.queue_max = (size_t)qm;
+    if (reporter_start(&rp, &tr.rep, err, sizeof err) != 0) worker_die("cannot report to %s: %s", args.report_addr, err);
   }
 
   uint32_t start_step = trainer_resume(&tr, args.run_dir);
@@ -870,9 +920,9 @@ int main(int argc, char **argv) {
   if (tr.rep) {
     /* The daemon learns of the last step and the final (or preemption) checkpoint before we exit; a
      * preempted job has less time, since whoever preempted it will SIGKILL before long. */
-    int flush_ms = status == WORKER_EXIT_OK ? 30000 : status == WORKER_EXIT_PREEMPTED ? 10000 : 0;
-    if (flush_ms && reporter_flush(tr.rep, flush_ms) != 0)
-      log_warn("could not deliver every report to dpod before exiting");
+    int flush_ms = status == WORKER_EXIT_OK ? 10000 : status == WORKER_EXIT_PREEMPTED ? 5000 : 2000;
+    if (reporter_flush(tr.rep, flush_ms) != 0)
+      log_warn("could not deliver every report to dpod before exiting; the rest stays in the journal");
     reporter_stop(tr.rep);
   }
   trainer_free(&tr);

@@ -45,6 +45,10 @@ int launch_stop(launch_run *r, launch_stop_mode how, int *signalled) {
   return r->backend->ops->stop(r, how, signalled);
 }
 
+void launch_detach(launch_run *r) {
+  if (!r->ended) r->backend->ops->detach(r);
+}
+
 const char *launch_run_handle(const launch_run *r) { return r->handle; }
 uint32_t launch_run_attempt(const launch_run *r) { return r->attempt; }
 
@@ -170,6 +174,7 @@ int launch_exit_record_read(const char *run_dir, uint32_t attempt, launch_exit *
     status = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: needs attempt, exit_status and term_signal", path);
   if (status == 0 && exit->attempt != attempt)
     status = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: records attempt %" PRIu32, path, exit->attempt);
+  exit->recorded = status == 0;
   return status;
 }
 
@@ -242,16 +247,20 @@ void launch_last_error_line(const char *log_path, char *buf, size_t len) {
   buf[best_len] = '\0';
 }
 
-char *launch_default_worker(char *buf, size_t len) {
+/* `name` in the directory of this executable. */
+static char *launch_beside_self_(const char *name, char *buf, size_t len) {
   char self[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n <= 0) {
-    snprintf(buf, len, "dpo-worker");
+    snprintf(buf, len, "%s", name);
     return buf;
   }
   self[n] = '\0';
   char *slash = strrchr(self, '/');
   if (slash) *slash = '\0';
-  snprintf(buf, len, "%s/dpo-worker", self);
+  snprintf(buf, len, "%s/%s", self, name);
   return buf;
 }
+
+char *launch_default_worker(char *buf, size_t len) { return launch_beside_self_("dpo-worker", buf, len); }
+char *launch_default_supervisor(char *buf, size_t len) { return launch_beside_self_("dpod-supervisor", buf, len); }

@@ -55,6 +55,8 @@ typedef struct {
   int term_signal;           /* the signal that ended the attempt's launcher (mpirun), 0 if it exited */
   int exit_status;           /* its exit status when term_signal is 0 (the worker's WORKER_EXIT_*) */
   int64_t finished_unix_ms;
+  int recorded;              /* 1: from the attempt's exit record; 0: whatever ran the attempt vanished
+                                without writing one, and how it ended is unknown */
 } launch_exit;
 
 /* Called once per attempt, on the loop thread, when it has ended and nothing of it is left running. The
@@ -78,6 +80,7 @@ typedef enum {
 
 typedef struct {
   const char *mpirun;      /* "mpirun" (looked up in PATH) or a path */
+  const char *supervisor;  /* dpod-supervisor (supervisor.c), which runs each attempt */
   const char *worker;      /* dpo-worker, preferably an absolute path */
   const char *report_addr; /* the daemon's address, passed as --report-addr */
   unsigned slots;          /* ranks that may run at once on this host */
@@ -103,6 +106,10 @@ unsigned launch_capacity(const launch_backend *b);
  * reason in err, and `cb` is never called. */
 int launch_start(launch_backend *b, const launch_request *req, launch_exit_cb cb, void *arg, launch_run **out,
                  char *handle, char *err, size_t errlen);
+
+/* Forgets a running attempt without stopping it (dpod is about to exit): its callback is never called,
+ * the run is freed, and a later launch_recover() from its handle finds it again. */
+void launch_detach(launch_run *r);
 
 /* Asks a running attempt to stop. Returns 0, or DPOD_ESTATE when it has already ended. For
  * LAUNCH_STOP_PREEMPT, *signalled (may be NULL) receives how many ranks got the request: 0 means none
@@ -156,8 +163,9 @@ int launch_make_secret(char out[JOB_SECRET_HEX_LEN + 1]);
  * dpo-worker error, else the last line with ERROR in it. Reads only the log's tail. */
 void launch_last_error_line(const char *log_path, char *buf, size_t len);
 
-/* The default dpo-worker: next to this executable (found through /proc/self/exe), as both the build tree
- * (build/bin) and an installation (bin/) place them. Returns `buf`. */
+/* The default dpo-worker and dpod-supervisor: next to this executable (found through /proc/self/exe),
+ * as both the build tree (build/bin) and an installation (bin/) place them. Return `buf`. */
 char *launch_default_worker(char *buf, size_t len);
+char *launch_default_supervisor(char *buf, size_t len);
 
 #endif

@@ -10,6 +10,7 @@ typedef struct {
   int (*start)(launch_backend *b, const launch_request *req, launch_run **out, char *handle, char *err,
                size_t errlen);
   int (*stop)(launch_run *r, launch_stop_mode how, int *signalled);
+  void (*detach)(launch_run *r);
   int (*recover)(launch_backend *b, const char *handle, const char *run_dir, launch_run **out, launch_exit *exit,
                  int *stopped, char *err, size_t errlen);
   void (*poll)(launch_backend *b);     /* may be NULL */

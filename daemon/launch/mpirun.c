@@ -1,19 +1,20 @@
 /* The mpirun backend: one attempt is
  *
- *   mpirun -np N --oversubscribe --bind-to none [--allow-run-as-root] -x DPOD_JOB_SECRET -x TMPDIR
- *          -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY <dpo-worker> --spec RUN_DIR/spec.pb
- *          --run-dir RUN_DIR --job-id ID --report-addr ADDR
+ *   dpod-supervisor --run-dir RUN_DIR --attempt N -- mpirun -np RANKS --oversubscribe --bind-to none
+ *          [--allow-run-as-root] -x DPOD_JOB_SECRET -x DPOD_ATTEMPT -x TMPDIR -x OMP_NUM_THREADS
+ *          -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY <dpo-worker> --spec RUN_DIR/spec.pb --run-dir RUN_DIR
+ *          --job-id ID --report-addr ADDR
  *
- * spawned from an argv array (never through a shell) with UV_PROCESS_DETACHED, so mpirun leads a new
- * session. Open MPI gives every rank a process group of its own, but they all stay in that session:
- * stopping signals the whole session, and the session is SIGKILLed once mpirun has exited so that no
- * rank outlives its attempt. The secret travels in the environment, never on the command line where ps
- * would show it. Output goes to RUN_DIR/job.log, appended attempt after attempt.
+ * spawned from an argv array (never through a shell) with UV_PROCESS_DETACHED: the supervisor
+ * (supervisor.c) leads a new session, and mpirun and every rank stay in it. mpirun is the supervisor's
+ * child, not dpod's, so the attempt outlives a dpod that dies or stops; the supervisor writes the exit
+ * record. The secret travels in the environment, never on a command line where ps would show it.
+ * Output goes to RUN_DIR/job.log, appended attempt after attempt.
  *
- * Handles are "mpirun:sid=<session>,attempt=<n>". mpirun is dpod's child, so after a dpod restart an
- * attempt that is still running cannot be watched any more: recover stops what is left of it (the
- * processes of its session that name its run directory, so a session id since reused by something else
- * is left alone) and reports it lost, unless its exit record says it had ended. */
+ * Handles are "mpirun:sid=<the supervisor's pid>,attempt=<n>". An attempt this dpod started ends when
+ * libuv reports the supervisor's exit; one adopted after a restart is checked every poll: it has ended
+ * once its exit record exists, or once its supervisor is gone without one (then it is lost, and what is
+ * left of its session is killed). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -34,23 +35,30 @@
 
 extern char **environ;
 
-typedef struct {
-  launch_backend base;
-  char *mpirun, *worker, *report_addr;
-  unsigned slots;
-} mpirun_backend;
+typedef struct mpirun_run mpirun_run;
 
 typedef struct {
+  launch_backend base;
+  char *mpirun, *supervisor, *worker, *report_addr;
+  unsigned slots;
+  mpirun_run *adopted;   /* runs found again after a restart, checked by poll */
+} mpirun_backend;
+
+struct mpirun_run {
   launch_run base;       /* first member */
-  uv_process_t process;
+  mpirun_backend *b;
+  uv_process_t process;  /* the supervisor, when this dpod started it */
+  int child;             /* 1: started here (libuv reports the exit); 0: adopted (poll finds it) */
   char *run_dir;
-  int pid;               /* mpirun's pid, which is also its session id */
-} mpirun_run;
+  int sid;               /* the supervisor's pid, which is also the attempt's session id */
+  mpirun_run *next;      /* in b->adopted */
+};
 
 launch_mpirun_params launch_mpirun_default_params(void) {
   launch_mpirun_params p;
   memset(&p, 0, sizeof p);
   p.mpirun = "mpirun";
+  p.supervisor = "dpod-supervisor";
   p.worker = "dpo-worker";
   p.slots = 2;
   return p;
@@ -62,27 +70,46 @@ static int64_t mpirun_now_ms_(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void mpirun_run_free_(uv_handle_t *h) {
-  mpirun_run *r = h->data;
+static void mpirun_run_free_(mpirun_run *r) {
   free(r->run_dir);
   free(r);
 }
 
-static void mpirun_on_exit_(uv_process_t *h, int64_t exit_status, int term_signal) {
-  mpirun_run *r = h->data;
-  /* mpirun is gone; anything left in its session (a rank stuck in a collective, a helper) goes too. The
-   * session id cannot have been reused: a pid stays allocated while it names a live session. */
-  int left = proc_signal_session(r->pid, NULL, SIGKILL, 0);
-  if (left > 0) log_warn("killed %d leftover processes of job session %d", left, r->pid);
-  launch_exit ex = {.attempt = r->base.attempt,
-                    .term_signal = term_signal,
-                    .exit_status = term_signal ? 0 : (int)exit_status,
-                    .finished_unix_ms = mpirun_now_ms_()};
-  /* Here dpod is what ran the attempt, so dpod writes its exit record. */
-  char err[512];
-  if (launch_exit_record_write(r->run_dir, &ex, err, sizeof err) != 0) log_warn("%s", err);
+static void mpirun_process_closed_(uv_handle_t *h) { mpirun_run_free_(h->data); }
+
+static void mpirun_unlist_(mpirun_run *r) {
+  for (mpirun_run **p = &r->b->adopted; *p; p = &(*p)->next)
+    if (*p == r) {
+      *p = r->next;
+      return;
+    }
+}
+
+/* The attempt is over: how it ended comes from its exit record; without one, whatever was left of its
+ * session is killed and the end is reported unknown. Then the run goes away. */
+static void mpirun_finish_(mpirun_run *r) {
+  launch_exit ex;
+  if (launch_exit_record_read(r->run_dir, r->base.attempt, &ex, NULL, 0) != 0) {
+    memset(&ex, 0, sizeof ex);
+    ex.attempt = r->base.attempt;
+    ex.term_signal = SIGKILL;
+    ex.finished_unix_ms = mpirun_now_ms_();
+    int left = proc_signal_session(r->sid, r->run_dir, SIGKILL, 0);
+    log_warn("%s ended without an exit record; killed %d leftover processes", r->base.handle, left);
+  }
   launch_run_ended_(&r->base, &ex);
-  uv_close((uv_handle_t *)h, mpirun_run_free_);
+  if (r->child) {
+    uv_close((uv_handle_t *)&r->process, mpirun_process_closed_);
+  } else {
+    mpirun_unlist_(r);
+    mpirun_run_free_(r);
+  }
+}
+
+static void mpirun_on_exit_(uv_process_t *h, int64_t exit_status, int term_signal) {
+  (void)exit_status;
+  (void)term_signal; /* the supervisor's; the attempt's own is in its exit record */
+  mpirun_finish_(h->data);
 }
 
 /* The daemon's environment minus the variables the launch sets, plus those. Entries of `extra` are
@@ -132,11 +159,13 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
     goto fail;
   }
 
-  char np[16], id[32], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
-      blas_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE";
+  char np[16], id[32], attempt[16], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
+      blas_env[48], attempt_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE";
   unsigned threads = req->threads_per_rank ? req->threads_per_rank : 1;
   snprintf(np, sizeof np, "%u", req->ranks);
   snprintf(id, sizeof id, "%" PRIu64, req->job_id);
+  snprintf(attempt, sizeof attempt, "%" PRIu32, req->attempt);
+  snprintf(attempt_env, sizeof attempt_env, "%s=%" PRIu32, DPOD_ENV_ATTEMPT, req->attempt);
   snprintf(secret_env, sizeof secret_env, "%s=%s", DPOD_ENV_JOB_SECRET, req->secret);
   snprintf(tmpdir_env, sizeof tmpdir_env, "TMPDIR=%s", tmpdir);
   snprintf(omp_env, sizeof omp_env, "OMP_NUM_THREADS=%u", threads);
@@ -144,14 +173,20 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
    * the worker can say how many threads it wants: without this, N ranks on N cores run N x cores threads. */
   snprintf(blas_env, sizeof blas_env, "OPENBLAS_NUM_THREADS=%u", threads);
   /* Spinning OpenMP threads steal the core a neighbouring rank needs; ranks share the machine. */
-  char *extra[] = {secret_env, tmpdir_env, omp_env, blas_env, wait_env};
+  char *extra[] = {secret_env, attempt_env, tmpdir_env, omp_env, blas_env, wait_env};
   if (!(env = mpirun_build_env_(extra, sizeof extra / sizeof extra[0]))) {
     status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
     goto fail;
   }
 
-  const char *args[32];
+  const char *args[40];
   int a = 0;
+  args[a++] = b->supervisor;
+  args[a++] = "--run-dir";
+  args[a++] = req->run_dir;
+  args[a++] = "--attempt";
+  args[a++] = attempt;
+  args[a++] = "--";
   args[a++] = b->mpirun;
   args[a++] = "-np";
   args[a++] = np;
@@ -160,8 +195,8 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   args[a++] = "none";
   /* Open MPI refuses root unless told; containers commonly run as root. */
   if (geteuid() == 0) args[a++] = "--allow-run-as-root";
-  static const char *const exported[] = {DPOD_ENV_JOB_SECRET, "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                         "OMP_WAIT_POLICY"};
+  static const char *const exported[] = {DPOD_ENV_JOB_SECRET, DPOD_ENV_ATTEMPT,       "TMPDIR",
+                                         "OMP_NUM_THREADS",   "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY"};
   for (size_t i = 0; i < sizeof exported / sizeof exported[0]; i++) {
     args[a++] = "-x";
     args[a++] = exported[i];
@@ -182,6 +217,8 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
     goto fail;
   }
   r->process.data = r;
+  r->b = b;
+  r->child = 1;
 
   uv_stdio_container_t stdio[3];
   stdio[0].flags = UV_IGNORE;
@@ -192,7 +229,7 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   uv_process_options_t opts;
   memset(&opts, 0, sizeof opts);
   opts.exit_cb = mpirun_on_exit_;
-  opts.file = b->mpirun;
+  opts.file = b->supervisor;
   opts.args = (char **)args;
   opts.env = env;
   opts.cwd = req->run_dir;
@@ -201,20 +238,20 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   opts.stdio = stdio;
   int rc = uv_spawn(base->loop, &r->process, &opts);
   if (rc != 0) {
-    status = dpod_errf(err, errlen, DPOD_EIO, "spawning %s: %s", b->mpirun, uv_strerror(rc));
+    status = dpod_errf(err, errlen, DPOD_EIO, "spawning %s: %s", b->supervisor, uv_strerror(rc));
     /* libuv requires the handle to be closed even when the spawn failed. */
-    uv_close((uv_handle_t *)&r->process, mpirun_run_free_);
+    uv_close((uv_handle_t *)&r->process, mpirun_process_closed_);
     r = NULL;
     goto fail;
   }
-  r->pid = r->process.pid;
+  r->sid = r->process.pid;
   close(log_fd);
   free(env);
   char fields[32];
-  snprintf(fields, sizeof fields, "sid=%d", r->pid);
+  snprintf(fields, sizeof fields, "sid=%d", r->sid);
   launch_handle_format_(handle, "mpirun", req->attempt, fields); /* fits: bounded above */
-  log_info("job %" PRIu64 ": launched %s (pid %d, %u ranks, attempt %" PRIu32 "), log %s", req->job_id, b->mpirun,
-           r->pid, req->ranks, req->attempt, log_path);
+  log_info("job %" PRIu64 ": launched %s under %s (session %d, %u ranks, attempt %" PRIu32 "), log %s", req->job_id,
+           b->mpirun, b->supervisor, r->sid, req->ranks, req->attempt, log_path);
   *out = &r->base;
   return 0;
 
@@ -228,21 +265,36 @@ fail:
 
 static int mpirun_stop_(launch_run *base, launch_stop_mode how, int *signalled) {
   mpirun_run *r = (mpirun_run *)base;
-  int n;
+  /* Never the supervisor: it must outlive everything else to write the exit record. */
+  proc_filter f = {.sid = r->sid, .spare = r->sid};
+  int sig = SIGTERM;
   switch (how) {
-    /* SIGTERM to the ranks but not to mpirun, as Slurm signals tasks on preemption: each rank checkpoints
-     * at its next step boundary and exits WORKER_EXIT_PREEMPTED, and so does mpirun. */
-    case LAUNCH_STOP_PREEMPT: n = proc_signal_session(r->pid, NULL, SIGTERM, r->pid); break;
-    case LAUNCH_STOP_TERMINATE: n = proc_signal_session(r->pid, NULL, SIGTERM, 0); break;
-    default: n = proc_signal_session(r->pid, NULL, SIGKILL, 0); break;
+    /* SIGTERM to the ranks but not to mpirun (the supervisor's child), as Slurm signals tasks on
+     * preemption: each rank checkpoints at its next step boundary and exits WORKER_EXIT_PREEMPTED, and
+     * so does mpirun. */
+    case LAUNCH_STOP_PREEMPT: f.spare_children_of = r->sid; break;
+    case LAUNCH_STOP_TERMINATE: break;
+    default: sig = SIGKILL; break;
   }
+  int n = proc_signal(&f, sig);
   if (signalled) *signalled = n;
   return 0;
 }
 
-static int mpirun_recover_(launch_backend *b, const char *handle, const char *run_dir, launch_run **out,
+static void mpirun_detach_(launch_run *base) {
+  mpirun_run *r = (mpirun_run *)base;
+  r->base.ended = 1; /* as far as this dpod is concerned */
+  if (r->child) {
+    uv_close((uv_handle_t *)&r->process, mpirun_process_closed_);
+  } else {
+    mpirun_unlist_(r);
+    mpirun_run_free_(r);
+  }
+}
+
+static int mpirun_recover_(launch_backend *base, const char *handle, const char *run_dir, launch_run **out,
                            launch_exit *exit, int *stopped, char *err, size_t errlen) {
-  (void)b;
+  mpirun_backend *b = (mpirun_backend *)base;
   *out = NULL;
   uint32_t attempt = launch_handle_attempt(handle);
   if (attempt > 0 && launch_exit_record_read(run_dir, attempt, exit, NULL, 0) == 0) return LAUNCH_RECOVERED_ENDED;
@@ -250,9 +302,35 @@ static int mpirun_recover_(launch_backend *b, const char *handle, const char *ru
   uint64_t sid = 0;
   if (launch_handle_get(handle, "sid", v, sizeof v) != 0 || dpod_parse_u64(v, INT_MAX, &sid) != 0 || sid == 0)
     return dpod_errf(err, errlen, DPOD_EINVAL, "handle '%s' names no session", handle);
+  /* A pid is reused only once its session is gone: a live session leader naming this run directory is
+   * the attempt's supervisor (or, for a handle from before supervisors, its mpirun). */
+  if (attempt > 0 && proc_is_session_leader_with_arg((int)sid, run_dir)) {
+    mpirun_run *r = calloc(1, sizeof *r);
+    if (!r || !(r->run_dir = strdup(run_dir))) {
+      free(r);
+      return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
+    }
+    r->b = b;
+    r->sid = (int)sid;
+    r->next = b->adopted;
+    b->adopted = r;
+    *out = &r->base;
+    return LAUNCH_RECOVERED_RUNNING;
+  }
   int n = proc_signal_session((int)sid, run_dir, SIGKILL, 0);
   if (stopped) *stopped = n;
   return LAUNCH_RECOVERED_LOST;
+}
+
+/* Adopted attempts have no child process to report their end: look for it. */
+static void mpirun_poll_(launch_backend *base) {
+  mpirun_backend *b = (mpirun_backend *)base;
+  char path[PATH_MAX];
+  for (mpirun_run *r = b->adopted, *next; r; r = next) {
+    next = r->next;
+    launch_exit_record_path(r->run_dir, r->base.attempt, path, sizeof path);
+    if (access(path, F_OK) == 0 || !proc_is_session_leader_with_arg(r->sid, r->run_dir)) mpirun_finish_(r);
+  }
 }
 
 static unsigned mpirun_capacity_(const launch_backend *base) { return ((const mpirun_backend *)base)->slots; }
@@ -260,6 +338,7 @@ static unsigned mpirun_capacity_(const launch_backend *base) { return ((const mp
 static void mpirun_free_(launch_backend *base) {
   mpirun_backend *b = (mpirun_backend *)base;
   free(b->mpirun);
+  free(b->supervisor);
   free(b->worker);
   free(b->report_addr);
   free(b);
@@ -269,8 +348,9 @@ static const launch_backend_ops mpirun_ops = {
     .name = "mpirun",
     .start = mpirun_start_,
     .stop = mpirun_stop_,
+    .detach = mpirun_detach_,
     .recover = mpirun_recover_,
-    .poll = NULL, /* mpirun is a child: libuv reports its exit */
+    .poll = mpirun_poll_,
     .capacity = mpirun_capacity_,
     .log_path = mpirun_log_path_,
     .free = mpirun_free_,
@@ -281,7 +361,8 @@ int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_
   *out = NULL;
   if (p->slots == 0) return dpod_errf(err, errlen, DPOD_EINVAL, "the mpirun launcher needs at least one slot");
   mpirun_backend *b = calloc(1, sizeof *b);
-  if (!b || !(b->mpirun = strdup(p->mpirun)) || !(b->worker = strdup(p->worker)) ||
+  if (!b || !(b->mpirun = strdup(p->mpirun)) || !(b->supervisor = strdup(p->supervisor)) ||
+      !(b->worker = strdup(p->worker)) ||
       !(b->report_addr = strdup(p->report_addr ? p->report_addr : ""))) {
     if (b) mpirun_free_(&b->base);
     return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");

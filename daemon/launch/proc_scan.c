@@ -21,7 +21,24 @@ static int proc_has_arg_(long pid, const char *arg) {
   return 0;
 }
 
-int proc_signal_session(int sid, const char *arg, int sig, int spare) {
+/* pid's state, parent and session from /proc/pid/stat. Returns 0, or -1 if it is gone. */
+static int proc_stat_(long pid, char *state, int *ppid, int *session) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  size_t len = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[len] = '\0';
+  /* "pid (comm) state ppid pgrp session ...": comm may hold spaces or parentheses, so parse after the
+   * last ')'. */
+  char *rp = strrchr(buf, ')');
+  int pgrp;
+  if (!rp || sscanf(rp + 1, " %c %d %d %d", state, ppid, &pgrp, session) != 4) return -1;
+  return 0;
+}
+
+int proc_signal(const proc_filter *flt, int sig) {
   DIR *d = opendir("/proc");
   if (!d) return 0;
   int n = 0;
@@ -29,24 +46,27 @@ int proc_signal_session(int sid, const char *arg, int sig, int spare) {
   while ((e = readdir(d)) != NULL) {
     char *end;
     long pid = strtol(e->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0 || pid == (long)getpid() || pid == spare) continue;
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) continue;
-    size_t len = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[len] = '\0';
-    /* "pid (comm) state ppid pgrp session ...": comm may hold spaces or parentheses, so parse after the
-     * last ')'. */
-    char *rp = strrchr(buf, ')');
+    if (*end != '\0' || pid <= 0 || pid == (long)getpid() || pid == flt->spare) continue;
     char state;
-    int ppid, pgrp, session;
-    if (!rp || sscanf(rp + 1, " %c %d %d %d", &state, &ppid, &pgrp, &session) != 4) continue;
-    if (session != sid || state == 'Z') continue;
-    if (arg && !proc_has_arg_(pid, arg)) continue;
+    int ppid, session;
+    if (proc_stat_(pid, &state, &ppid, &session) != 0) continue;
+    if (session != flt->sid || state == 'Z') continue;
+    if (flt->spare_children_of && ppid == flt->spare_children_of) continue;
+    if (flt->arg && !proc_has_arg_(pid, flt->arg)) continue;
     if (kill((pid_t)pid, sig) == 0) n++;
   }
   closedir(d);
   return n;
+}
+
+int proc_signal_session(int sid, const char *arg, int sig, int spare) {
+  proc_filter f = {.sid = sid, .arg = arg, .spare = spare};
+  return proc_signal(&f, sig);
+}
+
+int proc_is_session_leader_with_arg(int pid, const char *arg) {
+  char state;
+  int ppid, session;
+  if (pid <= 0 || proc_stat_(pid, &state, &ppid, &session) != 0) return 0;
+  return state != 'Z' && session == pid && proc_has_arg_(pid, arg);
 }

@@ -16,13 +16,15 @@ char *dpod_default_state_dir(char *buf, size_t len);
  *   mpirun -np RANKS ... dpo-worker --spec RUN_DIR/spec.pb --run-dir RUN_DIR --job-id ID --report-addr ADDR
  * with the per-job secret in the environment (never on the command line, where ps would show it). */
 #define DPOD_ENV_JOB_SECRET "DPOD_JOB_SECRET"
+/* The attempt the ranks belong to (1, 2, ...), which rank 0's reports carry. */
+#define DPOD_ENV_ATTEMPT "DPOD_ATTEMPT"
 #define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
 
 /* dpo-worker exit statuses. mpirun passes on the status of the first rank that failed. */
 enum {
   WORKER_EXIT_OK = 0,
   WORKER_EXIT_FAILED = 1,     /* training failed; the log says why */
-  WORKER_EXIT_USAGE = 2,      /* bad command line or unreadable spec */
+  WORKER_EXIT_BAD_INPUT = 2,  /* a bad command line or spec, or a model or dataset it refuses: a retry cannot help */
   WORKER_EXIT_CANCELLED = 3,  /* stopped on the daemon's cancel directive */
   WORKER_EXIT_PREEMPTED = 4,  /* stopped by SIGTERM/SIGUSR1 after a checkpoint: resumable */
 };

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Stands in for dpo-worker in the daemon tests. The job's name, found in the packed spec, picks what it
-# does: "ok" exits 0, "fail1" logs an ERROR line and exits 1, "preempt" exits 4, "hold" waits until the
+# does: "ok" exits 0, "fail1" logs an ERROR line and exits 1, "badinput" exits 2 (the worker's status for
+# a model or dataset it refuses), "preempt" exits 4, "hold" waits until the
 # test creates RUN_DIR/release, "graceful" waits too but exits 4 after SIGTERM (once RUN_DIR/release
 # exists), as dpo-worker does after its preemption checkpoint. Every run leaves the secret it was given
 # in RUN_DIR/secret.
@@ -21,6 +22,10 @@ if grep -q fail1 "$spec"; then
   echo "rank 0 ERROR something broke (train.c:12)"
   echo "aborting"
   exit 1
+fi
+if grep -q badinput "$spec"; then
+  echo "rank 0 ERROR model.config: no such file"
+  exit 2
 fi
 if grep -q preempt "$spec"; then exit 4; fi
 if grep -q graceful "$spec"; then

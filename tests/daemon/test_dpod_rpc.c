@@ -28,6 +28,8 @@
 #include "dpod_error.h"
 #include "health.pb-c.h"
 #include "job_spec.h"
+#include "dpod_file.h"
+#include "report_journal.h"
 #include "rpc_client.h"
 
 #ifndef DPOD_BIN
@@ -44,6 +46,8 @@ typedef struct {
   char addr[PATH_MAX + 24];
   pid_t pid;
   rpc_client *c;
+  const char *start_timeout;  /* dpod's --start-timeout, seconds */
+  const char *heartbeat_floor;
 } daemon_fx;
 
 static char err[1024];
@@ -67,16 +71,19 @@ static int daemon_start(daemon_fx *d) {
   if (d->pid == 0) {
     FILE *f = freopen(log, "a", stderr);
     (void)f;
+    /* Short restart backoffs and timeouts, so that the restart and watchdog cases take seconds. */
     execl(DPOD_BIN, "dpod", "--listen", d->addr, "--state-dir", d->state, "--slots", "2", "--worker", FAKE_WORKER,
-          "--log-level", "debug", (char *)NULL);
+          "--log-level", "debug", "--restart-backoff", "0.2", "--drain-grace", "10", "--start-timeout",
+          d->start_timeout ? d->start_timeout : "60", "--heartbeat-floor", d->heartbeat_floor ? d->heartbeat_floor : "60",
+          (char *)NULL);
     _exit(127);
   }
   /* The socket file may be a stale one from a killed daemon: wait for an answer, not for the file. */
   for (int i = 0; i < 200 && !file_exists(d->sock); i++) sleep_ms(50);
   if (rpc_client_open(d->addr, &d->c, err, sizeof err) != 0) return -1;
   for (int i = 0; i < 200; i++) {
-    int serving = 0;
-    if (health(d, "", &serving) == 0 && serving) return 0;
+    int serving = 0; /* a draining dpod answers NOT_SERVING: an answer is what counts */
+    if (health(d, "", &serving) == 0) return 0;
     sleep_ms(50);
   }
   return -1;
@@ -165,11 +172,18 @@ static Dpod__V1__Job *get_job(daemon_fx *d, uint64_t id) {
   return job;
 }
 
-static uint64_t submit(daemon_fx *d, const char *name, unsigned ranks) {
+/* Submits a job the fake worker acts out by its name, with `max_restarts` automatic restarts and a
+ * heartbeat timeout (0: derived). */
+static uint64_t submit_opts(daemon_fx *d, const char *name, unsigned ranks, unsigned max_restarts,
+                            double heartbeat_timeout) {
   Dpod__V1__JobSpec *spec = job_spec_new();
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = ranks;
+  spec->has_max_restarts = 1;
+  spec->max_restarts = max_restarts;
+  spec->train->has_heartbeat_timeout = 1;
+  spec->train->heartbeat_timeout = heartbeat_timeout;
   Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
   req.spec = spec;
   ProtobufCMessage *resp = NULL;
@@ -184,6 +198,9 @@ static uint64_t submit(daemon_fx *d, const char *name, unsigned ranks) {
   protobuf_c_message_free_unpacked(resp, NULL);
   return id;
 }
+
+/* Most cases look at one attempt: no automatic restarts. */
+static uint64_t submit(daemon_fx *d, const char *name, unsigned ranks) { return submit_opts(d, name, ranks, 0, 0); }
 
 /* Polls until the job is in `want` (or 20 s pass); returns the state it ended up in. */
 static Dpod__V1__JobState wait_state(daemon_fx *d, uint64_t id, Dpod__V1__JobState want) {
@@ -326,7 +343,7 @@ static void unknown_methods_are_unimplemented(void **state) {
                              &resp, 5000, err, sizeof err),
                    DPOD_ERPC);
   assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_UNIMPLEMENTED);
-  assert_int_equal(rpc_unary(d->c, "/grpc.health.v1.Health/Watch", &req.base, &dpod__v1__get_job_response__descriptor,
+  assert_int_equal(rpc_unary(d->c, "/grpc.health.v1.Health/Listen", &req.base, &dpod__v1__get_job_response__descriptor,
                              &resp, 5000, err, sizeof err),
                    DPOD_ERPC);
   assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_UNIMPLEMENTED);
@@ -357,8 +374,8 @@ static void serves_on_a_socket_path_longer_than_sun_path(void **state) {
   uint64_t id = submit(d, "ok", 1);
   Dpod__V1__JobEvent *evs[16];
   int n = watch_all(d, id, 0, evs, 16);
-  assert_int_equal(n, 3);
-  assert_int_equal(evs[2]->state->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  assert_int_equal(n, 5);
+  assert_int_equal(evs[4]->state->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
   free_events(evs, n);
 }
 
@@ -368,29 +385,42 @@ static void job_succeeds_and_watch_replays_every_event(void **state) {
   assert_true(id > 0);
   Dpod__V1__JobEvent *evs[16];
   int n = watch_all(d, id, 0, evs, 16);
-  assert_int_equal(n, 3);
-  static const Dpod__V1__JobState want[] = {DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, DPOD__V1__JOB_STATE__JOB_STATE_STARTING,
+  assert_int_equal(n, 5);
+  /* queued, attempt 1 started, starting, attempt 1 ended, succeeded */
+  static const int kinds[] = {DPOD__V1__JOB_EVENT__EVENT_STATE, DPOD__V1__JOB_EVENT__EVENT_ATTEMPT,
+                              DPOD__V1__JOB_EVENT__EVENT_STATE, DPOD__V1__JOB_EVENT__EVENT_ATTEMPT,
+                              DPOD__V1__JOB_EVENT__EVENT_STATE};
+  static const Dpod__V1__JobState want[] = {DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, 0,
+                                            DPOD__V1__JOB_STATE__JOB_STATE_STARTING, 0,
                                             DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED};
   for (int i = 0; i < n; i++) {
     assert_int_equal(evs[i]->seq, (uint64_t)i + 1);
-    assert_int_equal(evs[i]->event_case, DPOD__V1__JOB_EVENT__EVENT_STATE);
-    assert_int_equal(evs[i]->state->state, want[i]);
+    assert_int_equal(evs[i]->event_case, kinds[i]);
+    if (kinds[i] == DPOD__V1__JOB_EVENT__EVENT_STATE) assert_int_equal(evs[i]->state->state, want[i]);
   }
+  assert_int_equal(evs[1]->attempt->attempt, 1);
+  assert_false(evs[1]->attempt->has_ended_unix_ms);
+  assert_true(evs[3]->attempt->has_ended_unix_ms);
+  assert_string_equal(evs[3]->attempt->reason, "succeeded");
   free_events(evs, n);
   /* A watch that starts at the end of a finished job ends at once. */
-  assert_int_equal(watch_all(d, id, 3, evs, 16), 0);
-  assert_int_equal(watch_all(d, id, 2, evs, 16), 1);
+  assert_int_equal(watch_all(d, id, 5, evs, 16), 0);
+  assert_int_equal(watch_all(d, id, 4, evs, 16), 1);
   free_events(evs, 1);
 
   Dpod__V1__Job *job = get_job(d, id);
   assert_non_null(job);
   assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
   assert_int_equal(job->exit_code, 0);
-  assert_int_equal(job->last_seq, 3);
+  assert_int_equal(job->last_seq, 5);
+  assert_int_equal(job->n_attempts, 1);
+  assert_int_equal(job->attempts[0]->exit_code, 0);
   assert_non_null(job->spec->train); /* normalized */
   char path[PATH_MAX * 2];
   run_file(d, id, "spec.pb", path, sizeof path);
   assert_true(file_exists(path));
+  run_file(d, id, "attempt-1.exit", path, sizeof path);
+  assert_true(file_exists(path)); /* written by the attempt's supervisor */
   run_file(d, id, "secret", path, sizeof path);
   FILE *f = fopen(path, "r");
   char secret[80] = "";
@@ -412,14 +442,80 @@ static void failed_worker_reason_quotes_its_error_line(void **state) {
   assert_non_null(strstr(job->reason, "ERROR something broke"));
   protobuf_c_message_free_unpacked(&job->base, NULL);
 
-  id = submit(d, "preempt", 1);
-  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED), DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED);
 }
 
-static int report(daemon_fx *d, uint64_t id, const char *secret, const unsigned *steps, int n_steps, int *directive) {
+/* Each failed attempt is followed by another, after a backoff, until max_restarts are used; then the job
+ * stays FAILED, every attempt's reason kept. A dpoctl restart starts a fresh count. */
+static void failed_attempts_are_restarted_until_max_restarts(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit_opts(d, "fail1", 1, 2, 0);
+  for (int i = 0; i < 400; i++) {
+    Dpod__V1__Job *job = get_job(d, id);
+    int done = job && job->state == DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
+    if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
+    if (done) break;
+    sleep_ms(50);
+  }
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  assert_int_equal(job->n_attempts, 3);
+  assert_int_equal(job->restarts, 2);
+  for (size_t i = 0; i < job->n_attempts; i++) {
+    assert_non_null(strstr(job->attempts[i]->reason, "ERROR something broke"));
+    assert_int_equal(job->attempts[i]->exit_code, 1);
+    assert_int_equal(job->attempts[i]->will_retry, i < 2);
+  }
+  assert_non_null(strstr(job->reason, "all 2 restarts used"));
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  /* Between attempts the job was QUEUED with the reason and the backoff. */
+  Dpod__V1__JobEvent *evs[32];
+  int n = watch_all(d, id, 0, evs, 32), requeued = 0;
+  for (int i = 0; i < n; i++)
+    if (evs[i]->event_case == DPOD__V1__JOB_EVENT__EVENT_STATE &&
+        evs[i]->state->state == DPOD__V1__JOB_STATE__JOB_STATE_QUEUED && evs[i]->state->reason &&
+        strstr(evs[i]->state->reason, "restart "))
+      requeued++;
+  free_events(evs, n < 32 ? n : 32);
+  assert_int_equal(requeued, 2);
+}
+
+/* A worker that refuses its input (exit status 2) is not retried; a preempted attempt is requeued
+ * without using up a restart. */
+static void bad_input_is_not_retried_and_preemption_is_requeued(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit_opts(d, "badinput", 1, 3, 0);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->n_attempts, 1);
+  assert_int_equal(job->exit_code, 2);
+  assert_non_null(strstr(job->reason, "not retried"));
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+
+  id = submit_opts(d, "preempt", 1, 0, 0); /* no restarts at all, and still requeued */
+  for (int i = 0; i < 400; i++) {
+    job = get_job(d, id);
+    size_t attempts = job ? job->n_attempts : 0;
+    if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
+    if (attempts >= 2) break;
+    sleep_ms(50);
+  }
+  job = get_job(d, id);
+  assert_true(job->n_attempts >= 2);
+  assert_non_null(strstr(job->attempts[0]->reason, "preempted"));
+  assert_true(job->attempts[0]->will_retry);
+  assert_int_equal(job->restarts, 0);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  assert_int_equal(cancel(d, id), 0);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED), DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+}
+
+/* Sends rank 0's report for attempt `attempt`: a WorkerStarted and a metrics event per step. */
+static int report_attempt(daemon_fx *d, uint64_t id, const char *secret, uint32_t attempt, const unsigned *steps,
+                          int n_steps, int *directive) {
   Dpod__V1__ReportRequest req = DPOD__V1__REPORT_REQUEST__INIT;
-  req.has_job_id = 1;
+  req.has_job_id = req.has_attempt = 1;
   req.job_id = id;
+  req.attempt = attempt;
   req.secret = (char *)secret;
   Dpod__V1__WorkerEvent wev[8], *pev[8];
   Dpod__V1__WorkerStarted started = DPOD__V1__WORKER_STARTED__INIT;
@@ -449,17 +545,27 @@ static int report(daemon_fx *d, uint64_t id, const char *secret, const unsigned 
   return rc;
 }
 
-static void reports_are_authenticated_deduplicated_and_carry_the_cancel(void **state) {
-  daemon_fx *d = *state;
-  uint64_t id = submit(d, "hold", 1);
-  char path[PATH_MAX * 2], secret[80] = "";
+static int report(daemon_fx *d, uint64_t id, const char *secret, const unsigned *steps, int n_steps, int *directive) {
+  return report_attempt(d, id, secret, 1, steps, n_steps, directive);
+}
+
+/* The secret the fake worker of job `id` was given (it writes it once it runs). */
+static void read_secret(daemon_fx *d, uint64_t id, char *secret, size_t len) {
+  char path[PATH_MAX * 2];
   run_file(d, id, "secret", path, sizeof path);
   for (int i = 0; i < 200 && !file_exists(path); i++) sleep_ms(50);
   sleep_ms(50);
   FILE *f = fopen(path, "r");
   assert_non_null(f);
-  assert_non_null(fgets(secret, sizeof secret, f));
+  assert_non_null(fgets(secret, (int)len, f));
   fclose(f);
+}
+
+static void reports_are_authenticated_deduplicated_and_carry_the_cancel(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit(d, "hold", 1);
+  char secret[80] = "";
+  read_secret(d, id, secret, sizeof secret);
 
   int directive = -1;
   unsigned steps[] = {1, 1, 2};
@@ -471,7 +577,7 @@ static void reports_are_authenticated_deduplicated_and_carry_the_cancel(void **s
 
   Dpod__V1__Job *job = get_job(d, id);
   assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING);
-  assert_int_equal(job->last_seq, 5); /* queued, starting, running, step 1, step 2 */
+  assert_int_equal(job->last_seq, 6); /* queued, attempt, starting, running, step 1, step 2 */
   assert_non_null(job->last_metrics);
   assert_int_equal(job->last_metrics->step, 2);
   protobuf_c_message_free_unpacked(&job->base, NULL);
@@ -481,18 +587,87 @@ static void reports_are_authenticated_deduplicated_and_carry_the_cancel(void **s
   assert_int_equal(directive, DPOD__V1__DIRECTIVE__DIRECTIVE_CANCEL);
   /* The fake worker ignores the directive: the daemon's SIGTERM after the grace period ends it. */
   Dpod__V1__JobEvent *evs[16];
-  int n = watch_all(d, id, 3, evs, 16);
-  assert_int_equal(n, 3);
-  assert_int_equal(evs[0]->seq, 4);
+  int n = watch_all(d, id, 4, evs, 16);
+  assert_int_equal(n, 4);
+  assert_int_equal(evs[0]->seq, 5);
   assert_int_equal(evs[0]->event_case, DPOD__V1__JOB_EVENT__EVENT_METRICS);
   assert_int_equal(evs[1]->metrics->step, 2);
-  assert_int_equal(evs[2]->state->state, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
-  assert_string_equal(evs[2]->state->reason, "cancelled by user");
+  assert_int_equal(evs[2]->event_case, DPOD__V1__JOB_EVENT__EVENT_ATTEMPT);
+  assert_int_equal(evs[3]->state->state, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+  assert_string_equal(evs[3]->state->reason, "cancelled by user");
   free_events(evs, n);
 
   assert_int_equal(cancel(d, id), DPOD_ESTATE);
   assert_non_null(strstr(err, "cancelled"));
   assert_int_equal(report(d, id, secret, steps, 0, &directive), DPOD_ESTATE);
+}
+
+/* Reports are checked, not trusted: a stale attempt, a step past the job's end (which would have made
+ * every later real step look like a duplicate), an oversized batch and a checkpoint outside the run
+ * directory are refused with a status the reporter does not retry, and store nothing, while the job's
+ * real reports keep flowing. */
+static void forged_and_oversized_reports_are_refused(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit(d, "hold", 1); /* train.steps: the default 20 */
+  char secret[80] = "";
+  read_secret(d, id, secret, sizeof secret);
+  int directive;
+  unsigned first[] = {1}, forged[] = {4000000000u}, next[] = {2, 3};
+  assert_int_equal(report(d, id, secret, first, 1, &directive), 0);
+  assert_int_equal(report_attempt(d, id, secret, 2, next, 2, &directive), DPOD_ESTATE);
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_FAILED_PRECONDITION);
+  assert_non_null(strstr(err, "attempt 2"));
+  assert_int_equal(report(d, id, secret, forged, 1, &directive), DPOD_EINVAL);
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_INVALID_ARGUMENT);
+  assert_non_null(strstr(err, "step 4000000000"));
+
+  /* 50,000 events in one report: refused at once, the daemon goes on. */
+  size_t big = 50000;
+  Dpod__V1__WorkerEvent *wev = calloc(big, sizeof *wev), **pev = calloc(big, sizeof *pev);
+  Dpod__V1__WorkerHeartbeat hb = DPOD__V1__WORKER_HEARTBEAT__INIT;
+  for (size_t i = 0; i < big; i++) {
+    wev[i] = (Dpod__V1__WorkerEvent)DPOD__V1__WORKER_EVENT__INIT;
+    wev[i].event_case = DPOD__V1__WORKER_EVENT__EVENT_HEARTBEAT;
+    wev[i].heartbeat = &hb;
+    pev[i] = &wev[i];
+  }
+  Dpod__V1__ReportRequest req = DPOD__V1__REPORT_REQUEST__INIT;
+  req.has_job_id = req.has_attempt = 1;
+  req.job_id = id;
+  req.attempt = 1;
+  req.secret = secret;
+  req.n_events = big;
+  req.events = pev;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.WorkerReport/Report", &req.base, &dpod__v1__report_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   DPOD_EINVAL);
+  assert_non_null(strstr(err, "at most"));
+  /* A checkpoint outside the run directory. */
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  ck.has_step = 1;
+  ck.step = 1;
+  ck.path = "/etc";
+  wev[0].event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT;
+  wev[0].checkpoint = &ck;
+  req.n_events = 1;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.WorkerReport/Report", &req.base, &dpod__v1__report_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   DPOD_EINVAL);
+  assert_non_null(strstr(err, "run directory"));
+  free(wev);
+  free(pev);
+
+  /* The real steps still count. */
+  assert_int_equal(report(d, id, secret, next, 2, &directive), 0);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->last_metrics->step, 3);
+  assert_int_equal(job->n_checkpoints, 0);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  char path[PATH_MAX * 2];
+  run_file(d, id, "release", path, sizeof path);
+  touch(path);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
 }
 
 static void queued_job_waits_behind_the_head_and_cancels_at_once(void **state) {
@@ -567,8 +742,10 @@ static void watchers_that_leave_are_forgotten(void **state) {
   run_file(d, id, "release", path, sizeof path);
   touch(path);
   Dpod__V1__JobState st = 0;
-  assert_int_equal(watch_next_seq(w[3], NULL), 2);
-  assert_int_equal(watch_next_seq(w[3], &st), 3);
+  assert_int_equal(watch_next_seq(w[3], NULL), 2); /* attempt 1 started */
+  assert_int_equal(watch_next_seq(w[3], NULL), 3); /* starting */
+  assert_int_equal(watch_next_seq(w[3], NULL), 4); /* attempt 1 ended */
+  assert_int_equal(watch_next_seq(w[3], &st), 5);
   assert_int_equal(st, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
   assert_int_equal(watch_next_seq(w[3], NULL), 0);
   rpc_stream_close(w[3]);
@@ -576,93 +753,272 @@ static void watchers_that_leave_are_forgotten(void **state) {
   assert_int_equal(health(d, "", &serving), 0);
 }
 
-static void shutdown_and_crash_fail_running_jobs(void **state) {
+static Dpod__V1__GetStatusResponse *get_status(daemon_fx *d) {
+  Dpod__V1__GetStatusRequest req = DPOD__V1__GET_STATUS_REQUEST__INIT;
+  ProtobufCMessage *m = NULL;
+  if (rpc_unary(d->c, "/dpod.v1.Coordinator/GetStatus", &req.base, &dpod__v1__get_status_response__descriptor, &m,
+                5000, err, sizeof err) != 0)
+    fail_msg("GetStatus: %s", err);
+  return (Dpod__V1__GetStatusResponse *)m;
+}
+
+/* GetStatus counts what dpod holds: slots in use, running and queued jobs, open watchers, and its
+ * event loop's iterations and stalls. */
+static void status_counts_slots_jobs_watchers_and_loop_iterations(void **state) {
+  daemon_fx *d = *state;
+  Dpod__V1__GetStatusResponse *st = get_status(d);
+  assert_string_equal(st->version, DPOD_VERSION_STRING);
+  assert_int_equal(st->slots, 2);
+  assert_int_equal(st->slots_free, 2);
+  assert_int_equal(st->running + st->queued + st->watchers, 0);
+  assert_string_equal(st->launcher, "mpirun");
+  assert_non_null(st->loop);
+  uint64_t iterations = st->loop->iterations;
+  assert_true(st->loop->longest_stall_us * st->loop->iterations >= st->loop->busy_us); /* the longest bounds the mean */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+
+  uint64_t a = submit(d, "hold", 1), b = submit(d, "hold", 2); /* b waits: one slot is free, it needs two */
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  rpc_stream *w = watch_open(d, a);
+  assert_int_equal(watch_next_seq(w, NULL), 1);
+  st = get_status(d);
+  assert_int_equal(st->slots_free, 1);
+  assert_int_equal(st->running, 1);
+  assert_int_equal(st->queued, 1);
+  assert_int_equal(st->watchers, 1);
+  assert_false(st->draining);
+  assert_true(st->loop->iterations > iterations);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  rpc_stream_close(w);
+  assert_int_equal(cancel(d, b), 0);
+  assert_int_equal(cancel(d, a), 0);
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED), DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+  st = get_status(d);
+  assert_int_equal(st->slots_free, 2);
+  assert_int_equal(st->running + st->queued + st->watchers, 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+
+/* Stopping dpod leaves a running job alone: its supervisor keeps it going, and the next dpod adopts it
+ * and sees it to its end. The same after a dpod killed with SIGKILL. */
+static void stopped_or_killed_dpod_leaves_jobs_running_and_the_next_adopts_them(void **state) {
   daemon_fx *d = *state;
   uint64_t a = submit(d, "hold", 1);
   assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
-  /* A watcher open across the shutdown still gets the job's last event and a clean end. */
-  rpc_stream *w = watch_open(d, a);
-  assert_int_equal(watch_next_seq(w, NULL), 1);
-  assert_int_equal(watch_next_seq(w, NULL), 2);
-  rpc_client *c = d->c;
-  d->c = NULL; /* keep the channel the stream lives on */
+  char run_dir[PATH_MAX * 2];
+  run_file(d, a, "", run_dir, sizeof run_dir);
+  run_dir[strlen(run_dir) - 1] = '\0'; /* no trailing slash: the argument as the launcher passed it */
+  /* Counted once the worker runs (it writes its secret) and the count holds still: while mpirun
+   * forks, a child not yet exec'd counts twice. */
+  char secret[80];
+  read_secret(d, a, secret, sizeof secret);
+  int procs = procs_with_arg(run_dir); /* the supervisor, mpirun, the worker */
+  for (int i = 0, prev = -1; i < 100 && procs != prev; i++) usleep(100000), prev = procs, procs = procs_with_arg(run_dir);
+  assert_true(procs >= 3);
   assert_int_equal(daemon_stop(d), 0);
   assert_false(file_exists(d->sock));
-  Dpod__V1__JobState st = 0;
-  assert_int_equal(watch_next_seq(w, &st), 3);
-  assert_int_equal(st, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
-  ProtobufCMessage *m = NULL;
-  assert_int_equal(rpc_stream_next(w, &dpod__v1__job_event__descriptor, &m, 5000, err, sizeof err), 0);
-  rpc_stream_close(w);
-  rpc_client_close(c);
+  assert_int_equal(procs_with_arg(run_dir), procs); /* untouched */
   assert_int_equal(daemon_start(d), 0);
   Dpod__V1__Job *job = get_job(d, a);
-  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
-  assert_string_equal(job->reason, "dpod shut down");
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
   protobuf_c_message_free_unpacked(&job->base, NULL);
 
-  /* A daemon that dies without its shutdown leaves the job STARTING and its processes (mpirun and the
-   * worker) running, holding slots nobody accounts for; the next daemon stops them and fails the job. */
-  uint64_t b = submit(d, "hold", 1);
-  assert_int_equal(wait_state(d, b, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
-  char run_dir[PATH_MAX * 2];
-  run_file(d, b, "", run_dir, sizeof run_dir);
-  run_dir[strlen(run_dir) - 1] = '\0'; /* no trailing slash: the argument as the launcher passed it */
-  /* mpirun and the worker; now and then also the worker's child between fork and exec of a sleep. */
-  for (int i = 0; i < 100 && procs_with_arg(run_dir) < 2; i++) usleep(50000);
-  assert_true(procs_with_arg(run_dir) >= 2);
   rpc_client_close(d->c);
   d->c = NULL;
   kill(d->pid, SIGKILL);
   waitpid(d->pid, NULL, 0);
-  assert_true(procs_with_arg(run_dir) >= 2); /* orphaned, still running */
+  assert_int_equal(procs_with_arg(run_dir), procs);
   assert_int_equal(daemon_start(d), 0);
-  job = get_job(d, b);
-  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
-  int stopped = 0;
-  assert_int_equal(sscanf(job->reason, "dpod restarted while the job was running; stopped its %d remaining processes",
-                          &stopped),
-                   1);
-  assert_true(stopped >= 2);
+  char path[PATH_MAX * 2];
+  run_file(d, a, "release", path, sizeof path);
+  touch(path);
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  job = get_job(d, a);
+  assert_int_equal(job->n_attempts, 1); /* adopted twice, never restarted */
   protobuf_c_message_free_unpacked(&job->base, NULL);
   for (int i = 0; i < 100 && procs_with_arg(run_dir) > 0; i++) usleep(50000);
   assert_int_equal(procs_with_arg(run_dir), 0);
 }
 
-/* At shutdown the ranks get SIGTERM themselves; ranks that checkpoint and exit "preempted" leave the job
- * PREEMPTED, resumable, rather than FAILED. */
-static void shutdown_preempts_jobs_whose_ranks_checkpoint(void **state) {
+/* A job that ends while no dpod runs is recorded by the next one from its exit record, and what rank 0
+ * could not deliver meanwhile is read from its report journal. */
+static void job_that_ends_while_dpod_is_down_is_recorded_with_its_journal(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit(d, "hold", 1);
+  char secret[80] = "";
+  read_secret(d, id, secret, sizeof secret);
+  int directive;
+  unsigned steps[] = {1};
+  assert_int_equal(report(d, id, secret, steps, 1, &directive), 0);
+  assert_int_equal(daemon_stop(d), 0);
+  /* Rank 0's undelivered reports: steps 2 and 3 and a checkpoint, in its journal. */
+  char journal[PATH_MAX * 2], ck_dir[PATH_MAX * 2], path[PATH_MAX * 2];
+  run_file(d, id, "attempt-1.reports", journal, sizeof journal);
+  run_file(d, id, "checkpoints/step-000003", ck_dir, sizeof ck_dir);
+  assert_int_equal(dpod_mkdirs(ck_dir, 0700, 0, err, sizeof err), 0);
+  Dpod__V1__StepMetrics m[2] = {DPOD__V1__STEP_METRICS__INIT, DPOD__V1__STEP_METRICS__INIT};
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  Dpod__V1__WorkerEvent ev[3] = {DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT};
+  uint8_t *data[3];
+  size_t lens[3];
+  for (int i = 0; i < 3; i++) {
+    if (i < 2) {
+      m[i].has_step = 1;
+      m[i].step = (uint32_t)i + 2;
+      ev[i].event_case = DPOD__V1__WORKER_EVENT__EVENT_METRICS;
+      ev[i].metrics = &m[i];
+    } else {
+      ck.has_step = 1;
+      ck.step = 3;
+      ck.path = ck_dir;
+      ev[i].event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT;
+      ev[i].checkpoint = &ck;
+    }
+    lens[i] = dpod__v1__worker_event__get_packed_size(&ev[i]);
+    data[i] = malloc(lens[i]);
+    dpod__v1__worker_event__pack(&ev[i], data[i]);
+  }
+  assert_int_equal(report_journal_append(journal, data, lens, 3, 1, err, sizeof err), 0);
+  for (int i = 0; i < 3; i++) free(data[i]);
+  run_file(d, id, "release", path, sizeof path);
+  touch(path);
+  char exit_record[PATH_MAX * 2];
+  run_file(d, id, "attempt-1.exit", exit_record, sizeof exit_record);
+  for (int i = 0; i < 200 && !file_exists(exit_record); i++) sleep_ms(50);
+  assert_true(file_exists(exit_record)); /* the supervisor recorded the end with no dpod around */
+
+  assert_int_equal(daemon_start(d), 0);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  assert_int_equal(job->last_metrics->step, 3);
+  assert_int_equal(job->n_checkpoints, 1);
+  assert_int_equal(job->checkpoints[0]->step, 3);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  assert_false(file_exists(journal)); /* read, then removed */
+  Dpod__V1__JobEvent *evs[32];
+  int n = watch_all(d, id, 0, evs, 32), metrics = 0;
+  for (int i = 0; i < n; i++) metrics += evs[i]->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS;
+  free_events(evs, n);
+  assert_int_equal(metrics, 3); /* steps 1, 2, 3: each once */
+}
+
+/* Drain: running jobs checkpoint and end PREEMPTED, new ones are refused and health says NOT_SERVING,
+ * across a restart, until undrain. */
+static void drain_preempts_running_jobs_and_refuses_new_ones(void **state) {
   daemon_fx *d = *state;
   uint64_t id = submit(d, "graceful", 1);
-  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
   char secret[PATH_MAX * 2];
   run_file(d, id, "secret", secret, sizeof secret); /* written once the rank runs */
   for (int i = 0; i < 200 && !file_exists(secret); i++) usleep(50000);
   assert_true(file_exists(secret));
-  /* While the rank "checkpoints" (until the release file exists), dpod still answers: not serving, and
-   * refusing new jobs. */
-  kill(d->pid, SIGTERM);
-  int serving = 1;
-  for (int i = 0; i < 200 && serving; i++) {
-    assert_int_equal(health(d, "", &serving), 0);
-    if (serving) sleep_ms(50);
-  }
-  assert_false(serving);
-  Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
+  Dpod__V1__DrainRequest dreq = DPOD__V1__DRAIN_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
-  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/SubmitJob", &req.base,
-                             &dpod__v1__submit_job_response__descriptor, &resp, 5000, err, sizeof err),
-                   DPOD_ERPC);
-  assert_non_null(strstr(err, "shutting down"));
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/Drain", &dreq.base, &dpod__v1__drain_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   0);
+  assert_int_equal(((Dpod__V1__DrainResponse *)resp)->preempting, 1);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  int serving = 1;
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_false(serving);
+  assert_int_equal(submit(d, "ok", 1), 0);
+  assert_non_null(strstr(err, "draining"));
   char release[PATH_MAX * 2];
   run_file(d, id, "release", release, sizeof release);
   touch(release);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED), DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_string_equal(job->reason, "dpod is draining; the job stopped at a checkpoint");
+  assert_int_equal(job->exit_code, 4);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+
   assert_int_equal(daemon_stop(d), 0);
   assert_int_equal(daemon_start(d), 0);
-  Dpod__V1__Job *job = get_job(d, id);
-  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED);
-  assert_string_equal(job->reason, "dpod shut down; the job stopped at a checkpoint");
-  assert_int_equal(job->exit_code, 4);
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_false(serving); /* still draining */
+  Dpod__V1__UndrainRequest ureq = DPOD__V1__UNDRAIN_REQUEST__INIT;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/Undrain", &ureq.base, &dpod__v1__undrain_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   0);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_true(serving);
+  uint64_t ok = submit(d, "ok", 1);
+  assert_int_equal(wait_state(d, ok, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+}
+
+/* grpc.health.v1.Health/Watch: the status now, then each change. */
+static void health_watch_streams_each_change(void **state) {
+  daemon_fx *d = *state;
+  Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+  req.service = "";
+  rpc_stream *s = NULL;
+  assert_int_equal(rpc_stream_open(d->c, "/grpc.health.v1.Health/Watch", &req.base, &s, err, sizeof err), 0);
+  ProtobufCMessage *m = NULL;
+  assert_int_equal(rpc_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, 5000, err, sizeof err), 1);
+  assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
+                   GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING);
+  protobuf_c_message_free_unpacked(m, NULL);
+  Dpod__V1__DrainRequest dreq = DPOD__V1__DRAIN_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/Drain", &dreq.base, &dpod__v1__drain_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   0);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  assert_int_equal(rpc_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, 5000, err, sizeof err), 1);
+  assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
+                   GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+  protobuf_c_message_free_unpacked(m, NULL);
+  rpc_stream_close(s);
+  /* An unknown service is SERVICE_UNKNOWN, and the stream stays open. */
+  req.service = "no.such.Service";
+  assert_int_equal(rpc_stream_open(d->c, "/grpc.health.v1.Health/Watch", &req.base, &s, err, sizeof err), 0);
+  assert_int_equal(rpc_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, 5000, err, sizeof err), 1);
+  assert_int_equal(((Grpc__Health__V1__HealthCheckResponse *)m)->status,
+                   GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN);
+  protobuf_c_message_free_unpacked(m, NULL);
+  assert_int_equal(rpc_stream_next(s, &grpc__health__v1__health_check_response__descriptor, &m, 300, err, sizeof err),
+                   DPOD_ETIMEDOUT);
+  rpc_stream_close(s);
+  Dpod__V1__UndrainRequest ureq = DPOD__V1__UNDRAIN_REQUEST__INIT;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.Coordinator/Undrain", &ureq.base, &dpod__v1__undrain_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   0);
+  protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+/* The watchdog: a job that never reports in (a FIFO as its weights file would do that) fails after the
+ * start timeout; one that reported and then shows no progress fails after its heartbeat timeout. */
+static int setup_watchdog(void **state) {
+  daemon_fx *d = calloc(1, sizeof *d);
+  if (test_mkdtemp(d->dir, sizeof d->dir, "dpod-rpc") != 0) return -1;
+  snprintf(d->state, sizeof d->state, "%s/state", d->dir);
+  snprintf(d->sock, sizeof d->sock, "%s/run/dpod.sock", d->dir);
+  snprintf(d->addr, sizeof d->addr, "unix:%s", d->sock);
+  d->start_timeout = "1";
+  d->heartbeat_floor = "1";
+  *state = d;
+  return daemon_start(d);
+}
+
+static void watchdog_fails_jobs_that_do_not_report_or_stop_progressing(void **state) {
+  daemon_fx *d = *state;
+  uint64_t silent = submit(d, "hold", 1);
+  assert_int_equal(wait_state(d, silent, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  Dpod__V1__Job *job = get_job(d, silent);
+  assert_non_null(strstr(job->reason, "did not report in within 1 s"));
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+
+  uint64_t stuck = submit_opts(d, "hold", 1, 0, 0); /* derived timeout: the 1 s floor */
+  char secret[80] = "";
+  read_secret(d, stuck, secret, sizeof secret);
+  int directive;
+  unsigned steps[] = {1, 2};
+  assert_int_equal(report(d, stuck, secret, steps, 2, &directive), 0);
+  assert_int_equal(wait_state(d, stuck, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  job = get_job(d, stuck);
+  assert_non_null(strstr(job->reason, "no progress for"));
+  assert_non_null(strstr(job->reason, "(last step 2)"));
   protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
@@ -676,11 +1032,20 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(submit_refuses_more_ranks_than_slots, setup, teardown),
       cmocka_unit_test_setup_teardown(job_succeeds_and_watch_replays_every_event, setup, teardown),
       cmocka_unit_test_setup_teardown(failed_worker_reason_quotes_its_error_line, setup, teardown),
+      cmocka_unit_test_setup_teardown(failed_attempts_are_restarted_until_max_restarts, setup, teardown),
+      cmocka_unit_test_setup_teardown(bad_input_is_not_retried_and_preemption_is_requeued, setup, teardown),
       cmocka_unit_test_setup_teardown(reports_are_authenticated_deduplicated_and_carry_the_cancel, setup, teardown),
+      cmocka_unit_test_setup_teardown(forged_and_oversized_reports_are_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(queued_job_waits_behind_the_head_and_cancels_at_once, setup, teardown),
       cmocka_unit_test_setup_teardown(watchers_that_leave_are_forgotten, setup, teardown),
-      cmocka_unit_test_setup_teardown(shutdown_and_crash_fail_running_jobs, setup, teardown),
-      cmocka_unit_test_setup_teardown(shutdown_preempts_jobs_whose_ranks_checkpoint, setup, teardown),
+      cmocka_unit_test_setup_teardown(stopped_or_killed_dpod_leaves_jobs_running_and_the_next_adopts_them, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(job_that_ends_while_dpod_is_down_is_recorded_with_its_journal, setup, teardown),
+      cmocka_unit_test_setup_teardown(drain_preempts_running_jobs_and_refuses_new_ones, setup, teardown),
+      cmocka_unit_test_setup_teardown(health_watch_streams_each_change, setup, teardown),
+      cmocka_unit_test_setup_teardown(status_counts_slots_jobs_watchers_and_loop_iterations, setup, teardown),
+      cmocka_unit_test_setup_teardown(watchdog_fails_jobs_that_do_not_report_or_stop_progressing, setup_watchdog,
+                                      teardown),
   };
   return CMOCKA_MAIN("dpod_rpc", tests, NULL, NULL);
 }

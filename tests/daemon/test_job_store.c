@@ -329,6 +329,40 @@ static void newer_schema_is_refused(void **state) {
   assert_non_null(strstr(err, "99"));
 }
 
+/* Takes a database of this version back to schema 4, so that older databases can be made from it. */
+#define UNDO_V5                                                                                         \
+  "DROP TABLE attempts; DROP TABLE checkpoints; DROP TABLE settings; ALTER TABLE jobs DROP COLUMN restarts;" \
+  " ALTER TABLE jobs DROP COLUMN not_before_ms;"
+
+/* A database of schema 4 (before attempts and listed checkpoints) gains them: its last checkpoint is
+ * listed, and it has no attempts. */
+static void version_4_database_lists_its_last_checkpoint(void **state) {
+  fixture *f = *state;
+  uint64_t id = create_job(f, "four", 1);
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  ck.has_step = 1;
+  ck.step = 7;
+  ck.path = "/runs/four/checkpoints/step-000007";
+  Dpod__V1__JobEvent ev = DPOD__V1__JOB_EVENT__INIT;
+  ev.event_case = DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT;
+  ev.checkpoint = &ck;
+  assert_int_equal(job_store_append(f->s, id, &ev, 1, NULL), 0);
+  job_store_close(f->s);
+  f->s = NULL;
+  sqlite3 *db;
+  assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(db, UNDO_V5 "PRAGMA user_version = 4;", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(db);
+  char err[256];
+  assert_int_equal(job_store_open(f->db, &f->s, err, sizeof err), 0);
+  Dpod__V1__Job *job = NULL;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  assert_int_equal(job->n_checkpoints, 1);
+  assert_int_equal(job->checkpoints[0]->step, 7);
+  assert_int_equal(job->n_attempts, 0);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+}
+
 /* A database written by the dpod before sessions were stored (schema 2) opens, keeps its jobs, and
  * gains the launch handle column. */
 static void version_2_database_is_migrated(void **state) {
@@ -338,8 +372,8 @@ static void version_2_database_is_migrated(void **state) {
   f->s = NULL;
   sqlite3 *db;
   assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
-  assert_int_equal(sqlite3_exec(db, "ALTER TABLE jobs DROP COLUMN launch_handle; PRAGMA user_version = 2;", NULL, NULL,
-                                NULL),
+  assert_int_equal(sqlite3_exec(db, UNDO_V5 "ALTER TABLE jobs DROP COLUMN launch_handle; PRAGMA user_version = 2;", NULL,
+                                NULL, NULL),
                    SQLITE_OK);
   sqlite3_close(db);
 
@@ -361,9 +395,9 @@ static void version_3_session_becomes_a_launch_handle(void **state) {
   job_store_close(f->s);
   f->s = NULL;
   sqlite3 *db;
-  char sql[256];
+  char sql[1024];
   snprintf(sql, sizeof sql,
-           "ALTER TABLE jobs DROP COLUMN launch_handle; ALTER TABLE jobs ADD COLUMN session_id INTEGER NOT NULL "
+           UNDO_V5 "ALTER TABLE jobs DROP COLUMN launch_handle; ALTER TABLE jobs ADD COLUMN session_id INTEGER NOT NULL "
            "DEFAULT 0; UPDATE jobs SET session_id = 4242 WHERE id = %llu; PRAGMA user_version = 3;",
            (unsigned long long)launched);
   assert_int_equal(sqlite3_open(f->db, &db), SQLITE_OK);
@@ -393,6 +427,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(newer_schema_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(version_2_database_is_migrated, setup, teardown),
       cmocka_unit_test_setup_teardown(version_3_session_becomes_a_launch_handle, setup, teardown),
+      cmocka_unit_test_setup_teardown(version_4_database_lists_its_last_checkpoint, setup, teardown),
   };
   return CMOCKA_MAIN("job_store", tests, NULL, NULL);
 }

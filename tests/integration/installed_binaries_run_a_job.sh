@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `cmake --install` into a fresh prefix gives a working system: the installed dpod, given no --worker,
-# finds the installed dpo-worker next to it and runs the README's example job with the installed dpoctl.
+# finds the installed dpo-worker next to it and runs the README's example job with the installed dpoctl;
+# the installed systemd unit is valid and leaves jobs running when dpod stops.
 #   installed_binaries_run_a_job.sh BUILD_DIR
 source "$(dirname "$0")/lib.sh"
 build=$1
@@ -9,6 +10,14 @@ cmake --install "$build" --prefix "$prefix" >"$T/install.log" 2>&1 || it_fail "c
 for p in dpod dpoctl dpo-worker dpo-tool; do
   [ -x "$prefix/bin/$p" ] || it_fail "cmake --install did not install $p"
 done
+
+# The systemd unit names the installed dpod, is valid, and stops dpod alone (KillMode=process), never
+# the supervisors of running jobs.
+unit="$prefix/lib/systemd/system/dpod.service"
+[ -f "$unit" ] || it_fail "cmake --install did not install the systemd unit"
+grep -q "^ExecStart=$prefix/bin/dpod " "$unit" || it_fail "the unit does not start the installed dpod: $(grep ExecStart "$unit")"
+[ "$(grep -c '^KillMode=process$' "$unit")" = 1 ] || it_fail "the unit does not set KillMode=process"
+systemd-analyze verify "$unit" >"$T/verify.log" 2>&1 || it_fail "systemd-analyze verify: $(cat "$T/verify.log")"
 
 DPOD_BIN="$prefix/bin/dpod"
 DPOCTL_BIN="$prefix/bin/dpoctl"

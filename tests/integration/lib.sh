@@ -87,6 +87,29 @@ it_wait_at_least() {
   it_fail "job $1: $2 is $v, not >= $3, after $4 s"
 }
 
+# it_check_steps_once ID STEPS: the job's event stream holds a metrics event for every step 1..STEPS,
+# each exactly once, and lists only checkpoints that exist on disk, the final one among them.
+it_check_steps_once() {
+  "$DPOCTL_BIN" watch "$1" --events-jsonl >"$T/events-$1.jsonl" 2>/dev/null || true
+  local steps
+  steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/events-$1.jsonl")
+  [ "$steps" = "$(jq -c -n "[range(1; $2 + 1)]")" ] || it_fail "job $1: metrics steps are $steps, not 1..$2 once each"
+  local listed dir
+  listed=$("$DPOCTL_BIN" get "$1" --json | jq -r '.checkpoints[]?.path')
+  [ -n "$listed" ] || it_fail "job $1 lists no checkpoint"
+  for dir in $listed; do
+    [ -f "$dir/COMPLETE" ] || it_fail "job $1 lists $dir, which is not a complete checkpoint on disk"
+  done
+  echo "$listed" | grep -q "step-$(printf %06d "$2")\$" || it_fail "job $1 does not list its final checkpoint: $listed"
+}
+
+# it_kill_dpod: SIGKILL, as a crash would.
+it_kill_dpod() {
+  kill -KILL "$DPOD_PID" 2>/dev/null || true
+  wait "$DPOD_PID" 2>/dev/null || true
+  DPOD_PID=""
+}
+
 # it_restart_resumes ID AT STEPS: `dpoctl restart ID`, watched to SUCCEEDED; the job must resume from its
 # checkpoint at step AT, and over both runs report every step 1..STEPS exactly once.
 it_restart_resumes() {

@@ -362,7 +362,8 @@ done:
   return rc;
 }
 
-int ckpt_prune(const char *run_dir, uint32_t keep_last) {
+int ckpt_prune(const char *run_dir, uint32_t keep_last, void (*removed_cb)(uint32_t step, const char *dir, void *arg),
+               void *arg) {
   uint32_t *steps;
   size_t n = list_steps(run_dir, 0, &steps);
   int removed = 0;
@@ -383,6 +384,7 @@ int ckpt_prune(const char *run_dir, uint32_t keep_last) {
     }
     remove_tree(dir);
     removed++;
+    if (removed_cb) removed_cb(steps[i], dir, arg);
   }
   free(steps);
   n = list_steps(run_dir, 1, &steps);

@@ -59,7 +59,9 @@ int ckpt_find_latest(const char *run_dir, uint32_t *step_out, char *path, size_t
 int ckpt_read_rank_state(const char *dir, uint32_t rank, ckpt_rank_state *st, char *err, size_t errlen);
 
 /* Removes all but the newest `keep_last` complete checkpoints, and stale partial directories older than
- * the newest complete one. Returns how many were removed. */
-int ckpt_prune(const char *run_dir, uint32_t keep_last);
+ * the newest complete one. `removed` (may be NULL) is called for each complete checkpoint removed, with
+ * its step and directory. Returns how many directories were removed. */
+int ckpt_prune(const char *run_dir, uint32_t keep_last, void (*removed)(uint32_t step, const char *dir, void *arg),
+               void *arg);
 
 #endif

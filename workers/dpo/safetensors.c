@@ -116,7 +116,8 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
     rc = dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     goto fail;
   }
-  fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below as not a regular file. */
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     rc = dpod_errf(err, errlen, errno == ENOENT ? DPOD_ENOENT : DPOD_EIO, "%s: cannot open: %s", path,
                   strerror(errno));
@@ -125,6 +126,10 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   struct stat sb;
   if (fstat(fd, &sb) != 0) {
     rc = dpod_errf(err, errlen, DPOD_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    goto fail;
+  }
+  if (!S_ISREG(sb.st_mode)) {
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: not a regular file", path);
     goto fail;
   }
   uint64_t fsize = (uint64_t)sb.st_size;

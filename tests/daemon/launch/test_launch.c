@@ -1,6 +1,6 @@
 /* The launch interface with the mpirun backend: handles, exit records, an attempt's life from start to
- * exit callback, stopping, and recovery from a handle. A shell script stands in for mpirun, so these
- * run without MPI. */
+ * exit callback under the real dpod-supervisor, stopping, and adoption from a handle after a restart. A
+ * shell script stands in for mpirun, so these run without MPI. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -54,6 +54,7 @@ static int setup(void **state) {
   setenv("FAKE_DIR", f->dir, 1);
   launch_mpirun_params p = launch_mpirun_default_params();
   p.mpirun = f->fake_mpirun;
+  p.supervisor = SUPERVISOR;
   p.worker = "/nonexistent/dpo-worker";
   p.report_addr = "unix:/nowhere.sock";
   p.slots = 3;
@@ -102,6 +103,36 @@ static launch_run *start(fixture *f, uint32_t attempt, const char *fake_exit, ch
 static void run_until_exit(fixture *f, int exits) {
   for (int i = 0; i < 1000 && f->exits < exits; i++) uv_run(&f->loop, UV_RUN_ONCE);
   assert_int_equal(f->exits, exits);
+}
+
+/* An adopted attempt has no child to wait for: poll, as the daemon's cron does, until it has ended. */
+static void poll_until_exit(fixture *f, int exits) {
+  for (int i = 0; i < 500 && f->exits < exits; i++) {
+    launch_poll(f->b);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    usleep(10000);
+  }
+  assert_int_equal(f->exits, exits);
+}
+
+/* Processes of session `sid` that are not zombies (this process is the killed supervisor's parent, so it
+ * lingers as one). */
+static int live_in_session(int sid) {
+  char cmd[96];
+  snprintf(cmd, sizeof cmd, "ps -s %d -o stat= | grep -vc '^Z'", sid);
+  FILE *p = popen(cmd, "r");
+  int n = -1;
+  if (p && fscanf(p, "%d", &n) != 1) n = -1;
+  if (p) pclose(p);
+  return n;
+}
+
+/* Waits until the fake mpirun has started (it writes its arguments first). */
+static void wait_started(fixture *f) {
+  char path[PATH_MAX * 2];
+  snprintf(path, sizeof path, "%s/env", f->dir);
+  for (int i = 0; i < 500 && access(path, F_OK) != 0; i++) uv_run(&f->loop, UV_RUN_NOWAIT), usleep(10000);
+  assert_int_equal(access(path, F_OK), 0);
 }
 
 static void handles_carry_backend_fields_and_attempt(void **state) {
@@ -199,10 +230,65 @@ static void stopped_attempt_reports_its_signal(void **state) {
   fixture *f = *state;
   char handle[LAUNCH_HANDLE_MAX];
   launch_run *r = start(f, 1, "wait", handle);
-  for (int i = 0; i < 20; i++) uv_run(&f->loop, UV_RUN_NOWAIT), usleep(10000);
+  wait_started(f);
   assert_int_equal(launch_stop(r, LAUNCH_STOP_KILL, NULL), 0);
   run_until_exit(f, 1);
   assert_int_equal(f->last.term_signal, SIGKILL);
+  assert_true(f->last.recorded);
+}
+
+/* A dpod that goes away leaves the attempt running under its supervisor; the next one adopts it from
+ * the handle and learns how it ended from its exit record. Stopping never touches the supervisor. */
+static void detached_attempt_is_adopted_and_its_end_recorded(void **state) {
+  fixture *f = *state;
+  char handle[LAUNCH_HANDLE_MAX], err[512];
+  launch_run *r = start(f, 3, "wait", handle);
+  wait_started(f);
+  launch_detach(r);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  char v[16];
+  assert_int_equal(launch_handle_get(handle, "sid", v, sizeof v), 0);
+  int sid = atoi(v);
+  assert_int_equal(kill(sid, 0), 0); /* still there */
+
+  launch_exit ex;
+  launch_run *adopted = NULL;
+  assert_int_equal(launch_recover(f->b, handle, f->run_dir, on_exit_cb, f, &adopted, &ex, NULL, err, sizeof err),
+                   LAUNCH_RECOVERED_RUNNING);
+  assert_non_null(adopted);
+  assert_int_equal(launch_run_attempt(adopted), 3);
+  int asked = -1;
+  assert_int_equal(launch_stop(adopted, LAUNCH_STOP_TERMINATE, &asked), 0);
+  assert_true(asked >= 1);
+  assert_int_equal(kill(sid, 0), 0); /* the supervisor is never signalled */
+  poll_until_exit(f, 1);
+  assert_int_equal(f->last.attempt, 3);
+  assert_int_equal(f->last.exit_status, 4); /* the fake mpirun exits 4 on SIGTERM */
+  assert_true(f->last.recorded);
+}
+
+/* An adopted attempt whose supervisor is killed has no exit record: it ends "unknown", and nothing of
+ * its session is left running. */
+static void attempt_without_a_supervisor_ends_unrecorded(void **state) {
+  fixture *f = *state;
+  char handle[LAUNCH_HANDLE_MAX], err[512];
+  launch_run *r = start(f, 1, "wait", handle);
+  wait_started(f);
+  launch_detach(r);
+  uv_run(&f->loop, UV_RUN_NOWAIT);
+  launch_exit ex;
+  launch_run *adopted = NULL;
+  assert_int_equal(launch_recover(f->b, handle, f->run_dir, on_exit_cb, f, &adopted, &ex, NULL, err, sizeof err),
+                   LAUNCH_RECOVERED_RUNNING);
+  char v[16];
+  assert_int_equal(launch_handle_get(handle, "sid", v, sizeof v), 0);
+  int sid = atoi(v);
+  assert_int_equal(kill(sid, SIGKILL), 0);
+  poll_until_exit(f, 1);
+  assert_false(f->last.recorded);
+  /* The fake mpirun (in the supervisor's session, naming the run directory) went with it. */
+  for (int i = 0; i < 100 && live_in_session(sid) > 0; i++) usleep(20000);
+  assert_int_equal(live_in_session(sid), 0);
 }
 
 /* After a restart: an attempt with an exit record ended as it says; one without is lost, and only
@@ -245,6 +331,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(attempt_runs_and_its_exit_is_recorded, setup, teardown),
       cmocka_unit_test_setup_teardown(stopped_attempt_reports_its_signal, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_reads_the_exit_record_or_reports_lost, setup, teardown),
+      cmocka_unit_test_setup_teardown(detached_attempt_is_adopted_and_its_end_recorded, setup, teardown),
+      cmocka_unit_test_setup_teardown(attempt_without_a_supervisor_ends_unrecorded, setup, teardown),
       cmocka_unit_test_setup_teardown(capacity_is_the_backends, setup, teardown),
   };
   return CMOCKA_MAIN("launch", tests, NULL, NULL);

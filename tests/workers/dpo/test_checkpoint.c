@@ -171,14 +171,24 @@ static void records_with_impossible_numbers_are_refused(void **state) {
   free(fixed);
 }
 
+/* What prune reports: the complete checkpoints it removed (not the stale partial ones). */
+static void note_removed(uint32_t step, const char *dir, void *arg) {
+  uint32_t *seen = arg;
+  assert_non_null(strstr(dir, "checkpoints/step-"));
+  seen[seen[0]++ + 1] = step;
+}
+
 static void prune_keeps_the_newest(void **state) {
   (void)state;
+  uint32_t seen[8] = {0};
   make_checkpoint(10);
   make_checkpoint(20);
   make_checkpoint(30);
   char err[512], dir[1024];
   assert_int_equal(ckpt_begin(run_dir, 5, err, sizeof err), 0); /* stale partial from an old crash */
-  assert_int_equal(ckpt_prune(run_dir, 2), 2);
+  assert_int_equal(ckpt_prune(run_dir, 2, note_removed, seen), 2);
+  assert_int_equal(seen[0], 1);
+  assert_int_equal(seen[1], 10);
   struct stat st;
   ckpt_dir(run_dir, 10, 0, dir, sizeof dir);
   assert_int_not_equal(stat(dir, &st), 0);

@@ -1,5 +1,6 @@
 /* The safetensors reader and writer: a round trip, the fixture files, and one purpose-built bad file per
  * validation rule, each refused with a message that names the file and the problem. */
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dpod_error.h"
@@ -151,6 +152,18 @@ static void safetensors_rejects_truncated_file(void **state) {
   expect_refused(p, DPOD_EFORMAT, "'a'", "out of range");
 }
 
+/* A FIFO or a directory given as a weights file is refused at once: opening must not wait for a writer. */
+static void safetensors_rejects_fifos_and_directories(void **state) {
+  (void)state;
+  char path[512];
+  snprintf(path, sizeof path, "%s/weights.safetensors", tmpdir);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  expect_refused(path, DPOD_EFORMAT, "not a regular file", NULL);
+  snprintf(path, sizeof path, "%s/dir.safetensors", tmpdir);
+  assert_int_equal(mkdir(path, 0700), 0);
+  expect_refused(path, DPOD_EFORMAT, "not a regular file", NULL);
+}
+
 static void safetensors_rejects_header_beyond_file(void **state) {
   (void)state;
   const char *p = write_raw("hlen.safetensors", "{}", 4096, 0);
@@ -222,6 +235,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(safetensors_round_trip),
       cmocka_unit_test(safetensors_reads_fixture),
       cmocka_unit_test(safetensors_rejects_truncated_file),
+      cmocka_unit_test(safetensors_rejects_fifos_and_directories),
       cmocka_unit_test(safetensors_rejects_header_beyond_file),
       cmocka_unit_test(safetensors_rejects_invalid_json),
       cmocka_unit_test(safetensors_rejects_offsets_out_of_range),
