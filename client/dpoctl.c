@@ -19,11 +19,13 @@
 #include <unistd.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "dpod_paths.h"
 #include "dpod_parse.h"
 #include "format.h"
 #include "health.pb-c.h"
 #include "job_spec.h"
+#include "rpc_addr.h"
 #include "rpc_client.h"
 #include "rpc_methods.h"
 
@@ -42,6 +44,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 
 typedef struct {
   char addr[1024];
+  const char *token_file, *tls_ca; /* --token-file, --tls-ca; NULL: from the environment or defaults */
   rpc_client *client;
 } ctl;
 
@@ -55,7 +58,7 @@ typedef struct {
 /* Usage. */
 
 static const char *const usage_main =
-    "usage: dpoctl [--addr ADDR] COMMAND [ARGS]\n"
+    "usage: dpoctl [--addr ADDR] [--token-file FILE] [--tls-ca FILE] COMMAND [ARGS]\n"
     "\n"
     "Commands:\n"
     "  submit JOB.yaml   validate a job file and submit it\n"
@@ -72,6 +75,9 @@ static const char *const usage_main =
     "Options:\n"
     "  --addr ADDR       dpod's address (unix:/path or host:port); default $DPOD_ADDR, else\n"
     "                    unix:$XDG_RUNTIME_DIR/dpod/dpod.sock\n"
+    "  --token-file FILE over TCP: the file holding dpod's token; default $DPOD_TOKEN_FILE, else\n"
+    "                    $XDG_STATE_HOME/dpod/token ($DPOD_TOKEN, if set, is the token itself)\n"
+    "  --tls-ca FILE     over TCP: talk TLS, trusting this CA (PEM); default $DPOD_TLS_CA, else plain\n"
     "  -h, --help        this help; `dpoctl COMMAND --help` for a command's\n"
     "\n"
     "Exit status: 0 ok, 1 failed (watch: the job did not succeed), 2 usage or invalid spec,\n"
@@ -188,10 +194,48 @@ static int parse_id(const char *cmd, const char *text, uint64_t *id) {
 /* ----------------------------------------------------------------------------------------------- */
 /* Talking to dpod. */
 
+/* The token for a TCP address: $DPOD_TOKEN, else the token file's first line. "" when there is none
+ * (dpod then answers UNAUTHENTICATED, and rpc_failed() says what to do). */
+static int ctl_token(const ctl *c, char *token, size_t len) {
+  const char *env = getenv("DPOD_TOKEN");
+  token[0] = '\0';
+  if (env && *env) return snprintf(token, len, "%s", env) < (int)len ? 0 : -1;
+  char path[4096], err[512];
+  const char *file = c->token_file ? c->token_file : getenv("DPOD_TOKEN_FILE");
+  if (file && *file) {
+    snprintf(path, sizeof path, "%s", file);
+  } else {
+    dpod_default_state_dir(path, sizeof path - 8);
+    strcat(path, "/token");
+  }
+  char *text = NULL;
+  size_t n = 0;
+  int status = dpod_read_file(path, len - 1, &text, &n, err, sizeof err);
+  if (status == DPOD_ENOENT && !(file && *file)) return 0; /* no default file: try without */
+  if (status != 0) {
+    fprintf(stderr, "dpoctl: token: %s\n", err);
+    return -1;
+  }
+  while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r')) text[--n] = '\0';
+  snprintf(token, len, "%s", text);
+  memset(text, 0, n);
+  free(text);
+  return 0;
+}
+
 static int ctl_connect(ctl *c) {
   if (c->client) return 0;
-  char err[512];
-  if (rpc_client_open(c->addr, &c->client, err, sizeof err) != 0) {
+  char err[512], token[520] = "";
+  rpc_client_params p = rpc_client_default_params();
+  if (!rpc_unix_path(c->addr)) {
+    /* Over the unix socket its owner-only mode is the access control; TCP needs TLS and the token. */
+    if (ctl_token(c, token, sizeof token) != 0) return EXIT_USAGE;
+    p.token = token;
+    p.tls_ca = c->tls_ca ? c->tls_ca : getenv("DPOD_TLS_CA");
+  }
+  int status = rpc_client_open_with(c->addr, &p, &c->client, err, sizeof err);
+  memset(token, 0, sizeof token);
+  if (status != 0) {
     fprintf(stderr, "dpoctl: cannot reach dpod at %s: %s\n", c->addr, err);
     return EXIT_CONN;
   }
@@ -222,6 +266,9 @@ static int rpc_failed(ctl *c, const char *what, const char *err) {
     return EXIT_CONN;
   }
   fprintf(stderr, "dpoctl: %s: %s\n", what, strip_method(err));
+  if (st == GRPC_STATUS_UNAUTHENTICATED)
+    fprintf(stderr, "hint: dpod wants its token over TCP: --token-file FILE, $DPOD_TOKEN_FILE or $DPOD_TOKEN "
+                    "(dpod writes it to STATE_DIR/token)\n");
   return st == GRPC_STATUS_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_FAIL;
 }
 
@@ -556,6 +603,14 @@ static int cmd_submit(ctl *c, int argc, char **argv) {
   }
   if (name && job_spec_set(spec, "name", name, err, sizeof err) != 0) {
     fprintf(stderr, "dpoctl: --name: %s\n", err);
+    goto done;
+  }
+  /* dpod runs in a directory of its own: paths relative to ours mean nothing there. (Over TCP dpod is
+   * on another host, where our directory means nothing either: it refuses relative paths itself.) */
+  char cwd[4096];
+  if (rpc_unix_path(c->addr) && getcwd(cwd, sizeof cwd) &&
+      job_spec_absolute_paths(spec, cwd, err, sizeof err) != 0) {
+    fprintf(stderr, "dpoctl: %s: %s\n", path, err);
     goto done;
   }
   if (job_spec_validate(spec, 0, err, sizeof err) != 0) {
@@ -954,6 +1009,12 @@ int main(int argc, char **argv) {
       snprintf(c.addr, sizeof c.addr, "%s", argv[i]);
     } else if (strncmp(a, "--addr=", 7) == 0) {
       snprintf(c.addr, sizeof c.addr, "%s", a + 7);
+    } else if (strcmp(a, "--token-file") == 0) {
+      if (++i == argc) return usage_error(NULL, "%s", "--token-file needs a value");
+      c.token_file = argv[i];
+    } else if (strcmp(a, "--tls-ca") == 0) {
+      if (++i == argc) return usage_error(NULL, "%s", "--tls-ca needs a value");
+      c.tls_ca = argv[i];
     } else {
       return usage_error(NULL, "unknown option '%s'", a);
     }

@@ -1,11 +1,13 @@
 #include "coordinator.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,6 +135,10 @@ static int coord_append_state(coord *co, uint64_t id, Dpod__V1__JobState state, 
     log_info("job %" PRIu64 ": %s: %s", id, job_state_name(state), reason);
   else
     log_info("job %" PRIu64 ": %s", id, job_state_name(state));
+  /* A terminal job has no attempt left to report (its journal was read before this): its secret is
+   * no use to anyone any more, so it is not kept. `dpoctl restart` makes a new one. */
+  if (status == 0 && job_state_is_terminal(state) && job_store_set_secret(co->store, id, "") != 0)
+    log_warn("job %" PRIu64 ": clearing its secret failed: %s", id, job_store_last_error(co->store));
   coord_notify(co, id);
   return status;
 }
@@ -586,6 +592,42 @@ static void coord_hold(coord *co, uint64_t id, unsigned ranks, uint64_t delay_ms
 /* ---------------------------------------------------------------------------------------------------
  * Operations for the RPC handlers. */
 
+/* The files a spec names, checked when it is submitted rather than when a worker trips over them:
+ * absolute (dpod's working directory means nothing to the client), there, readable, and of the right
+ * kind. The messages name the field, the path and the problem, never anything read from the file. */
+static int coord_check_path(const char *key, const char *path, bool want_dir, char *err, size_t errlen) {
+  if (!path || !*path) return 0;
+  if (path[0] != '/')
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: must be an absolute path (got \"%s\")", key, path);
+  struct stat st;
+  if (stat(path, &st) != 0)
+    return dpod_errf(err, errlen, errno == EACCES ? DPOD_EACCESS : DPOD_EINVAL, "%s: %s: %s", key, path,
+                     strerror(errno));
+  if (want_dir && !S_ISDIR(st.st_mode))
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: %s: not a directory", key, path);
+  if (!want_dir && !S_ISREG(st.st_mode))
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: %s: not a regular file", key, path);
+  if (access(path, want_dir ? R_OK | X_OK : R_OK) != 0)
+    return dpod_errf(err, errlen, DPOD_EACCESS, "%s: %s: %s", key, path, strerror(errno));
+  return 0;
+}
+
+static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err, size_t errlen) {
+  unsigned threads = launch_max_threads(co->backend);
+  if (spec->threads_per_rank > threads)
+    return dpod_errf(err, errlen, DPOD_EINVAL, "threads_per_rank: %u threads per rank requested but a rank has at "
+                     "most %u CPU%s here", spec->threads_per_rank, threads, threads == 1 ? "" : "s");
+  const Dpod__V1__ModelSpec *m = spec->model;
+  int status;
+  if ((status = coord_check_path("model.config", m->config, false, err, errlen)) != 0 ||
+      (status = coord_check_path("model.weights", m->weights, false, err, errlen)) != 0 ||
+      (status = coord_check_path("model.reference_weights", m->reference_weights, false, err, errlen)) != 0 ||
+      (status = coord_check_path("model.scheduler_config", m->scheduler_config, false, err, errlen)) != 0)
+    return status;
+  if (strncmp(spec->data->dataset, "builtin:", 8) == 0) return 0;
+  return coord_check_path("data.dataset", spec->data->dataset, true, err, errlen);
+}
+
 int coord_submit(coord *co, Dpod__V1__JobSpec *spec, uint64_t *id_out, char *err, size_t errlen) {
   int status;
   *id_out = 0;
@@ -594,7 +636,8 @@ int coord_submit(coord *co, Dpod__V1__JobSpec *spec, uint64_t *id_out, char *err
     status = dpod_errf(err, errlen, DPOD_EUNAVAILABLE, "dpod is draining: new jobs are refused until it is undrained");
   } else if (job_spec_normalize(spec) != 0) {
     status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
-  } else if ((status = job_spec_validate(spec, launch_capacity(co->backend), err, errlen)) != 0) {
+  } else if ((status = job_spec_validate(spec, launch_capacity(co->backend), err, errlen)) != 0 ||
+             (status = coord_check_spec(co, spec, err, errlen)) != 0) {
     /* err names the field */
   } else if ((status = job_store_create(co->store, spec, co->jobs_dir, coord_now_ms(), id_out)) != 0) {
     status = coord_store_errf(co, err, errlen);

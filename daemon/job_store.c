@@ -1,9 +1,13 @@
 #include "job_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dpod_error.h"
 #include "dpod_log.h"
@@ -239,6 +243,28 @@ static int job_store_migrate_(job_store *s, char *err, size_t errlen) {
   return 0;
 }
 
+/* The database holds every job's secret: 0600 whatever the umask, and whatever an older dpod left
+ * (SQLite gives its -wal and -shm files the database's mode, but only when it creates them). */
+static int store_make_private(const char *path, char *err, size_t errlen) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0 || fchmod(fd, 0600) != 0) {
+    snprintf(err, errlen, "%s: cannot make it private: %s", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    return DPOD_EIO;
+  }
+  close(fd);
+  static const char *const companions[] = {"-wal", "-shm", "-journal"};
+  for (size_t i = 0; i < sizeof companions / sizeof companions[0]; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s%s", path, companions[i]);
+    if (chmod(p, 0600) != 0 && errno != ENOENT) {
+      snprintf(err, errlen, "%s: cannot make it private: %s", p, strerror(errno));
+      return DPOD_EIO;
+    }
+  }
+  return 0;
+}
+
 int job_store_open(const char *path, job_store **out, char *err, size_t errlen) {
   int status = DPOD_EDB;
   char *msg = NULL;
@@ -248,6 +274,8 @@ int job_store_open(const char *path, job_store **out, char *err, size_t errlen) 
     snprintf(err, errlen, "out of memory");
     return DPOD_ENOMEM;
   }
+  if (strcmp(path, ":memory:") != 0 && (status = store_make_private(path, err, errlen)) != 0) goto fail;
+  status = DPOD_EDB;
   if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                       NULL) != SQLITE_OK) {
     snprintf(err, errlen, "opening %s: %s", path, s->db ? sqlite3_errmsg(s->db) : "out of memory");

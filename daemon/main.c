@@ -41,6 +41,7 @@
 #include "dpod_log.h"
 #include "dpod_paths.h"
 #include "api.h"
+#include "auth.h"
 #include "launch.h"
 #include "rpc_addr.h"
 #include "rpc_server.h"
@@ -77,6 +78,11 @@ static void usage(FILE *f) {
           "  --heartbeat-floor S  the least a job's heartbeat timeout can be, in seconds (default 300)\n"
           "  --restart-backoff S  wait before the first automatic restart; doubles with each (default 10)\n"
           "  --drain-grace S    after a drain, SIGKILL what has not stopped at a checkpoint (default 30)\n"
+          "  --tls-cert FILE    serve TCP with TLS: the certificate chain (PEM)\n"
+          "  --tls-key FILE     ... and its private key (PEM, readable by this user only)\n"
+          "  --tls-ca FILE      the CA the workers check the certificate against (default: --tls-cert)\n"
+          "  --token-file FILE  bearer token TCP clients must send (default STATE_DIR/token; made on first use)\n"
+          "  --insecure         serve a loopback TCP address without TLS (the token is still required)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
           "  --help             this text\n");
 }
@@ -110,8 +116,10 @@ static int arg_too_long(const char *opt) {
   return 2;
 }
 
-/* Creates the socket's directory (0700: the socket is the only access control) and removes a socket
- * file left by a daemon that died, refusing to start if a live daemon still answers on it. */
+/* Creates the socket's directory (0700 and ours: the socket is the only access control; an existing one
+ * owned by someone else or writable by others is refused, since whoever can write it can swap the
+ * socket) and removes a socket file left by a daemon that died, refusing to start if a live daemon
+ * still answers on it. */
 static int prepare_socket(const char *path, char *err, size_t errlen) {
   char dir[PATH_MAX];
   struct sockaddr_un sa;
@@ -122,7 +130,7 @@ static int prepare_socket(const char *path, char *err, size_t errlen) {
   char *slash = strrchr(dir, '/');
   if (slash && slash != dir) {
     *slash = '\0';
-    int status = dpod_mkdirs(dir, 0700, 0, err, errlen);
+    int status = dpod_mkdirs(dir, 0700, DPOD_MKDIRS_PRIVATE, err, errlen);
     if (status != 0) return status;
   }
   struct stat st;
@@ -130,6 +138,10 @@ static int prepare_socket(const char *path, char *err, size_t errlen) {
   if (!S_ISSOCK(st.st_mode)) {
     fmt_into(err, errlen, "%s exists and is not a socket", path);
     return DPOD_EIO;
+  }
+  if (st.st_uid != geteuid()) {
+    fmt_into(err, errlen, "%s: the socket is owned by uid %u, not by this user", path, (unsigned)st.st_uid);
+    return DPOD_EACCESS;
   }
   /* A path longer than sun_path is reached through its directory's descriptor, as the server binds it. */
   char addr[PATH_MAX + 16], target[PATH_MAX + 64];
@@ -165,6 +177,53 @@ static void make_report_addr(const char *listen, char *buf, size_t len) {
   else if (listen[0] == ':') port = listen + 1;
   if (port) fmt_into(buf, len, "localhost:%s", port);
   else fmt_into(buf, len, "%s", listen);
+}
+
+/* What serving TCP takes: TLS (or --insecure on a loopback address) and the token. */
+typedef struct {
+  const char *cert, *key, *ca, *token_file; /* options; NULL when not given */
+  bool insecure;
+  char *cert_pem, *key_pem;                 /* read from cert and key */
+  char token[AUTH_TOKEN_MAX + 1];
+} tcp_security;
+
+/* Checks and loads what serving `addr` over TCP needs; fills `sec` for the server. Returns 0, or -1 after
+ * logging why dpod must not serve. */
+static int tcp_security_load(tcp_security *t, const char *addr, const char *state_dir, rpc_server_security *sec) {
+  char err[1024], path[PATH_MAX + 16];
+  if (!t->cert != !t->key) {
+    log_error("--tls-cert and --tls-key go together");
+    return -1;
+  }
+  if (!t->cert && !t->insecure) {
+    log_error("refusing to serve %s without TLS: give --tls-cert and --tls-key (or, for a loopback address "
+              "only, --insecure)", addr);
+    return -1;
+  }
+  if (!t->cert && !auth_addr_is_loopback(addr)) {
+    log_error("--insecure serves loopback addresses only (127.0.0.1, [::1], localhost), not %s", addr);
+    return -1;
+  }
+  if (t->cert && (dpod_read_file(t->cert, 1 << 20, &t->cert_pem, NULL, err, sizeof err) != 0 ||
+                  dpod_read_file(t->key, 1 << 20, &t->key_pem, NULL, err, sizeof err) != 0)) {
+    log_error("TLS: %s", err);
+    return -1;
+  }
+  if (t->token_file) fmt_into(path, sizeof path, "%s", t->token_file);
+  else fmt_into(path, sizeof path, "%s/token", state_dir);
+  int created = 0;
+  if (auth_token_load(path, t->token, &created, err, sizeof err) != 0) {
+    log_error("token: %s", err);
+    return -1;
+  }
+  if (created) log_info("made a new token in %s (dpoctl reads it there, or from $DPOD_TOKEN)", path);
+  if (!t->cert) log_warn("serving %s WITHOUT TLS (--insecure): the token and every job travel in clear text", addr);
+  if (geteuid() == 0)
+    log_warn("serving TCP as root: whoever holds the token can make dpod read any file root can read");
+  sec->tls_cert_pem = t->cert_pem;
+  sec->tls_key_pem = t->key_pem;
+  sec->token = t->token;
+  return 0;
 }
 
 static void close_handle(uv_handle_t *h) {
@@ -259,8 +318,11 @@ int main(int argc, char **argv) {
   coord_params cp = coord_default_params();
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
-    OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE
+    OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
+    OPT_INSECURE
   };
+  tcp_security tcp = {0};
+  rpc_server_security sec = {0};
   static const struct option opts[] = {
       {"listen", required_argument, NULL, OPT_LISTEN},
       {"state-dir", required_argument, NULL, OPT_STATE},
@@ -272,6 +334,11 @@ int main(int argc, char **argv) {
       {"heartbeat-floor", required_argument, NULL, OPT_HEARTBEAT_FLOOR},
       {"restart-backoff", required_argument, NULL, OPT_RESTART_BACKOFF},
       {"drain-grace", required_argument, NULL, OPT_DRAIN_GRACE},
+      {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+      {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+      {"tls-ca", required_argument, NULL, OPT_TLS_CA},
+      {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+      {"insecure", no_argument, NULL, OPT_INSECURE},
       {"help", no_argument, NULL, OPT_HELP},
       {NULL, 0, NULL, 0},
   };
@@ -297,6 +364,11 @@ int main(int argc, char **argv) {
         if (str_copy(worker, sizeof worker, optarg) != 0) return arg_too_long("--worker");
         break;
       case OPT_MPIRUN: mpirun = optarg; break;
+      case OPT_TLS_CERT: tcp.cert = optarg; break;
+      case OPT_TLS_KEY: tcp.key = optarg; break;
+      case OPT_TLS_CA: tcp.ca = optarg; break;
+      case OPT_TOKEN_FILE: tcp.token_file = optarg; break;
+      case OPT_INSECURE: tcp.insecure = true; break;
       case OPT_START_TIMEOUT:
         if (parse_seconds("--start-timeout", optarg, &cp.start_timeout_ms) != 0) return 2;
         break;
@@ -330,7 +402,8 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   /* Job directories are handed to workers that run elsewhere in the tree: make the path absolute. */
-  if (dpod_mkdirs(state_dir, 0700, 0, err, sizeof err) != 0) {
+  /* Private whether dpod made it or found it: it holds every job's secret. */
+  if (dpod_mkdirs(state_dir, 0700, DPOD_MKDIRS_PRIVATE, err, sizeof err) != 0) {
     log_error("%s", err);
     return 1;
   }
@@ -356,6 +429,9 @@ int main(int argc, char **argv) {
       return 1;
     }
     str_copy(dpod.socket_path, sizeof dpod.socket_path, sock); /* fits: checked above */
+    if (tcp.cert || tcp.key || tcp.insecure) log_warn("--tls-*, --insecure: not used on a unix socket");
+  } else if (tcp_security_load(&tcp, addr, state_dir, &sec) != 0) {
+    return 1;
   }
   make_report_addr(addr, report_addr, sizeof report_addr);
 
@@ -377,6 +453,9 @@ int main(int argc, char **argv) {
   lp.worker = worker;
   lp.supervisor = supervisor;
   lp.report_addr = report_addr;
+  /* Ranks dial the same listener: over TLS they check it against the CA (a self-signed certificate is
+   * its own). */
+  if (!sock && tcp.cert) lp.tls_ca = tcp.ca ? tcp.ca : tcp.cert;
   lp.slots = (unsigned)slots;
   if (launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err) != 0) {
     log_error("%s", err);
@@ -401,10 +480,12 @@ int main(int argc, char **argv) {
     log_error("cannot set up the rpc server");
     goto fail;
   }
-  if (rpc_server_start(dpod.srv, addr, err, sizeof err) != 0) {
+  if (rpc_server_start(dpod.srv, addr, &sec, err, sizeof err) != 0) {
     log_error("%s", err);
     goto fail;
   }
+  /* The directory is ours and 0700 already; the socket itself is 0600 too, whatever the umask. */
+  if (sock && chmod(sock, 0600) != 0) log_warn("%s: cannot make it 0600: %s", sock, strerror(errno));
   if (coord_recover(dpod.co) != 0) {
     log_error("recovering jobs failed; serving anyway");
   }
@@ -438,6 +519,8 @@ fail:
   uv_run(dpod.loop, UV_RUN_NOWAIT); /* runs pending close callbacks */
 out:
   if (dpod.socket_path[0]) unlink(dpod.socket_path);
+  free(tcp.cert_pem);
+  free(tcp.key_pem);
   uv_loop_close(dpod.loop);
   return rc;
 }

@@ -41,6 +41,7 @@ typedef struct {
   void *handle; /* from grpc_server_register_method */
   rpc_handler handler;
   void *arg;
+  int flags; /* RPC_METHOD_* */
 } rpc_method;
 
 struct rpc_call {
@@ -106,6 +107,7 @@ struct rpc_server {
   rpc_event *work;
   size_t n_work, cap_work, work_pos;
   int dir_fd; /* the socket's directory, when its path is too long to bind directly; -1 if none */
+  char *token; /* the bearer token calls must carry; NULL: none */
 };
 
 /* ---------------------------------------------------------------------------------------------------
@@ -359,6 +361,23 @@ static void rpc_generic_method(const rpc_call *c, char *buf, size_t len) {
     if ((unsigned char)buf[i] < 32 || (unsigned char)buf[i] > 126) buf[i] = '?';
 }
 
+/* Whether the call's metadata holds `authorization: Bearer TOKEN`. Compares every byte whatever the
+ * input, so the time taken says nothing about the token. */
+static bool rpc_token_ok(const grpc_metadata_array *md, const char *token) {
+  size_t n = strlen(token);
+  for (size_t i = 0; i < md->count; i++) {
+    if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0) continue;
+    const grpc_slice v = md->metadata[i].value;
+    size_t len = GRPC_SLICE_LENGTH(v);
+    const unsigned char *p = GRPC_SLICE_START_PTR(v);
+    if (len != n + 7 || memcmp(p, "Bearer ", 7) != 0) continue;
+    unsigned char diff = 0;
+    for (size_t k = 0; k < n; k++) diff |= (unsigned char)(p[7 + k] ^ (unsigned char)token[k]);
+    if (diff == 0) return true;
+  }
+  return false;
+}
+
 static void rpc_on_new(rpc_call *c, int ok) {
   rpc_server *s = c->server;
   if (!ok) return; /* the server is shutting down; the shell is freed by the caller */
@@ -388,6 +407,12 @@ static void rpc_on_new(rpc_call *c, int ok) {
     rpc_call_fail(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method %s", name);
     return;
   }
+  const rpc_method *m = &s->methods[c->method];
+  if (s->token && !(m->flags & RPC_METHOD_NO_TOKEN) && !rpc_token_ok(&c->request_md, s->token)) {
+    log_debug("%s refused: no valid bearer token", m->path);
+    rpc_call_fail(c, GRPC_STATUS_UNAUTHENTICATED, "missing or wrong token (send \"authorization: Bearer TOKEN\")");
+    return;
+  }
   if (!c->payload) {
     rpc_call_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "missing request message");
     return;
@@ -401,7 +426,6 @@ static void rpc_on_new(rpc_call *c, int ok) {
   grpc_byte_buffer_reader_destroy(&reader);
   grpc_byte_buffer_destroy(c->payload);
   c->payload = NULL;
-  const rpc_method *m = &s->methods[c->method];
   log_debug("%s (%zu bytes)", m->path, (size_t)GRPC_SLICE_LENGTH(req));
   m->handler(c, GRPC_SLICE_START_PTR(req), GRPC_SLICE_LENGTH(req), m->arg);
   grpc_slice_unref(req);
@@ -566,7 +590,7 @@ int rpc_server_create(uv_loop_t *loop, rpc_server **out) {
   return 0;
 }
 
-int rpc_server_add_method(rpc_server *s, const char *path, rpc_handler handler, void *arg) {
+int rpc_server_add_method(rpc_server *s, const char *path, int flags, rpc_handler handler, void *arg) {
   if (s->started || s->n_methods == RPC_MAX_METHODS) return DPOD_ESTATE;
   rpc_method *m = &s->methods[s->n_methods];
   if (!(m->path = strdup(path))) return DPOD_ENOMEM;
@@ -579,15 +603,30 @@ int rpc_server_add_method(rpc_server *s, const char *path, rpc_handler handler, 
   }
   m->handler = handler;
   m->arg = arg;
+  m->flags = flags;
   s->n_methods++;
   return 0;
 }
 
-int rpc_server_start(rpc_server *s, const char *addr, char *err, size_t errlen) {
+int rpc_server_start(rpc_server *s, const char *addr, const rpc_server_security *sec, char *err, size_t errlen) {
   char target[PATH_MAX + 64];
   int status = rpc_addr_for_socket(addr, target, sizeof target, &s->dir_fd, err, errlen);
   if (status != 0) return status;
-  grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+  if (sec && sec->token && !(s->token = strdup(sec->token))) {
+    snprintf(err, errlen, "out of memory");
+    return DPOD_ENOMEM;
+  }
+  grpc_server_credentials *creds;
+  if (sec && sec->tls_cert_pem && sec->tls_key_pem) {
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = sec->tls_key_pem, .cert_chain = sec->tls_cert_pem};
+    creds = grpc_ssl_server_credentials_create(NULL, &pair, 1, 0, NULL);
+  } else {
+    creds = grpc_insecure_server_credentials_create();
+  }
+  if (!creds) {
+    snprintf(err, errlen, "cannot use the TLS certificate and key");
+    return DPOD_EIO;
+  }
   int port = grpc_server_add_http2_port(s->server, target, creds);
   grpc_server_credentials_release(creds);
   if (port == 0) {
@@ -660,6 +699,7 @@ void rpc_server_free(rpc_server *s) {
   grpc_server_destroy(s->server);
   grpc_completion_queue_destroy(s->cq);
   if (s->dir_fd >= 0) close(s->dir_fd);
+  free(s->token);
   while (s->calls) rpc_call_free(s->calls);
   if (s->async_open) {
     uv_close((uv_handle_t *)&s->async, rpc_async_closed);

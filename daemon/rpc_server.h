@@ -40,11 +40,26 @@ typedef void (*rpc_done_cb)(rpc_call *call, void *data);
 /* Creates a server bound to `loop` (grpc_init() is called here, grpc_shutdown() in rpc_server_free()).
  * Owned by the caller. */
 int rpc_server_create(uv_loop_t *loop, rpc_server **out);
+enum {
+  /* Served without the bearer token: health (probes have none) and worker reports (which carry their
+   * job's secret instead). */
+  RPC_METHOD_NO_TOKEN = 1 << 0,
+};
+
 /* Registers a method by full path ("/dpod.v1.Coordinator/GetJob"). Before rpc_server_start() only. */
-int rpc_server_add_method(rpc_server *s, const char *path, rpc_handler handler, void *arg);
-/* Listens on `addr` ("unix:/path" or "host:port"), starts the completion-queue thread and requests the
- * first calls. Returns 0 or DPOD_EIO with err set. */
-int rpc_server_start(rpc_server *s, const char *addr, char *err, size_t errlen);
+int rpc_server_add_method(rpc_server *s, const char *path, int flags, rpc_handler handler, void *arg);
+
+/* Who may call, and over what. Strings are copied by rpc_server_start(). */
+typedef struct {
+  const char *tls_cert_pem; /* the server's certificate chain (PEM text); with tls_key_pem: TLS */
+  const char *tls_key_pem;  /* its private key (PEM text) */
+  const char *token;        /* every method without RPC_METHOD_NO_TOKEN needs `authorization: Bearer
+                               TOKEN`, else UNAUTHENTICATED; NULL: no token asked */
+} rpc_server_security;
+
+/* Listens on `addr` ("unix:/path" or "host:port") as `sec` says (NULL: plain, no token), starts the
+ * completion-queue thread and requests the first calls. Returns 0 or DPOD_EIO with err set. */
+int rpc_server_start(rpc_server *s, const char *addr, const rpc_server_security *sec, char *err, size_t errlen);
 /* Stops accepting calls; calls in progress go on (a WatchJob can still deliver a job's last events).
  * `done` runs on the loop thread once every call has ended and been freed and the completion-queue
  * thread has exited; then rpc_server_free() may be called. Calling it again does nothing. */

@@ -232,7 +232,9 @@ int reporter_start(const reporter_params *p, reporter **out, char *err, size_t e
   reporter *r = calloc(1, sizeof *r);
   if (!r) return DPOD_ENOMEM;
   int inited = 0; /* how many of mu, wake, drained exist */
-  int rc = rpc_client_open(p->addr, &r->client, err, errlen);
+  rpc_client_params cp = rpc_client_default_params();
+  cp.tls_ca = p->tls_ca;
+  int rc = rpc_client_open_with(p->addr, &cp, &r->client, err, errlen);
   if (rc) goto fail;
   r->job_id = p->job_id;
   r->attempt = p->attempt;

@@ -23,6 +23,7 @@ typedef struct {
   uint64_t job_id;
   uint32_t attempt;          /* carried by every report; the daemon refuses a stale one */
   const char *secret;        /* the per-job secret */
+  const char *tls_ca;        /* CA file to check the daemon's certificate against; NULL: plain */
   const char *journal_path;  /* RUN_DIR/attempt-N.reports; NULL: no journal (events past the bound are dropped) */
   size_t queue_max;          /* events kept in memory before the journal takes them (0: the default, 4096) */
 } reporter_params;

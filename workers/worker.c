@@ -907,6 +907,7 @@ int main(int argc, char **argv) {
                           .job_id = args.job_id,
                           .attempt = (uint32_t)attempt,
                           .secret = secret,
+                          .tls_ca = getenv(DPOD_ENV_TLS_CA),
                           .journal_path = journal};
     const char *queue_max = getenv("DPOD_REPORT_QUEUE_MAX"); /* tests make the journal take over early */
     uint64_t qm;

@@ -22,6 +22,7 @@ void launch_backend_free(launch_backend *b) {
 const char *launch_backend_name(const launch_backend *b) { return b->ops->name; }
 
 unsigned launch_capacity(const launch_backend *b) { return b->ops->capacity(b); }
+unsigned launch_max_threads(const launch_backend *b) { return b->ops->max_threads(b); }
 
 int launch_start(launch_backend *b, const launch_request *req, launch_exit_cb cb, void *arg, launch_run **out,
                  char *handle, char *err, size_t errlen) {

@@ -83,6 +83,7 @@ typedef struct {
   const char *supervisor;  /* dpod-supervisor (supervisor.c), which runs each attempt */
   const char *worker;      /* dpo-worker, preferably an absolute path */
   const char *report_addr; /* the daemon's address, passed as --report-addr */
+  const char *tls_ca;      /* CA file the ranks trust when the report address uses TLS; NULL: plain */
   unsigned slots;          /* ranks that may run at once on this host */
 } launch_mpirun_params;
 
@@ -100,6 +101,8 @@ void launch_backend_free(launch_backend *b);
 const char *launch_backend_name(const launch_backend *b);
 /* Ranks that may run at once. */
 unsigned launch_capacity(const launch_backend *b);
+/* The most intra-op threads one rank may ask for: the CPUs a rank can have where it runs. */
+unsigned launch_max_threads(const launch_backend *b);
 
 /* Starts an attempt. On success *out stays valid until `cb` has returned, and `handle` (at least
  * LAUNCH_HANDLE_MAX bytes) holds its durable handle. On failure returns a negative status with the

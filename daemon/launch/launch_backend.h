@@ -15,6 +15,7 @@ typedef struct {
                  int *stopped, char *err, size_t errlen);
   void (*poll)(launch_backend *b);     /* may be NULL */
   unsigned (*capacity)(const launch_backend *b);
+  unsigned (*max_threads)(const launch_backend *b);
   void (*log_path)(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len);
   void (*free)(launch_backend *b);
 } launch_backend_ops;

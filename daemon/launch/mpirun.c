@@ -39,7 +39,7 @@ typedef struct mpirun_run mpirun_run;
 
 typedef struct {
   launch_backend base;
-  char *mpirun, *supervisor, *worker, *report_addr;
+  char *mpirun, *supervisor, *worker, *report_addr, *tls_ca;
   unsigned slots;
   mpirun_run *adopted;   /* runs found again after a restart, checked by poll */
 } mpirun_backend;
@@ -160,7 +160,7 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   }
 
   char np[16], id[32], attempt[16], secret_env[JOB_SECRET_HEX_LEN + 32], tmpdir_env[PATH_MAX + 16], omp_env[48],
-      blas_env[48], attempt_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE";
+      blas_env[48], attempt_env[48], wait_env[] = "OMP_WAIT_POLICY=PASSIVE", tls_env[PATH_MAX + 16];
   unsigned threads = req->threads_per_rank ? req->threads_per_rank : 1;
   snprintf(np, sizeof np, "%u", req->ranks);
   snprintf(id, sizeof id, "%" PRIu64, req->job_id);
@@ -173,7 +173,9 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
    * the worker can say how many threads it wants: without this, N ranks on N cores run N x cores threads. */
   snprintf(blas_env, sizeof blas_env, "OPENBLAS_NUM_THREADS=%u", threads);
   /* Spinning OpenMP threads steal the core a neighbouring rank needs; ranks share the machine. */
-  char *extra[] = {secret_env, attempt_env, tmpdir_env, omp_env, blas_env, wait_env};
+  /* Empty when the ranks report over a plain channel: the worker then dials without TLS. */
+  snprintf(tls_env, sizeof tls_env, "%s=%s", DPOD_ENV_TLS_CA, b->tls_ca);
+  char *extra[] = {secret_env, attempt_env, tmpdir_env, omp_env, blas_env, wait_env, tls_env};
   if (!(env = mpirun_build_env_(extra, sizeof extra / sizeof extra[0]))) {
     status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
     goto fail;
@@ -195,8 +197,8 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   args[a++] = "none";
   /* Open MPI refuses root unless told; containers commonly run as root. */
   if (geteuid() == 0) args[a++] = "--allow-run-as-root";
-  static const char *const exported[] = {DPOD_ENV_JOB_SECRET, DPOD_ENV_ATTEMPT,       "TMPDIR",
-                                         "OMP_NUM_THREADS",   "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY"};
+  static const char *const exported[] = {DPOD_ENV_JOB_SECRET,    DPOD_ENV_ATTEMPT, "TMPDIR",        "OMP_NUM_THREADS",
+                                         "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", DPOD_ENV_TLS_CA};
   for (size_t i = 0; i < sizeof exported / sizeof exported[0]; i++) {
     args[a++] = "-x";
     args[a++] = exported[i];
@@ -335,12 +337,20 @@ static void mpirun_poll_(launch_backend *base) {
 
 static unsigned mpirun_capacity_(const launch_backend *base) { return ((const mpirun_backend *)base)->slots; }
 
+/* Every rank runs on this host: a rank cannot use more threads than it has CPUs. */
+static unsigned mpirun_max_threads_(const launch_backend *base) {
+  (void)base;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (unsigned)n : 1;
+}
+
 static void mpirun_free_(launch_backend *base) {
   mpirun_backend *b = (mpirun_backend *)base;
   free(b->mpirun);
   free(b->supervisor);
   free(b->worker);
   free(b->report_addr);
+  free(b->tls_ca);
   free(b);
 }
 
@@ -352,6 +362,7 @@ static const launch_backend_ops mpirun_ops = {
     .recover = mpirun_recover_,
     .poll = mpirun_poll_,
     .capacity = mpirun_capacity_,
+    .max_threads = mpirun_max_threads_,
     .log_path = mpirun_log_path_,
     .free = mpirun_free_,
 };
@@ -363,7 +374,8 @@ int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_
   mpirun_backend *b = calloc(1, sizeof *b);
   if (!b || !(b->mpirun = strdup(p->mpirun)) || !(b->supervisor = strdup(p->supervisor)) ||
       !(b->worker = strdup(p->worker)) ||
-      !(b->report_addr = strdup(p->report_addr ? p->report_addr : ""))) {
+      !(b->report_addr = strdup(p->report_addr ? p->report_addr : "")) ||
+      !(b->tls_ca = strdup(p->tls_ca ? p->tls_ca : ""))) {
     if (b) mpirun_free_(&b->base);
     return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
   }

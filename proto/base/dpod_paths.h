@@ -19,6 +19,8 @@ char *dpod_default_state_dir(char *buf, size_t len);
 /* The attempt the ranks belong to (1, 2, ...), which rank 0's reports carry. */
 #define DPOD_ENV_ATTEMPT "DPOD_ATTEMPT"
 #define JOB_SECRET_HEX_LEN 64 /* 32 random bytes as lower-case hex */
+/* The CA file (PEM) the ranks trust when the report address is TCP with TLS; unset: plain. */
+#define DPOD_ENV_TLS_CA "DPOD_TLS_CA"
 
 /* dpo-worker exit statuses. mpirun passes on the status of the first rank that failed. */
 enum {

@@ -23,11 +23,14 @@
 #include <string.h>
 
 #include "dpod_error.h"
+#include "dpod_file.h"
 #include "rpc_addr.h"
 
 struct rpc_client {
   grpc_channel *channel;
   char *addr;
+  grpc_metadata auth;    /* authorization: Bearer ...; used when has_auth */
+  int has_auth;
   int dir_fd; /* the socket's directory, for a unix path too long to connect to directly; -1 if none */
 };
 
@@ -148,6 +151,13 @@ static int rpc_pluck(grpc_completion_queue *cq, void *tag, gpr_timespec deadline
   return ev.type == GRPC_OP_COMPLETE && ev.success;
 }
 
+/* The SEND_INITIAL_METADATA op of a call: the client's token, if it has one. */
+static void rpc_set_auth(rpc_client *c, grpc_op *op) {
+  op->op = GRPC_OP_SEND_INITIAL_METADATA;
+  op->data.send_initial_metadata.count = c->has_auth ? 1 : 0;
+  op->data.send_initial_metadata.metadata = c->has_auth ? &c->auth : NULL;
+}
+
 static void rpc_destroy_cq(grpc_completion_queue *cq) {
   grpc_completion_queue_shutdown(cq);
   /* Every tag has been plucked, so shutdown completes at once; wait for it as the core asks. */
@@ -158,7 +168,30 @@ static void rpc_destroy_cq(grpc_completion_queue *cq) {
   grpc_completion_queue_destroy(cq);
 }
 
+rpc_client_params rpc_client_default_params(void) {
+  rpc_client_params p = {0};
+  return p;
+}
+
 int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen) {
+  return rpc_client_open_with(addr, NULL, out, err, errlen);
+}
+
+/* TLS credentials trusting the CA in `path`, or NULL with err set. */
+static grpc_channel_credentials *rpc_tls_credentials(const char *path, char *err, size_t errlen) {
+  char *pem = NULL;
+  char why[512];
+  if (dpod_read_file(path, 1 << 20, &pem, NULL, why, sizeof why) != 0) {
+    rpc_errf(err, errlen, "TLS CA file: %s", why);
+    return NULL;
+  }
+  grpc_channel_credentials *creds = grpc_ssl_credentials_create(pem, NULL, NULL, NULL);
+  free(pem);
+  if (!creds) rpc_errf(err, errlen, "TLS CA file %s: not usable", path);
+  return creds;
+}
+
+int rpc_client_open_with(const char *addr, const rpc_client_params *p, rpc_client **out, char *err, size_t errlen) {
   *out = NULL;
   if (!addr || !*addr) {
     rpc_errf(err, errlen, "rpc_client_open: empty address");
@@ -194,9 +227,30 @@ int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen
   args[3].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[3].value.integer = 1;
   grpc_channel_args chargs = {.num_args = 4, .args = args};
-  grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+  grpc_channel_credentials *creds = p && p->tls_ca && *p->tls_ca ? rpc_tls_credentials(p->tls_ca, err, errlen)
+                                                                  : grpc_insecure_credentials_create();
+  if (!creds) {
+    rpc_client_close(c);
+    return DPOD_EIO;
+  }
   c->channel = grpc_channel_create(target, creds, &chargs);
   grpc_channel_credentials_release(creds);
+  if (c->channel && p && p->token && *p->token) {
+    /* Metadata rather than call credentials: the core sends call credentials only over TLS, and a
+     * loopback listener may be plain (--insecure). */
+    size_t n = strlen(p->token);
+    char *bearer = malloc(n + 8);
+    if (!bearer) {
+      rpc_client_close(c);
+      goto nomem_closed;
+    }
+    memcpy(bearer, "Bearer ", 7);
+    memcpy(bearer + 7, p->token, n + 1);
+    c->auth.key = grpc_slice_from_static_string("authorization");
+    c->auth.value = grpc_slice_from_copied_string(bearer);
+    free(bearer);
+    c->has_auth = 1;
+  }
   if (!c->channel) {
     rpc_errf(err, errlen, "cannot create a channel to %s", addr);
     free(c->addr);
@@ -208,6 +262,7 @@ int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen
 nomem:
   if (c) free(c->addr);
   free(c);
+nomem_closed:
   rpc_errf(err, errlen, "rpc_client_open: out of memory");
   return DPOD_ENOMEM;
 }
@@ -215,6 +270,7 @@ nomem:
 void rpc_client_close(rpc_client *c) {
   if (!c) return;
   if (c->channel) grpc_channel_destroy(c->channel);
+  if (c->has_auth) grpc_slice_unref(c->auth.value);
   if (c->dir_fd >= 0) close(c->dir_fd);
   free(c->addr);
   free(c);
@@ -249,7 +305,7 @@ int rpc_unary(rpc_client *c, const char *method, const ProtobufCMessage *req,
 
   grpc_op ops[6];
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  rpc_set_auth(c, &ops[0]);
   ops[1].op = GRPC_OP_SEND_MESSAGE;
   ops[1].data.send_message.send_message = send_buf;
   ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -364,7 +420,7 @@ int rpc_stream_open(rpc_client *c, const char *method, const ProtobufCMessage *r
   s->status_pending = 1;
 
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  rpc_set_auth(c, &ops[0]);
   ops[1].op = GRPC_OP_SEND_MESSAGE;
   ops[1].data.send_message.send_message = send_buf;
   ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

@@ -13,9 +13,20 @@
 typedef struct rpc_client rpc_client;
 typedef struct rpc_stream rpc_stream;
 
-/* Opens an insecure channel to `addr` ("unix:/path", "host:port"). Calls grpc_init() once per process.
+/* How a client proves itself and checks the server. Strings are copied by rpc_client_open_with(). */
+typedef struct {
+  const char *tls_ca;  /* PEM file of the CA that signs dpod's certificate: TLS when set, else plain */
+  const char *token;   /* sent as `authorization: Bearer TOKEN` with every call; NULL: none */
+} rpc_client_params;
+
+rpc_client_params rpc_client_default_params(void);
+
+/* Opens a channel to `addr` ("unix:/path", "host:port"), plain. Calls grpc_init() once per process.
  * The returned client is owned by the caller and released with rpc_client_close(). */
 int rpc_client_open(const char *addr, rpc_client **out, char *err, size_t errlen);
+/* The same with TLS and a token as `p` says (NULL: as rpc_client_open). A CA file that cannot be read
+ * is DPOD_EIO with err naming it. */
+int rpc_client_open_with(const char *addr, const rpc_client_params *p, rpc_client **out, char *err, size_t errlen);
 void rpc_client_close(rpc_client *c);
 
 /* The gRPC status code of the last failed call on this thread (GRPC_STATUS_*), or 0. */

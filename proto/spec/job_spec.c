@@ -536,32 +536,113 @@ int job_spec_write_yaml(const Dpod__V1__JobSpec *spec, FILE *out, int indent) {
   return ferror(out) ? DPOD_EIO : 0;
 }
 
+int job_spec_absolute_paths(Dpod__V1__JobSpec *spec, const char *base, char *err, size_t errlen) {
+  if (job_spec_normalize(spec) != 0) return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
+  const struct {
+    const char *key, *value;
+  } paths[] = {{"model.config", spec->model->config},
+               {"model.weights", spec->model->weights},
+               {"model.reference_weights", spec->model->reference_weights},
+               {"model.scheduler_config", spec->model->scheduler_config},
+               {"data.dataset", spec->data->dataset}};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+    const char *v = paths[i].value;
+    if (!v || !*v || v[0] == '/' || strncmp(v, "builtin:", 8) == 0) continue;
+    while (v[0] == '.' && v[1] == '/') v += 2;
+    char joined[8192];
+    if (snprintf(joined, sizeof joined, "%s/%s", base, v) >= (int)sizeof joined)
+      return js_errf(err, errlen, "%s: path too long once made absolute", paths[i].key);
+    int status = job_spec_set(spec, paths[i].key, joined, err, errlen); /* may free `v` */
+    if (status != 0) return status;
+  }
+  return 0;
+}
+
 /* ----------------------------------------------------------------------------------------------- */
 /* Validation. */
 
+/* Every field has a range, so that nothing a client sends can overflow a product, loop for ever or
+ * reach the workers as nonsense; each refusal names the field. The limits are far beyond any real job. */
+#define JS_RANKS_MAX 4096
+#define JS_THREADS_MAX 1024
+#define JS_STEPS_MAX 100000000u
+#define JS_BATCH_MAX 65536u
+#define JS_PAIRS_PER_STEP_MAX (1u << 24) /* batch_size x grad_accum x ranks */
+#define JS_PAIRS_MAX (1u << 24)
+#define JS_PATH_MAX 4095
+#define JS_SPLIT_MAX 64
+
+#define js_uint_in(key, v, lo, hi)                                                                       \
+  do {                                                                                                  \
+    if ((uint64_t)(v) < (uint64_t)(lo) || (uint64_t)(v) > (uint64_t)(hi))                               \
+      return js_errf(err, errlen, "%s: must be from %" PRIu64 " to %" PRIu64 " (got %" PRIu64 ")", key, \
+                     (uint64_t)(lo), (uint64_t)(hi), (uint64_t)(v));                                     \
+  } while (0)
+
+/* [lo, hi] closed; a NaN fails every comparison and so is refused with the rest. */
+#define js_double_in(key, v, lo, hi, what)                                                 \
+  do {                                                                                    \
+    if (!((v) >= (lo) && (v) <= (hi)))                                                    \
+      return js_errf(err, errlen, "%s: must be " what " (got %g)", key, (double)(v));     \
+  } while (0)
+
+/* A string that reaches a file name, a log line or a strict protobuf client: valid UTF-8, bounded. */
+static int js_check_text(const char *key, const char *s, size_t max, char *err, size_t errlen) {
+  size_t n = strlen(s);
+  if (n > max) return js_errf(err, errlen, "%s: at most %zu bytes (got %zu)", key, max, n);
+  long bad = dpod_utf8_invalid_at(s);
+  if (bad >= 0) return js_errf(err, errlen, "%s: not valid UTF-8 (at byte %ld)", key, bad);
+  return 0;
+}
+
+/* Split names become parts of file names inside the dataset directory. */
+static int js_check_split(const char *key, const char *s, char *err, size_t errlen) {
+  size_t n = strlen(s);
+  if (n == 0 || n > JS_SPLIT_MAX)
+    return js_errf(err, errlen, "%s: must be 1 to %d characters (got %zu)", key, JS_SPLIT_MAX, n);
+  if (s[0] == '.') return js_errf(err, errlen, "%s: must not start with '.'", key);
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)s[i]) && s[i] != '_' && s[i] != '-' && s[i] != '.')
+      return js_errf(err, errlen, "%s: only letters, digits, '_', '-' and '.' (byte %zu is not)", key, i);
+  return 0;
+}
+
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen) {
+  static const Dpod__V1__ModelSpec model_defaults = DPOD__V1__MODEL_SPEC__INIT;
   static const Dpod__V1__DataSpec data_defaults = DPOD__V1__DATA_SPEC__INIT;
   static const Dpod__V1__TrainSpec train_defaults = DPOD__V1__TRAIN_SPEC__INIT;
   if (!spec) return js_errf(err, errlen, "spec: missing");
+  const Dpod__V1__ModelSpec *m = spec->model ? spec->model : &model_defaults;
   const Dpod__V1__DataSpec *d = spec->data ? spec->data : &data_defaults;
   const Dpod__V1__TrainSpec *t = spec->train ? spec->train : &train_defaults;
+  int status;
 
   const char *name = spec->name ? spec->name : "";
-  size_t nlen = strlen(name);
-  if (nlen > JS_NAME_MAX)
-    return js_errf(err, errlen, "name: at most %d characters (got %zu)", JS_NAME_MAX, nlen);
-  for (size_t i = 0; i < nlen; i++) {
-    unsigned char ch = (unsigned char)name[i];
-    if (ch < 0x20 || ch == 0x7f)  /* bytes >= 0x80 are UTF-8 and allowed */
-      return js_errf(err, errlen, "name: must be printable (control character 0x%02x at offset %zu)", ch, i);
+  if ((status = js_check_text("name", name, JS_NAME_MAX, err, errlen)) != 0) return status;
+  for (size_t i = 0; name[i]; i++) {
+    unsigned char ch = (unsigned char)name[i], next = (unsigned char)name[i + 1];
+    /* C0 controls, DEL, and the C1 controls U+0080..U+009F (0xc2 0x80..0x9f in UTF-8). */
+    if (ch < 0x20 || ch == 0x7f || (ch == 0xc2 && next >= 0x80 && next <= 0x9f))
+      return js_errf(err, errlen, "name: must be printable (control character at byte %zu)", i);
   }
 
-  if (spec->ranks < 1) return js_errf(err, errlen, "ranks: must be >= 1 (got %u)", spec->ranks);
+  js_uint_in("ranks", spec->ranks, 1, JS_RANKS_MAX);
   if (max_ranks > 0 && spec->ranks > max_ranks)
     return js_errf(err, errlen, "ranks: %u ranks requested but the daemon has only %u worker slot%s", spec->ranks,
                    max_ranks, max_ranks == 1 ? "" : "s");
-  if (spec->threads_per_rank < 1)
-    return js_errf(err, errlen, "threads_per_rank: must be >= 1 (got %u)", spec->threads_per_rank);
+  js_uint_in("threads_per_rank", spec->threads_per_rank, 1, JS_THREADS_MAX);
+  js_uint_in("max_restarts", spec->max_restarts, 0, 100);
+
+  const struct {
+    const char *key, *value;
+  } paths[] = {{"model.config", m->config},
+               {"model.weights", m->weights},
+               {"model.reference_weights", m->reference_weights},
+               {"model.scheduler_config", m->scheduler_config},
+               {"data.dataset", d->dataset}};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++)
+    if ((status = js_check_text(paths[i].key, paths[i].value ? paths[i].value : "", JS_PATH_MAX, err, errlen)) != 0)
+      return status;
 
   const char *ds = d->dataset ? d->dataset : "";
   int builtin = strcmp(ds, "builtin:synthetic") == 0;
@@ -569,14 +650,25 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
   if (!builtin && strncmp(ds, "builtin:", 8) == 0)
     return js_errf(err, errlen, "data.dataset: unknown built-in dataset '%s' (the only one is builtin:synthetic)", ds);
   if (builtin) {
-    if (d->pairs < 1) return js_errf(err, errlen, "data.pairs: must be >= 1 (got %u)", d->pairs);
-    if (d->prompts < 1) return js_errf(err, errlen, "data.prompts: must be >= 1 (got %u)", d->prompts);
-    if (d->text_len < 1) return js_errf(err, errlen, "data.text_len: must be >= 1 (got %u)", d->text_len);
+    js_uint_in("data.pairs", d->pairs, 1, JS_PAIRS_MAX);
+    js_uint_in("data.prompts", d->prompts, 1, JS_PAIRS_MAX);
+    js_uint_in("data.text_len", d->text_len, 1, 1024);
   }
+  if ((status = js_check_split("data.split", d->split ? d->split : "", err, errlen)) != 0) return status;
+  if ((status = js_check_split("data.validation_split", d->validation_split ? d->validation_split : "", err, errlen)) !=
+      0)
+    return status;
+  js_double_in("data.caption_dropout", d->caption_dropout, 0.0, 1.0, "a probability from 0 to 1");
 
-  if (t->steps < 1) return js_errf(err, errlen, "train.steps: must be >= 1 (got %u)", t->steps);
-  if (t->batch_size < 1) return js_errf(err, errlen, "train.batch_size: must be >= 1 (got %u)", t->batch_size);
-  if (t->grad_accum < 1) return js_errf(err, errlen, "train.grad_accum: must be >= 1 (got %u)", t->grad_accum);
+  js_uint_in("train.steps", t->steps, 1, JS_STEPS_MAX);
+  js_uint_in("train.batch_size", t->batch_size, 1, JS_BATCH_MAX);
+  js_uint_in("train.grad_accum", t->grad_accum, 1, JS_BATCH_MAX);
+  uint64_t per_step = (uint64_t)t->batch_size * t->grad_accum * spec->ranks; /* each <= 2^16: no overflow */
+  if (per_step > JS_PAIRS_PER_STEP_MAX)
+    return js_errf(err, errlen,
+                   "train.batch_size: batch_size x grad_accum x ranks must be at most %u pairs a step (got %" PRIu64
+                   ")",
+                   JS_PAIRS_PER_STEP_MAX, per_step);
   if (builtin && (uint64_t)d->pairs < (uint64_t)t->batch_size * spec->ranks)
     return js_errf(err, errlen,
                    "data.pairs: %u pairs cannot fill a batch of %u on each of %u ranks (need >= %" PRIu64
@@ -586,8 +678,8 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
     return js_errf(err, errlen, "train.objective: unknown objective %d (expected dpo or sft)", (int)t->objective);
   if (!(t->beta > 0) || !isfinite(t->beta))
     return js_errf(err, errlen, "train.beta: must be > 0 and finite (got %g)", t->beta);
-  if (!(t->learning_rate > 0) || !isfinite(t->learning_rate))
-    return js_errf(err, errlen, "train.learning_rate: must be > 0 and finite (got %g)", t->learning_rate);
+  if (!(t->learning_rate > 0) || !(t->learning_rate <= 1))
+    return js_errf(err, errlen, "train.learning_rate: must be > 0 and at most 1 (got %g)", t->learning_rate);
   if (!(t->warmup_fraction >= 0 && t->warmup_fraction < 1))
     return js_errf(err, errlen, "train.warmup_fraction: must be >= 0 and < 1 (got %g)", t->warmup_fraction);
   if (t->warmup_steps > t->steps)
@@ -596,15 +688,19 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
     return js_errf(err, errlen, "train.adam_beta1: must be >= 0 and < 1 (got %g)", t->adam_beta1);
   if (!(t->adam_beta2 >= 0 && t->adam_beta2 < 1))
     return js_errf(err, errlen, "train.adam_beta2: must be >= 0 and < 1 (got %g)", t->adam_beta2);
-  if (!(t->adam_eps > 0) || !isfinite(t->adam_eps))
-    return js_errf(err, errlen, "train.adam_eps: must be > 0 and finite (got %g)", t->adam_eps);
-  if (!(t->weight_decay >= 0) || !isfinite(t->weight_decay))
-    return js_errf(err, errlen, "train.weight_decay: must be >= 0 and finite (got %g)", t->weight_decay);
-  if (!(t->max_grad_norm >= 0) || !isfinite(t->max_grad_norm))
-    return js_errf(err, errlen, "train.max_grad_norm: must be >= 0 and finite (0 disables clipping) (got %g)",
-                   t->max_grad_norm);
-  if (!(t->offset_noise >= 0) || !isfinite(t->offset_noise))
-    return js_errf(err, errlen, "train.offset_noise: must be >= 0 and finite (got %g)", t->offset_noise);
-  if (t->keep_last < 1) return js_errf(err, errlen, "train.keep_last: must be >= 1 (got %u)", t->keep_last);
+  if (!(t->adam_eps > 0) || !(t->adam_eps <= 1))
+    return js_errf(err, errlen, "train.adam_eps: must be > 0 and at most 1 (got %g)", t->adam_eps);
+  js_double_in("train.weight_decay", t->weight_decay, 0.0, 1e6, "from 0 to 1e6");
+  js_double_in("train.max_grad_norm", t->max_grad_norm, 0.0, 1e12, "from 0 to 1e12 (0 disables clipping)");
+  js_double_in("train.offset_noise", t->offset_noise, 0.0, 100.0, "from 0 to 100");
+  js_uint_in("train.checkpoint_every", t->checkpoint_every, 0, JS_STEPS_MAX);
+  js_uint_in("train.keep_last", t->keep_last, 1, 10000);
+  js_uint_in("train.eval_every", t->eval_every, 0, JS_STEPS_MAX);
+  js_uint_in("train.eval_pairs", t->eval_pairs, 0, JS_PAIRS_MAX);
+  js_uint_in("train.eval_samples", t->eval_samples, 0, JS_BATCH_MAX);
+  js_uint_in("train.eval_sample_steps", t->eval_sample_steps, 1, 1000);
+  js_double_in("train.eval_guidance", t->eval_guidance, 0.0, 1000.0, "from 0 to 1000 (1 disables guidance)");
+  js_double_in("train.heartbeat_timeout", t->heartbeat_timeout, 0.0, 7 * 86400.0,
+               "from 0 to 604800 seconds (0: derived from the step time)");
   return 0;
 }

@@ -26,6 +26,12 @@ Dpod__V1__JobSpec *job_spec_new(void);
  * into err. `max_ranks` > 0 also refuses ranks above it (the daemon passes its slot count). */
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen);
 
+/* Makes every relative path the spec names (model.config, model.weights, model.reference_weights,
+ * model.scheduler_config, data.dataset) absolute against `base` (an absolute directory, e.g. the
+ * client's working directory): dpod runs elsewhere and refuses relative paths. "./" prefixes are
+ * dropped; built-in datasets and empty fields are left alone. Returns 0 or a status with err set. */
+int job_spec_absolute_paths(Dpod__V1__JobSpec *spec, const char *base, char *err, size_t errlen);
+
 /* Sets one field from text: job_spec_set(spec, "train.beta", "2000"). Unknown keys, values of the wrong
  * type ("train.steps=abc", "ranks=-1", a map where a scalar belongs) and out-of-range integers are
  * refused with DPOD_EINVAL and a message naming the key. Enums accept their short lower-case name

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bad input reaches the worker (a corrupt weights file, an unsupported model config, a dataset that is
-# not there): the job ends FAILED with a reason that names the problem, and dpod keeps serving with
+# Bad input reaches the worker (a corrupt weights file, an unsupported model config, a directory that is
+# no dataset): the job ends FAILED with a reason that names the problem, and dpod keeps serving with
 # every earlier job intact.
 source "$(dirname "$0")/lib.sh"
 it_start_dpod
@@ -27,8 +27,14 @@ sed 's/"act_fn": "silu"/"act_fn": "gelu"/' "$DPOD_FIXTURES/tiny-sd/config.json" 
 id=$(it_submit "$EX" --set model.config="$T/config.json" --name bad-config)
 expect_failure "$id" "act_fn"
 
-id=$(it_submit "$EX" --set data.dataset="$T/no-such-dataset" --name no-data)
-expect_failure "$id" "no-such-dataset"
+# A dataset that is not there is refused at submission, by name; a directory that is no dataset fails
+# the job, naming what is missing.
+out=$("$DPOCTL_BIN" submit "$EX" --set data.dataset="$T/no-such-dataset" --name no-data 2>&1) &&
+  it_fail "a missing dataset was accepted"
+echo "$out" | grep -q "data.dataset: $T/no-such-dataset" || it_fail "the refusal does not name the dataset: $out"
+mkdir "$T/not-a-dataset"
+id=$(it_submit "$EX" --set data.dataset="$T/not-a-dataset" --name no-data)
+expect_failure "$id" "not-a-dataset/manifest.json"
 
 # Weights for another shape: refused by tensor name.
 "$DPOCTL_BIN" submit "$EX" --dry-run >/dev/null

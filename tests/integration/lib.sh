@@ -42,6 +42,11 @@ trap it_cleanup EXIT
 # it_start_dpod [extra dpod args...]
 it_start_dpod() {
   mkdir -p "$T/run"
+  it_launch_dpod "$@"
+}
+
+# it_launch_dpod [extra dpod args...]: the same, leaving the socket's directory to dpod.
+it_launch_dpod() {
   "$DPOD_BIN" --listen "$DPOD_ADDR" --state-dir "$T/state" --slots "${SLOTS:-2}" --worker "$WORKER_BIN" "$@" \
     >"$T/dpod.log" 2>&1 &
   DPOD_PID=$!

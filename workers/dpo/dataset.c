@@ -144,6 +144,18 @@ static const char *ds_json_file_(const cJSON *o, const char *key) {
   return j->valuestring;
 }
 
+/* Opens the shard `file` of the dataset in `dir` (its path left in `path`). A shard that is a symbolic
+ * link leading outside the dataset is refused: whoever wrote the manifest must not make the workers
+ * read, and report on, some other file of their user's. */
+static int ds_open_shard_(const char *dir, const char *file, char *path, size_t pathlen, st_file **f, char *err,
+                          size_t errlen) {
+  if (snprintf(path, pathlen, "%s/%s", dir, file) >= (int)pathlen)
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: shard path too long", dir);
+  if (dpod_path_inside(path, dir) == 0)
+    return dpod_errf(err, errlen, DPOD_EACCESS, "%s: a symbolic link leading outside the dataset directory", path);
+  return st_open(path, f, err, errlen);
+}
+
 static int ds_parse_dtype_(const cJSON *m, const char *key, st_dtype *out) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(m, key);
   if (!cJSON_IsString(j)) return -1;
@@ -244,9 +256,8 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
     if (!file || ds_json_int_(o, "count", 1, (double)INT32_MAX, &c) != 0)
       return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: prompt shard %zu needs a plain 'file' name and a positive "
                       "'count'", mpath, st->npshards);
-    snprintf(path, sizeof path, "%s/%s", dir, file);
     ds_prompt_shard_ *ps = &st->pshards[st->npshards++];
-    int rc = st_open(path, &ps->f, err, errlen);
+    int rc = ds_open_shard_(dir, file, path, sizeof path, &ps->f, err, errlen);
     if (rc) return rc;
     const st_tensor *t;
     int64_t dims[3] = {c, ds->text_len, ds->embed_dim};
@@ -274,8 +285,7 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
   if (cJSON_GetObjectItemCaseSensitive(m, "empty_prompt")) {
     if (!(empty = ds_json_file_(m, "empty_prompt")))
       return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'empty_prompt' is not a plain file name", mpath);
-    snprintf(path, sizeof path, "%s/%s", dir, empty);
-    int rc = st_open(path, &st->empty_f, err, errlen);
+    int rc = ds_open_shard_(dir, empty, path, sizeof path, &st->empty_f, err, errlen);
     if (rc) return rc;
     const st_tensor *t;
     int64_t dims[2] = {ds->text_len, ds->embed_dim};
@@ -323,11 +333,10 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     if (!file || ds_json_int_(o, "pairs", 1, (double)INT32_MAX, &c) != 0)
       return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: split '%s' shard %zu needs a plain 'file' name and a "
                       "positive 'pairs'", mpath, split, st->nshards);
-    snprintf(path, sizeof path, "%s/%s", dir, file);
     ds_shard_ *s = &st->shards[st->nshards++];
-    if (!(s->path = strdup(path))) return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
-    int rc = st_open(path, &s->f, err, errlen);
+    int rc = ds_open_shard_(dir, file, path, sizeof path, &s->f, err, errlen);
     if (rc) return rc;
+    if (!(s->path = strdup(path))) return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
     const st_tensor *tw, *tl, *tp;
     int64_t dims[4] = {c, ds->channels, ds->height, ds->width};
     if ((rc = ds_expect_tensor_(s->f, path, "winner", st->latent_dtype, 4, dims, &tw, err, errlen)) != 0 ||
@@ -375,6 +384,8 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
   int rc = DPOD_EFORMAT;
   cJSON *m = NULL;
   char *text = NULL;
+  if (dpod_path_inside(mpath, dir) == 0)
+    return dpod_errf(err, errlen, DPOD_EACCESS, "%s: a symbolic link leading outside the dataset directory", mpath);
   if ((rc = dpod_read_file(mpath, DS_MANIFEST_MAX, &text, NULL, err, errlen)) != 0) {
     if (rc == DPOD_ENOENT)
       dpod_errf(err, errlen, rc, "%s: cannot read: no such file (not a preference dataset, or an unfinished one)",

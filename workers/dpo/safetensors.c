@@ -153,14 +153,15 @@ int st_open(const char *path, st_file **out, char *err, size_t errlen) {
   uint64_t hlen = 0;
   for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | base[i];
   if (hlen > ST_MAX_HEADER) {
-    rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: header length %llu exceeds the %u-byte limit", path,
-                  (unsigned long long)hlen, ST_MAX_HEADER);
+    /* The length is the file's first 8 bytes: say what is wrong, not what they are. */
+    rc = dpod_errf(err, errlen, DPOD_EFORMAT,
+                  "%s: not a safetensors file (its header length exceeds the %u-byte limit)", path, ST_MAX_HEADER);
     goto fail;
   }
   if (hlen > fsize - 8) {
     rc = dpod_errf(err, errlen, DPOD_EFORMAT,
-                  "%s: header length %llu goes beyond the end of the file (%llu bytes; truncated?)", path,
-                  (unsigned long long)hlen, (unsigned long long)fsize);
+                  "%s: its header length goes beyond the end of the file (%llu bytes; truncated, or not a "
+                  "safetensors file)", path, (unsigned long long)fsize);
     goto fail;
   }
   const char *parse_end = NULL;

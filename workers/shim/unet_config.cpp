@@ -338,9 +338,14 @@ void add_per_block(cJSON *o, const char *k, const std::vector<int> &v, bool is_l
 int unet_config_parse_(const char *json, unet_config_ *c, std::string *err) {
   cJSON *root = cJSON_Parse(json);
   if (!root) {
+    /* Where, never what: the file may be anything its owner can read. */
     *err = "config is not valid JSON";
     const char *at = cJSON_GetErrorPtr();
-    if (at) *err += std::string(" near: ") + std::string(at).substr(0, 40);
+    if (at && at >= json) {
+      size_t line = 1;
+      for (const char *p = json; p < at; p++) line += *p == '\n';
+      *err += " (at line " + std::to_string(line) + ", byte " + std::to_string((size_t)(at - json)) + ")";
+    }
     return DPOD_EFORMAT;
   }
   int rc = 0;

@@ -56,6 +56,27 @@ static void parse_takes_only_whole_numbers_in_range(void **state) {
   assert_int_equal(dpod_parse_i64("--1", -10, 10, &i), -1);
 }
 
+static void utf8_check_finds_the_first_bad_byte(void **state) {
+  (void)state;
+  assert_int_equal(dpod_utf8_invalid_at(""), -1);
+  assert_int_equal(dpod_utf8_invalid_at("plain ascii"), -1);
+  assert_int_equal(dpod_utf8_invalid_at("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xf4\x8f\xbf\xbf"), -1);
+  static const struct {
+    const char *s;
+    long at;
+  } bad[] = {
+      {"ab\xff", 2},                 /* never in UTF-8 */
+      {"\x80", 0},                   /* a continuation byte first */
+      {"x\xc3", 1},                  /* cut short */
+      {"x\xc3" "a", 1},              /* not followed by a continuation */
+      {"\xc0\xaf", 0},               /* overlong '/' */
+      {"\xe0\x80\xaf", 0},           /* overlong, three bytes */
+      {"ok\xed\xa0\x80", 2},         /* a surrogate */
+      {"\xf4\x90\x80\x80", 0},       /* above U+10FFFF */
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) assert_int_equal(dpod_utf8_invalid_at(bad[i].s), bad[i].at);
+}
+
 static void errf_formats_and_returns_the_status(void **state) {
   (void)state;
   char err[16];
@@ -203,6 +224,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(parse_takes_only_whole_numbers_in_range),
       cmocka_unit_test(errf_formats_and_returns_the_status),
+      cmocka_unit_test(utf8_check_finds_the_first_bad_byte),
       cmocka_unit_test_setup_teardown(read_file_reads_whole_files_and_refuses_others, setup, teardown),
       cmocka_unit_test_setup_teardown(atomic_write_replaces_whole_and_leaves_no_temporary, setup, teardown),
       cmocka_unit_test_setup_teardown(mkdirs_makes_private_directories_whatever_the_umask, setup, teardown),

@@ -351,6 +351,43 @@ static void validate_refuses_each_bad_value(void **state) {
       {"data.dataset", "", "data.dataset:"},
       {"data.dataset", "builtin:imagenet", "data.dataset:"},
       {"name", "tab\there", "name:"},
+      {"name", "bad\xff", "name:"},             /* not UTF-8 */
+      {"name", "c1\xc2\x85" "control", "name:"}, /* U+0085, a C1 control */
+      {"name", "\xed\xa0\x80", "name:"},         /* a surrogate */
+      {"ranks", "4097", "ranks:"},
+      {"threads_per_rank", "4294967295", "threads_per_rank:"},
+      {"max_restarts", "101", "max_restarts:"},
+      {"model.config", "/x/\xc3", "model.config:"},
+      {"model.weights", "/x/\xff", "model.weights:"},
+      {"model.reference_weights", "/\xfe", "model.reference_weights:"},
+      {"model.scheduler_config", "/\xc0\xaf", "model.scheduler_config:"}, /* overlong '/' */
+      {"data.dataset", "/d/\xff", "data.dataset:"},
+      {"data.pairs", "16777217", "data.pairs:"},
+      {"data.prompts", "16777217", "data.prompts:"},
+      {"data.text_len", "1025", "data.text_len:"},
+      {"data.split", "", "data.split:"},
+      {"data.split", "../train", "data.split:"},
+      {"data.validation_split", ".hidden", "data.validation_split:"},
+      {"data.caption_dropout", "-3", "data.caption_dropout:"},
+      {"data.caption_dropout", "7", "data.caption_dropout:"},
+      {"train.steps", "100000001", "train.steps:"},
+      {"train.batch_size", "65537", "train.batch_size:"},
+      {"train.grad_accum", "65537", "train.grad_accum:"},
+      {"train.learning_rate", "2", "train.learning_rate:"},
+      {"train.adam_eps", "2", "train.adam_eps:"},
+      {"train.weight_decay", "1e7", "train.weight_decay:"},
+      {"train.offset_noise", "101", "train.offset_noise:"},
+      {"train.checkpoint_every", "100000001", "train.checkpoint_every:"},
+      {"train.keep_last", "10001", "train.keep_last:"},
+      {"train.eval_every", "100000001", "train.eval_every:"},
+      {"train.eval_pairs", "16777217", "train.eval_pairs:"},
+      {"train.eval_samples", "65537", "train.eval_samples:"},
+      {"train.eval_sample_steps", "0", "train.eval_sample_steps:"},
+      {"train.eval_sample_steps", "1001", "train.eval_sample_steps:"},
+      {"train.eval_guidance", "-1", "train.eval_guidance:"},
+      {"train.eval_guidance", "1001", "train.eval_guidance:"},
+      {"train.heartbeat_timeout", "-1", "train.heartbeat_timeout:"},
+      {"train.heartbeat_timeout", "604801", "train.heartbeat_timeout:"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     Dpod__V1__JobSpec *saved = spec;
@@ -366,6 +403,65 @@ static void validate_refuses_each_bad_value(void **state) {
   set_ok("data.dataset", "/data/pairs");
   set_ok("data.pairs", "0");  /* not checked for a dataset on disk */
   assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+/* What the wire can carry but --set cannot spell: NaN and infinities, which every comparison must
+ * catch; and products of fields that are each in range. */
+static void validate_refuses_non_finite_numbers_and_overflowing_products(void **state) {
+  (void)state;
+  static const char *const keys[] = {"data.caption_dropout", "train.beta",         "train.learning_rate",
+                                     "train.warmup_fraction", "train.adam_beta1",  "train.adam_beta2",
+                                     "train.adam_eps",        "train.weight_decay", "train.max_grad_norm",
+                                     "train.offset_noise",    "train.eval_guidance", "train.heartbeat_timeout"};
+  double *fields[] = {&spec->data->caption_dropout, &spec->train->beta,          &spec->train->learning_rate,
+                      &spec->train->warmup_fraction, &spec->train->adam_beta1,   &spec->train->adam_beta2,
+                      &spec->train->adam_eps,        &spec->train->weight_decay, &spec->train->max_grad_norm,
+                      &spec->train->offset_noise,    &spec->train->eval_guidance, &spec->train->heartbeat_timeout};
+  const double bad[] = {NAN, INFINITY, -INFINITY};
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    double saved = *fields[i];
+    for (size_t k = 0; k < 3; k++) {
+      *fields[i] = bad[k];
+      char prefix[64];
+      snprintf(prefix, sizeof prefix, "%s:", keys[i]);
+      refused_validate(0, prefix);
+    }
+    *fields[i] = saved;
+  }
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  /* Each within its own bound, the three together too many pairs a step. */
+  set_ok("ranks", "4096");
+  set_ok("train.batch_size", "65536");
+  set_ok("train.grad_accum", "65536");
+  set_ok("data.dataset", "/data/pairs");
+  refused_validate(0, "train.batch_size:");
+  assert_err_has("pairs a step");
+  /* The largest sane values of the new bounds pass. */
+  set_ok("ranks", "16");
+  set_ok("train.batch_size", "1024");
+  set_ok("train.grad_accum", "1024");
+  set_ok("data.caption_dropout", "1");
+  set_ok("train.eval_guidance", "7.5");
+  set_ok("name", "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
+/* Paths made absolute for a client talking to a dpod that runs elsewhere. */
+static void absolute_paths_join_relative_ones_onto_the_base(void **state) {
+  (void)state;
+  set_ok("model.config", "./cfg/config.json");
+  set_ok("model.weights", "/abs/w.safetensors");
+  set_ok("model.reference_weights", "ref.safetensors");
+  set_ok("data.dataset", "builtin:synthetic");
+  assert_int_equal(job_spec_absolute_paths(spec, "/home/u/run", err, sizeof err), 0);
+  assert_string_equal(spec->model->config, "/home/u/run/cfg/config.json");
+  assert_string_equal(spec->model->weights, "/abs/w.safetensors");
+  assert_string_equal(spec->model->reference_weights, "/home/u/run/ref.safetensors");
+  assert_string_equal(spec->model->scheduler_config, "");
+  assert_string_equal(spec->data->dataset, "builtin:synthetic");
+  set_ok("data.dataset", "data/pairs");
+  assert_int_equal(job_spec_absolute_paths(spec, "/w", err, sizeof err), 0);
+  assert_string_equal(spec->data->dataset, "/w/data/pairs");
 }
 
 static void validate_refuses_long_name(void **state) {
@@ -502,6 +598,8 @@ int main(int argc, char **argv) {
       T(validate_refuses_warmup_fraction_one),
       T(validate_refuses_each_bad_value),
       T(validate_refuses_long_name),
+      T(validate_refuses_non_finite_numbers_and_overflowing_products),
+      T(absolute_paths_join_relative_ones_onto_the_base),
       T(validate_says_why_pairs_too_few),
       T(validate_accepts_unnormalized_spec),
       T(pack_unpack_round_trip_preserves_values),

@@ -221,6 +221,29 @@ static void open_refuses_truncated_shard_naming_it(void **state) {
   expect_open_refused(dir, DPOD_EFORMAT, "train-00001.safetensors", NULL, NULL);
 }
 
+/* A shard that is a symbolic link leading out of the dataset (here to a copy of another dataset's
+ * shard, so the file itself would be valid) is refused by name; one leading inside is followed. */
+static void open_refuses_shard_symlinked_outside_the_dataset(void **state) {
+  (void)state;
+  const char *other = write_known("other", ST_F16, 10, 5);
+  char outside[600], inside[600], shard[600];
+  snprintf(outside, sizeof outside, "%s/train-00001.safetensors", other);
+  const char *dir = write_known("linked", ST_F16, 10, 5);
+  snprintf(shard, sizeof shard, "%s/train-00001.safetensors", dir);
+  snprintf(inside, sizeof inside, "%s/train-00001.real", dir);
+  assert_int_equal(rename(shard, inside), 0);
+  assert_int_equal(symlink("train-00001.real", shard), 0);
+  dataset_open_params op = dataset_open_default_params();
+  dpo_dataset ds;
+  char err[1024] = "";
+  int rc = dataset_open(dir, &op, &ds, err, sizeof err);
+  if (rc) fail_msg("a link inside the dataset was refused: %s", err);
+  dataset_free(&ds);
+  assert_int_equal(unlink(shard), 0);
+  assert_int_equal(symlink(outside, shard), 0);
+  expect_open_refused(dir, DPOD_EACCESS, "train-00001.safetensors", "outside the dataset directory", NULL);
+}
+
 static void open_refuses_wrong_latent_shape_naming_shard_and_tensor(void **state) {
   (void)state;
   const char *dir = write_known("shape", ST_F32, 10, 5);
@@ -796,6 +819,7 @@ static void ddim_guidance_extrapolates_the_conditional_mean(void **state) {
 int main(int argc, char **argv) {
   const struct CMUnitTest all[] = {
       CASE(format_round_trip_f32_is_exact),
+      CASE(open_refuses_shard_symlinked_outside_the_dataset),
       CASE(format_round_trip_f16_is_rounded_f32),
       CASE(f16_conversion_rounds_to_nearest_even),
       CASE(open_refuses_truncated_shard_naming_it),
