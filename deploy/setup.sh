@@ -16,6 +16,7 @@ DPOD_PACKAGES=(
   libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
   systemd # systemd-analyze checks the service unit in a test
+  openssl sqlite3 # the access-control test makes certificates and reads the database
 )
 
 dpod_install_packages() {

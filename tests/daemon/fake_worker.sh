@@ -4,7 +4,8 @@
 # a model or dataset it refuses), "preempt" exits 4, "hold" waits until the
 # test creates RUN_DIR/release, "graceful" waits too but exits 4 after SIGTERM (once RUN_DIR/release
 # exists), as dpo-worker does after its preemption checkpoint. Every run leaves the secret it was given
-# in RUN_DIR/secret.
+# in RUN_DIR/secret. Waiting ends, with status 1, if the run directory goes: jobs outlive dpod, so a
+# test that failed half-way must not leave a fake worker waiting for ever.
 while [ $# -gt 0 ]; do
   case "$1" in
     --spec) spec=$2; shift ;;
@@ -12,10 +13,16 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+wait_release() {
+  while [ ! -f "$dir/release" ]; do
+    [ -d "$dir" ] || exit 1
+    sleep 0.05
+  done
+}
 # "graceful": SIGTERM starts the "checkpoint", which lasts until RUN_DIR/release exists, then exits 4.
 # The trap is set before the secret is written: the test signals once it sees the secret.
 if grep -q graceful "$spec"; then
-  trap 'while [ ! -f "$dir/release" ]; do sleep 0.05; done; exit 4' TERM
+  trap 'wait_release; exit 4' TERM
 fi
 printf '%s' "$DPOD_JOB_SECRET" > "$dir/secret"
 if grep -q fail1 "$spec"; then
@@ -29,9 +36,9 @@ if grep -q badinput "$spec"; then
 fi
 if grep -q preempt "$spec"; then exit 4; fi
 if grep -q graceful "$spec"; then
-  while [ ! -f "$dir/release" ]; do sleep 0.05; done
+  wait_release
 fi
 if grep -q hold "$spec"; then
-  while [ ! -f "$dir/release" ]; do sleep 0.05; done
+  wait_release
 fi
 exit 0

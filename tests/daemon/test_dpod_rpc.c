@@ -147,8 +147,11 @@ static int teardown(void **state) {
     if (system(cmd)) {
     }
   }
-  char cmd[PATH_MAX + 32];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", d->dir);
+  /* Jobs outlive dpod: whatever a failed case left running (their command lines name the directory)
+   * goes with it. */
+  char cmd[PATH_MAX * 2 + 64];
+  /* "[/]tmp/..." matches the processes' "/tmp/..." but not this shell's own command line. */
+  snprintf(cmd, sizeof cmd, "pkill -KILL -f -- '[%c]%s/' ; rm -rf '%s'", d->dir[0], d->dir + 1, d->dir);
   if (system(cmd)) {
   }
   free(d);

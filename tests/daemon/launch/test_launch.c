@@ -69,8 +69,10 @@ static int teardown(void **state) {
   launch_backend_free(f->b);
   uv_run(&f->loop, UV_RUN_NOWAIT);
   uv_loop_close(&f->loop);
-  char cmd[PATH_MAX + 16];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+  /* Attempts outlive their backend: kill what a failed case left running before removing its files. */
+  char cmd[PATH_MAX * 2 + 64];
+  /* "[/]tmp/..." matches the processes' "/tmp/..." but not this shell's own command line. */
+  snprintf(cmd, sizeof cmd, "pkill -KILL -f -- '[%c]%s/' ; rm -rf '%s'", f->dir[0], f->dir + 1, f->dir);
   if (system(cmd) != 0) return -1;
   free(f);
   return 0;
