@@ -35,6 +35,7 @@ typedef struct coord_job {
   uv_timer_t *timer;           /* separate allocation: it is freed in its close callback, after the job */
   bool cancel_requested;
   bool reported;               /* rank 0 has reported in */
+  bool pending;                /* the backend's scheduler has not started it yet (no start timeout) */
   bool holds_slots;
   int stop_stage;              /* 0: none, 1: SIGTERM (or preemption) sent, 2: SIGKILL sent */
   uint64_t launched_ms, progress_ms;  /* loop time (uv_now) */
@@ -396,9 +397,20 @@ static void coord_attempt_ended(coord *co, const Dpod__V1__Job *job, coord_job *
   bool retry = false, requeue_now = false;
   uint64_t backoff_ms = 0;
 
+  const char *sched = ex->scheduler_state;
+  bool preempted_exit = ex->recorded && !ex->term_signal && ex->exit_status == WORKER_EXIT_PREEMPTED;
   if (cancel) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED;
     snprintf(attempt_reason, sizeof attempt_reason, "cancelled by user");
+  } else if (strcmp(sched, "CANCELLED") == 0) {
+    /* Cancelled outside dpod (scancel): the scheduler's word wins over the ranks' "preempted". */
+    state = DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED;
+    snprintf(attempt_reason, sizeof attempt_reason, "cancelled in the scheduler");
+  } else if (*sched && !preempted_exit) {
+    /* NODE_FAIL, OUT_OF_MEMORY, TIMEOUT without a checkpoint, ...: the attempt failed, and may be
+     * restarted like any other failure. */
+    state = DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
+    snprintf(attempt_reason, sizeof attempt_reason, "the scheduler ended it: %s", sched);
   } else if (j && j->fail_reason[0]) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
     snprintf(attempt_reason, sizeof attempt_reason, "%s", j->fail_reason);
@@ -439,7 +451,7 @@ static void coord_attempt_ended(coord *co, const Dpod__V1__Job *job, coord_job *
       coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "cannot queue the job again", -1);
   } else {
     if (state == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED) reason[0] = '\0';
-    else if (state == DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED) snprintf(reason, sizeof reason, "cancelled by user");
+    else if (state == DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED) snprintf(reason, sizeof reason, "%s", attempt_reason);
     else if (state == DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED)
       snprintf(reason, sizeof reason, "dpod is draining; the job stopped at a checkpoint");
     else if (bad_input) snprintf(reason, sizeof reason, "%s (bad input: not retried)", attempt_reason);
@@ -735,6 +747,11 @@ int coord_report(coord *co, const Dpod__V1__ReportRequest *req, Dpod__V1__Direct
   if ((info.state != DPOD__V1__JOB_STATE__JOB_STATE_STARTING && info.state != DPOD__V1__JOB_STATE__JOB_STATE_RUNNING) ||
       !j)
     return dpod_errf(err, errlen, DPOD_ESTATE, "job %" PRIu64 " is %s", id, job_state_name(info.state));
+  /* A later attempt than dpod knows of: a scheduler requeued the job and dpod has not heard yet (its
+   * next poll will say). Retryable, so nothing of the new attempt is lost meanwhile. */
+  if (req->has_attempt && req->attempt > j->attempt && launch_backend_requeues(co->backend))
+    return dpod_errf(err, errlen, DPOD_EUNAVAILABLE, "attempt %" PRIu32 " of job %" PRIu64 " is not known yet",
+                     req->attempt, id);
   if (!req->has_attempt || req->attempt != j->attempt)
     return dpod_errf(err, errlen, DPOD_ESTATE, "a report of attempt %" PRIu32 " for job %" PRIu64 ", which is on attempt %" PRIu32,
                      req->attempt, id, j->attempt);
@@ -820,6 +837,48 @@ int coord_undrain(coord *co, char *err, size_t errlen) {
 /* ---------------------------------------------------------------------------------------------------
  * Life cycle. */
 
+/* A scheduler (Slurm) has not started an attempt yet, and says why; or it has: the start timeout counts
+ * from then. */
+static void coord_on_status(launch_run *run, int running, const char *reason, void *arg) {
+  (void)run;
+  coord_job *j = arg;
+  j->pending = !running;
+  if (running) {
+    j->launched_ms = uv_now(j->co->loop);
+    return;
+  }
+  char text[160];
+  snprintf(text, sizeof text, "waiting in the scheduler's queue: %s", reason);
+  coord_append_state(j->co, j->id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, text, 0);
+}
+
+/* The scheduler requeued the attempt (preemption, `scontrol requeue`, the batch script's own requeue
+ * after a checkpoint) and starts the next one by itself: record the old attempt's end and the new one's
+ * start, keep the slots, and wait for the new attempt's rank 0 as after a launch. No restart is used up:
+ * being preempted is not the job's fault. */
+static void coord_on_requeue(launch_run *run, const launch_exit *ex, void *arg) {
+  coord_job *j = arg;
+  coord *co = j->co;
+  coord_ingest_journal(co, j->id, j->run_dir, ex->attempt, j->total_steps);
+  int code = !ex->recorded ? -1 : ex->term_signal ? 128 + ex->term_signal : ex->exit_status;
+  coord_append_attempt(co, j->id, ex->attempt, ex, code, "requeued by the scheduler", true);
+  j->attempt = launch_run_attempt(run);
+  j->reported = false;
+  j->pending = true;
+  j->fail_reason[0] = '\0';
+  if (j->stop_stage) {
+    uv_timer_stop(j->timer);
+    j->stop_stage = 0;
+  }
+  j->launched_ms = j->progress_ms = uv_now(co->loop);
+  if (job_store_set_launch_handle(co->store, j->id, launch_run_handle(run)) != 0)
+    log_warn("job %" PRIu64 ": cannot store its launch handle: %s", j->id, job_store_last_error(co->store));
+  coord_append_attempt(co, j->id, j->attempt, NULL, 0, NULL, false);
+  char reason[96];
+  snprintf(reason, sizeof reason, "requeued by the scheduler after attempt %" PRIu32, ex->attempt);
+  coord_append_state(co, j->id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, reason, 0);
+}
+
 int coord_open(uv_loop_t *loop, const coord_params *p, launch_backend *backend, coord **out, char *err,
                size_t errlen) {
   int status = DPOD_ENOMEM;
@@ -828,6 +887,7 @@ int coord_open(uv_loop_t *loop, const coord_params *p, launch_backend *backend, 
   if (!co) return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
   co->loop = loop;
   co->backend = backend;
+  launch_set_scheduler_cbs(backend, coord_on_status, coord_on_requeue);
   co->p = *p;
   co->p.state_dir = NULL; /* not kept */
   job_queue_init(&co->queue, launch_capacity(backend));
@@ -944,7 +1004,7 @@ static void coord_watchdog(coord *co) {
     next = j->next;
     if (j->stop_stage >= 2 || j->fail_reason[0]) continue;
     char reason[200];
-    if (!j->reported && now - j->launched_ms > co->p.start_timeout_ms) {
+    if (!j->reported && !j->pending && now - j->launched_ms > co->p.start_timeout_ms) {
       snprintf(reason, sizeof reason, "did not report in within %.0f s of its start",
                (double)co->p.start_timeout_ms / 1000.0);
       coord_fail_attempt(j, reason);

@@ -71,7 +71,11 @@ static void usage(FILE *f) {
           "usage: dpod [options]\n"
           "  --listen ADDR      address to serve on (default: $DPOD_ADDR or unix:$XDG_RUNTIME_DIR/dpod/dpod.sock)\n"
           "  --state-dir DIR    database and job directories (default: $XDG_STATE_HOME/dpod)\n"
-          "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2)\n"
+          "  --launcher L       mpirun (ranks on this host, the default) or slurm (each job a batch job)\n"
+          "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2; with slurm,\n"
+          "                     only if sinfo cannot say how many CPUs the cluster has)\n"
+          "  --poll-interval S  slurm: how often one squeue asks after every job (default 15)\n"
+          "  --preempt-grace S  slurm: the warning (SIGUSR1) before a time limit, to checkpoint in (default 120)\n"
           "  --worker PATH      dpo-worker binary (default: the one next to dpod)\n"
           "  --mpirun PATH      mpirun binary (default: mpirun from PATH)\n"
           "  --start-timeout S  a job's rank 0 must report in within S seconds of its launch (default 600)\n"
@@ -319,8 +323,10 @@ int main(int argc, char **argv) {
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
     OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
-    OPT_INSECURE
+    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE
   };
+  const char *launcher = "mpirun";
+  unsigned poll_ms = 15000, grace_ms = 120000;
   tcp_security tcp = {0};
   rpc_server_security sec = {0};
   static const struct option opts[] = {
@@ -339,6 +345,9 @@ int main(int argc, char **argv) {
       {"tls-ca", required_argument, NULL, OPT_TLS_CA},
       {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
       {"insecure", no_argument, NULL, OPT_INSECURE},
+      {"launcher", required_argument, NULL, OPT_LAUNCHER},
+      {"poll-interval", required_argument, NULL, OPT_POLL},
+      {"preempt-grace", required_argument, NULL, OPT_GRACE},
       {"help", no_argument, NULL, OPT_HELP},
       {NULL, 0, NULL, 0},
   };
@@ -369,6 +378,19 @@ int main(int argc, char **argv) {
       case OPT_TLS_CA: tcp.ca = optarg; break;
       case OPT_TOKEN_FILE: tcp.token_file = optarg; break;
       case OPT_INSECURE: tcp.insecure = true; break;
+      case OPT_LAUNCHER:
+        if (strcmp(optarg, "mpirun") != 0 && strcmp(optarg, "slurm") != 0) {
+          fprintf(stderr, "dpod: --launcher: expected mpirun or slurm, got \"%s\"\n", optarg);
+          return 2;
+        }
+        launcher = optarg;
+        break;
+      case OPT_POLL:
+        if (parse_seconds("--poll-interval", optarg, &poll_ms) != 0) return 2;
+        break;
+      case OPT_GRACE:
+        if (parse_seconds("--preempt-grace", optarg, &grace_ms) != 0) return 2;
+        break;
       case OPT_START_TIMEOUT:
         if (parse_seconds("--start-timeout", optarg, &cp.start_timeout_ms) != 0) return 2;
         break;
@@ -448,16 +470,30 @@ int main(int argc, char **argv) {
     return 1;
   }
   uv_unref((uv_handle_t *)&dpod.deadline);
-  launch_mpirun_params lp = launch_mpirun_default_params();
-  lp.mpirun = mpirun;
-  lp.worker = worker;
-  lp.supervisor = supervisor;
-  lp.report_addr = report_addr;
   /* Ranks dial the same listener: over TLS they check it against the CA (a self-signed certificate is
    * its own). */
-  if (!sock && tcp.cert) lp.tls_ca = tcp.ca ? tcp.ca : tcp.cert;
-  lp.slots = (unsigned)slots;
-  if (launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err) != 0) {
+  const char *tls_ca = !sock && tcp.cert ? (tcp.ca ? tcp.ca : tcp.cert) : NULL;
+  int created;
+  if (strcmp(launcher, "slurm") == 0) {
+    launch_slurm_params sp = launch_slurm_default_params();
+    sp.worker = worker;
+    sp.report_addr = report_addr;
+    sp.tls_ca = tls_ca;
+    sp.poll_ms = poll_ms;
+    sp.preempt_grace_s = (grace_ms + 999) / 1000;
+    sp.capacity = (unsigned)slots;
+    created = launch_slurm_create(dpod.loop, &sp, &dpod.backend, err, sizeof err);
+  } else {
+    launch_mpirun_params lp = launch_mpirun_default_params();
+    lp.mpirun = mpirun;
+    lp.worker = worker;
+    lp.supervisor = supervisor;
+    lp.report_addr = report_addr;
+    lp.tls_ca = tls_ca;
+    lp.slots = (unsigned)slots;
+    created = launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err);
+  }
+  if (created != 0) {
     log_error("%s", err);
     goto fail;
   }
@@ -491,7 +527,8 @@ int main(int argc, char **argv) {
   }
 
 
-  printf("dpod listening on %s (state %s, %lu slots)\n", addr, state_dir, slots);
+  printf("dpod listening on %s (state %s, %s launcher, %u slots)\n", addr, state_dir, launcher,
+         launch_capacity(dpod.backend));
   fflush(stdout);
   log_info("worker %s, mpirun %s, report address %s", worker, mpirun, report_addr);
 

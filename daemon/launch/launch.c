@@ -2,13 +2,17 @@
  * shares. */
 #include "launch_backend.h"
 
+extern char **environ;
+
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dpod_error.h"
@@ -72,6 +76,13 @@ int launch_recover(launch_backend *b, const char *handle, const char *run_dir, l
     *out = r;
   }
   return found;
+}
+
+int launch_backend_requeues(const launch_backend *b) { return b->ops->requeues; }
+
+void launch_set_scheduler_cbs(launch_backend *b, launch_status_cb status, launch_requeue_cb requeue) {
+  b->status_cb = status;
+  b->requeue_cb = requeue;
 }
 
 void launch_poll(launch_backend *b) {
@@ -265,3 +276,39 @@ static char *launch_beside_self_(const char *name, char *buf, size_t len) {
 
 char *launch_default_worker(char *buf, size_t len) { return launch_beside_self_("dpo-worker", buf, len); }
 char *launch_default_supervisor(char *buf, size_t len) { return launch_beside_self_("dpod-supervisor", buf, len); }
+
+/* The daemon's environment minus the variables the launch sets, plus those. Entries of `extra` are
+ * borrowed; the array itself is malloc'd. */
+char **launch_build_env_(char *const extra[], size_t n_extra) {
+  size_t n = 0;
+  for (char **e = environ; e && *e; e++) n++;
+  char **env = malloc((n + n_extra + 1) * sizeof *env);
+  if (!env) return NULL;
+  size_t k = 0;
+  for (char **e = environ; e && *e; e++) {
+    int overridden = 0;
+    for (size_t i = 0; i < n_extra && !overridden; i++) {
+      size_t name_len = strcspn(extra[i], "=") + 1; /* "NAME=" */
+      overridden = strncmp(*e, extra[i], name_len) == 0;
+    }
+    if (!overridden) env[k++] = *e;
+  }
+  for (size_t i = 0; i < n_extra; i++) env[k++] = extra[i];
+  env[k] = NULL;
+  return env;
+}
+
+int64_t launch_now_ms_(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int launch_exit_or_killed_(const char *run_dir, uint32_t attempt, launch_exit *ex) {
+  if (launch_exit_record_read(run_dir, attempt, ex, NULL, 0) == 0) return 1;
+  memset(ex, 0, sizeof *ex);
+  ex->attempt = attempt;
+  ex->term_signal = SIGKILL;
+  ex->finished_unix_ms = launch_now_ms_();
+  return 0;
+}

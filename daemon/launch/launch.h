@@ -57,6 +57,8 @@ typedef struct {
   int64_t finished_unix_ms;
   int recorded;              /* 1: from the attempt's exit record; 0: whatever ran the attempt vanished
                                 without writing one, and how it ended is unknown */
+  char scheduler_state[24];  /* a batch scheduler's final word on the attempt, which wins over the exit
+                                status ("CANCELLED", "NODE_FAIL", "TIMEOUT", ...); "" if none */
 } launch_exit;
 
 /* Called once per attempt, on the loop thread, when it has ended and nothing of it is left running. The
@@ -76,6 +78,16 @@ typedef enum {
   LAUNCH_RECOVERED_LOST,    /* neither: nothing says how it ended; what was left of it was stopped */
 } launch_recovered;
 
+/* What a scheduler says of an attempt it has not started yet (running 0, with its reason: "Resources",
+ * "Priority", ...) or has started (running 1). Only backends with a queue of their own (Slurm) call it.
+ * `run_arg` is the arg given to launch_start()/launch_recover(). */
+typedef void (*launch_status_cb)(launch_run *run, int running, const char *reason, void *run_arg);
+/* The scheduler requeued an attempt (preemption, `scontrol requeue`, the job's own requeue after a
+ * checkpoint at its time limit) and runs it again by itself: `ended` says how the previous attempt
+ * ended, and the run goes on as the next attempt (launch_run_attempt() and launch_run_handle() already
+ * name it). The exit callback is not called for the previous attempt. */
+typedef void (*launch_requeue_cb)(launch_run *run, const launch_exit *ended, void *run_arg);
+
 /* ---- the mpirun backend (mpirun.c) ---- */
 
 typedef struct {
@@ -89,6 +101,22 @@ typedef struct {
 
 launch_mpirun_params launch_mpirun_default_params(void);
 
+/* ---- the Slurm backend (slurm.c) ---- */
+
+typedef struct {
+  const char *sbatch, *squeue, *scancel, *sinfo; /* the Slurm commands, looked up in PATH unless paths */
+  const char *worker;      /* dpo-worker, where the compute nodes see it */
+  const char *report_addr; /* where the ranks report, reachable from the compute nodes */
+  const char *tls_ca;      /* CA file the ranks trust when the report address uses TLS; NULL: plain */
+  unsigned preempt_grace_s; /* --signal=B:USR1@N: the warning before a time limit, to checkpoint in */
+  unsigned poll_ms;        /* how often one squeue asks after every job (ms) */
+  unsigned capacity;       /* ranks at once if sinfo cannot say */
+} launch_slurm_params;
+
+launch_slurm_params launch_slurm_default_params(void);
+int launch_slurm_create(uv_loop_t *loop, const launch_slurm_params *p, launch_backend **out, char *err,
+                        size_t errlen);
+
 /* Strings in `p` are copied. The backend is owned by the caller: launch_backend_free(), once no run is
  * left. */
 int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_backend **out, char *err,
@@ -99,6 +127,9 @@ int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_
 void launch_backend_free(launch_backend *b);
 /* "mpirun": the prefix of this backend's handles. Static storage. */
 const char *launch_backend_name(const launch_backend *b);
+/* Whether the backend's scheduler may requeue attempts by itself (Slurm), so that a report of an attempt
+ * not heard of yet may be the next one. */
+int launch_backend_requeues(const launch_backend *b);
 /* Ranks that may run at once. */
 unsigned launch_capacity(const launch_backend *b);
 /* The most intra-op threads one rank may ask for: the CPUs a rank can have where it runs. */
@@ -130,6 +161,9 @@ uint32_t launch_run_attempt(const launch_run *r);
  * malformed (err says why). */
 int launch_recover(launch_backend *b, const char *handle, const char *run_dir, launch_exit_cb cb, void *arg,
                    launch_run **out, launch_exit *exit, int *stopped, char *err, size_t errlen);
+
+/* Who hears what a scheduler says of attempts: not started yet, started, requeued. */
+void launch_set_scheduler_cbs(launch_backend *b, launch_status_cb status, launch_requeue_cb requeue);
 
 /* The daemon's cron, every second: backends that learn of exits by asking do it here, without blocking. */
 void launch_poll(launch_backend *b);

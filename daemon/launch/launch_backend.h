@@ -7,6 +7,7 @@
 
 typedef struct {
   const char *name; /* handle prefix */
+  int requeues;     /* 1: its scheduler may run an attempt again by itself (launch_requeue_cb) */
   int (*start)(launch_backend *b, const launch_request *req, launch_run **out, char *handle, char *err,
                size_t errlen);
   int (*stop)(launch_run *r, launch_stop_mode how, int *signalled);
@@ -24,6 +25,8 @@ typedef struct {
 struct launch_backend {
   const launch_backend_ops *ops;
   uv_loop_t *loop;
+  launch_status_cb status_cb;   /* may be NULL */
+  launch_requeue_cb requeue_cb; /* may be NULL */
 };
 
 /* The first member of every backend's run. The backend allocates the run; launch.c fills cb, arg and
@@ -43,5 +46,16 @@ void launch_run_ended_(launch_run *r, const launch_exit *exit);
 /* Formats "<name>:<fields>,attempt=<n>" into handle (LAUNCH_HANDLE_MAX bytes). Returns 0 or DPOD_EINVAL
  * when it does not fit. */
 int launch_handle_format_(char *handle, const char *name, uint32_t attempt, const char *fields);
+
+/* The wall clock in ms since the epoch, as exit records carry it. */
+int64_t launch_now_ms_(void);
+
+/* Attempt `attempt`'s exit record into *ex; without one (whatever ran it was killed before it could
+ * write it), an end by SIGKILL, now, not recorded. Returns 1 when there was a record, else 0. */
+int launch_exit_or_killed_(const char *run_dir, uint32_t attempt, launch_exit *ex);
+
+/* The daemon's environment minus the variables in `extra` ("NAME=value", borrowed), plus those: a
+ * malloc'd array for uv_spawn's env, which the caller frees (not its strings). NULL: out of memory. */
+char **launch_build_env_(char *const extra[], size_t n_extra);
 
 #endif

@@ -33,8 +33,6 @@
 #include "launch_backend.h"
 #include "proc_scan.h"
 
-extern char **environ;
-
 typedef struct mpirun_run mpirun_run;
 
 typedef struct {
@@ -64,12 +62,6 @@ launch_mpirun_params launch_mpirun_default_params(void) {
   return p;
 }
 
-static int64_t mpirun_now_ms_(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void mpirun_run_free_(mpirun_run *r) {
   free(r->run_dir);
   free(r);
@@ -89,11 +81,7 @@ static void mpirun_unlist_(mpirun_run *r) {
  * session is killed and the end is reported unknown. Then the run goes away. */
 static void mpirun_finish_(mpirun_run *r) {
   launch_exit ex;
-  if (launch_exit_record_read(r->run_dir, r->base.attempt, &ex, NULL, 0) != 0) {
-    memset(&ex, 0, sizeof ex);
-    ex.attempt = r->base.attempt;
-    ex.term_signal = SIGKILL;
-    ex.finished_unix_ms = mpirun_now_ms_();
+  if (!launch_exit_or_killed_(r->run_dir, r->base.attempt, &ex)) {
     int left = proc_signal_session(r->sid, r->run_dir, SIGKILL, 0);
     log_warn("%s ended without an exit record; killed %d leftover processes", r->base.handle, left);
   }
@@ -110,27 +98,6 @@ static void mpirun_on_exit_(uv_process_t *h, int64_t exit_status, int term_signa
   (void)exit_status;
   (void)term_signal; /* the supervisor's; the attempt's own is in its exit record */
   mpirun_finish_(h->data);
-}
-
-/* The daemon's environment minus the variables the launch sets, plus those. Entries of `extra` are
- * borrowed; the array itself is malloc'd. */
-static char **mpirun_build_env_(char *const extra[], size_t n_extra) {
-  size_t n = 0;
-  for (char **e = environ; e && *e; e++) n++;
-  char **env = malloc((n + n_extra + 1) * sizeof *env);
-  if (!env) return NULL;
-  size_t k = 0;
-  for (char **e = environ; e && *e; e++) {
-    int overridden = 0;
-    for (size_t i = 0; i < n_extra && !overridden; i++) {
-      size_t name_len = strcspn(extra[i], "=") + 1; /* "NAME=" */
-      overridden = strncmp(*e, extra[i], name_len) == 0;
-    }
-    if (!overridden) env[k++] = *e;
-  }
-  for (size_t i = 0; i < n_extra; i++) env[k++] = extra[i];
-  env[k] = NULL;
-  return env;
 }
 
 static void mpirun_log_path_(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len) {
@@ -176,7 +143,7 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   /* Empty when the ranks report over a plain channel: the worker then dials without TLS. */
   snprintf(tls_env, sizeof tls_env, "%s=%s", DPOD_ENV_TLS_CA, b->tls_ca);
   char *extra[] = {secret_env, attempt_env, tmpdir_env, omp_env, blas_env, wait_env, tls_env};
-  if (!(env = mpirun_build_env_(extra, sizeof extra / sizeof extra[0]))) {
+  if (!(env = launch_build_env_(extra, sizeof extra / sizeof extra[0]))) {
     status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
     goto fail;
   }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# dpod --launcher slurm against a real (private, single-node) Slurm: a 2-rank job runs as a Slurm batch
+# job to SUCCEEDED with every step's metrics once; `scontrol requeue` mid-run and `scancel --signal=USR1`
+# (the batch script checkpoints and requeues itself) both resume as a new attempt of the same job and
+# end with weights bit-identical to an uninterrupted run; a cancel through dpod and one through scancel
+# both end CANCELLED with nothing left running; a job Slurm cannot start shows Slurm's reason; dpod
+# killed while a job runs adopts it; a job that ends while dpod is down is recorded from its exit record.
+source "$(dirname "$0")/lib.sh"
+source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
+trap 'slurm_down "$T/slurm"; it_cleanup' EXIT
+slurm_up "$T/slurm" 2 || it_fail "the test's Slurm cluster did not start"
+EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
+DPOD_ARGS=(--launcher slurm --poll-interval 0.5 --preempt-grace 10 --restart-backoff 0.2)
+it_start_dpod "${DPOD_ARGS[@]}"
+
+# The same 16-step, 2-rank job each time: checkpoints every 4 steps, so an interrupted run resumes.
+JOB=(--set ranks=2 --set train.steps=16 --set train.checkpoint_every=4 --set train.keep_last=4
+     --set train.batch_size=4 --set data.pairs=64 --set train.learning_rate=1e-4)
+slurm_id() { squeue --me --states=all --noheader --format="%i %j" | awk -v n="dpod-$1" '$2 == n {print $1}' | tail -n 1; }
+final_weights() { echo "$T/state/jobs/$1/checkpoints/step-000016/diffusion_pytorch_model.safetensors"; }
+attempts() { it_job_field "$1" '.attempts | length'; }
+wait_step() { it_wait_at_least "$1" '.last_metrics.step' "$2" 120; }
+
+# 1. Straight through, as a Slurm job.
+a=$(it_submit "$EX" "${JOB[@]}" --name straight)
+"$DPOCTL_BIN" watch "$a" >/dev/null 2>&1 || it_fail "job $a did not succeed"
+[ -n "$(slurm_id "$a")" ] || it_fail "job $a never was a Slurm job"
+it_check_steps_once "$a" 16
+
+# 2. `scontrol requeue` mid-run: Slurm stops the job and runs it again; the ranks resume.
+b=$(it_submit "$EX" "${JOB[@]}" --name requeued)
+wait_step "$b" 6
+scontrol requeue "$(slurm_id "$b")" || it_fail "scontrol requeue failed"
+"$DPOCTL_BIN" watch "$b" >/dev/null 2>&1 || it_fail "the requeued job $b did not succeed"
+[ "$(attempts "$b")" -ge 2 ] || it_fail "job $b ran $(attempts "$b") attempt(s), not 2"
+grep -q "resumed from" "$T/state/jobs/$b/attempt-2.log" || it_fail "attempt 2 of job $b did not resume from a checkpoint"
+it_check_steps_once "$b" 16
+cmp "$(final_weights "$a")" "$(final_weights "$b")" || it_fail "the requeued job's weights differ from the straight run's"
+
+# 3. SIGUSR1 to the batch script (what --signal=B:USR1@GRACE sends before a time limit): checkpoint, requeue.
+c=$(it_submit "$EX" "${JOB[@]}" --name usr1)
+wait_step "$c" 6
+scancel --signal=USR1 --batch "$(slurm_id "$c")" || it_fail "scancel --signal=USR1 failed"
+"$DPOCTL_BIN" watch "$c" >/dev/null 2>&1 || it_fail "job $c did not succeed after SIGUSR1"
+[ "$(attempts "$c")" -ge 2 ] || it_fail "job $c was not requeued by its batch script"
+grep -qx "exit_status 4" "$T/state/jobs/$c/attempt-1.exit" ||
+  it_fail "attempt 1 of job $c did not exit 'preempted' after its checkpoint"
+it_check_steps_once "$c" 16
+cmp "$(final_weights "$a")" "$(final_weights "$c")" || it_fail "job $c's weights differ from the straight run's"
+
+# 4. Cancel through dpod, and 5. through Slurm: CANCELLED, nothing left running.
+LONG=(--set ranks=2 --set train.steps=100000 --set train.checkpoint_every=0)
+for how in dpoctl scancel; do
+  id=$(it_submit "$EX" "${LONG[@]}" --name "cancel-by-$how")
+  wait_step "$id" 1
+  if [ "$how" = dpoctl ]; then "$DPOCTL_BIN" cancel "$id" >/dev/null; else scancel "$(slurm_id "$id")"; fi
+  it_wait_state "$id" cancelled 60
+  for _ in $(seq 1 100); do [ -z "$(it_job_procs "$id")" ] && break; sleep 0.1; done
+  [ -z "$(it_job_procs "$id")" ] || it_fail "job $id (cancelled by $how) left processes running"
+done
+
+# 6. A job Slurm cannot start yet: its reason shows; it runs once it can.
+scontrol update PartitionName=debug State=DOWN
+f=$(it_submit "$EX" --set train.steps=2 --name pending)
+for _ in $(seq 1 100); do
+  it_job_field "$f" .reason | grep -q "PartitionDown" && break
+  sleep 0.1
+done
+it_job_field "$f" .reason | grep -q "waiting in the scheduler's queue: PartitionDown" ||
+  it_fail "job $f does not show Slurm's reason: $(it_job_field "$f" .reason)"
+[ "$(it_job_field "$f" .state)" = starting ] || it_fail "job $f is $(it_job_field "$f" .state) while Slurm holds it"
+scontrol update PartitionName=debug State=UP
+"$DPOCTL_BIN" watch "$f" >/dev/null 2>&1 || it_fail "job $f did not succeed once the partition was up"
+
+# 7. dpod killed while a Slurm job runs: the next dpod adopts it.
+g=$(it_submit "$EX" "${JOB[@]}" --name adopted)
+wait_step "$g" 3
+it_kill_dpod
+sleep 1
+it_start_dpod "${DPOD_ARGS[@]}"
+"$DPOCTL_BIN" watch "$g" >/dev/null 2>&1 || it_fail "the adopted job $g did not succeed"
+it_check_steps_once "$g" 16
+
+# 8. A job that ends while dpod is down: recorded from its exit record and report journal.
+h=$(it_submit "$EX" "${JOB[@]}" --name while-down)
+wait_step "$h" 1
+it_kill_dpod
+for _ in $(seq 1 600); do [ -f "$T/state/jobs/$h/attempt-1.exit" ] && break; sleep 0.1; done
+[ -f "$T/state/jobs/$h/attempt-1.exit" ] || it_fail "job $h did not end while dpod was down"
+it_start_dpod "${DPOD_ARGS[@]}"
+it_wait_state "$h" succeeded 60
+it_check_steps_once "$h" 16
+echo "PASS: Slurm jobs run, requeue and resume bit-exactly, cancel cleanly, show Slurm's reason, and survive dpod"
