@@ -322,33 +322,44 @@ static void api_report(rpc_call *call, const uint8_t *req, size_t len, void *arg
   rpc_call_reply(call, &resp.base);
 }
 
-int api_register(rpc_server *srv, api_ctx *ctx) {
-  const ProtobufCServiceDescriptor *coordinator = &dpod__v1__coordinator__descriptor;
-  const struct {
-    const ProtobufCServiceDescriptor *svc;
-    const char *method;
-    rpc_handler fn;
-    int flags;
-  } methods[] = {
-      {coordinator, "SubmitJob", api_submit_job, 0},
-      {coordinator, "GetJob", api_get_job, 0},
-      {coordinator, "ListJobs", api_list_jobs, 0},
-      {coordinator, "CancelJob", api_cancel_job, 0},
-      {coordinator, "RestartJob", api_restart_job, 0},
-      {coordinator, "WatchJob", api_watch_job, 0},
-      {coordinator, "Drain", api_drain, 0},
-      {coordinator, "Undrain", api_undrain, 0},
-      {coordinator, "GetStatus", api_get_status, 0},
-      /* A report proves itself with its job's secret; health answers probes, which hold no token. */
-      {&dpod__v1__worker_report__descriptor, "Report", api_report, RPC_METHOD_NO_TOKEN},
-      {&grpc__health__v1__health__descriptor, "Check", api_health_check, RPC_METHOD_NO_TOKEN},
-      {&grpc__health__v1__health__descriptor, "Watch", api_health_watch_start, RPC_METHOD_NO_TOKEN},
-  };
-  for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+/* The methods of `n` entries, registered on `srv`. */
+typedef struct {
+  const ProtobufCServiceDescriptor *svc;
+  const char *method;
+  rpc_handler fn;
+  int flags;
+} api_method;
+
+static int api_add(rpc_server *srv, api_ctx *ctx, const api_method *methods, size_t n) {
+  for (size_t i = 0; i < n; i++) {
     const char *path = rpc_method_path(methods[i].svc, methods[i].method);
     if (!path) return DPOD_EINVAL; /* a handler for a method the contract does not have */
     int status = rpc_server_add_method(srv, path, methods[i].flags, methods[i].fn, ctx);
     if (status != 0) return status;
   }
   return 0;
+}
+
+/* A report proves itself with its job's secret; health answers probes, which hold no token. */
+static const api_method api_report_methods[] = {
+    {&dpod__v1__worker_report__descriptor, "Report", api_report, RPC_METHOD_NO_TOKEN},
+    {&grpc__health__v1__health__descriptor, "Check", api_health_check, RPC_METHOD_NO_TOKEN},
+    {&grpc__health__v1__health__descriptor, "Watch", api_health_watch_start, RPC_METHOD_NO_TOKEN},
+};
+
+int api_register_reports(rpc_server *srv, api_ctx *ctx) {
+  return api_add(srv, ctx, api_report_methods, sizeof api_report_methods / sizeof api_report_methods[0]);
+}
+
+int api_register(rpc_server *srv, api_ctx *ctx) {
+  const ProtobufCServiceDescriptor *coordinator = &dpod__v1__coordinator__descriptor;
+  const api_method methods[] = {
+      {coordinator, "SubmitJob", api_submit_job, 0},   {coordinator, "GetJob", api_get_job, 0},
+      {coordinator, "ListJobs", api_list_jobs, 0},     {coordinator, "CancelJob", api_cancel_job, 0},
+      {coordinator, "RestartJob", api_restart_job, 0}, {coordinator, "WatchJob", api_watch_job, 0},
+      {coordinator, "Drain", api_drain, 0},            {coordinator, "Undrain", api_undrain, 0},
+      {coordinator, "GetStatus", api_get_status, 0},
+  };
+  int status = api_add(srv, ctx, methods, sizeof methods / sizeof methods[0]);
+  return status ? status : api_register_reports(srv, ctx);
 }

@@ -32,6 +32,8 @@ void api_serving_changed(void *ctx);
 /* Registers every method on `srv` (before rpc_server_start): the Coordinator and WorkerReport services
  * and grpc.health.v1.Health (Check and Watch). */
 int api_register(rpc_server *srv, api_ctx *ctx);
+/* Only WorkerReport and grpc.health.v1.Health: the listener the ranks on other nodes reach. */
+int api_register_reports(rpc_server *srv, api_ctx *ctx);
 
 /* The gRPC status code for a dpod status: DPOD_ENOENT -> NOT_FOUND, DPOD_EINVAL -> INVALID_ARGUMENT, ... */
 grpc_status_code api_code(int status);

@@ -520,6 +520,17 @@ static void coord_launch(coord *co, uint64_t id, unsigned ranks) {
       .spec_pb = spec_pb,
       .spec_len = spec_len,
   };
+  const Dpod__V1__ResourceSpec *res = job->spec->resources;
+  if (res)
+    lr.resources = (launch_resources){.ranks_per_node = res->ranks_per_node,
+                                      .gpus_per_rank = res->gpus_per_rank,
+                                      .memory_mb = res->memory_mb,
+                                      .time_limit_minutes = res->time_limit_minutes,
+                                      .partition = res->partition,
+                                      .account = res->account,
+                                      .qos = res->qos,
+                                      .constraint = res->constraint,
+                                      .sbatch_options = res->sbatch_options};
   if (launch_start(co->backend, &lr, coord_on_exit, j, &j->run, handle, err, sizeof err) != 0) goto fail;
   /* Should this daemon die, the next one finds the attempt by this. */
   if (job_store_set_launch_handle(co->store, id, handle) != 0)
@@ -625,6 +636,10 @@ static int coord_check_path(const char *key, const char *path, bool want_dir, ch
 }
 
 static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err, size_t errlen) {
+  const char *field;
+  if (strcmp(launch_backend_name(co->backend), "slurm") != 0 && job_spec_uses_resources(spec, &field))
+    return dpod_errf(err, errlen, DPOD_EINVAL, "%s: only the slurm launcher takes it (this dpod runs jobs with %s)",
+                     field, launch_backend_name(co->backend));
   unsigned threads = launch_max_threads(co->backend);
   if (spec->threads_per_rank > threads)
     return dpod_errf(err, errlen, DPOD_EINVAL, "threads_per_rank: %u threads per rank requested but a rank has at "
@@ -889,15 +904,17 @@ int coord_open(uv_loop_t *loop, const coord_params *p, launch_backend *backend, 
   co->backend = backend;
   launch_set_scheduler_cbs(backend, coord_on_status, coord_on_requeue);
   co->p = *p;
-  co->p.state_dir = NULL; /* not kept */
+  co->p.state_dir = co->p.jobs_dir = NULL; /* not kept */
   job_queue_init(&co->queue, launch_capacity(backend));
-  size_t jl = strlen(p->state_dir) + sizeof "/jobs";
+  size_t jl = strlen(p->jobs_dir ? p->jobs_dir : p->state_dir) + sizeof "/jobs";
   if (!(co->jobs_dir = malloc(jl))) {
     status = dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
     goto fail;
   }
-  snprintf(co->jobs_dir, jl, "%s/jobs", p->state_dir);
-  if ((status = dpod_mkdirs(co->jobs_dir, 0700, 0, err, errlen)) != 0) goto fail;
+  if (p->jobs_dir) snprintf(co->jobs_dir, jl, "%s", p->jobs_dir);
+  else snprintf(co->jobs_dir, jl, "%s/jobs", p->state_dir);
+  /* Private: run directories hold specs and journals; on a shared file system, only ours to read. */
+  if ((status = dpod_mkdirs(co->jobs_dir, 0700, DPOD_MKDIRS_PRIVATE, err, errlen)) != 0) goto fail;
   char db[PATH_MAX], v[8];
   snprintf(db, sizeof db, "%s/dpod.db", p->state_dir);
   if ((status = job_store_open(db, &co->store, err, errlen)) != 0) goto fail;

@@ -29,7 +29,8 @@
 typedef struct coord coord;
 
 typedef struct {
-  const char *state_dir;         /* absolute; holds dpod.db and jobs/<id>/ */
+  const char *state_dir;         /* absolute; holds dpod.db (and jobs/<id>/ unless jobs_dir is set) */
+  const char *jobs_dir;          /* absolute; where run directories go; NULL: state_dir/jobs */
   unsigned cancel_term_ms;       /* after a cancel, how long the worker may stop by itself before SIGTERM */
   unsigned cancel_kill_ms;       /* after that SIGTERM, how long before SIGKILL */
   unsigned drain_kill_ms;        /* after a drain's preemption request, how long before SIGKILL */

@@ -54,6 +54,8 @@
 static struct {
   uv_loop_t *loop;
   rpc_server *srv;
+  rpc_server *report_srv; /* --report-listen: WorkerReport and health only; NULL without it */
+  int rpc_servers_running;
   launch_backend *backend;
   coord *co;
   watch_set *watches;
@@ -70,7 +72,9 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: dpod [options]\n"
           "  --listen ADDR      address to serve on (default: $DPOD_ADDR or unix:$XDG_RUNTIME_DIR/dpod/dpod.sock)\n"
-          "  --state-dir DIR    database and job directories (default: $XDG_STATE_HOME/dpod)\n"
+          "  --state-dir DIR    the database, on a local file system (default: $XDG_STATE_HOME/dpod)\n"
+          "  --jobs-dir DIR     run directories, where the compute nodes see them (default: STATE_DIR/jobs)\n"
+          "  --allow-network-state  use a state directory on a network file system anyway\n"
           "  --launcher L       mpirun (ranks on this host, the default) or slurm (each job a batch job)\n"
           "  --slots N          worker slots, i.e. MPI ranks that may run at once (default 2; with slurm,\n"
           "                     only if sinfo cannot say how many CPUs the cluster has)\n"
@@ -87,6 +91,8 @@ static void usage(FILE *f) {
           "  --tls-ca FILE      the CA the workers check the certificate against (default: --tls-cert)\n"
           "  --token-file FILE  bearer token TCP clients must send (default STATE_DIR/token; made on first use)\n"
           "  --insecure         serve a loopback TCP address without TLS (the token is still required)\n"
+          "  --report-listen HOST:PORT  a second listener, for worker reports only, that ranks on other\n"
+          "                     nodes reach (port 0: any free port; TLS with --tls-cert)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
           "  --help             this text\n");
 }
@@ -191,14 +197,42 @@ typedef struct {
   char token[AUTH_TOKEN_MAX + 1];
 } tcp_security;
 
-/* Checks and loads what serving `addr` over TCP needs; fills `sec` for the server. Returns 0, or -1 after
- * logging why dpod must not serve. */
-static int tcp_security_load(tcp_security *t, const char *addr, const char *state_dir, rpc_server_security *sec) {
-  char err[1024], path[PATH_MAX + 16];
+/* Reads the certificate and key files, when given. Returns 0, or -1 after logging why not. */
+static int tls_load(tcp_security *t) {
+  char err[1024];
   if (!t->cert != !t->key) {
     log_error("--tls-cert and --tls-key go together");
     return -1;
   }
+  if (t->cert && (dpod_read_file(t->cert, 1 << 20, &t->cert_pem, NULL, err, sizeof err) != 0 ||
+                  dpod_read_file(t->key, 1 << 20, &t->key_pem, NULL, err, sizeof err) != 0)) {
+    log_error("TLS: %s", err);
+    return -1;
+  }
+  return 0;
+}
+
+/* The address the ranks dial for a report listener on `listen` bound to `port`: a wildcard host
+ * becomes this host's name (which the compute nodes resolve), a given host stays. */
+static int routable_report_addr(const char *listen, int port, char *buf, size_t len) {
+  const char *colon = strrchr(listen, ':');
+  size_t host_len = colon ? (size_t)(colon - listen) : 0;
+  char host[256];
+  if (host_len >= sizeof host) return -1;
+  memcpy(host, listen, host_len);
+  host[host_len] = '\0';
+  if (!*host || strcmp(host, "0.0.0.0") == 0 || strcmp(host, "[::]") == 0) {
+    if (gethostname(host, sizeof host) != 0) return -1;
+    host[sizeof host - 1] = '\0';
+  }
+  fmt_into(buf, len, "%s:%d", host, port);
+  return 0;
+}
+
+/* Checks and loads what serving `addr` over TCP needs; fills `sec` for the server. Returns 0, or -1 after
+ * logging why dpod must not serve. */
+static int tcp_security_load(tcp_security *t, const char *addr, const char *state_dir, rpc_server_security *sec) {
+  char err[1024], path[PATH_MAX + 16];
   if (!t->cert && !t->insecure) {
     log_error("refusing to serve %s without TLS: give --tls-cert and --tls-key (or, for a loopback address "
               "only, --insecure)", addr);
@@ -206,11 +240,6 @@ static int tcp_security_load(tcp_security *t, const char *addr, const char *stat
   }
   if (!t->cert && !auth_addr_is_loopback(addr)) {
     log_error("--insecure serves loopback addresses only (127.0.0.1, [::1], localhost), not %s", addr);
-    return -1;
-  }
-  if (t->cert && (dpod_read_file(t->cert, 1 << 20, &t->cert_pem, NULL, err, sizeof err) != 0 ||
-                  dpod_read_file(t->key, 1 << 20, &t->key_pem, NULL, err, sizeof err) != 0)) {
-    log_error("TLS: %s", err);
     return -1;
   }
   if (t->token_file) fmt_into(path, sizeof path, "%s", t->token_file);
@@ -239,6 +268,8 @@ static void shutdown_finish(void) {
   if (!dpod.jobs_done || !dpod.rpc_done) return;
   rpc_server_free(dpod.srv);
   dpod.srv = NULL;
+  rpc_server_free(dpod.report_srv);
+  dpod.report_srv = NULL;
   watch_set_free(dpod.watches);
   dpod.watches = NULL;
   coord_free(dpod.co);
@@ -255,7 +286,8 @@ static void shutdown_finish(void) {
 
 static void on_rpc_done(void *arg) {
   (void)arg;
-  log_debug("rpc server stopped");
+  log_debug("an rpc server stopped");
+  if (--dpod.rpc_servers_running > 0) return;
   dpod.rpc_done = true;
   shutdown_finish();
 }
@@ -265,6 +297,7 @@ static void on_call_grace(uv_timer_t *t) {
   if (!dpod.rpc_done) {
     log_info("cancelling the calls still open");
     rpc_server_cancel_all(dpod.srv);
+    if (dpod.report_srv) rpc_server_cancel_all(dpod.report_srv);
   }
 }
 
@@ -289,7 +322,9 @@ static void start_shutdown(int signum) {
   /* Calls in flight end by themselves (a watch of a finished job sends its last events and ends); those
    * that would not (a watch of a running job) are cut off after a short grace. A rank whose report is
    * cut off retries it with the next dpod. */
+  dpod.rpc_servers_running = dpod.report_srv ? 2 : 1;
   rpc_server_shutdown(dpod.srv, on_rpc_done, NULL);
+  if (dpod.report_srv) rpc_server_shutdown(dpod.report_srv, on_rpc_done, NULL);
   if (!dpod.rpc_done) uv_timer_start(&dpod.grace, on_call_grace, SHUTDOWN_CALL_GRACE_MS, 0);
   shutdown_finish();
 }
@@ -323,8 +358,11 @@ int main(int argc, char **argv) {
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
     OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
-    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE
+    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE
   };
+  char jobs_dir[PATH_MAX] = "";
+  bool network_state = false;
+  const char *report_listen = NULL;
   const char *launcher = "mpirun";
   unsigned poll_ms = 15000, grace_ms = 120000;
   tcp_security tcp = {0};
@@ -346,6 +384,9 @@ int main(int argc, char **argv) {
       {"token-file", required_argument, NULL, OPT_TOKEN_FILE},
       {"insecure", no_argument, NULL, OPT_INSECURE},
       {"launcher", required_argument, NULL, OPT_LAUNCHER},
+      {"report-listen", required_argument, NULL, OPT_REPORT_LISTEN},
+      {"jobs-dir", required_argument, NULL, OPT_JOBS_DIR},
+      {"allow-network-state", no_argument, NULL, OPT_NETWORK_STATE},
       {"poll-interval", required_argument, NULL, OPT_POLL},
       {"preempt-grace", required_argument, NULL, OPT_GRACE},
       {"help", no_argument, NULL, OPT_HELP},
@@ -378,6 +419,11 @@ int main(int argc, char **argv) {
       case OPT_TLS_CA: tcp.ca = optarg; break;
       case OPT_TOKEN_FILE: tcp.token_file = optarg; break;
       case OPT_INSECURE: tcp.insecure = true; break;
+      case OPT_REPORT_LISTEN: report_listen = optarg; break;
+      case OPT_JOBS_DIR:
+        if (str_copy(jobs_dir, sizeof jobs_dir, optarg) != 0) return arg_too_long("--jobs-dir");
+        break;
+      case OPT_NETWORK_STATE: network_state = true; break;
       case OPT_LAUNCHER:
         if (strcmp(optarg, "mpirun") != 0 && strcmp(optarg, "slurm") != 0) {
           fprintf(stderr, "dpod: --launcher: expected mpirun or slurm, got \"%s\"\n", optarg);
@@ -431,6 +477,22 @@ int main(int argc, char **argv) {
   }
   char resolved[PATH_MAX];
   if (realpath(state_dir, resolved)) snprintf(state_dir, sizeof state_dir, "%s", resolved);
+  /* SQLite's locks and WAL need a local file system; on NFS and the like two hosts could both write. */
+  const char *netfs = dpod_path_network_fs(state_dir);
+  if (netfs && !network_state) {
+    log_error("%s is on a network file system (%s): the state directory must be local (run directories can go "
+              "on the shared one with --jobs-dir; --allow-network-state overrides)", state_dir, netfs);
+    return 1;
+  }
+  if (netfs) log_warn("%s is on a network file system (%s); --allow-network-state says go on", state_dir, netfs);
+  if (jobs_dir[0]) {
+    /* Handed to ranks on other nodes: absolute, and private to this user like the state directory. */
+    if (dpod_mkdirs(jobs_dir, 0700, DPOD_MKDIRS_PRIVATE, err, sizeof err) != 0) {
+      log_error("%s", err);
+      return 1;
+    }
+    if (realpath(jobs_dir, resolved)) snprintf(jobs_dir, sizeof jobs_dir, "%s", resolved);
+  }
   /* Two daemons on one database would launch the same queued jobs twice. The lock lives as long as
    * the process (O_CLOEXEC keeps it out of the jobs). */
   char lock_path[PATH_MAX + 16];
@@ -444,6 +506,11 @@ int main(int argc, char **argv) {
   if (access(supervisor, X_OK) != 0)
     log_warn("supervisor %s is not executable (yet); jobs will fail to start", supervisor);
 
+  if (tls_load(&tcp) != 0) return 1;
+  if (report_listen && rpc_unix_path(report_listen)) {
+    log_error("--report-listen takes a TCP address (HOST:PORT), not %s", report_listen);
+    return 1;
+  }
   const char *sock = rpc_unix_path(addr);
   if (sock) {
     if (prepare_socket(sock, err, sizeof err) != 0) {
@@ -470,9 +537,22 @@ int main(int argc, char **argv) {
     return 1;
   }
   uv_unref((uv_handle_t *)&dpod.deadline);
-  /* Ranks dial the same listener: over TLS they check it against the CA (a self-signed certificate is
-   * its own). */
-  const char *tls_ca = !sock && tcp.cert ? (tcp.ca ? tcp.ca : tcp.cert) : NULL;
+  /* The ranks dial the report listener, or else the public one: over TLS they check it against the CA
+   * (a self-signed certificate is its own). */
+  const char *tls_ca = (!sock || report_listen) && tcp.cert ? (tcp.ca ? tcp.ca : tcp.cert) : NULL;
+  if (report_listen) {
+    err[0] = '\0';
+    /* Started before the backend, which must know the real port; no call is handled before uv_run. */
+    rpc_server_security rsec = {.tls_cert_pem = tcp.cert_pem, .tls_key_pem = tcp.key_pem};
+    if (rpc_server_create(dpod.loop, &dpod.report_srv) != 0 || api_register_reports(dpod.report_srv, &dpod.api) != 0 ||
+        rpc_server_start(dpod.report_srv, report_listen, &rsec, err, sizeof err) != 0 ||
+        routable_report_addr(report_listen, rpc_server_port(dpod.report_srv), report_addr, sizeof report_addr) != 0) {
+      log_error("--report-listen %s: %s", report_listen, err);
+      goto fail;
+    }
+    if (!tcp.cert && !auth_addr_is_loopback(report_listen))
+      log_warn("reports on %s travel without TLS: give --tls-cert and --tls-key to protect them", report_listen);
+  }
   int created;
   if (strcmp(launcher, "slurm") == 0) {
     launch_slurm_params sp = launch_slurm_default_params();
@@ -498,6 +578,7 @@ int main(int argc, char **argv) {
     goto fail;
   }
   cp.state_dir = state_dir;
+  cp.jobs_dir = jobs_dir[0] ? jobs_dir : NULL;
   if (coord_open(dpod.loop, &cp, dpod.backend, &dpod.co, err, sizeof err) != 0) {
     log_error("%s", err);
     goto fail;
@@ -538,11 +619,11 @@ int main(int argc, char **argv) {
   goto out;
 
 fail:
-  if (dpod.srv) {
-    /* Never served a call: nothing of ours is in flight. */
-    rpc_server_free(dpod.srv);
-    dpod.srv = NULL;
-  }
+  /* Never served a call: nothing of ours is in flight. */
+  rpc_server_free(dpod.srv);
+  dpod.srv = NULL;
+  rpc_server_free(dpod.report_srv);
+  dpod.report_srv = NULL;
   watch_set_free(dpod.watches);
   coord_free(dpod.co);
   dpod.co = NULL;

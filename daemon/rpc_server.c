@@ -108,6 +108,7 @@ struct rpc_server {
   size_t n_work, cap_work, work_pos;
   int dir_fd; /* the socket's directory, when its path is too long to bind directly; -1 if none */
   char *token; /* the bearer token calls must carry; NULL: none */
+  int port;    /* the TCP port it listens on (the real one when asked for port 0); 0 for a unix socket */
 };
 
 /* ---------------------------------------------------------------------------------------------------
@@ -633,6 +634,7 @@ int rpc_server_start(rpc_server *s, const char *addr, const rpc_server_security 
     snprintf(err, errlen, "cannot listen on %s", addr);
     return DPOD_EIO;
   }
+  s->port = port > 0 && !rpc_unix_path(addr) ? port : 0;
   if (uv_async_init(s->loop, &s->async, rpc_on_async) != 0) {
     snprintf(err, errlen, "uv_async_init failed");
     return DPOD_EIO;
@@ -654,6 +656,8 @@ int rpc_server_start(rpc_server *s, const char *addr, const rpc_server_security 
   }
   return 0;
 }
+
+int rpc_server_port(const rpc_server *s) { return s->port; }
 
 void rpc_server_shutdown(rpc_server *s, void (*done)(void *arg), void *arg) {
   if (s->shutting_down) return;

@@ -60,6 +60,8 @@ typedef struct {
 /* Listens on `addr` ("unix:/path" or "host:port") as `sec` says (NULL: plain, no token), starts the
  * completion-queue thread and requests the first calls. Returns 0 or DPOD_EIO with err set. */
 int rpc_server_start(rpc_server *s, const char *addr, const rpc_server_security *sec, char *err, size_t errlen);
+/* The TCP port it listens on (the real one for an address with port 0); 0 on a unix socket. */
+int rpc_server_port(const rpc_server *s);
 /* Stops accepting calls; calls in progress go on (a WatchJob can still deliver a job's last events).
  * `done` runs on the loop thread once every call has ended and been freed and the completion-queue
  * thread has exited; then rpc_server_free() may be called. Calling it again does nothing. */

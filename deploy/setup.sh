@@ -17,6 +17,7 @@ DPOD_PACKAGES=(
   procps jq
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database
+  slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster
 )
 
 dpod_install_packages() {

@@ -37,6 +37,14 @@
 typedef struct launch_backend launch_backend;
 typedef struct launch_run launch_run;
 
+/* What a job asks of a batch scheduler beyond ranks and threads (the spec's `resources`; 0 and "" mean
+ * "the scheduler's default"). Only the Slurm backend takes them. */
+typedef struct {
+  unsigned ranks_per_node, gpus_per_rank, memory_mb, time_limit_minutes;
+  const char *partition, *account, *qos, *constraint;
+  const char *sbatch_options; /* space-separated, checked by job_spec_check_sbatch_options() */
+} launch_resources;
+
 /* One attempt of a job, as the coordinator asks for it. Strings and the spec are borrowed for the call. */
 typedef struct {
   uint64_t job_id;
@@ -47,6 +55,7 @@ typedef struct {
   const char *secret;        /* handed to rank 0 through the environment, never argv */
   const uint8_t *spec_pb;    /* the packed, normalized JobSpec, written to run_dir/spec.pb */
   size_t spec_len;
+  launch_resources resources;
 } launch_request;
 
 /* How an attempt ended. */

@@ -258,9 +258,45 @@ static int slurm_start_(launch_backend *base, const launch_request *req, launch_
   char *extra[] = {env_run, env_worker, env_id, env_addr, env_attempt, env_ca};
   char **env = launch_build_env_(extra, sizeof extra / sizeof extra[0]);
   if (!env) return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
-  /* The attempt number the script adds Slurm's restart count to: the first attempt of this batch job. */
-  const char *argv[] = {b->sbatch, "--parsable", "--requeue", signal_opt, name, ntasks, cpus, chdir_opt, output,
-                        script,    NULL};
+  const char *argv[64];
+  char res_opts[10][160], sbatch_extra[1024];
+  int a = 0, o = 0;
+  const launch_resources *res = &req->resources;
+  argv[a++] = b->sbatch;
+  argv[a++] = "--parsable";
+  argv[a++] = "--requeue";
+  argv[a++] = signal_opt;
+  argv[a++] = name;
+  argv[a++] = ntasks;
+  argv[a++] = cpus;
+  argv[a++] = chdir_opt;
+  argv[a++] = output;
+#define SLURM_OPT(cond, ...)                                          \
+  do {                                                                \
+    if (cond) {                                                       \
+      snprintf(res_opts[o], sizeof res_opts[o], __VA_ARGS__);         \
+      argv[a++] = res_opts[o++];                                      \
+    }                                                                 \
+  } while (0)
+  SLURM_OPT(res->ranks_per_node, "--ntasks-per-node=%u", res->ranks_per_node);
+  SLURM_OPT(res->ranks_per_node, "--nodes=%u", (req->ranks + res->ranks_per_node - 1) / res->ranks_per_node);
+  SLURM_OPT(res->gpus_per_rank, "--gpus-per-task=%u", res->gpus_per_rank);
+  SLURM_OPT(res->memory_mb, "--mem=%uM", res->memory_mb);
+  SLURM_OPT(res->time_limit_minutes, "--time=%u", res->time_limit_minutes);
+  SLURM_OPT(res->partition && *res->partition, "--partition=%s", res->partition);
+  SLURM_OPT(res->account && *res->account, "--account=%s", res->account);
+  SLURM_OPT(res->qos && *res->qos, "--qos=%s", res->qos);
+#undef SLURM_OPT
+  if (res->constraint && *res->constraint) {
+    snprintf(res_opts[o], sizeof res_opts[o], "--constraint=%s", res->constraint);
+    argv[a++] = res_opts[o++];
+  }
+  /* Checked at submission: --NAME[=VALUE] words from an allow-list, each its own argv entry. */
+  snprintf(sbatch_extra, sizeof sbatch_extra, "%s", res->sbatch_options ? res->sbatch_options : "");
+  char *save = NULL;
+  for (char *w = strtok_r(sbatch_extra, " ", &save); w && a < 62; w = strtok_r(NULL, " ", &save)) argv[a++] = w;
+  argv[a++] = script;
+  argv[a] = NULL;
   char answer[1024];
   int rc = slurm_run_sync_(argv, env, answer, sizeof answer, err, errlen);
   free(env);

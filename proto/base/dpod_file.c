@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "dpod_error.h"
@@ -231,4 +232,25 @@ int dpod_open_regular_nofollow(const char *path, char *err, size_t errlen) {
   /* Reads of a regular file never block; clear O_NONBLOCK for whoever reads it next. */
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return fd;
+}
+
+const char *dpod_network_fs_name(unsigned long f_type) {
+  static const struct {
+    unsigned long magic;
+    const char *name;
+  } fs[] = {
+      {0x6969, "nfs"},           {0x517b, "smb"},          {0xff534d42, "cifs"},   {0xfe534d42, "smb2"},
+      {0x0bd00bd0, "lustre"},    {0x47504653, "gpfs"},     {0x00c36400, "ceph"},   {0x19830326, "beegfs"},
+      {0x5346414f, "afs"},       {0x01021997, "9p"},       {0x65735546, "fuse"},   {0x20030528, "orangefs"},
+      {0x013111a8, "ibrix"},     {0x73757245, "coda"},     {0x564c, "ncp"},        {0xaad7aaea, "panfs"},
+  };
+  for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
+    if (fs[i].magic == (f_type & 0xffffffffUL)) return fs[i].name;
+  return NULL;
+}
+
+const char *dpod_path_network_fs(const char *path) {
+  struct statfs st;
+  if (statfs(path, &st) != 0) return NULL;
+  return dpod_network_fs_name((unsigned long)st.f_type);
 }

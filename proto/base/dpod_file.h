@@ -69,6 +69,12 @@ int dpod_path_inside(const char *path, const char *dir);
  * is a regular file. Returns the descriptor (>= 0, close-on-exec) or a negative status. */
 int dpod_open_regular_nofollow(const char *path, char *err, size_t errlen);
 
+/* The name of the network or cluster file system with statfs magic `f_type` ("nfs", "lustre", ...), or
+ * NULL for a local one. SQLite's locking is not to be trusted on those. */
+const char *dpod_network_fs_name(unsigned long f_type);
+/* The same for the file system `path` is on: NULL when it is local (or cannot be asked). */
+const char *dpod_path_network_fs(const char *path);
+
 #ifdef __cplusplus
 }
 #endif

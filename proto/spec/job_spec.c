@@ -607,11 +607,57 @@ static int js_check_split(const char *key, const char *s, char *err, size_t errl
   return 0;
 }
 
+/* Names Slurm would take as a value of one of ours (--partition=...): letters, digits, "_-.,:+" (lists and
+ * feature expressions need ",", "&", "|"). Bounded; never empty when set. */
+static int js_check_slurm_word(const char *key, const char *s, const char *extra, char *err, size_t errlen) {
+  size_t n = strlen(s);
+  if (n > 128) return js_errf(err, errlen, "%s: at most 128 characters (got %zu)", key, n);
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)s[i]) && !strchr("_-.:+", s[i]) && !strchr(extra, s[i]))
+      return js_errf(err, errlen, "%s: character %zu ('%c') is not allowed", key, i,
+                     isprint((unsigned char)s[i]) ? s[i] : '?');
+  return 0;
+}
+
+int job_spec_check_sbatch_options(const char *options, char *err, size_t errlen) {
+  static const char *const allowed[] = {"exclusive", "reservation", "nice",        "hint",      "gres",
+                                        "mem-per-cpu", "mem-per-gpu", "licenses", "comment",   "begin",
+                                        "deadline",  "mail-type",   "mail-user",   "wckey",     "switches",
+                                        "distribution", "threads-per-core"};
+  const char *p = options;
+  size_t words = 0;
+  while (*p) {
+    while (*p == ' ') p++;
+    if (!*p) break;
+    size_t len = strcspn(p, " ");
+    if (++words > 32) return js_errf(err, errlen, "resources.sbatch_options: at most 32 options");
+    if (len > 256) return js_errf(err, errlen, "resources.sbatch_options: option %zu is too long", words);
+    if (len < 3 || p[0] != '-' || p[1] != '-')
+      return js_errf(err, errlen, "resources.sbatch_options: option %zu must look like --NAME or --NAME=VALUE", words);
+    size_t name_len = strcspn(p + 2, "= ");
+    int known = 0;
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0] && !known; i++)
+      known = strlen(allowed[i]) == name_len && strncmp(allowed[i], p + 2, name_len) == 0;
+    if (!known)
+      return js_errf(err, errlen, "resources.sbatch_options: --%.*s is not an option dpod passes to sbatch "
+                     "(allowed: exclusive, reservation, nice, hint, gres, mem-per-cpu, mem-per-gpu, licenses, "
+                     "comment, begin, deadline, mail-type, mail-user, wckey, switches, distribution, "
+                     "threads-per-core)", (int)(name_len > 64 ? 64 : name_len), p + 2);
+    for (size_t i = 0; i < len; i++)
+      if (!isgraph((unsigned char)p[i]))
+        return js_errf(err, errlen, "resources.sbatch_options: option %zu holds a control character", words);
+    p += len;
+  }
+  return 0;
+}
+
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen) {
   static const Dpod__V1__ModelSpec model_defaults = DPOD__V1__MODEL_SPEC__INIT;
   static const Dpod__V1__DataSpec data_defaults = DPOD__V1__DATA_SPEC__INIT;
   static const Dpod__V1__TrainSpec train_defaults = DPOD__V1__TRAIN_SPEC__INIT;
+  static const Dpod__V1__ResourceSpec resource_defaults = DPOD__V1__RESOURCE_SPEC__INIT;
   if (!spec) return js_errf(err, errlen, "spec: missing");
+  const Dpod__V1__ResourceSpec *r = spec->resources ? spec->resources : &resource_defaults;
   const Dpod__V1__ModelSpec *m = spec->model ? spec->model : &model_defaults;
   const Dpod__V1__DataSpec *d = spec->data ? spec->data : &data_defaults;
   const Dpod__V1__TrainSpec *t = spec->train ? spec->train : &train_defaults;
@@ -702,5 +748,33 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
   js_double_in("train.eval_guidance", t->eval_guidance, 0.0, 1000.0, "from 0 to 1000 (1 disables guidance)");
   js_double_in("train.heartbeat_timeout", t->heartbeat_timeout, 0.0, 7 * 86400.0,
                "from 0 to 604800 seconds (0: derived from the step time)");
+
+  js_uint_in("resources.ranks_per_node", r->ranks_per_node, 0, JS_RANKS_MAX);
+  js_uint_in("resources.gpus_per_rank", r->gpus_per_rank, 0, 64);
+  js_uint_in("resources.memory_mb", r->memory_mb, 0, 64u << 20); /* 64 TiB a node */
+  js_uint_in("resources.time_limit_minutes", r->time_limit_minutes, 0, 366u * 24 * 60);
+  if ((status = js_check_slurm_word("resources.partition", r->partition ? r->partition : "", ",", err, errlen)) ||
+      (status = js_check_slurm_word("resources.account", r->account ? r->account : "", "", err, errlen)) ||
+      (status = js_check_slurm_word("resources.qos", r->qos ? r->qos : "", "", err, errlen)) ||
+      (status = js_check_slurm_word("resources.constraint", r->constraint ? r->constraint : "", ",&|[]*()", err,
+                                    errlen)) ||
+      (status = job_spec_check_sbatch_options(r->sbatch_options ? r->sbatch_options : "", err, errlen)))
+    return status;
   return 0;
+}
+
+int job_spec_uses_resources(const Dpod__V1__JobSpec *spec, const char **field) {
+  const Dpod__V1__ResourceSpec *r = spec->resources;
+  *field = NULL;
+  if (!r) return 0;
+  if (r->ranks_per_node) *field = "resources.ranks_per_node";
+  else if (r->gpus_per_rank) *field = "resources.gpus_per_rank";
+  else if (r->memory_mb) *field = "resources.memory_mb";
+  else if (r->time_limit_minutes) *field = "resources.time_limit_minutes";
+  else if (r->partition && *r->partition) *field = "resources.partition";
+  else if (r->account && *r->account) *field = "resources.account";
+  else if (r->qos && *r->qos) *field = "resources.qos";
+  else if (r->constraint && *r->constraint) *field = "resources.constraint";
+  else if (r->sbatch_options && *r->sbatch_options) *field = "resources.sbatch_options";
+  return *field != NULL;
 }

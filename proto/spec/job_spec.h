@@ -32,6 +32,12 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
  * dropped; built-in datasets and empty fields are left alone. Returns 0 or a status with err set. */
 int job_spec_absolute_paths(Dpod__V1__JobSpec *spec, const char *base, char *err, size_t errlen);
 
+/* Whether the spec sets any field of `resources` (what only a batch scheduler takes); *field names the
+ * first one. */
+int job_spec_uses_resources(const Dpod__V1__JobSpec *spec, const char **field);
+/* Checks resources.sbatch_options: space-separated --NAME[=VALUE] words, NAME from the allow-list. */
+int job_spec_check_sbatch_options(const char *options, char *err, size_t errlen);
+
 /* Sets one field from text: job_spec_set(spec, "train.beta", "2000"). Unknown keys, values of the wrong
  * type ("train.steps=abc", "ranks=-1", a map where a scalar belongs) and out-of-range integers are
  * refused with DPOD_EINVAL and a message naming the key. Enums accept their short lower-case name

@@ -32,6 +32,9 @@ expect_failure "$id" "act_fn"
 out=$("$DPOCTL_BIN" submit "$EX" --set data.dataset="$T/no-such-dataset" --name no-data 2>&1) &&
   it_fail "a missing dataset was accepted"
 echo "$out" | grep -q "data.dataset: $T/no-such-dataset" || it_fail "the refusal does not name the dataset: $out"
+# What only a batch scheduler takes is refused by name by the local launcher.
+out=$("$DPOCTL_BIN" submit "$EX" --set resources.partition=gpu 2>&1) && it_fail "a partition was accepted by mpirun"
+echo "$out" | grep -q "resources.partition: only the slurm launcher takes it" || it_fail "the refusal does not say why: $out"
 mkdir "$T/not-a-dataset"
 id=$(it_submit "$EX" --set data.dataset="$T/not-a-dataset" --name no-data)
 expect_failure "$id" "not-a-dataset/manifest.json"

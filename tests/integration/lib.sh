@@ -9,10 +9,11 @@ command -v jq >/dev/null || { echo "jq is required (apt-get install jq)"; exit 1
 T=$(mktemp -d "${TMPDIR:-/tmp}/dpod-it.XXXXXX")
 export DPOD_ADDR="unix:$T/run/dpod.sock"
 DPOD_PID=""
+IT_JOBS="$T/state/jobs" # run directories; a test that gives dpod --jobs-dir sets it
 
 it_dump_logs() {
   echo "---- dpod log"; cat "$T/dpod.log" 2>/dev/null || true
-  for f in "$T"/state/jobs/*/job.log; do
+  for f in "$IT_JOBS"/*/*.log; do
     [ -f "$f" ] && { echo "---- $f"; tail -n 40 "$f"; }
   done
 }
@@ -120,7 +121,7 @@ it_kill_dpod() {
 it_restart_resumes() {
   "$DPOCTL_BIN" restart "$1" >/dev/null || it_fail "dpoctl restart $1 failed"
   "$DPOCTL_BIN" watch "$1" --events-jsonl >"$T/restarted-$1.jsonl" 2>/dev/null || it_fail "the restarted job did not succeed"
-  grep -q "resumed from .*(step $2)" "$T/state/jobs/$1/job.log" || it_fail "the restarted job did not resume from step $2"
+  grep -q "resumed from .*(step $2)" "$IT_JOBS/$1/job.log" || it_fail "the restarted job did not resume from step $2"
   local steps
   steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/restarted-$1.jsonl")
   [ "$steps" = "$(jq -c -n "[range(1; $3 + 1)]")" ] || it_fail "metrics steps over both runs: $steps"
@@ -130,7 +131,7 @@ it_restart_resumes() {
 # excluded: they are already dead).
 it_job_procs() {
   local p
-  for p in $(pgrep -f -- "$T/state/jobs/$1/" || true); do
+  for p in $(pgrep -f -- "$IT_JOBS/$1/" || true); do
     [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" = Z ] || echo "$p"
   done
 }

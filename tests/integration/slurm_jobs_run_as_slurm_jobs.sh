@@ -10,14 +10,22 @@ source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
 trap 'slurm_down "$T/slurm"; it_cleanup' EXIT
 slurm_up "$T/slurm" 2 || it_fail "the test's Slurm cluster did not start"
 EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
-DPOD_ARGS=(--launcher slurm --poll-interval 0.5 --preempt-grace 10 --restart-backoff 0.2)
+# Ranks report to a TCP listener of its own (as ranks on other nodes must); the public API stays on the
+# owner-only socket.
+DPOD_ARGS=(--launcher slurm --poll-interval 0.5 --preempt-grace 10 --restart-backoff 0.2 --report-listen 0.0.0.0:0
+           --jobs-dir "$T/shared/jobs")
+IT_JOBS="$T/shared/jobs"
 it_start_dpod "${DPOD_ARGS[@]}"
+report_addr=$(sed -n 's/.*report address \([^ ]*\)$/\1/p' "$T/dpod.log" | tail -n 1)
+[ -n "$report_addr" ] && [ "${report_addr%%:*}" = "$(hostname)" ] || it_fail "the report address is not this host's name: '$report_addr'"
+out=$("$DPOCTL_BIN" --addr "$report_addr" list 2>&1) && it_fail "the report listener served ListJobs"
+echo "$out" | grep -qi "unimplemented\|unknown method" || it_fail "the report listener did not refuse ListJobs: $out"
 
 # The same 16-step, 2-rank job each time: checkpoints every 4 steps, so an interrupted run resumes.
 JOB=(--set ranks=2 --set train.steps=16 --set train.checkpoint_every=4 --set train.keep_last=4
      --set train.batch_size=4 --set data.pairs=64 --set train.learning_rate=1e-4)
 slurm_id() { squeue --me --states=all --noheader --format="%i %j" | awk -v n="dpod-$1" '$2 == n {print $1}' | tail -n 1; }
-final_weights() { echo "$T/state/jobs/$1/checkpoints/step-000016/diffusion_pytorch_model.safetensors"; }
+final_weights() { echo "$IT_JOBS/$1/checkpoints/step-000016/diffusion_pytorch_model.safetensors"; }
 attempts() { it_job_field "$1" '.attempts | length'; }
 wait_step() { it_wait_at_least "$1" '.last_metrics.step' "$2" 120; }
 
@@ -25,6 +33,7 @@ wait_step() { it_wait_at_least "$1" '.last_metrics.step' "$2" 120; }
 a=$(it_submit "$EX" "${JOB[@]}" --name straight)
 "$DPOCTL_BIN" watch "$a" >/dev/null 2>&1 || it_fail "job $a did not succeed"
 [ -n "$(slurm_id "$a")" ] || it_fail "job $a never was a Slurm job"
+[ -f "$IT_JOBS/$a/spec.pb" ] || it_fail "job $a did not run in --jobs-dir"
 it_check_steps_once "$a" 16
 
 # 2. `scontrol requeue` mid-run: Slurm stops the job and runs it again; the ranks resume.
@@ -33,7 +42,7 @@ wait_step "$b" 6
 scontrol requeue "$(slurm_id "$b")" || it_fail "scontrol requeue failed"
 "$DPOCTL_BIN" watch "$b" >/dev/null 2>&1 || it_fail "the requeued job $b did not succeed"
 [ "$(attempts "$b")" -ge 2 ] || it_fail "job $b ran $(attempts "$b") attempt(s), not 2"
-grep -q "resumed from" "$T/state/jobs/$b/attempt-2.log" || it_fail "attempt 2 of job $b did not resume from a checkpoint"
+grep -q "resumed from" "$IT_JOBS/$b/attempt-2.log" || it_fail "attempt 2 of job $b did not resume from a checkpoint"
 it_check_steps_once "$b" 16
 cmp "$(final_weights "$a")" "$(final_weights "$b")" || it_fail "the requeued job's weights differ from the straight run's"
 
@@ -43,7 +52,7 @@ wait_step "$c" 6
 scancel --signal=USR1 --batch "$(slurm_id "$c")" || it_fail "scancel --signal=USR1 failed"
 "$DPOCTL_BIN" watch "$c" >/dev/null 2>&1 || it_fail "job $c did not succeed after SIGUSR1"
 [ "$(attempts "$c")" -ge 2 ] || it_fail "job $c was not requeued by its batch script"
-grep -qx "exit_status 4" "$T/state/jobs/$c/attempt-1.exit" ||
+grep -qx "exit_status 4" "$IT_JOBS/$c/attempt-1.exit" ||
   it_fail "attempt 1 of job $c did not exit 'preempted' after its checkpoint"
 it_check_steps_once "$c" 16
 cmp "$(final_weights "$a")" "$(final_weights "$c")" || it_fail "job $c's weights differ from the straight run's"
@@ -71,6 +80,15 @@ it_job_field "$f" .reason | grep -q "waiting in the scheduler's queue: Partition
 [ "$(it_job_field "$f" .state)" = starting ] || it_fail "job $f is $(it_job_field "$f" .state) while Slurm holds it"
 scontrol update PartitionName=debug State=UP
 "$DPOCTL_BIN" watch "$f" >/dev/null 2>&1 || it_fail "job $f did not succeed once the partition was up"
+# ... and one asking for more nodes than the cluster has (2 ranks, 1 a node) pends with Slurm's reason.
+n=$(it_submit "$EX" --set ranks=2 --set resources.ranks_per_node=1 --name two-nodes)
+for _ in $(seq 1 100); do
+  it_job_field "$n" .reason | grep -q "PartitionNodeLimit" && break
+  sleep 0.1
+done
+it_job_field "$n" .reason | grep -q "PartitionNodeLimit" || it_fail "job $n does not show why it pends: $(it_job_field "$n" .reason)"
+"$DPOCTL_BIN" cancel "$n" >/dev/null || it_fail "cannot cancel the pending job"
+it_wait_state "$n" cancelled 30
 
 # 7. dpod killed while a Slurm job runs: the next dpod adopts it.
 g=$(it_submit "$EX" "${JOB[@]}" --name adopted)
@@ -85,8 +103,8 @@ it_check_steps_once "$g" 16
 h=$(it_submit "$EX" "${JOB[@]}" --name while-down)
 wait_step "$h" 1
 it_kill_dpod
-for _ in $(seq 1 600); do [ -f "$T/state/jobs/$h/attempt-1.exit" ] && break; sleep 0.1; done
-[ -f "$T/state/jobs/$h/attempt-1.exit" ] || it_fail "job $h did not end while dpod was down"
+for _ in $(seq 1 600); do [ -f "$IT_JOBS/$h/attempt-1.exit" ] && break; sleep 0.1; done
+[ -f "$IT_JOBS/$h/attempt-1.exit" ] || it_fail "job $h did not end while dpod was down"
 it_start_dpod "${DPOD_ARGS[@]}"
 it_wait_state "$h" succeeded 60
 it_check_steps_once "$h" 16

@@ -77,6 +77,17 @@ static void utf8_check_finds_the_first_bad_byte(void **state) {
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) assert_int_equal(dpod_utf8_invalid_at(bad[i].s), bad[i].at);
 }
 
+static void network_file_systems_are_named(void **state) {
+  (void)state;
+  assert_string_equal(dpod_network_fs_name(0x6969), "nfs");
+  assert_string_equal(dpod_network_fs_name(0x0bd00bd0), "lustre");
+  assert_string_equal(dpod_network_fs_name(0x47504653), "gpfs");
+  assert_null(dpod_network_fs_name(0xef53));      /* ext4 */
+  assert_null(dpod_network_fs_name(0x01021994));  /* tmpfs */
+  assert_null(dpod_network_fs_name(0x9123683e));  /* btrfs */
+  assert_null(dpod_path_network_fs(dir));         /* the test's own temporary directory is local */
+}
+
 static void errf_formats_and_returns_the_status(void **state) {
   (void)state;
   char err[16];
@@ -225,6 +236,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(parse_takes_only_whole_numbers_in_range),
       cmocka_unit_test(errf_formats_and_returns_the_status),
       cmocka_unit_test(utf8_check_finds_the_first_bad_byte),
+      cmocka_unit_test_setup_teardown(network_file_systems_are_named, setup, teardown),
       cmocka_unit_test_setup_teardown(read_file_reads_whole_files_and_refuses_others, setup, teardown),
       cmocka_unit_test_setup_teardown(atomic_write_replaces_whole_and_leaves_no_temporary, setup, teardown),
       cmocka_unit_test_setup_teardown(mkdirs_makes_private_directories_whatever_the_umask, setup, teardown),

@@ -388,6 +388,17 @@ static void validate_refuses_each_bad_value(void **state) {
       {"train.eval_guidance", "1001", "train.eval_guidance:"},
       {"train.heartbeat_timeout", "-1", "train.heartbeat_timeout:"},
       {"train.heartbeat_timeout", "604801", "train.heartbeat_timeout:"},
+      {"resources.ranks_per_node", "4097", "resources.ranks_per_node:"},
+      {"resources.gpus_per_rank", "65", "resources.gpus_per_rank:"},
+      {"resources.memory_mb", "67108865", "resources.memory_mb:"},
+      {"resources.time_limit_minutes", "527041", "resources.time_limit_minutes:"},
+      {"resources.partition", "gpu debug", "resources.partition:"},
+      {"resources.account", "lab;rm", "resources.account:"},
+      {"resources.qos", "high\nx", "resources.qos:"},
+      {"resources.constraint", "a100 $x", "resources.constraint:"},
+      {"resources.sbatch_options", "--account=other", "resources.sbatch_options:"},
+      {"resources.sbatch_options", "exclusive", "resources.sbatch_options:"},
+      {"resources.sbatch_options", "--export=ALL,SECRET=x", "resources.sbatch_options:"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     Dpod__V1__JobSpec *saved = spec;
@@ -443,7 +454,15 @@ static void validate_refuses_non_finite_numbers_and_overflowing_products(void **
   set_ok("data.caption_dropout", "1");
   set_ok("train.eval_guidance", "7.5");
   set_ok("name", "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80");
+  set_ok("resources.ranks_per_node", "8");
+  set_ok("resources.gpus_per_rank", "1");
+  set_ok("resources.partition", "gpu,debug");
+  set_ok("resources.constraint", "a100&ib");
+  set_ok("resources.sbatch_options", " --exclusive  --reservation=r1 --mail-type=END ");
   assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  const char *field;
+  assert_true(job_spec_uses_resources(spec, &field));
+  assert_string_equal(field, "resources.ranks_per_node");
 }
 
 /* Paths made absolute for a client talking to a dpod that runs elsewhere. */
