@@ -108,13 +108,17 @@ dpod_install_packages() {
   dpod_run_phase "installing ${#missing[@]} packages (${missing[*]})" dpod_apt_install_ "${missing[@]}"
 }
 
-dpod_build_() {
-  cmake -S "$DPOD_ROOT" -B "$DPOD_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-    cmake --build "$DPOD_BUILD" -j"${DPOD_JOBS:-$(nproc)}"
+# dpod_cmake_build DIR [CMAKE_ARGS...]: configures the tree into DIR and builds it (DPOD_JOBS at a
+# time, default every core). Chained with &&: run as a phase, it is not under set -e.
+dpod_cmake_build() {
+  local dir=$1
+  shift
+  cmake -S "$DPOD_ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" &&
+    cmake --build "$dir" -j"${DPOD_JOBS:-$(nproc)}"
 }
 
 dpod_build() {
-  dpod_run_phase "building in $DPOD_BUILD" dpod_build_
+  dpod_run_phase "building in $DPOD_BUILD" dpod_cmake_build "$DPOD_BUILD"
 }
 
 dpod_setup() {

@@ -17,6 +17,7 @@ source "$src/deploy/setup.sh"
 set +e
 mkdir -p $tmp/build; : >"\$DPOD_SETUP_LOG"
 noisy_ok() { for i in \$(seq 1 400); do echo "[ \$((i / 4))%] Building C object obj\$i.o"; done; }
+noisy_steps() { for i in \$(seq 1 20); do echo "step \$i/20 loss 0.5"; done; }
 noisy_fail() { for i in \$(seq 1 100); do echo "compiling \$i"; done; echo "error: the thing that broke" >&2; return 2; }
 SH
 
@@ -53,6 +54,9 @@ tr -d '\r' <"$tmp/tty.out" | grep -q "dpod: building ... 50%" || fail "no 50% on
 grep -q "$(printf '\r')" "$tmp/tty.out" || fail "the line is not redrawn in place (no carriage return)"
 tr -d '\r' <"$tmp/tty.out" | sed 's/.*\x1b\[K//' | grep -qx "dpod: building ... done" || fail "the terminal line does not end with done"
 [ "$(tr -cd '\n' <"$tmp/tty.out" | wc -c)" -eq 1 ] || fail "the terminal got more than one line: $(cat -v "$tmp/tty.out" | head -c 300)"
+# The demo's phases follow jobs with dpoctl watch: its "step a/b" lines give the percentage.
+script -qec "bash -c 'source $tmp/env.sh; dpod_run_phase training noisy_steps'" /dev/null </dev/null >"$tmp/steps.out"
+tr -d '\r' <"$tmp/steps.out" | grep -q "dpod: training ... 35%" || fail "no 35% from step 7/20: $(cat -v "$tmp/steps.out" | head -c 300)"
 
 [ $failures -eq 0 ] && echo "PASS: setup.sh prints one line per phase"
 exit $((failures > 0))
