@@ -63,6 +63,7 @@ static const char *const usage_main =
     "  list              list jobs, newest first\n"
     "  get ID            describe one job\n"
     "  watch ID          follow a job's events until it ends\n"
+    "  metrics ID        the job's step metrics so far, as CSV or JSON lines\n"
     "  cancel ID         cancel a job\n"
     "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
     "  health            ask dpod whether it is serving\n"
@@ -74,6 +75,7 @@ static const char *const usage_main =
     "  --addr ADDR       dpod's address (unix:/path or host:port); default $DPOD_ADDR, else\n"
     "                    unix:$XDG_RUNTIME_DIR/dpod/dpod.sock\n"
     "  -h, --help        this help; `dpoctl COMMAND --help` for a command's\n"
+    "  --version         print dpoctl's version\n"
     "\n"
     "Exit status: 0 ok, 1 failed (watch: the job did not succeed), 2 usage or invalid spec,\n"
     "3 dpod unreachable.\n";
@@ -119,6 +121,15 @@ static const char *const usage_watch =
     "  --events-jsonl   each event as one JSON line with its seq; the summary goes to stderr\n"
     "  --no-progress    a line per event even on a terminal\n"
     "  --retries N      reconnect attempts before giving up (default 10)\n";
+
+static const char *const usage_metrics =
+    "usage: dpoctl metrics ID [--format csv|jsonl]\n"
+    "\n"
+    "Prints the job's step metrics so far, one row per optimizer step, and exits (a running job's later\n"
+    "steps are not waited for: `dpoctl watch` follows). Columns: time_unix_ms (when dpod recorded the\n"
+    "step), then the fields of dpod.v1.StepMetrics; a value the step lacks is left empty.\n"
+    "  --format csv     a header line and comma-separated rows (the default)\n"
+    "  --format jsonl   one JSON object per step\n";
 
 static const char *const usage_cancel =
     "usage: dpoctl cancel ID\n"
@@ -1015,6 +1026,78 @@ static int cmd_status(ctl *c, int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------------- */
+/* metrics */
+
+/* Prints one step in the chosen format. */
+static void metrics_print(int csv, const Dpod__V1__JobEvent *ev) {
+  char line[2048];
+  if (csv) {
+    puts(fmt_csv_row(&ev->metrics->base, ev->time_unix_ms, line, sizeof line));
+    return;
+  }
+  cJSON *j = fmt_message_json(&ev->metrics->base);
+  if (j && cJSON_AddNumberToObject(j, "time_unix_ms", (double)ev->time_unix_ms)) {
+    char *text = cJSON_PrintUnformatted(j);
+    if (text) puts(text);
+    cJSON_free(text);
+  }
+  cJSON_Delete(j);
+}
+
+/* The job's metrics events up to the last event it had when asked (its history, replayed by WatchJob). */
+static int cmd_metrics(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"format", required_argument, NULL, 'f'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  int opt, bad = 0, csv = 1;
+  while ((opt = next_opt("metrics", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'f':
+        if (strcmp(optarg, "csv") == 0) csv = 1;
+        else if (strcmp(optarg, "jsonl") == 0) csv = 0;
+        else return usage_error("metrics", "--format wants csv or jsonl, not '%s'", optarg);
+        break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_metrics, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("metrics", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("metrics", argv[optind], &id)) return EXIT_USAGE;
+
+  Dpod__V1__GetJobResponse *resp = NULL;
+  int rc = get_job(c, id, &resp);
+  if (rc) return rc;
+  uint64_t last_seq = resp->job->has_last_seq ? resp->job->last_seq : UINT64_MAX;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  if (csv) {
+    char header[1024];
+    puts(fmt_csv_header(&dpod__v1__step_metrics__descriptor, header, sizeof header));
+  }
+  Dpod__V1__WatchJobRequest req = DPOD__V1__WATCH_JOB_REQUEST__INIT;
+  req.has_job_id = req.has_after_seq = 1;
+  req.job_id = id;
+  rpc_stream *s = NULL;
+  char err[1024];
+  if (last_seq == 0) return EXIT_OK; /* no event yet */
+  if ((rc = rpc_stream_open(c->client, M_WATCH, &req.base, &s, err, sizeof err)) != 0) return rpc_failed(c, "metrics", err);
+  ProtobufCMessage *m;
+  uint64_t seq = 0;
+  while (seq < last_seq && (rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, &m, 0, err, sizeof err)) == 1) {
+    const Dpod__V1__JobEvent *ev = (const Dpod__V1__JobEvent *)m;
+    seq = ev->seq;
+    if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS && seq <= last_seq) metrics_print(csv, ev);
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  rpc_stream_close(s);
+  fflush(stdout);
+  if (rc < 0 && seq < last_seq) return rpc_failed(c, "metrics", err);
+  return EXIT_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
 
 typedef struct {
   const char *name;
@@ -1026,10 +1109,14 @@ static const command commands[] = {
     {"submit", cmd_submit, usage_submit}, {"list", cmd_list, usage_list},       {"get", cmd_get, usage_get},
     {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"restart", cmd_restart, usage_restart},
     {"health", cmd_health, usage_health}, {"drain", cmd_drain, usage_drain},     {"undrain", cmd_undrain, usage_undrain},
-    {"status", cmd_status, usage_status},
+    {"status", cmd_status, usage_status}, {"metrics", cmd_metrics, usage_metrics},
 };
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("dpoctl %s\n", DPOD_VERSION_STRING);
+    return EXIT_OK;
+  }
   ctl c = {0};
   dpod_default_addr(c.addr, sizeof c.addr);
   int i = 1;

@@ -234,6 +234,38 @@ char *fmt_progress_line(const fmt_progress *p, int columns, char *buf, size_t le
 }
 
 /* ----------------------------------------------------------------------------------------------- */
+/* CSV by descriptor. */
+
+static int fmt_csv_column(const ProtobufCFieldDescriptor *f) {
+  return f->label != PROTOBUF_C_LABEL_REPEATED && f->type != PROTOBUF_C_TYPE_MESSAGE &&
+         f->type != PROTOBUF_C_TYPE_BYTES && f->type != PROTOBUF_C_TYPE_STRING;
+}
+
+char *fmt_csv_header(const ProtobufCMessageDescriptor *d, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  fmt_cat(buf, len, &n, "time_unix_ms");
+  for (unsigned i = 0; i < d->n_fields; i++)
+    if (fmt_csv_column(&d->fields[i])) fmt_cat(buf, len, &n, ",%s", d->fields[i].name);
+  return buf;
+}
+
+char *fmt_csv_row(const ProtobufCMessage *msg, int64_t time_unix_ms, char *buf, size_t len) {
+  const ProtobufCMessageDescriptor *d = msg->descriptor;
+  size_t n = 0;
+  char v[64];
+  buf[0] = '\0';
+  fmt_cat(buf, len, &n, "%" PRId64, time_unix_ms);
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (!fmt_csv_column(f)) continue;
+    if (!pb_is_present(msg, f) || pb_format_scalar(f, pb_member(msg, f), v, sizeof v) != 0) v[0] = '\0';
+    fmt_cat(buf, len, &n, ",%s", v);
+  }
+  return buf;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
 /* JSON by descriptor. */
 
 static cJSON *fmt_value_json(const ProtobufCFieldDescriptor *f, const void *p) {

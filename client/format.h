@@ -69,6 +69,12 @@ typedef struct {
  * return). */
 char *fmt_progress_line(const fmt_progress *p, int columns, char *buf, size_t len);
 
+/* CSV by descriptor, for `dpoctl metrics`: the header is "time_unix_ms" and the message's field names
+ * (scalar fields only, in .proto order); a row is the time and each field as a job file writes it, empty
+ * where the message lacks it. No field of these messages needs quoting (numbers only). */
+char *fmt_csv_header(const ProtobufCMessageDescriptor *d, char *buf, size_t len);
+char *fmt_csv_row(const ProtobufCMessage *msg, int64_t time_unix_ms, char *buf, size_t len);
+
 /* A JSON object for any protobuf-c message: fields by proto name, enums by short lower-case name, only
  * fields that are present (or have a proto2 default). The caller frees it with cJSON_Delete(); NULL if
  * out of memory. */

@@ -78,7 +78,8 @@ static void usage(FILE *f) {
           "  --restart-backoff S  wait before the first automatic restart; doubles with each (default 10)\n"
           "  --drain-grace S    after a drain, SIGKILL what has not stopped at a checkpoint (default 30)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
-          "  --help             this text\n");
+          "  --help             this text\n"
+          "  --version          print dpod's version\n");
 }
 
 /* A duration in seconds (fractions allowed, up to a day) as ms. Returns 0, or -1 after saying why. */
@@ -259,7 +260,7 @@ int main(int argc, char **argv) {
   coord_params cp = coord_default_params();
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
-    OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE
+    OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_VERSION
   };
   static const struct option opts[] = {
       {"listen", required_argument, NULL, OPT_LISTEN},
@@ -273,6 +274,7 @@ int main(int argc, char **argv) {
       {"restart-backoff", required_argument, NULL, OPT_RESTART_BACKOFF},
       {"drain-grace", required_argument, NULL, OPT_DRAIN_GRACE},
       {"help", no_argument, NULL, OPT_HELP},
+      {"version", no_argument, NULL, OPT_VERSION},
       {NULL, 0, NULL, 0},
   };
   int c;
@@ -317,6 +319,7 @@ int main(int argc, char **argv) {
         break;
       case 'h':
       case OPT_HELP: usage(stdout); return 0;
+      case OPT_VERSION: printf("dpod %s\n", DPOD_VERSION_STRING); return 0;
       default: usage(stderr); return 2;
     }
   }
