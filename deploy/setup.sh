@@ -50,7 +50,7 @@ dpod_phase_failed() {
 dpod_progress_filter() {
   local line pct last="" tty=0
   [ -t 1 ] && tty=1
-  while IFS= read -r line; do
+  while IFS= read -r line || [ -n "$line" ]; do
     printf '%s\n' "$line" >>"$DPOD_PHASE_LOG"
     [ $tty -eq 1 ] || continue
     pct=$(dpod_progress_percent "$line")
