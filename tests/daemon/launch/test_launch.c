@@ -36,7 +36,8 @@ typedef struct {
 /* A stand-in for mpirun: records its arguments and environment, then exits with $FAKE_EXIT, or acts
  * out one of the states a stop can find mpirun in (each writes $FAKE_DIR/ready once there):
  *   wait      one rank (its arguments mpirun's, as a real rank's name the run directory) runs until a
- *             SIGTERM makes it exit 4; mpirun then exits as its rank did;
+ *             SIGTERM makes it exit 4 (it is ready once it handles the signal); mpirun then exits as its
+ *             rank did;
  *   starting  no rank yet: only a SIGTERM to mpirun ends it (exit 4);
  *   winddown  its rank did some work and exited 3; mpirun tears the job down for a second, then exits
  *             3. A SIGTERM then is what crashes the real one: the fake exits 139.
@@ -47,15 +48,16 @@ static const char fake_mpirun_text[] =
     "env > \"$FAKE_DIR/env\"\n"
     "echo 'dpo-worker ERROR rank 0: the reason it failed'\n"
     "term() { echo TERM >> \"$FAKE_DIR/mpirun-signals\"; exit $1; }\n"
-    "pause() { mkfifo \"$FAKE_DIR/fifo\"; exec 3<>\"$FAKE_DIR/fifo\"; touch \"$FAKE_DIR/ready\"; read -t $1 -u 3; }\n"
+    "ready() { mkfifo \"$FAKE_DIR/fifo\"; exec 3<>\"$FAKE_DIR/fifo\"; : > \"$FAKE_DIR/ready\"; }\n"
+    "pause() { read -t $1 -u 3; } # a wait that starts no process (a child would look like a rank)\n"
     "case $FAKE_EXIT in\n"
     "  wait) trap 'term 4' TERM\n"
-    "    bash -c 'trap \"exit 4\" TERM; while :; do sleep 0.05; done' rank \"$@\" & rank=$!\n"
-    "    touch \"$FAKE_DIR/ready\"; wait $rank; exit $? ;;\n"
-    "  starting) trap 'term 4' TERM; while :; do pause 0.05; done ;;\n"
+    "    bash -c 'trap \"exit 4\" TERM; : > \"$FAKE_DIR/ready\"; while :; do sleep 0.05; done' rank \"$@\" &\n"
+    "    wait $!; exit $? ;;\n"
+    "  starting) trap 'term 4' TERM; ready; while :; do pause 0.05; done ;;\n"
     "  winddown) trap 'term 139' TERM\n"
     "    bash -c 'i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); done; exit 3'; rc=$?\n"
-    "    pause 1; exit $rc ;;\n"
+    "    ready; pause 1; exit $rc ;;\n"
     "esac\n"
     "exit \"$FAKE_EXIT\"\n";
 
