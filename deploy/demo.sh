@@ -6,8 +6,10 @@
 #   2. job 1 pretrains the reference on its base samples with the plain denoising (sft) objective;
 #   3. job 2 runs DPO from job 1's checkpoint on 2 MPI ranks, evaluating before and after;
 #   4. a table compares the reference with the DPO policy.
-# Both jobs go through dpod and dpoctl like any user job. Exits 0 only if both jobs succeeded and the
-# targets were met (3 if they were not).
+# Both jobs go through dpod and dpoctl like any user job. Each phase prints one line, as the set-up's do
+# (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
+# whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
+# they were not).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
