@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,7 +51,7 @@ typedef struct {
 
 typedef struct {
   int jsonl;        /* --events-jsonl */
-  int progress;     /* progress bar in front of metrics lines (stdout is a TTY) */
+  int progress;     /* one progress line redrawn in place (stdout is a terminal); else a line per event */
   int retries;      /* reconnect attempts after the stream breaks */
 } watch_opts;
 
@@ -65,6 +66,7 @@ static const char *const usage_main =
     "  list              list jobs, newest first\n"
     "  get ID            describe one job\n"
     "  watch ID          follow a job's events until it ends\n"
+    "  metrics ID        the job's step metrics so far, as CSV or JSON lines\n"
     "  cancel ID         cancel a job\n"
     "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
     "  health            ask dpod whether it is serving\n"
@@ -79,6 +81,7 @@ static const char *const usage_main =
     "                    $XDG_STATE_HOME/dpod/token ($DPOD_TOKEN, if set, is the token itself)\n"
     "  --tls-ca FILE     over TCP: talk TLS, trusting this CA (PEM); default $DPOD_TLS_CA, else plain\n"
     "  -h, --help        this help; `dpoctl COMMAND --help` for a command's\n"
+    "  --version         print dpoctl's version\n"
     "\n"
     "Exit status: 0 ok, 1 failed (watch: the job did not succeed), 2 usage or invalid spec,\n"
     "3 dpod unreachable.\n";
@@ -95,7 +98,7 @@ static const char *const usage_submit =
     "  --dry-run         print the complete spec, defaults included, and submit nothing\n"
     "  --watch           then follow the job like `dpoctl watch` (and exit like it)\n"
     "  --events-jsonl    with --watch: events as JSON lines\n"
-    "  --no-progress     with --watch: no progress bar\n";
+    "  --no-progress     with --watch: a line per event even on a terminal\n";
 
 static const char *const usage_list =
     "usage: dpoctl list [--state STATE]... [--limit N] [--json]\n"
@@ -115,13 +118,24 @@ static const char *const usage_get =
 static const char *const usage_watch =
     "usage: dpoctl watch ID [--after-seq K] [--events-jsonl] [--no-progress]\n"
     "\n"
-    "Prints the job's events (state changes, one line per optimizer step, checkpoints) until it ends,\n"
-    "then a summary. Reconnects if the daemon restarts, without losing or repeating events.\n"
-    "Exits 0 only if the job succeeded.\n"
+    "Prints the job's events until it ends, then a summary. On a terminal the steps are one progress\n"
+    "line redrawn in place (step/total, a bar, percentage, elapsed<remaining time, steps per second,\n"
+    "the latest loss and accuracy), with state changes, evaluations and checkpoints printed above it;\n"
+    "otherwise every event is a line of its own. Reconnects if the daemon restarts, without losing or\n"
+    "repeating events. Exits 0 only if the job succeeded.\n"
     "  --after-seq K    start after event K (default: replay from the first event)\n"
     "  --events-jsonl   each event as one JSON line with its seq; the summary goes to stderr\n"
-    "  --no-progress    no progress bar, even on a terminal\n"
+    "  --no-progress    a line per event even on a terminal\n"
     "  --retries N      reconnect attempts before giving up (default 10)\n";
+
+static const char *const usage_metrics =
+    "usage: dpoctl metrics ID [--format csv|jsonl]\n"
+    "\n"
+    "Prints the job's step metrics so far, one row per optimizer step, and exits (a running job's later\n"
+    "steps are not waited for: `dpoctl watch` follows). Columns: time_unix_ms (when dpod recorded the\n"
+    "step), then the fields of dpod.v1.StepMetrics; a value the step lacks is left empty.\n"
+    "  --format csv     a header line and comma-separated rows (the default)\n"
+    "  --format jsonl   one JSON object per step\n";
 
 static const char *const usage_cancel =
     "usage: dpoctl cancel ID\n"
@@ -312,7 +326,90 @@ typedef struct {
   uint32_t ckpt_step;
   char ckpt_path[1024];
   int64_t first_ms, last_ms;
+  /* The progress line (watch_opts.progress): */
+  fmt_rate_meter meter;
+  int64_t train_start_ms;       /* event time of the first RUNNING state (or first step) seen */
+  int64_t last_event_ms;        /* the latest event's time and when it arrived here: elapsed time */
+  int64_t last_recv_ms;         /* counts on from it without comparing dpod's clock with ours */
+  int64_t last_step_ms;         /* the latest step's event time: where elapsed stops once the job ended */
+  int64_t drawn_ms;             /* when the line was last drawn (local); 0: it is not on screen */
+  int dirty;                    /* a step arrived that the line does not show yet */
 } watch_state;
+
+/* The terminal's width, 80 when it cannot be had (read at every redraw: the window may be resized). */
+static int watch_columns(void) {
+  struct winsize ws;
+  return ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
+}
+
+/* Draws the progress line over whatever the cursor's line holds, leaving the cursor on it. */
+static void watch_draw_progress(watch_state *w) {
+  if (!w->have_metrics) return;
+  int64_t now = fmt_now_ms();
+  const Dpod__V1__StepMetrics *m = &w->metrics;
+  fmt_progress p = {.step = m->step, .total = m->total_steps, .steps_per_s = fmt_rate_meter_rate(&w->meter),
+                    .has_loss = m->has_loss, .loss = m->loss, .has_acc = m->has_implicit_acc, .acc = m->implicit_acc};
+  if (w->terminal)
+    p.elapsed_s = (w->last_step_ms - w->train_start_ms) / 1000.0;
+  else
+    p.elapsed_s = (w->last_event_ms - w->train_start_ms + now - w->last_recv_ms) / 1000.0;
+  char line[512];
+  printf("\r\033[K%s", fmt_progress_line(&p, watch_columns(), line, sizeof line));
+  fflush(stdout);
+  w->drawn_ms = now;
+  w->dirty = 0;
+}
+
+/* Takes the progress line off the screen, so that a line can be printed where it was. */
+static void watch_clear_progress(watch_state *w) {
+  if (!w->drawn_ms) return;
+  fputs("\r\033[K", stdout);
+  fflush(stdout); /* before anything on stderr, which is likely the same terminal */
+  w->drawn_ms = 0;
+}
+
+/* Leaves the progress line on the screen, up to date, as the last line of the stream (as tqdm does). */
+static void watch_finish_progress(watch_state *w) {
+  if (w->dirty) watch_draw_progress(w);
+  if (w->drawn_ms) {
+    putchar('\n');
+    fflush(stdout);
+  }
+  w->drawn_ms = 0;
+}
+
+/* On a terminal: steps redraw the progress line in place (at most ten times a second: a replayed
+ * history arrives all at once); every other event is printed above it. Called after watch_note_event. */
+static void watch_progress_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
+  w->last_event_ms = ev->time_unix_ms;
+  w->last_recv_ms = fmt_now_ms();
+  if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_STATE && ev->state->state == DPOD__V1__JOB_STATE__JOB_STATE_RUNNING &&
+      !w->train_start_ms)
+    w->train_start_ms = ev->time_unix_ms;
+  if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS) {
+    if (!w->train_start_ms) w->train_start_ms = ev->time_unix_ms;
+    w->last_step_ms = ev->time_unix_ms;
+    fmt_rate_meter_add(&w->meter, ev->metrics->step, ev->time_unix_ms);
+    w->dirty = 1;
+    if (!w->drawn_ms || w->last_recv_ms - w->drawn_ms >= 100) watch_draw_progress(w);
+    return;
+  }
+  char line[1024];
+  watch_clear_progress(w);
+  puts(fmt_event(ev, line, sizeof line));
+  watch_draw_progress(w);
+}
+
+/* The next event, as rpc_stream_next; with the progress line on, it is redrawn every half second while
+ * none comes, so that a step the throttle held back shows up and the elapsed time keeps counting. */
+static int watch_next_event(const watch_opts *o, watch_state *w, rpc_stream *s, ProtobufCMessage **m, char *err,
+                            size_t errlen) {
+  for (;;) {
+    int rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, m, o->progress ? 500 : 0, err, errlen);
+    if (rc != DPOD_ETIMEDOUT || !o->progress) return rc;
+    if (!w->terminal) watch_draw_progress(w);
+  }
+}
 
 static void watch_print_event(const watch_opts *o, watch_state *w, const Dpod__V1__JobEvent *ev) {
   if (o->jsonl) {
@@ -321,14 +418,13 @@ static void watch_print_event(const watch_opts *o, watch_state *w, const Dpod__V
     if (s) puts(s);
     cJSON_free(s);
     cJSON_Delete(j);
+  } else if (o->progress) {
+    watch_progress_event(w, ev);
   } else {
-    char line[1024], bar[64] = "";
-    if (o->progress && ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS)
-      fmt_progress_bar(ev->metrics->step, ev->metrics->total_steps, 20, bar, sizeof bar);
-    printf("%s%s\n", bar, fmt_event(ev, line, sizeof line));
+    char line[1024];
+    puts(fmt_event(ev, line, sizeof line));
   }
   fflush(stdout);
-  (void)w;
 }
 
 static void watch_note_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
@@ -423,7 +519,7 @@ static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *
     rc = rpc_stream_open(c->client, M_WATCH, &req.base, &s, err, sizeof err);
     if (rc == 0) {
       ProtobufCMessage *m;
-      while ((rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, &m, 0, err, sizeof err)) == 1) {
+      while ((rc = watch_next_event(o, &w, s, &m, err, sizeof err)) == 1) {
         Dpod__V1__JobEvent *ev = (Dpod__V1__JobEvent *)m;
         got_any = 1;
         failures = 0;
@@ -431,16 +527,19 @@ static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *
           protobuf_c_message_free_unpacked(m, NULL);
           continue;
         }
-        if (ev->seq != w.last_seq + 1)
+        if (ev->seq != w.last_seq + 1) {
+          watch_clear_progress(&w);
           fprintf(stderr, "dpoctl: warning: events %" PRIu64 "..%" PRIu64 " of job %" PRIu64 " are missing\n",
                   w.last_seq + 1, ev->seq - 1, id);
-        watch_print_event(o, &w, ev);
+        }
         watch_note_event(&w, ev);
+        watch_print_event(o, &w, ev);
         protobuf_c_message_free_unpacked(m, NULL);
       }
       rpc_stream_close(s);
     }
     if (w.terminal) break;
+    watch_clear_progress(&w); /* messages follow on stderr, likely the same terminal */
 
     int st = rpc_last_grpc_status();
     if (rc < 0 && !is_conn_status(st) && st != GRPC_STATUS_CANCELLED && st != GRPC_STATUS_INTERNAL &&
@@ -463,6 +562,7 @@ static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *
     nanosleep(&ts, NULL);
   }
 
+  if (o->progress) watch_finish_progress(&w);
   watch_summary(c, o, id, &w);
   return w.state == DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED ? EXIT_OK : EXIT_FAIL;
 }
@@ -981,6 +1081,78 @@ static int cmd_status(ctl *c, int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------------- */
+/* metrics */
+
+/* Prints one step in the chosen format. */
+static void metrics_print(int csv, const Dpod__V1__JobEvent *ev) {
+  char line[2048];
+  if (csv) {
+    puts(fmt_csv_row(&ev->metrics->base, ev->time_unix_ms, line, sizeof line));
+    return;
+  }
+  cJSON *j = fmt_message_json(&ev->metrics->base);
+  if (j && cJSON_AddNumberToObject(j, "time_unix_ms", (double)ev->time_unix_ms)) {
+    char *text = cJSON_PrintUnformatted(j);
+    if (text) puts(text);
+    cJSON_free(text);
+  }
+  cJSON_Delete(j);
+}
+
+/* The job's metrics events up to the last event it had when asked (its history, replayed by WatchJob). */
+static int cmd_metrics(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"format", required_argument, NULL, 'f'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  int opt, bad = 0, csv = 1;
+  while ((opt = next_opt("metrics", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'f':
+        if (strcmp(optarg, "csv") == 0) csv = 1;
+        else if (strcmp(optarg, "jsonl") == 0) csv = 0;
+        else return usage_error("metrics", "--format wants csv or jsonl, not '%s'", optarg);
+        break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_metrics, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("metrics", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("metrics", argv[optind], &id)) return EXIT_USAGE;
+
+  Dpod__V1__GetJobResponse *resp = NULL;
+  int rc = get_job(c, id, &resp);
+  if (rc) return rc;
+  uint64_t last_seq = resp->job->has_last_seq ? resp->job->last_seq : UINT64_MAX;
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  if (csv) {
+    char header[1024];
+    puts(fmt_csv_header(&dpod__v1__step_metrics__descriptor, header, sizeof header));
+  }
+  Dpod__V1__WatchJobRequest req = DPOD__V1__WATCH_JOB_REQUEST__INIT;
+  req.has_job_id = req.has_after_seq = 1;
+  req.job_id = id;
+  rpc_stream *s = NULL;
+  char err[1024];
+  if (last_seq == 0) return EXIT_OK; /* no event yet */
+  if ((rc = rpc_stream_open(c->client, M_WATCH, &req.base, &s, err, sizeof err)) != 0) return rpc_failed(c, "metrics", err);
+  ProtobufCMessage *m;
+  uint64_t seq = 0;
+  while (seq < last_seq && (rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, &m, 0, err, sizeof err)) == 1) {
+    const Dpod__V1__JobEvent *ev = (const Dpod__V1__JobEvent *)m;
+    seq = ev->seq;
+    if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS && seq <= last_seq) metrics_print(csv, ev);
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  rpc_stream_close(s);
+  fflush(stdout);
+  if (rc < 0 && seq < last_seq) return rpc_failed(c, "metrics", err);
+  return EXIT_OK;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
 
 typedef struct {
   const char *name;
@@ -992,10 +1164,14 @@ static const command commands[] = {
     {"submit", cmd_submit, usage_submit}, {"list", cmd_list, usage_list},       {"get", cmd_get, usage_get},
     {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"restart", cmd_restart, usage_restart},
     {"health", cmd_health, usage_health}, {"drain", cmd_drain, usage_drain},     {"undrain", cmd_undrain, usage_undrain},
-    {"status", cmd_status, usage_status},
+    {"status", cmd_status, usage_status}, {"metrics", cmd_metrics, usage_metrics},
 };
 
 int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("dpoctl %s\n", DPOD_VERSION_STRING);
+    return EXIT_OK;
+  }
   ctl c = {0};
   dpod_default_addr(c.addr, sizeof c.addr);
   int i = 1;

@@ -171,6 +171,100 @@ char *fmt_progress_bar(uint32_t step, uint32_t total, int width, char *buf, size
   return buf;
 }
 
+char *fmt_clock(double seconds, char *buf, size_t len) {
+  if (!(seconds >= 0) || seconds > 1e9) {
+    snprintf(buf, len, "?");
+    return buf;
+  }
+  long s = (long)seconds;
+  if (s < 3600)
+    snprintf(buf, len, "%02ld:%02ld", s / 60, s % 60);
+  else
+    snprintf(buf, len, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  return buf;
+}
+
+char *fmt_rate(double steps_per_s, char *buf, size_t len) {
+  if (!(steps_per_s > 0))
+    snprintf(buf, len, "? step/s");
+  else if (steps_per_s < 1)
+    snprintf(buf, len, "%.2f s/step", 1 / steps_per_s);
+  else
+    snprintf(buf, len, "%.2f step/s", steps_per_s);
+  return buf;
+}
+
+void fmt_rate_meter_add(fmt_rate_meter *r, uint32_t step, int64_t t_ms) {
+  if (!r->started || step < r->step) {
+    r->started = 1;
+    r->step0 = r->step = step;
+    r->t0_ms = r->t_ms = t_ms;
+    return;
+  }
+  r->step = step;
+  r->t_ms = t_ms;
+}
+
+double fmt_rate_meter_rate(const fmt_rate_meter *r) {
+  if (!r->started || r->t_ms <= r->t0_ms || r->step <= r->step0) return 0;
+  return (double)(r->step - r->step0) * 1000.0 / (double)(r->t_ms - r->t0_ms);
+}
+
+char *fmt_progress_line(const fmt_progress *p, int columns, char *buf, size_t len) {
+  char head[48], tail[160], bar[40] = "", elapsed[32], eta[32], rate[32];
+  size_t n = 0;
+  if (p->total)
+    snprintf(head, sizeof head, "step %u/%u ", p->step, p->total);
+  else
+    snprintf(head, sizeof head, "step %u ", p->step);
+  double left = p->total && p->steps_per_s > 0 ? (p->step >= p->total ? 0 : (p->total - p->step) / p->steps_per_s) : -1;
+  tail[0] = '\0';
+  if (p->total)
+    fmt_cat(tail, sizeof tail, &n, "%3u%% ", (unsigned)((uint64_t)(p->step > p->total ? p->total : p->step) * 100 / p->total));
+  fmt_cat(tail, sizeof tail, &n, "%s<%s %s", fmt_clock(p->elapsed_s, elapsed, sizeof elapsed),
+          fmt_clock(left, eta, sizeof eta), fmt_rate(p->steps_per_s, rate, sizeof rate));
+  if (p->has_loss) fmt_cat(tail, sizeof tail, &n, " loss %.4f", p->loss);
+  if (p->has_acc) fmt_cat(tail, sizeof tail, &n, " acc %.2f", p->acc);
+  int room = columns - 1 - (int)strlen(head) - (int)strlen(tail) - 3; /* "[" "] " */
+  if (room > 30) room = 30;
+  if (p->total && room >= 5) fmt_progress_bar(p->step, p->total, room, bar, sizeof bar);
+  snprintf(buf, len, "%s%s%s", head, bar, tail);
+  if (columns > 1 && strlen(buf) > (size_t)columns - 1) buf[columns - 1] = '\0';
+  return buf;
+}
+
+/* ----------------------------------------------------------------------------------------------- */
+/* CSV by descriptor. */
+
+static int fmt_csv_column(const ProtobufCFieldDescriptor *f) {
+  return f->label != PROTOBUF_C_LABEL_REPEATED && f->type != PROTOBUF_C_TYPE_MESSAGE &&
+         f->type != PROTOBUF_C_TYPE_BYTES && f->type != PROTOBUF_C_TYPE_STRING;
+}
+
+char *fmt_csv_header(const ProtobufCMessageDescriptor *d, char *buf, size_t len) {
+  size_t n = 0;
+  buf[0] = '\0';
+  fmt_cat(buf, len, &n, "time_unix_ms");
+  for (unsigned i = 0; i < d->n_fields; i++)
+    if (fmt_csv_column(&d->fields[i])) fmt_cat(buf, len, &n, ",%s", d->fields[i].name);
+  return buf;
+}
+
+char *fmt_csv_row(const ProtobufCMessage *msg, int64_t time_unix_ms, char *buf, size_t len) {
+  const ProtobufCMessageDescriptor *d = msg->descriptor;
+  size_t n = 0;
+  char v[64];
+  buf[0] = '\0';
+  fmt_cat(buf, len, &n, "%" PRId64, time_unix_ms);
+  for (unsigned i = 0; i < d->n_fields; i++) {
+    const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (!fmt_csv_column(f)) continue;
+    if (!pb_is_present(msg, f) || pb_format_scalar(f, pb_member(msg, f), v, sizeof v) != 0) v[0] = '\0';
+    fmt_cat(buf, len, &n, ",%s", v);
+  }
+  return buf;
+}
+
 /* ----------------------------------------------------------------------------------------------- */
 /* JSON by descriptor. */
 

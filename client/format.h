@@ -35,6 +35,46 @@ char *fmt_event(const Dpod__V1__JobEvent *ev, char *buf, size_t len);
 /* "[#######.............] " for step/total; "" when total is 0. */
 char *fmt_progress_bar(uint32_t step, uint32_t total, int width, char *buf, size_t len);
 
+/* "00:07", "12:34", "1:02:03", as tqdm writes elapsed and remaining times; "?" when not known (< 0). */
+char *fmt_clock(double seconds, char *buf, size_t len);
+/* "3.67 step/s", or "4.20 s/step" below one step a second; "? step/s" when not known (<= 0). */
+char *fmt_rate(double steps_per_s, char *buf, size_t len);
+
+/* The speed of a job in steps per second, measured between the events' own times (so that a replayed
+ * history shows the job's speed, not the replay's). Zero-initialize; a step below the last one (a new
+ * attempt resuming from a checkpoint) starts the measurement again. */
+typedef struct {
+  int started;
+  uint32_t step0, step;   /* the first and the latest step measured */
+  int64_t t0_ms, t_ms;    /* their event times, ms since the epoch */
+} fmt_rate_meter;
+
+void fmt_rate_meter_add(fmt_rate_meter *r, uint32_t step, int64_t t_ms);
+/* Steps per second since the measurement started; 0 until two steps at different times were seen. */
+double fmt_rate_meter_rate(const fmt_rate_meter *r);
+
+/* What the progress line shows. */
+typedef struct {
+  uint32_t step, total;   /* total 0: not known (no bar, percentage or ETA) */
+  double elapsed_s;       /* since training started, s */
+  double steps_per_s;     /* 0: not known yet */
+  int has_loss, has_acc;
+  double loss, acc;       /* the latest step's */
+} fmt_progress;
+
+/* The tqdm-like line a terminal redraws in place:
+ *   "step 45/100 [##########............]  45% 00:12<00:15 3.67 step/s loss 0.6931 acc 0.50"
+ * The bar takes what is left of `columns` (at most 30 characters, none below 5), and the line is cut to
+ * columns - 1 characters so that it never wraps (a wrapped line cannot be redrawn with a carriage
+ * return). */
+char *fmt_progress_line(const fmt_progress *p, int columns, char *buf, size_t len);
+
+/* CSV by descriptor, for `dpoctl metrics`: the header is "time_unix_ms" and the message's field names
+ * (scalar fields only, in .proto order); a row is the time and each field as a job file writes it, empty
+ * where the message lacks it. No field of these messages needs quoting (numbers only). */
+char *fmt_csv_header(const ProtobufCMessageDescriptor *d, char *buf, size_t len);
+char *fmt_csv_row(const ProtobufCMessage *msg, int64_t time_unix_ms, char *buf, size_t len);
+
 /* A JSON object for any protobuf-c message: fields by proto name, enums by short lower-case name, only
  * fields that are present (or have a proto2 default). The caller frees it with cJSON_Delete(); NULL if
  * out of memory. */

@@ -343,8 +343,13 @@ static void coord_job_free(coord_job *j) {
 static void coord_stop_timer(uv_timer_t *t) {
   coord_job *j = t->data;
   if (j->stop_stage == 0) {
-    log_info("job %" PRIu64 ": still running; SIGTERM to %s", j->id, launch_run_handle(j->run));
-    launch_stop(j->run, LAUNCH_STOP_TERMINATE, NULL);
+    int n = 0;
+    launch_stop(j->run, LAUNCH_STOP_TERMINATE, &n);
+    if (n > 0)
+      log_info("job %" PRIu64 ": still running; SIGTERM to %d processes of %s", j->id, n, launch_run_handle(j->run));
+    else
+      log_info("job %" PRIu64 ": %s is ending by itself; SIGKILL if it has not in %u ms", j->id,
+               launch_run_handle(j->run), j->co->p.cancel_kill_ms);
     j->stop_stage = 1;
     uv_timer_start(t, coord_stop_timer, j->co->p.cancel_kill_ms, 0);
   } else if (j->stop_stage == 1) {

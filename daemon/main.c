@@ -94,7 +94,8 @@ static void usage(FILE *f) {
           "  --report-listen HOST:PORT  a second listener, for worker reports only, that ranks on other\n"
           "                     nodes reach (port 0: any free port; TLS with --tls-cert)\n"
           "  --log-level L      error, warn, info or debug (default info)\n"
-          "  --help             this text\n");
+          "  --help             this text\n"
+          "  --version          print dpod's version\n");
 }
 
 /* A duration in seconds (fractions allowed, up to a day) as ms. Returns 0, or -1 after saying why. */
@@ -358,7 +359,7 @@ int main(int argc, char **argv) {
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
     OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
-    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE
+    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE, OPT_VERSION
   };
   char jobs_dir[PATH_MAX] = "";
   bool network_state = false;
@@ -390,6 +391,7 @@ int main(int argc, char **argv) {
       {"poll-interval", required_argument, NULL, OPT_POLL},
       {"preempt-grace", required_argument, NULL, OPT_GRACE},
       {"help", no_argument, NULL, OPT_HELP},
+      {"version", no_argument, NULL, OPT_VERSION},
       {NULL, 0, NULL, 0},
   };
   int c;
@@ -457,6 +459,7 @@ int main(int argc, char **argv) {
         break;
       case 'h':
       case OPT_HELP: usage(stdout); return 0;
+      case OPT_VERSION: printf("dpod %s\n", DPOD_VERSION_STRING); return 0;
       default: usage(stderr); return 2;
     }
   }

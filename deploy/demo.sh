@@ -6,8 +6,10 @@
 #   2. job 1 pretrains the reference on its base samples with the plain denoising (sft) objective;
 #   3. job 2 runs DPO from job 1's checkpoint on 2 MPI ranks, evaluating before and after;
 #   4. a table compares the reference with the DPO policy.
-# Both jobs go through dpod and dpoctl like any user job. Exits 0 only if both jobs succeeded and the
-# targets were met (3 if they were not).
+# Both jobs go through dpod and dpoctl like any user job. Each phase prints one line, as the set-up's do
+# (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
+# whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
+# they were not).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
@@ -16,46 +18,53 @@ DPOD="$DPOD_BUILD/bin/dpod"
 DPOCTL="$DPOD_BUILD/bin/dpoctl"
 TOOL="$DPOD_BUILD/bin/dpo-tool"
 EXAMPLES="$DPOD_ROOT/deploy/examples"
+state="${XDG_STATE_HOME:-$HOME/.local/state}/dpod"
+mkdir -p "$state"
+# The demo's phases print one line each, like the set-up's; what they print goes to this log.
+DPOD_PHASE_LOG="$state/demo.log"
+: >"$DPOD_PHASE_LOG"
+echo "dpod: the demo's output goes to $DPOD_PHASE_LOG"
 started=""
 if ! "$DPOCTL" health >/dev/null 2>&1; then
-  log="${XDG_STATE_HOME:-$HOME/.local/state}/dpod/dpod-demo.log"
-  mkdir -p "$(dirname "$log")"
+  log="$state/dpod-demo.log"
   "$DPOD" --slots 2 >"$log" 2>&1 &
   started=$!
   trap '[ -n "$started" ] && kill -TERM "$started" 2>/dev/null && wait "$started" 2>/dev/null || true' EXIT
+  dpod_phase_begin "starting dpod (pid $started, log $log)"
   for _ in $(seq 1 100); do
     "$DPOCTL" health >/dev/null 2>&1 && break
-    kill -0 "$started" 2>/dev/null || { echo "dpod failed to start:"; cat "$log"; exit 1; }
+    kill -0 "$started" 2>/dev/null || { dpod_phase_failed "$log"; exit 1; }
     sleep 0.1
   done
-  echo "started dpod (pid $started, log $log)"
+  dpod_phase_end done
 fi
 
-data="${DPOD_DEMO_DATA:-${XDG_STATE_HOME:-$HOME/.local/state}/dpod/demo-synth}"
+data="${DPOD_DEMO_DATA:-$state/demo-synth}"
 t0=$(date +%s)
-echo "== 1. the synthetic task -> $data"
-"$TOOL" synth --out "$data" $(grep -v '^#' "$EXAMPLES/demo-synth.args")
+dpod_run_phase "1/4 writing the synthetic task to $data" \
+  "$TOOL" synth --out "$data" $(grep -v '^#' "$EXAMPLES/demo-synth.args")
 
-# submit_and_watch FILE [--set k=v]...: submits, streams the job to the terminal, sets JOB_ID.
+# submit_and_watch TEXT FILE [--set k=v]...: submits, follows the job as one phase line (its percentage
+# from the job's steps on a terminal), sets JOB_ID.
 submit_and_watch() {
-  local out
-  out=$("$DPOCTL" submit "$@") || { echo "$out"; exit 1; }
-  echo "$out"
+  local text=$1 out
+  shift
+  out=$("$DPOCTL" submit "$@" 2>&1) || { echo "$out"; exit 1; }
   JOB_ID=$(echo "$out" | grep -oE '[0-9]+' | head -n 1)
-  "$DPOCTL" watch "$JOB_ID" --no-progress || { echo "job $JOB_ID did not succeed: dpoctl get $JOB_ID"; exit 1; }
+  dpod_run_phase "$text (job $JOB_ID)" "$DPOCTL" watch "$JOB_ID" ||
+    { echo "job $JOB_ID did not succeed: dpoctl get $JOB_ID"; exit 1; }
 }
 
-echo "== 2. pretrain the reference: sft on the base samples"
-submit_and_watch "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data"
+submit_and_watch "2/4 pretraining the reference: sft on the base samples" "$EXAMPLES/demo-sft.yaml" \
+  --set data.dataset="$data"
 sft=$JOB_ID
 ckpt=$("$DPOCTL" get "$sft" --json | jq -r .last_checkpoint.path)
 
-echo "== 3. Diffusion-DPO from job $sft's checkpoint, 2 MPI ranks"
-submit_and_watch "$EXAMPLES/demo-dpo.yaml" --set data.dataset="$data" \
-  --set model.weights="$ckpt/diffusion_pytorch_model.safetensors"
+submit_and_watch "3/4 Diffusion-DPO from job $sft's checkpoint on 2 MPI ranks" "$EXAMPLES/demo-dpo.yaml" \
+  --set data.dataset="$data" --set model.weights="$ckpt/diffusion_pytorch_model.safetensors"
 dpo=$JOB_ID
 
-echo "== 4. reference vs DPO (job $dpo, evaluated on held-out pairs and DDIM samples)"
+echo "dpod: 4/4 reference vs DPO (job $dpo, evaluated on held-out pairs and DDIM samples)"
 # Targets (issue 4): the reference near 50%, DPO at 90% or more, distance no worse than 1.5x.
 "$DPOCTL" get "$dpo" --json >"$data/result.json"
 jq -r --arg secs "$(($(date +%s) - t0))" '

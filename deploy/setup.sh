@@ -2,10 +2,17 @@
 # Installs the Debian packages dpod needs (only the missing ones, so a machine that has them needs no
 # network) and builds the tree into ./build. Sourced by demo.sh and test.sh; runs on Debian 12 as root
 # (or with sudo available).
+#
+# It prints one line per phase (checking packages, installing N packages, building with a percentage
+# taken from the build's own progress lines); everything apt and the build print goes to one log file,
+# named on the first line, whose last lines are printed when a phase fails. On a terminal the building
+# line is redrawn in place; elsewhere (CI) it is printed once, with the result appended.
 set -euo pipefail
 
 DPOD_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DPOD_BUILD=${DPOD_BUILD:-$DPOD_ROOT/build}
+DPOD_SETUP_LOG=${DPOD_SETUP_LOG:-$DPOD_BUILD/setup.log}
+DPOD_PHASE_LOG=$DPOD_SETUP_LOG # where phases write; the demo points it at its own log after the set-up
 
 DPOD_PACKAGES=(
   build-essential cmake pkg-config
@@ -20,25 +27,107 @@ DPOD_PACKAGES=(
   slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster
 )
 
+# dpod_phase_begin TEXT: starts a phase's line ("dpod: TEXT ..."), left open for its result.
+dpod_phase_begin() {
+  DPOD_PHASE="dpod: $1"
+  printf '%s ...' "$DPOD_PHASE"
+}
+
+# dpod_phase_end RESULT: ends the phase's line with RESULT ("done", "ok: 3 missing").
+dpod_phase_end() {
+  if [ -t 1 ]; then printf '\r\033[K%s ... %s\n' "$DPOD_PHASE" "$1"; else printf ' %s\n' "$1"; fi
+}
+
+# dpod_phase_failed LOG: ends the phase's line as failed and shows the end of LOG.
+dpod_phase_failed() {
+  dpod_phase_end "FAILED"
+  echo "---- the last 40 lines of $1:"
+  tail -n 40 "$1"
+  echo "---- the whole output is in $1"
+}
+
+# dpod_progress_filter: reads a command's output on stdin, appends it to $DPOD_PHASE_LOG, and on a
+# terminal redraws the phase's line with the percentage the output's own progress lines give: cmake's
+# Makefile "[ 45%]", Ninja's "[12/345]", or dpoctl's "step 3/20".
+dpod_progress_filter() {
+  local line pct last="" tty=0
+  [ -t 1 ] && tty=1
+  while IFS= read -r line || [ -n "$line" ]; do
+    printf '%s\n' "$line" >>"$DPOD_PHASE_LOG"
+    [ $tty -eq 1 ] || continue
+    pct=$(dpod_progress_percent "$line")
+    if [ -n "$pct" ] && [ "$pct" != "$last" ]; then
+      last=$pct
+      printf '\r\033[K%s ... %s%%' "$DPOD_PHASE" "$pct"
+    fi
+  done
+}
+
+# dpod_progress_percent LINE: the percentage LINE reports, or nothing.
+dpod_progress_percent() {
+  if [[ $1 =~ ^\[\ *([0-9]+)%\] ]]; then
+    echo "${BASH_REMATCH[1]}"
+  elif [[ $1 =~ ^\[([0-9]+)/([0-9]+)\] ]] || [[ $1 =~ ^step\ ([0-9]+)/([0-9]+) ]]; then
+    [ "${BASH_REMATCH[2]}" -gt 0 ] && echo $((BASH_REMATCH[1] * 100 / BASH_REMATCH[2]))
+  fi
+  return 0
+}
+
+# dpod_run_phase TEXT COMMAND...: one phase: its line, COMMAND's output into $DPOD_PHASE_LOG (with the
+# percentage on a terminal), "done" or the log's tail. Returns COMMAND's status.
+dpod_run_phase() {
+  local text=$1 rc=0
+  shift
+  dpod_phase_begin "$text"
+  printf '==== %s: %s\n' "$text" "$*" >>"$DPOD_PHASE_LOG"
+  "$@" 2>&1 </dev/null | dpod_progress_filter || rc=$?
+  if [ $rc -ne 0 ]; then
+    dpod_phase_failed "$DPOD_PHASE_LOG"
+    return $rc
+  fi
+  dpod_phase_end done
+}
+
+dpod_apt_install_() {
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  # Chained with &&: run as a phase, this function is not under set -e.
+  $sudo apt-get update -q &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
 dpod_install_packages() {
   local missing=()
+  dpod_phase_begin "checking ${#DPOD_PACKAGES[@]} packages"
   for p in "${DPOD_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  echo "dpod: installing ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ ${#missing[@]} -eq 0 ]; then
+    dpod_phase_end "all installed"
+    return 0
+  fi
+  dpod_phase_end "${#missing[@]} missing"
+  dpod_run_phase "installing ${#missing[@]} packages (${missing[*]})" dpod_apt_install_ "${missing[@]}"
+}
+
+# dpod_cmake_build DIR [CMAKE_ARGS...]: configures the tree into DIR and builds it (DPOD_JOBS at a
+# time, default every core). Chained with &&: run as a phase, it is not under set -e.
+dpod_cmake_build() {
+  local dir=$1
+  shift
+  cmake -S "$DPOD_ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" &&
+    cmake --build "$dir" -j"${DPOD_JOBS:-$(nproc)}"
 }
 
 dpod_build() {
-  cmake -S "$DPOD_ROOT" -B "$DPOD_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build "$DPOD_BUILD" -j"$(nproc)"
+  dpod_run_phase "building in $DPOD_BUILD" dpod_cmake_build "$DPOD_BUILD"
 }
 
 dpod_setup() {
+  mkdir -p "$(dirname "$DPOD_SETUP_LOG")"
+  : >"$DPOD_SETUP_LOG"
+  DPOD_PHASE_LOG=$DPOD_SETUP_LOG
+  echo "dpod: the set-up's output goes to $DPOD_SETUP_LOG"
   dpod_install_packages
   dpod_build
 }

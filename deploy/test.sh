@@ -11,10 +11,10 @@ cd "$DPOD_BUILD"
 ctest --output-on-failure -j"$(nproc)" "$@"
 
 DPOD_ASAN_BUILD=${DPOD_ASAN_BUILD:-$DPOD_ROOT/build-asan}
-echo "== the torch-free suites under ASan and UBSan ($DPOD_ASAN_BUILD)"
 mkdir -p "$DPOD_ASAN_BUILD"
-log="$DPOD_ASAN_BUILD/build.log"
-{ cmake -S "$DPOD_ROOT" -B "$DPOD_ASAN_BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDPOD_SANITIZE=ON -DDPOD_WITH_TORCH=OFF &&
-  cmake --build "$DPOD_ASAN_BUILD" -j"$(nproc)"; } >"$log" 2>&1 || { tail -n 40 "$log"; echo "build failed: $log"; exit 1; }
+DPOD_PHASE_LOG="$DPOD_ASAN_BUILD/build.log"
+: >"$DPOD_PHASE_LOG"
+dpod_run_phase "building the torch-free part with the sanitizers in $DPOD_ASAN_BUILD (log $DPOD_PHASE_LOG)" \
+  dpod_cmake_build "$DPOD_ASAN_BUILD" -DDPOD_SANITIZE=ON -DDPOD_WITH_TORCH=OFF
 cd "$DPOD_ASAN_BUILD"
 ctest --output-on-failure -j"$(nproc)" "$@"

@@ -7,8 +7,8 @@
  *   start    runs one attempt of a job in its run directory and returns a durable handle, text that
  *            names what was started and carries the attempt number ("mpirun:sid=1234,attempt=2",
  *            "slurm:job=5678,attempt=1"); the coordinator stores it with the job.
- *   stop     preempt (the ranks checkpoint and exit "preempted"), terminate (SIGTERM to everything),
- *            or kill (SIGKILL).
+ *   stop     preempt (the ranks checkpoint and exit "preempted"), terminate (SIGTERM, delivered so
+ *            that the launcher ends cleanly: for mpirun, to the ranks), or kill (SIGKILL).
  *   exit     when an attempt ends, the backend calls the run's exit callback once, on the loop thread,
  *            with a launch_exit. Whatever runs the attempt (dpod itself, later a per-job supervisor or a
  *            Slurm batch script) also writes that record into the run directory as an exit record, so
@@ -76,7 +76,7 @@ typedef void (*launch_exit_cb)(launch_run *run, const launch_exit *exit, void *a
 
 typedef enum {
   LAUNCH_STOP_PREEMPT,   /* the ranks checkpoint at their next step and exit WORKER_EXIT_PREEMPTED */
-  LAUNCH_STOP_TERMINATE, /* SIGTERM to every process of the attempt */
+  LAUNCH_STOP_TERMINATE, /* SIGTERM to the attempt, never in a way that crashes its launcher (mpirun.c) */
   LAUNCH_STOP_KILL,      /* SIGKILL to every process of the attempt */
 } launch_stop_mode;
 
@@ -156,7 +156,8 @@ void launch_detach(launch_run *r);
 
 /* Asks a running attempt to stop. Returns 0, or DPOD_ESTATE when it has already ended. For
  * LAUNCH_STOP_PREEMPT, *signalled (may be NULL) receives how many ranks got the request: 0 means none
- * had started, and stopping needs LAUNCH_STOP_TERMINATE. */
+ * had started, and stopping needs LAUNCH_STOP_TERMINATE. For LAUNCH_STOP_TERMINATE it receives how many
+ * processes got the SIGTERM: 0 when the attempt is already ending by itself. */
 int launch_stop(launch_run *r, launch_stop_mode how, int *signalled);
 
 /* The run's handle and attempt. */

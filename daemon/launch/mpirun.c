@@ -232,20 +232,29 @@ fail:
   return status;
 }
 
+/* Open MPI's mpirun must not get a SIGTERM once a rank has ended: it is then tearing the job down
+ * (for about two seconds after a non-zero exit, odls_base_sigkill_timeout twice), and a SIGTERM in that
+ * window makes it crash in PMIx_Finalize ("abort is already in progress", a backtrace in the job's log,
+ * exit 139). A cancelled worker exits 3 at its next step and opens exactly that window, which dpod's
+ * SIGTERM after its grace used to hit every time. So a stop signals the ranks only, and mpirun ends
+ * by itself once they have exited, as it does for any rank that exits. mpirun itself gets a SIGTERM only
+ * when it has no ranks and has never reaped one: it is still starting them and no teardown can be
+ * under way. A mpirun that does not end is left to the SIGKILL that follows the grace period. */
 static int mpirun_stop_(launch_run *base, launch_stop_mode how, int *signalled) {
   mpirun_run *r = (mpirun_run *)base;
   /* Never the supervisor: it must outlive everything else to write the exit record. */
   proc_filter f = {.sid = r->sid, .spare = r->sid};
-  int sig = SIGTERM;
-  switch (how) {
-    /* SIGTERM to the ranks but not to mpirun (the supervisor's child), as Slurm signals tasks on
-     * preemption: each rank checkpoints at its next step boundary and exits WORKER_EXIT_PREEMPTED, and
-     * so does mpirun. */
-    case LAUNCH_STOP_PREEMPT: f.spare_children_of = r->sid; break;
-    case LAUNCH_STOP_TERMINATE: break;
-    default: sig = SIGKILL; break;
+  int n;
+  if (how == LAUNCH_STOP_PREEMPT || how == LAUNCH_STOP_TERMINATE) {
+    /* The ranks, but not mpirun (the supervisor's child), as Slurm signals tasks: on preemption each
+     * rank checkpoints at its next step boundary and exits WORKER_EXIT_PREEMPTED, and so does mpirun. */
+    f.spare_children_of = r->sid;
+    n = proc_signal(&f, SIGTERM);
+    int mpirun = n == 0 && how == LAUNCH_STOP_TERMINATE ? proc_first_child(r->sid) : 0;
+    if (mpirun > 0 && proc_reaped_children_ticks(mpirun) == 0 && kill(mpirun, SIGTERM) == 0) n = 1;
+  } else {
+    n = proc_signal(&f, SIGKILL);
   }
-  int n = proc_signal(&f, sig);
   if (signalled) *signalled = n;
   return 0;
 }

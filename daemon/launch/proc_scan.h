@@ -19,6 +19,13 @@ int proc_signal(const proc_filter *f, int sig);
  * command-line argument `arg` when it is not NULL. Returns how many were signalled. */
 int proc_signal_session(int sid, const char *arg, int sig, int spare);
 
+/* A live (not zombie) child of `ppid`, or 0 if it has none. */
+int proc_first_child(int ppid);
+
+/* The CPU time, in clock ticks, of the children `pid` has waited for (cutime + cstime): 0 until it has
+ * reaped a child that did any work; -1 if `pid` is gone. */
+long proc_reaped_children_ticks(int pid);
+
 /* Whether `pid` is alive (not a zombie), leads its own session and has `arg` among its arguments. */
 int proc_is_session_leader_with_arg(int pid, const char *arg);
 

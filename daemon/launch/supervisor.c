@@ -7,9 +7,10 @@
  * on the job's log. It starts mpirun in that session, waits for it, SIGKILLs whatever is left in the
  * session (a rank stuck in a collective must not outlive its attempt), writes RUN_DIR/attempt-N.exit
  * (daemon/launch/launch.h) and exits. It ignores SIGTERM, SIGINT and SIGHUP: stopping dpod, or the
- * service around it, must not stop the jobs; dpod stops an attempt by signalling its ranks and mpirun,
- * never the supervisor. Because mpirun is the supervisor's child and not dpod's, a dpod that dies or
- * restarts leaves the attempt running, and the next dpod adopts it from its handle. */
+ * service around it, must not stop the jobs; dpod stops an attempt by signalling its ranks (mpirun only
+ * while it starts them, see mpirun_stop_), never the supervisor. Because mpirun is the supervisor's child
+ * and not dpod's, a dpod that dies or restarts leaves the attempt running, and the next dpod adopts it
+ * from its handle. */
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>

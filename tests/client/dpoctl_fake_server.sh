@@ -4,13 +4,7 @@
 # usage: dpoctl_fake_server.sh DPOCTL FAKE_DPOD EXAMPLE_JOB
 set -u
 dpoctl=$1 fake=$2 example=$3
-tmp=$(mktemp -d) || exit 1
-addr=unix:$tmp/fake.sock
-"$fake" "$addr" &
-fake_pid=$!
-trap 'kill "$fake_pid" 2>/dev/null; wait "$fake_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-i=0
-while [ ! -S "$tmp/fake.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+. "$(dirname "$0")/start_fake_dpod.sh"
 failures=0
 
 # check STATUS DESCRIPTION FILE FRAGMENT ARGS...: runs dpoctl; checks the exit status and that the

@@ -126,6 +126,82 @@ static void sizes_durations_and_bars(void **state) {
   assert_string_equal(fmt_progress_bar(5, 0, 10, buf, sizeof buf), "");
 }
 
+static void clocks_and_rates_as_tqdm_writes_them(void **state) {
+  (void)state;
+  assert_string_equal(fmt_clock(7.9, buf, sizeof buf), "00:07");
+  assert_string_equal(fmt_clock(754, buf, sizeof buf), "12:34");
+  assert_string_equal(fmt_clock(3723, buf, sizeof buf), "1:02:03");
+  assert_string_equal(fmt_clock(-1, buf, sizeof buf), "?");
+  assert_string_equal(fmt_rate(3.666, buf, sizeof buf), "3.67 step/s");
+  assert_string_equal(fmt_rate(0.25, buf, sizeof buf), "4.00 s/step");
+  assert_string_equal(fmt_rate(0, buf, sizeof buf), "? step/s");
+}
+
+static void rate_is_measured_between_event_times(void **state) {
+  (void)state;
+  fmt_rate_meter r = {0};
+  assert_true(fmt_rate_meter_rate(&r) == 0);
+  fmt_rate_meter_add(&r, 10, 100000);
+  assert_true(fmt_rate_meter_rate(&r) == 0); /* one step: no speed yet */
+  fmt_rate_meter_add(&r, 14, 102000);
+  fmt_rate_meter_add(&r, 30, 108000);
+  assert_float_equal(fmt_rate_meter_rate(&r), 20.0 / 8.0, 1e-12);
+  /* A new attempt resumes from step 20: the measurement starts again there. */
+  fmt_rate_meter_add(&r, 20, 200000);
+  assert_true(fmt_rate_meter_rate(&r) == 0);
+  fmt_rate_meter_add(&r, 21, 200500);
+  assert_float_equal(fmt_rate_meter_rate(&r), 2.0, 1e-12);
+}
+
+static void progress_line_has_bar_rate_elapsed_eta_loss_and_acc(void **state) {
+  (void)state;
+  fmt_progress p = {.step = 45, .total = 100, .elapsed_s = 12.5, .steps_per_s = 3.666,
+                    .has_loss = 1, .loss = 0.69314718, .has_acc = 1, .acc = 0.5};
+  /* 55 left at 3.666 step/s: 15 s. The bar gets what is left of 79 columns, 15, and 6 marks of them. */
+  assert_string_equal(fmt_progress_line(&p, 80, buf, sizeof buf),
+                      "step 45/100 [######.........]  45% 00:12<00:15 3.67 step/s loss 0.6931 acc 0.50");
+  assert_int_equal(strlen(buf), 79);
+  /* A wide terminal: the bar stops at 30. */
+  fmt_progress_line(&p, 200, buf, sizeof buf);
+  assert_non_null(strstr(buf, "[#############.................]  45%"));
+  /* Done: nothing left, 100%. */
+  p.step = 100;
+  assert_non_null(strstr(fmt_progress_line(&p, 200, buf, sizeof buf), "100% 00:12<00:00"));
+}
+
+static void progress_line_without_total_speed_or_metrics(void **state) {
+  (void)state;
+  fmt_progress p = {.step = 7, .elapsed_s = 3};
+  assert_string_equal(fmt_progress_line(&p, 80, buf, sizeof buf), "step 7 00:03<? ? step/s");
+  p.total = 10; /* no speed yet: no ETA */
+  assert_string_equal(fmt_progress_line(&p, 60, buf, sizeof buf),
+                      "step 7/10 [#################........]  70% 00:03<? ? step/s"); /* a bar of 25 */
+}
+
+static void progress_line_never_wraps_a_narrow_terminal(void **state) {
+  (void)state;
+  fmt_progress p = {.step = 45, .total = 100, .elapsed_s = 12, .steps_per_s = 2, .has_loss = 1, .loss = 0.5};
+  /* Too narrow for a bar of 5: none, and the rest cut to 39 characters. */
+  fmt_progress_line(&p, 40, buf, sizeof buf);
+  assert_int_equal(strlen(buf), 39);
+  assert_null(strchr(buf, '['));
+  assert_memory_equal(buf, "step 45/100  45% 00:12<00:27 2.00 step/s", 39);
+}
+
+static void csv_has_a_column_per_field_and_leaves_absent_ones_empty(void **state) {
+  (void)state;
+  assert_string_equal(fmt_csv_header(&dpod__v1__step_metrics__descriptor, buf, sizeof buf),
+                      "time_unix_ms,step,total_steps,loss,implicit_acc,policy_mse,ref_mse,reward_margin,grad_norm,"
+                      "learning_rate,samples_per_sec,step_seconds");
+  Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
+  m.has_step = 1, m.step = 4;
+  m.has_total_steps = 1, m.total_steps = 8;
+  m.has_loss = 1, m.loss = 0.5;
+  m.has_learning_rate = 1, m.learning_rate = 1e-4;
+  m.grad_norm = 3; /* not marked present: an empty cell */
+  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf), "1700000000123,4,8,0.5,,,,,,0.0001,,");
+}
+
 static void json_carries_present_fields_by_proto_name(void **state) {
   (void)state;
   Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
@@ -157,6 +233,12 @@ int main(int argc, char **argv) {
       T(eval_line_with_pairs_only),
       T(event_lines_for_state_and_checkpoint),
       T(sizes_durations_and_bars),
+      T(clocks_and_rates_as_tqdm_writes_them),
+      T(rate_is_measured_between_event_times),
+      T(progress_line_has_bar_rate_elapsed_eta_loss_and_acc),
+      T(progress_line_without_total_speed_or_metrics),
+      T(progress_line_never_wraps_a_narrow_terminal),
+      T(csv_has_a_column_per_field_and_leaves_absent_ones_empty),
       T(json_carries_present_fields_by_proto_name),
   };
   return CMOCKA_MAIN("format", tests, NULL, NULL);

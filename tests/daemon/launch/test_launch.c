@@ -33,14 +33,32 @@ typedef struct {
   launch_exit last;
 } fixture;
 
-/* A stand-in for mpirun: records its arguments and environment, then exits with $FAKE_EXIT, or waits
- * for a signal when $FAKE_EXIT is "wait". */
+/* A stand-in for mpirun: records its arguments and environment, then exits with $FAKE_EXIT, or acts
+ * out one of the states a stop can find mpirun in (each writes $FAKE_DIR/ready once there):
+ *   wait      one rank (its arguments mpirun's, as a real rank's name the run directory) runs until a
+ *             SIGTERM makes it exit 4 (it is ready once it handles the signal); mpirun then exits as its
+ *             rank did;
+ *   starting  no rank yet: only a SIGTERM to mpirun ends it (exit 4);
+ *   winddown  its rank did some work and exited 3; mpirun tears the job down for a second, then exits
+ *             3. A SIGTERM then is what crashes the real one: the fake exits 139.
+ * Every SIGTERM mpirun itself gets is written to $FAKE_DIR/mpirun-signals. */
 static const char fake_mpirun_text[] =
-    "#!/bin/sh\n"
+    "#!/bin/bash\n"
     "printf '%s\\n' \"$@\" > \"$FAKE_DIR/args\"\n"
     "env > \"$FAKE_DIR/env\"\n"
     "echo 'dpo-worker ERROR rank 0: the reason it failed'\n"
-    "if [ \"$FAKE_EXIT\" = wait ]; then trap 'exit 4' TERM; while :; do sleep 0.05; done; fi\n"
+    "term() { echo TERM >> \"$FAKE_DIR/mpirun-signals\"; exit $1; }\n"
+    "ready() { mkfifo \"$FAKE_DIR/fifo\"; exec 3<>\"$FAKE_DIR/fifo\"; : > \"$FAKE_DIR/ready\"; }\n"
+    "pause() { read -t $1 -u 3; } # a wait that starts no process (a child would look like a rank)\n"
+    "case $FAKE_EXIT in\n"
+    "  wait) trap 'term 4' TERM\n"
+    "    bash -c 'trap \"exit 4\" TERM; : > \"$FAKE_DIR/ready\"; while :; do sleep 0.05; done' rank \"$@\" &\n"
+    "    wait $!; exit $? ;;\n"
+    "  starting) trap 'term 4' TERM; ready; while :; do pause 0.05; done ;;\n"
+    "  winddown) trap 'term 139' TERM\n"
+    "    bash -c 'i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); done; exit 3'; rc=$?\n"
+    "    ready; pause 1; exit $rc ;;\n"
+    "esac\n"
     "exit \"$FAKE_EXIT\"\n";
 
 static int setup(void **state) {
@@ -129,12 +147,18 @@ static int live_in_session(int sid) {
   return n;
 }
 
-/* Waits until the fake mpirun has started (it writes its arguments first). */
+/* Waits until the fake mpirun is in the state its mode acts out. */
 static void wait_started(fixture *f) {
   char path[PATH_MAX * 2];
-  snprintf(path, sizeof path, "%s/env", f->dir);
+  snprintf(path, sizeof path, "%s/ready", f->dir);
   for (int i = 0; i < 500 && access(path, F_OK) != 0; i++) uv_run(&f->loop, UV_RUN_NOWAIT), usleep(10000);
   assert_int_equal(access(path, F_OK), 0);
+}
+
+static int mpirun_was_signalled(const fixture *f) {
+  char path[PATH_MAX * 2];
+  snprintf(path, sizeof path, "%s/mpirun-signals", f->dir);
+  return access(path, F_OK) == 0;
 }
 
 static void handles_carry_backend_fields_and_attempt(void **state) {
@@ -265,8 +289,39 @@ static void detached_attempt_is_adopted_and_its_end_recorded(void **state) {
   assert_int_equal(kill(sid, 0), 0); /* the supervisor is never signalled */
   poll_until_exit(f, 1);
   assert_int_equal(f->last.attempt, 3);
-  assert_int_equal(f->last.exit_status, 4); /* the fake mpirun exits 4 on SIGTERM */
+  assert_int_equal(f->last.exit_status, 4); /* its rank exits 4 on SIGTERM, and so does the fake mpirun */
   assert_true(f->last.recorded);
+  assert_false(mpirun_was_signalled(f)); /* the rank was; mpirun ended by itself */
+}
+
+/* Starts a fake mpirun in `mode`, stops it with LAUNCH_STOP_TERMINATE once it is there, and waits for
+ * its end. Returns how many processes the stop signalled. */
+static int terminate_in(fixture *f, const char *mode) {
+  char handle[LAUNCH_HANDLE_MAX];
+  launch_run *r = start(f, 1, mode, handle);
+  wait_started(f);
+  int asked = -1;
+  assert_int_equal(launch_stop(r, LAUNCH_STOP_TERMINATE, &asked), 0);
+  run_until_exit(f, 1);
+  return asked;
+}
+
+/* A stop that finds the ranks gone leaves mpirun alone: it is tearing the job down, and a SIGTERM then
+ * makes Open MPI's crash in PMIx_Finalize (issue 16, a cancelled 1-rank job every time). */
+static void terminate_spares_a_mpirun_whose_ranks_have_ended(void **state) {
+  fixture *f = *state;
+  assert_int_equal(terminate_in(f, "winddown"), 0);
+  assert_int_equal(f->last.term_signal, 0);
+  assert_int_equal(f->last.exit_status, 3); /* the rank's status, not the crash's 139 */
+  assert_false(mpirun_was_signalled(f));
+}
+
+/* A mpirun that has not started a rank yet can only be stopped by signalling it, and that is safe. */
+static void terminate_signals_a_mpirun_that_is_still_starting(void **state) {
+  fixture *f = *state;
+  assert_int_equal(terminate_in(f, "starting"), 1);
+  assert_int_equal(f->last.exit_status, 4);
+  assert_true(mpirun_was_signalled(f));
 }
 
 /* An adopted attempt whose supervisor is killed has no exit record: it ends "unknown", and nothing of
@@ -334,6 +389,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(stopped_attempt_reports_its_signal, setup, teardown),
       cmocka_unit_test_setup_teardown(recover_reads_the_exit_record_or_reports_lost, setup, teardown),
       cmocka_unit_test_setup_teardown(detached_attempt_is_adopted_and_its_end_recorded, setup, teardown),
+      cmocka_unit_test_setup_teardown(terminate_spares_a_mpirun_whose_ranks_have_ended, setup, teardown),
+      cmocka_unit_test_setup_teardown(terminate_signals_a_mpirun_that_is_still_starting, setup, teardown),
       cmocka_unit_test_setup_teardown(attempt_without_a_supervisor_ends_unrecorded, setup, teardown),
       cmocka_unit_test_setup_teardown(capacity_is_the_backends, setup, teardown),
   };

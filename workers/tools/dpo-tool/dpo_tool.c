@@ -49,7 +49,7 @@ static void usage(FILE *out) {
   fprintf(out, "usage: dpo-tool COMMAND [ARGS]\n\ncommands:\n");
   for (size_t i = 0; i < NCOMMANDS; i++)
     fprintf(out, "  %-8s %s\n           %s\n", commands[i].name, commands[i].args, commands[i].summary);
-  fprintf(out, "\n`dpo-tool COMMAND --help` describes one command.\n");
+  fprintf(out, "\n`dpo-tool COMMAND --help` describes one command; `dpo-tool --version` prints the version.\n");
 }
 
 static void command_usage(const dpo_tool_command *c, FILE *out) {
@@ -342,6 +342,10 @@ done:
 int main(int argc, char **argv) {
   /* Only the commands that run the UNet need fast sgemm; the rest do not pay for a re-exec. */
   if (argc > 1 && (strcmp(argv[1], "forward") == 0 || strcmp(argv[1], "sample") == 0)) blas_select_kernels(argv);
+  if (argc == 2 && strcmp(argv[1], "--version") == 0) {
+    printf("dpo-tool %s\n", DPOD_VERSION_STRING);
+    return 0;
+  }
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
