@@ -15,6 +15,7 @@ DPOD_PACKAGES=(
   libopenmpi-dev openmpi-bin
   libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
+  clang libclang-rt-14-dev # the libFuzzer targets (tests/fuzz/run.sh): clang and its fuzzer/sanitizer runtimes
   systemd # systemd-analyze checks the service unit in a test
 )
 
