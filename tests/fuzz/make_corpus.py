@@ -2,7 +2,9 @@
 """Writes the seed corpora in corpus/<target>/: a few valid inputs and a few broken ones per target, each a
 few KB at most. Run from anywhere: python3 tests/fuzz/make_corpus.py [FIXTURES_DIR]. The files are
 committed; rerun this only to change them. Files named regression-* are inputs the fuzzers found, kept
-as they were found (each with a unit test beside the fix); this script does not write them."""
+as they were found (each with a unit test beside the fix); this script does not write them. The RPC
+seeds (corpus/fuzz_rpc/) are real requests packed with protobuf-c: DPOD_FUZZ_WRITE_SEEDS=<dir> fuzz_rpc
+writes them."""
 import json
 import os
 import shutil
