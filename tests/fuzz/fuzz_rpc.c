@@ -38,7 +38,8 @@
 
 struct rpc_call {
   const char *method;
-  int over;            /* answered, finished, or the client left */
+  int ended;           /* answered or finished by the handler */
+  int cancelled;       /* the client left */
   int sending;         /* a streamed message is in flight; its sent callback comes at the next pump */
   int finish_held;     /* a finish asked for during a send */
   rpc_sent_cb sent;
@@ -74,13 +75,16 @@ static void pack_checked(const ProtobufCMessage *msg) {
   free(buf);
 }
 
+/* The real server ignores a second ending; here it is a handler's mistake, unless the client had left. */
 static void end_call(rpc_call *c) {
-  if (c->over) {
+  if (c->ended) {
     fprintf(stderr, "fuzz_rpc: %s answered twice\n", c->method);
     abort();
   }
-  c->over = 1;
+  c->ended = 1;
 }
+
+static int call_over(const rpc_call *c) { return c->ended || c->cancelled; }
 
 void rpc_call_reply(rpc_call *c, const ProtobufCMessage *resp) {
   fuzz_note(c->method, 0, "");
@@ -113,7 +117,7 @@ int rpc_pack_slice(const ProtobufCMessage *msg, grpc_slice *out) {
 }
 
 int rpc_call_send_slice(rpc_call *c, grpc_slice msg) {
-  if (c->over || c->sending) return DPOD_ESTATE;
+  if (call_over(c) || c->sending) return DPOD_ESTATE;
   /* Read every byte, as the transport would. */
   static volatile uint8_t sum;
   for (size_t i = 0; i < GRPC_SLICE_LENGTH(msg); i++) sum = (uint8_t)(sum + GRPC_SLICE_START_PTR(msg)[i]);
@@ -122,7 +126,7 @@ int rpc_call_send_slice(rpc_call *c, grpc_slice msg) {
 }
 
 int rpc_call_send(rpc_call *c, const ProtobufCMessage *msg) {
-  if (c->over || c->sending) return DPOD_ESTATE;
+  if (call_over(c) || c->sending) return DPOD_ESTATE;
   pack_checked(msg);
   c->sending = 1;
   return 0;
@@ -135,22 +139,22 @@ void rpc_call_finish(rpc_call *c, grpc_status_code code, const char *details) {
   else end_call(c);
 }
 
-int rpc_call_is_over(const rpc_call *c) { return c->over; }
+int rpc_call_is_over(const rpc_call *c) { return call_over(c); }
 const char *rpc_call_method(const rpc_call *c) { return c->method; }
 
 /* Completes the sends in flight (the client leaving: ok = 0) and frees the calls that are over, telling
  * their handlers first, as the real server does once nothing of a call is in flight. */
 static void calls_pump(int client_left) {
   for (rpc_call *c = calls; c; c = c->next) {
-    if (client_left && !c->over && !c->sending) c->over = 1;
+    if (client_left) c->cancelled = 1;
     if (!c->sending) continue;
     c->sending = 0;
-    if (c->finish_held || client_left) c->over = 1;
+    if (c->finish_held) c->ended = 1;
     if (c->sent) c->sent(c, !client_left, c->data);
   }
   for (rpc_call **p = &calls; *p;) {
     rpc_call *c = *p;
-    if (!c->over || c->sending) {
+    if (!call_over(c) || c->sending) {
       p = &c->next;
       continue;
     }
@@ -331,12 +335,12 @@ static void call_method(size_t m, const uint8_t *req, size_t len) {
   size_t flen = strstr(c->method, "/Report") ? report_fixed(req, len, &fixed) : 0;
   methods[m].fn(c, fixed ? fixed : req, fixed ? flen : len, methods[m].arg);
   free(fixed);
-  if (!c->over && !c->sent && !c->done) {
+  if (!c->ended && !c->sent && !c->done) {
     fprintf(stderr, "fuzz_rpc: %s returned without ending its call%s\n", c->method,
             is_stream(c->method) ? " or making it a stream" : "");
     abort();
   }
-  if (!c->over && !is_stream(c->method)) {
+  if (!c->ended && !is_stream(c->method)) {
     fprintf(stderr, "fuzz_rpc: unary %s returned without ending its call\n", c->method);
     abort();
   }
