@@ -521,12 +521,24 @@ static void write_seeds(const char *dir) {
   Dpod__V1__CheckpointInfo ckpt = DPOD__V1__CHECKPOINT_INFO__INIT;
   ckpt.has_step = 1, ckpt.step = 2;
   ckpt.path = FUZZ_RUN_PREFIX "checkpoints/step-000002";
-  Dpod__V1__WorkerEvent ev[3] = {DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT,
-                                 DPOD__V1__WORKER_EVENT__INIT};
+  Dpod__V1__EvalMetrics eval = DPOD__V1__EVAL_METRICS__INIT;
+  eval.has_step = 1, eval.step = 2;
+  Dpod__V1__WorkerHeartbeat beat = DPOD__V1__WORKER_HEARTBEAT__INIT;
+  beat.has_step = 1, beat.step = 2;
+  beat.phase = "eval";
+  Dpod__V1__CheckpointRemoved removed = DPOD__V1__CHECKPOINT_REMOVED__INIT;
+  removed.has_step = 1, removed.step = 2;
+  removed.path = FUZZ_RUN_PREFIX "checkpoints/step-000002";
+  Dpod__V1__WorkerEvent ev[6] = {DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT,
+                                 DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT,
+                                 DPOD__V1__WORKER_EVENT__INIT, DPOD__V1__WORKER_EVENT__INIT};
   ev[0].event_case = DPOD__V1__WORKER_EVENT__EVENT_STARTED, ev[0].started = &started;
   ev[1].event_case = DPOD__V1__WORKER_EVENT__EVENT_METRICS, ev[1].metrics = &metrics;
   ev[2].event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT, ev[2].checkpoint = &ckpt;
-  Dpod__V1__WorkerEvent *evp[3] = {&ev[0], &ev[1], &ev[2]};
+  ev[3].event_case = DPOD__V1__WORKER_EVENT__EVENT_EVAL, ev[3].eval = &eval;
+  ev[4].event_case = DPOD__V1__WORKER_EVENT__EVENT_HEARTBEAT, ev[4].heartbeat = &beat;
+  ev[5].event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT_REMOVED, ev[5].checkpoint_removed = &removed;
+  Dpod__V1__WorkerEvent *evp[6] = {&ev[0], &ev[1], &ev[2], &ev[3], &ev[4], &ev[5]};
   Dpod__V1__ReportRequest report = DPOD__V1__REPORT_REQUEST__INIT;
   report.has_job_id = 1, report.job_id = 1;
   report.secret = FUZZ_SECRET;
@@ -562,6 +574,17 @@ static void write_seeds(const char *dir) {
   seed_add(f, "/SubmitJob", NULL, "\x0a\xff\xff\x01", 4);  /* a length past the end */
   seed_add(f, "/Report", NULL, "\x12\x02\xc3\x28", 4);      /* a secret that is not UTF-8 */
   seed_add(f, "/GetJob", NULL, "\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11);
+  fclose(f);
+
+  /* A second batch with the other events, a watcher from the start, then a clean exit. */
+  f = seed_open(dir, "report-every-event-then-succeed");
+  seed_add(f, "/SubmitJob", &submit.base, NULL, 0);
+  seed_add(f, "/WatchJob", &watch.base, NULL, 0);
+  seed_add(f, "/Report", &report.base, NULL, 0);
+  report.n_events = 3, report.events = evp + 3;
+  seed_add(f, "/Report", &report.base, NULL, 0);
+  seed_add(f, NULL, NULL, "\0\0\0\1", 4);
+  seed_add(f, "/GetJob", &get.base, NULL, 0);
   fclose(f);
 
   train.steps = 0; /* refused by validation */
