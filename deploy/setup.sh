@@ -22,6 +22,7 @@ DPOD_PACKAGES=(
   libopenmpi-dev openmpi-bin
   libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
+  clang libclang-rt-14-dev # the libFuzzer targets (tests/fuzz/run.sh): clang and its fuzzer/sanitizer runtimes
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database
   slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster

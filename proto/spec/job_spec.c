@@ -157,6 +157,22 @@ static int js_resolve(ProtobufCMessage *msg, const char *rel, const char *full, 
 /* ----------------------------------------------------------------------------------------------- */
 /* Scalars from text. */
 
+/* Decodes the UTF-8 sequence at s into *cp. Returns its length, or 0 if it is not valid UTF-8 (truncated,
+ * overlong, a surrogate, above U+10FFFF). */
+static size_t js_utf8_decode(const unsigned char *s, uint32_t *cp) {
+  static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+  size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+  if (n == 0) return 0;
+  uint32_t c = n == 1 ? s[0] : s[0] & (0x7f >> n);
+  for (size_t i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80) return 0; /* also stops at the terminating NUL */
+    c = (c << 6) | (s[i] & 0x3f);
+  }
+  if (c < min[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return 0;
+  *cp = c;
+  return n;
+}
+
 static int js_parse_bool(const char *text, protobuf_c_boolean *out) {
   static const char *yes[] = {"true", "yes", "on"}, *no[] = {"false", "no", "off"};
   for (size_t i = 0; i < 3; i++) {
@@ -185,6 +201,13 @@ static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
                      sd->n_fields ? sd->fields[0].name : "...");
     }
     case PROTOBUF_C_TYPE_STRING: {
+      /* Protobuf strings are UTF-8 (other gRPC implementations refuse a message where one is not), and a
+       * job file is UTF-8, so a --set value that is not could neither be sent nor written back. */
+      uint32_t cp;
+      for (size_t i = 0, n; text[i]; i += n)
+        if ((n = js_utf8_decode((const unsigned char *)text + i, &cp)) == 0)
+          return js_errf(err, errlen, "key '%s': not valid UTF-8 (byte 0x%02x at offset %zu)", key,
+                         (unsigned char)text[i], i);
       char *dup = strdup(text);
       if (!dup) return DPOD_ENOMEM;
       char **p = member;
@@ -478,19 +501,32 @@ int job_spec_load_yaml(Dpod__V1__JobSpec *spec, const char *path, char *err, siz
 /* ----------------------------------------------------------------------------------------------- */
 /* Writing specs back out. */
 
+/* A double-quoted YAML scalar that reads back as `s`. YAML takes printable characters as they are; the
+ * rest are escaped: C0 and C1 controls, the line breaks U+0085, U+2028 and U+2029 (which a reader folds),
+ * the byte order mark and the non-characters U+FFFE and U+FFFF. A byte that is not UTF-8 (a spec sent
+ * over RPC by another client) cannot be carried and is written as the code point of the same number. */
 static void js_fmt_string(const char *s, FILE *out) {
   fputc('"', out);
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      fprintf(out, "\\%c", *p);
-    else if (*p == '\n')
+  for (const unsigned char *p = (const unsigned char *)s; *p;) {
+    uint32_t cp;
+    size_t n = js_utf8_decode(p, &cp);
+    if (n == 0) {
+      fprintf(out, "\\x%02x", *p++);
+      continue;
+    }
+    if (cp == '"' || cp == '\\')
+      fprintf(out, "\\%c", (int)cp);
+    else if (cp == '\n')
       fputs("\\n", out);
-    else if (*p == '\t')
+    else if (cp == '\t')
       fputs("\\t", out);
-    else if (*p < 0x20 || *p == 0x7f)
-      fprintf(out, "\\x%02x", *p);
+    else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+      fprintf(out, "\\x%02x", (unsigned)cp);
+    else if (cp == 0x2028 || cp == 0x2029 || cp == 0xfeff || cp == 0xfffe || cp == 0xffff)
+      fprintf(out, "\\u%04x", (unsigned)cp);
     else
-      fputc(*p, out);
+      fwrite(p, 1, n, out);
+    p += n;
   }
   fputc('"', out);
 }

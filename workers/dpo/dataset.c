@@ -305,6 +305,9 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
                           struct dataset_store_ *st, dpo_dataset *ds, int check_values, char *err,
                           size_t errlen) {
   const cJSON *splits = cJSON_GetObjectItemCaseSensitive(m, "splits");
+  /* Not only for the message: the names listed below are those of an object's members. */
+  if (!cJSON_IsObject(splits))
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: needs a 'splits' object (split name: {pairs, shards})", mpath);
   const cJSON *sp = cJSON_GetObjectItemCaseSensitive(splits, split);
   if (!cJSON_IsObject(sp)) {
     char names[256] = "";

@@ -548,12 +548,8 @@ static void pack_unpack_round_trip_preserves_values(void **state) {
   protobuf_c_message_free_unpacked(&back->base, NULL);
 }
 
-static void written_yaml_reads_back_the_same(void **state) {
-  (void)state;
-  set_ok("name", "quote \" and \\ here");
-  set_ok("train.beta", "0.1");
-  set_ok("train.learning_rate", "3e-7");
-  set_ok("train.objective", "sft");
+/* `spec` written as a job file and read into a new spec; the caller frees it. */
+static Dpod__V1__JobSpec *written_and_read_back(void) {
   char *text = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&text, &len);
@@ -563,11 +559,43 @@ static void written_yaml_reads_back_the_same(void **state) {
   Dpod__V1__JobSpec *back = job_spec_new();
   if (job_spec_parse_yaml(back, text, len, "written", err, sizeof err) != 0) fail_msg("%s\n%s", err, text);
   free(text);
+  return back;
+}
+
+static void written_yaml_reads_back_the_same(void **state) {
+  (void)state;
+  set_ok("name", "quote \" and \\ here");
+  set_ok("train.beta", "0.1");
+  set_ok("train.learning_rate", "3e-7");
+  set_ok("train.objective", "sft");
+  Dpod__V1__JobSpec *back = written_and_read_back();
   assert_string_equal(back->name, spec->name);
   assert_true(back->train->beta == 0.1);
   assert_true(back->train->learning_rate == 3e-7);
   assert_int_equal(back->train->objective, DPOD__V1__OBJECTIVE__OBJECTIVE_SFT);
   assert_int_equal(back->data->pairs, spec->data->pairs);
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+}
+
+/* Found by tests/fuzz/fuzz_job_spec: a --set string that is not UTF-8 was taken, and the spec then
+ * written could not be read back (nor sent to a client that checks strings, as protobuf requires). */
+static void set_refuses_invalid_utf8(void **state) {
+  (void)state;
+  refused_set("model.weights", "/tmp/\x98x", "UTF-8");
+  refused_set("name", "\xc3", "UTF-8");            /* truncated */
+  refused_set("name", "\xc0\xaf", "UTF-8");        /* overlong '/' */
+  refused_set("name", "\xed\xa0\x80", "UTF-8");    /* a surrogate */
+  set_ok("name", "caf\xc3\xa9 \xf0\x9f\x8e\xa8");
+}
+
+/* Characters a YAML reader would fold or refuse if written as they are: C1 controls, the Unicode line
+ * and paragraph separators, NEL, the byte order mark. The written file escapes them. */
+static void written_yaml_escapes_what_yaml_cannot_hold(void **state) {
+  (void)state;
+  const char *name = "a\xc2\x85" "b\xe2\x80\xa8" "c\xe2\x80\xa9" "d\xef\xbb\xbf\xc2\x9f\x7f\x01" "e";
+  set_ok("name", name);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_string_equal(back->name, name);
   protobuf_c_message_free_unpacked(&back->base, NULL);
 }
 
@@ -623,6 +651,8 @@ int main(int argc, char **argv) {
       T(validate_accepts_unnormalized_spec),
       T(pack_unpack_round_trip_preserves_values),
       T(written_yaml_reads_back_the_same),
+      T(set_refuses_invalid_utf8),
+      T(written_yaml_escapes_what_yaml_cannot_hold),
       T(names_of_states_and_objectives),
   };
   return CMOCKA_MAIN("job_spec", tests, NULL, NULL);

@@ -557,9 +557,9 @@ static void write_import_inputs(void) {
              "{\"caption\": \"a dog\", \"image_0_uid\": \"img_a\", \"image_1_uid\": \"img_c\", \"label_0\": 0}\n");
 }
 
-static double manifest_info(const char *dir, const char *key) {
-  char path[600];
-  snprintf(path, sizeof path, "%s/manifest.json", dir);
+/* The manifest of dataset `dir`, parsed; the caller deletes it. Its path goes into path[600]. */
+static cJSON *manifest_load(const char *dir, char *path) {
+  snprintf(path, 600, "%s/manifest.json", dir);
   FILE *f = fopen(path, "rb");
   assert_non_null(f);
   static char buf[1 << 16];
@@ -567,11 +567,33 @@ static double manifest_info(const char *dir, const char *key) {
   fclose(f);
   buf[n] = 0;
   cJSON *m = cJSON_Parse(buf);
+  assert_non_null(m);
+  return m;
+}
+
+static double manifest_info(const char *dir, const char *key) {
+  char path[600];
+  cJSON *m = manifest_load(dir, path);
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "info"), key);
   assert_true(cJSON_IsNumber(v));
   double d = v->valuedouble;
   cJSON_Delete(m);
   return d;
+}
+
+/* 'splits' as an array: the message listing the splits there are used to print its members' names, which
+ * an array's members do not have (NULL through %s). */
+static void open_refuses_splits_that_are_not_an_object(void **state) {
+  (void)state;
+  const char *dir = write_known("splits", ST_F32, 10, 5);
+  char path[600];
+  cJSON *m = manifest_load(dir, path);
+  cJSON_ReplaceItemInObjectCaseSensitive(m, "splits", cJSON_CreateIntArray((const int[]){1, 2}, 2));
+  char *text = cJSON_Print(m);
+  write_text(path, text);
+  free(text);
+  cJSON_Delete(m);
+  expect_open_refused(dir, DPOD_EFORMAT, "manifest.json", "'splits' object", NULL);
 }
 
 static void import_drops_ties_and_stores_the_winner_first(void **state) {
@@ -829,6 +851,7 @@ int main(int argc, char **argv) {
       CASE(open_refuses_inf_in_f16_latent_naming_shard_and_record),
       CASE(open_refuses_prompt_index_out_of_range_naming_shard_and_record),
       CASE(open_refuses_dtype_other_than_manifest),
+      CASE(open_refuses_splits_that_are_not_an_object),
       CASE(open_names_missing_split_and_missing_manifest),
       CASE(builtin_dataset_serves_the_copy_api),
       CASE(synth_reward_prefers_the_preferred_mode),
