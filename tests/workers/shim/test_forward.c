@@ -160,6 +160,37 @@ static void train_flops_match_hand_count(void **state) {
   unet_free(m);
 }
 
+/* SDXL's add_embedding is counted: tiny-sdxl against the same config without text_time differs by its two
+ * Linear layers, [64 -> 128] and [128 -> 128], once per image, times 4 for the training step. */
+static void train_flops_count_add_embedding(void **state) {
+  (void)state;
+  char *xl = tu_read_text(tu_fixture("tiny-sdxl", "config.json"));
+  char *plain = strdup(xl);
+  const char *edits[][2] = {{"\"text_time\"", "null"},
+                            {"\"addition_time_embed_dim\": 8", "\"addition_time_embed_dim\": null"},
+                            {"\"projection_class_embeddings_input_dim\": 64",
+                             "\"projection_class_embeddings_input_dim\": null"}};
+  for (size_t i = 0; i < 3; i++) {
+    char *at = strstr(plain, edits[i][0]);
+    if (!at) fail_msg("tiny-sdxl config has no %s", edits[i][0]);
+    size_t n = strlen(plain) - strlen(edits[i][0]) + strlen(edits[i][1]) + 1;
+    char *next = malloc(n);
+    snprintf(next, n, "%.*s%s%s", (int)(at - plain), plain, edits[i][1], at + strlen(edits[i][0]));
+    free(plain);
+    plain = next;
+  }
+  char err[512];
+  unet_t a = NULL, b = NULL;
+  if (unet_create(xl, NULL, &a, err, sizeof err) != 0) fail_msg("%s", err);
+  if (unet_create(plain, NULL, &b, err, sizeof err) != 0) fail_msg("%s", err);
+  double d = unet_train_flops(a, 16, 8, 8, 5) - unet_train_flops(b, 16, 8, 8, 5);
+  if (d != 4.0 * 16 * 2 * (64 * 128 + 128 * 128)) fail_msg("add_embedding adds %.0f FLOPs", d);
+  unet_free(a);
+  unet_free(b);
+  free(xl);
+  free(plain);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(forward_matches_diffusers),
@@ -170,6 +201,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(forward_matches_diffusers_on_aten_matmul),
       cmocka_unit_test(builtin_config_matches_tiny_sd),
       cmocka_unit_test(train_flops_match_hand_count),
+      cmocka_unit_test(train_flops_count_add_embedding),
   };
   return CMOCKA_MAIN("forward", tests, NULL, NULL);
 }
