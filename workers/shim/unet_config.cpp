@@ -210,14 +210,13 @@ void parse(const cJSON *root, unet_config_ *c) {
    * class embedding, refused above), so without text_time they must be null. */
   if ((j = get("addition_embed_type")) && !cJSON_IsNull(j)) {
     must_be_string(j, "addition_embed_type", "text_time");
-    const int max_width = 1 << 16;
-    for (const char *k : {"addition_time_embed_dim", "projection_class_embeddings_input_dim"}) {
+    auto width = [&](const char *k) {
       const cJSON *w = get(k);
       if (!w || cJSON_IsNull(w)) refuse(k, "is required with addition_embed_type \"text_time\"", DPOD_EINVAL);
-      (std::strcmp(k, "addition_time_embed_dim") == 0 ? c->addition_time_embed_dim
-                                                      : c->projection_class_embeddings_input_dim) =
-          get_int_in(w, k, 1, max_width);
-    }
+      return get_int_in(w, k, 1, 1 << 16);
+    };
+    c->addition_time_embed_dim = width("addition_time_embed_dim");
+    c->projection_class_embeddings_input_dim = width("projection_class_embeddings_input_dim");
     if (c->text_embeds_dim() < 1)
       refuse("projection_class_embeddings_input_dim",
              std::to_string(c->projection_class_embeddings_input_dim) + " leaves no pooled text embedding after " +
