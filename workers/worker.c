@@ -255,6 +255,10 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   }
   tr->policy = build_unet(config_text, spec, spec->model->weights);
   unet_get_info(tr->policy, &tr->info);
+  /* The dataset carries no pooled embeddings or time ids yet, and the shim refuses a step without them. */
+  if (tr->info.text_embeds_dim > 0)
+    worker_die_input("model config %s: SDXL's added conditioning (addition_embed_type \"text_time\": text_embeds, "
+                     "time_ids) is not supported in training yet", spec->model->config);
   size_t nparam = 0;
   float *params = unet_param_buffer(tr->policy, &nparam);
   if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");

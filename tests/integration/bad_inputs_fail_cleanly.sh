@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Bad input reaches the worker (a corrupt weights file, an unsupported model config, a directory that is
-# no dataset): the job ends FAILED with a reason that names the problem, and dpod keeps serving with
-# every earlier job intact.
+# Bad input reaches the worker (a corrupt weights file, an unsupported model config, an SDXL config the
+# training cannot feed yet, a directory that is no dataset): the job ends FAILED with a reason that
+# names the problem, and dpod keeps serving with every earlier job intact.
 source "$(dirname "$0")/lib.sh"
 it_start_dpod
 EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
@@ -27,6 +27,10 @@ sed 's/"act_fn": "silu"/"act_fn": "gelu"/' "$DPOD_FIXTURES/tiny-sd/config.json" 
 id=$(it_submit "$EX" --set model.config="$T/config.json" --name bad-config)
 expect_failure "$id" "act_fn"
 
+# An SDXL config (text_time added conditioning) the dataset cannot feed yet: refused, naming it.
+id=$(it_submit "$EX" --set model.config="$DPOD_FIXTURES/tiny-sdxl/config.json" --name sdxl-config)
+expect_failure "$id" "text_time.*not supported in training yet"
+
 # A dataset that is not there is refused at submission, by name; a directory that is no dataset fails
 # the job, naming what is missing.
 out=$("$DPOCTL_BIN" submit "$EX" --set data.dataset="$T/no-such-dataset" --name no-data 2>&1) &&
@@ -46,5 +50,5 @@ expect_failure "$id" "conv_in|missing|unexpected|sample"
 
 "$DPOCTL_BIN" health >/dev/null || it_fail "dpod stopped serving"
 [ "$(it_job_field "$good" .state)" = succeeded ] || it_fail "the earlier job's record changed"
-[ "$("$DPOCTL_BIN" list --json | jq length)" = 5 ] || it_fail "jobs went missing from the list"
+[ "$("$DPOCTL_BIN" list --json | jq length)" = 6 ] || it_fail "jobs went missing from the list"
 echo "PASS: each bad input failed its job with a reason that names it; dpod kept serving"

@@ -22,14 +22,18 @@
 
 #define tu_fixtures test_fixtures_dir()
 
-/* "<fixtures>/tiny-sd/<rel>" in a static buffer (one at a time is enough for these tests). */
-static inline const char *tu_path(const char *rel) {
+/* "<fixtures>/<dir>/<rel>" in a static buffer, of which there are four: a call's result is valid for
+ * the next three calls. */
+static inline const char *tu_fixture(const char *dir, const char *rel) {
   static char buf[4][1024];
   static int k;
   k = (k + 1) % 4;
-  snprintf(buf[k], sizeof buf[k], "%s/tiny-sd/%s", tu_fixtures, rel);
+  snprintf(buf[k], sizeof buf[k], "%s/%s/%s", tu_fixtures, dir, rel);
   return buf[k];
 }
+
+/* "<fixtures>/tiny-sd/<rel>" (tu_fixture's buffers). */
+static inline const char *tu_path(const char *rel) { return tu_fixture("tiny-sd", rel); }
 
 /* Reads tensor `name` of safetensors file `path` as float32; *numel receives its size. Fails the test
  * if absent. Caller frees. */

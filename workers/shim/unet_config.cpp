@@ -98,6 +98,13 @@ int get_int(const cJSON *j, const char *key, int min) {
   return v;
 }
 
+/* An integer in [min, max]: for widths whose size nothing else bounds before they are allocated. */
+int get_int_in(const cJSON *j, const char *key, int min, int max) {
+  int v = get_int(j, key, min);
+  if (v > max) refuse(key, "value " + show(j) + " is above " + std::to_string(max), DPOD_EINVAL);
+  return v;
+}
+
 double get_num(const cJSON *j, const char *key) {
   if (!cJSON_IsNumber(j) || !std::isfinite(j->valuedouble)) refuse(key, "expected a number, got " + show(j), DPOD_EINVAL);
   return j->valuedouble;
@@ -179,10 +186,9 @@ void parse(const cJSON *root, unet_config_ *c) {
   const cJSON *j;
 
   /* Keys that must stay at the value that changes nothing. */
-  for (const char *k : {"addition_embed_type", "addition_time_embed_dim", "class_embed_type", "cross_attention_norm",
-                        "encoder_hid_dim", "encoder_hid_dim_type", "num_class_embeds",
-                        "projection_class_embeddings_input_dim", "reverse_transformer_layers_per_block",
-                        "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act"})
+  for (const char *k : {"class_embed_type", "cross_attention_norm", "encoder_hid_dim", "encoder_hid_dim_type",
+                        "num_class_embeds", "reverse_transformer_layers_per_block", "time_cond_proj_dim",
+                        "time_embedding_act_fn", "timestep_post_act"})
     if ((j = get(k))) must_be_null(j, k);
   for (const char *k : {"class_embeddings_concat", "dual_cross_attention", "resnet_skip_time_act"})
     if ((j = get(k))) must_be_false(j, k);
@@ -200,6 +206,27 @@ void parse(const cJSON *root, unet_config_ *c) {
   if ((j = get("resnet_out_scale_factor"))) must_be_number(j, "resnet_out_scale_factor", 1.0);
   if ((j = get("addition_embed_type_num_heads"))) c->addition_embed_type_num_heads = get_int(j, "addition_embed_type_num_heads", 1);
 
+  /* SDXL's added conditioning. diffusers reads the two widths only for text_time (or for a "projection"
+   * class embedding, refused above), so without text_time they must be null. */
+  if ((j = get("addition_embed_type")) && !cJSON_IsNull(j)) {
+    must_be_string(j, "addition_embed_type", "text_time");
+    auto width = [&](const char *k) {
+      const cJSON *w = get(k);
+      if (!w || cJSON_IsNull(w)) refuse(k, "is required with addition_embed_type \"text_time\"", DPOD_EINVAL);
+      return get_int_in(w, k, 1, 1 << 16);
+    };
+    c->addition_time_embed_dim = width("addition_time_embed_dim");
+    c->projection_class_embeddings_input_dim = width("projection_class_embeddings_input_dim");
+    if (c->text_embeds_dim() < 1)
+      refuse("projection_class_embeddings_input_dim",
+             std::to_string(c->projection_class_embeddings_input_dim) + " leaves no pooled text embedding after " +
+                 std::to_string(unet_num_time_ids_) + " time ids x addition_time_embed_dim " +
+                 std::to_string(c->addition_time_embed_dim), DPOD_EINVAL);
+  } else {
+    for (const char *k : {"addition_time_embed_dim", "projection_class_embeddings_input_dim"})
+      if ((j = get(k))) must_be_null(j, k);
+  }
+
   if ((j = get("sample_size")) && !cJSON_IsNull(j)) {
     if (cJSON_IsArray(j)) refuse("sample_size", "non-square sample sizes are not supported: " + show(j));
     c->sample_size = get_int(j, "sample_size", 1);
@@ -210,7 +237,11 @@ void parse(const cJSON *root, unet_config_ *c) {
   if ((j = get("flip_sin_to_cos"))) c->flip_sin_to_cos = get_bool(j, "flip_sin_to_cos");
   if ((j = get("freq_shift"))) c->freq_shift = get_num(j, "freq_shift");
   if ((j = get("use_linear_projection"))) c->use_linear_projection = get_bool(j, "use_linear_projection");
-  if ((j = get("upcast_attention"))) c->upcast_attention = get_bool(j, "upcast_attention");
+  /* Upcasting changes nothing in float32; null (SDXL base's value) is diffusers' false. */
+  if ((j = get("upcast_attention"))) {
+    c->upcast_attention_is_null = cJSON_IsNull(j);
+    c->upcast_attention = !c->upcast_attention_is_null && get_bool(j, "upcast_attention");
+  }
   if ((j = get("downsample_padding"))) c->downsample_padding = get_int(j, "downsample_padding", 0);
   if ((j = get("mid_block_scale_factor"))) {
     c->mid_block_scale_factor = get_num(j, "mid_block_scale_factor");
@@ -369,9 +400,15 @@ std::string unet_config_to_json_(const unet_config_ &c) {
   cJSON_AddStringToObject(o, "_class_name", "UNet2DConditionModel");
   cJSON_AddStringToObject(o, "_diffusers_version", "0.31.0");
   cJSON_AddStringToObject(o, "act_fn", c.act_fn.c_str());
-  cJSON_AddNullToObject(o, "addition_embed_type");
+  /* A positive size, or null for 0. */
+  auto add_or_null = [&](const char *k, int v) {
+    if (v > 0) cJSON_AddNumberToObject(o, k, v);
+    else cJSON_AddNullToObject(o, k);
+  };
+  if (c.text_time()) cJSON_AddStringToObject(o, "addition_embed_type", "text_time");
+  else cJSON_AddNullToObject(o, "addition_embed_type");
   cJSON_AddNumberToObject(o, "addition_embed_type_num_heads", c.addition_embed_type_num_heads);
-  cJSON_AddNullToObject(o, "addition_time_embed_dim");
+  add_or_null("addition_time_embed_dim", c.addition_time_embed_dim);
   add_per_block(o, "attention_head_dim", c.heads, c.heads_is_list);
   cJSON_AddStringToObject(o, "attention_type", "default");
   add_per_block(o, "block_out_channels", c.block_out_channels, true);
@@ -403,23 +440,22 @@ std::string unet_config_to_json_(const unet_config_ &c) {
   cJSON_AddNullToObject(o, "num_class_embeds");
   cJSON_AddFalseToObject(o, "only_cross_attention");
   cJSON_AddNumberToObject(o, "out_channels", c.out_channels);
-  cJSON_AddNullToObject(o, "projection_class_embeddings_input_dim");
+  add_or_null("projection_class_embeddings_input_dim", c.projection_class_embeddings_input_dim);
   cJSON_AddNumberToObject(o, "resnet_out_scale_factor", 1.0);
   cJSON_AddFalseToObject(o, "resnet_skip_time_act");
   cJSON_AddStringToObject(o, "resnet_time_scale_shift", "default");
   cJSON_AddNullToObject(o, "reverse_transformer_layers_per_block");
-  if (c.sample_size > 0) cJSON_AddNumberToObject(o, "sample_size", c.sample_size);
-  else cJSON_AddNullToObject(o, "sample_size");
+  add_or_null("sample_size", c.sample_size);
   cJSON_AddNullToObject(o, "time_cond_proj_dim");
   cJSON_AddNullToObject(o, "time_embedding_act_fn");
-  if (c.time_embedding_dim > 0) cJSON_AddNumberToObject(o, "time_embedding_dim", c.time_embedding_dim);
-  else cJSON_AddNullToObject(o, "time_embedding_dim");
+  add_or_null("time_embedding_dim", c.time_embedding_dim);
   cJSON_AddStringToObject(o, "time_embedding_type", "positional");
   cJSON_AddNullToObject(o, "timestep_post_act");
   add_per_block(o, "transformer_layers_per_block", c.transformer_layers_per_block, c.transformer_layers_is_list);
   cJSON *up = cJSON_AddArrayToObject(o, "up_block_types");
   for (bool x : c.up_cross) cJSON_AddItemToArray(up, cJSON_CreateString(x ? "CrossAttnUpBlock2D" : "UpBlock2D"));
-  cJSON_AddBoolToObject(o, "upcast_attention", c.upcast_attention);
+  if (c.upcast_attention_is_null) cJSON_AddNullToObject(o, "upcast_attention");
+  else cJSON_AddBoolToObject(o, "upcast_attention", c.upcast_attention);
   cJSON_AddBoolToObject(o, "use_linear_projection", c.use_linear_projection);
   char *s = cJSON_Print(o);
   std::string out = s ? s : "{}";

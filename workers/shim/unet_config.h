@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+/* SDXL's time ids: original size (h, w), crop top-left (y, x), target size (h, w). */
+constexpr int unet_num_time_ids_ = 6;
+
 struct unet_config_ {
   int sample_size = 0;             /* 0: null in the JSON */
   int in_channels = 4, out_channels = 4;
@@ -34,9 +37,22 @@ struct unet_config_ {
   bool heads_is_list = false;
   bool use_linear_projection = false;
   bool upcast_attention = false;
+  bool upcast_attention_is_null = false; /* SDXL base writes null; it means false */
   int time_embedding_dim = 0;      /* 0: null (block_out_channels[0] * 4) */
   int conv_in_kernel = 3, conv_out_kernel = 3;
   int addition_embed_type_num_heads = 64;
+  /* addition_embed_type "text_time" (SDXL): the pooled text embedding and six time ids, each time id
+   * through a sinusoidal embedding of addition_time_embed_dim, go through add_embedding into the time
+   * embedding. 0 for both: no added conditioning (null in the JSON). */
+  int addition_time_embed_dim = 0;
+  int projection_class_embeddings_input_dim = 0;
+
+  bool text_time() const { return addition_time_embed_dim > 0; }
+  /* Width of the pooled text embedding text_time takes: what the projection's input leaves after the
+   * six time-id embeddings. 0 without text_time. */
+  int text_embeds_dim() const {
+    return text_time() ? projection_class_embeddings_input_dim - unet_num_time_ids_ * addition_time_embed_dim : 0;
+  }
 
   int time_embed_dim() const { return time_embedding_dim > 0 ? time_embedding_dim : block_out_channels[0] * 4; }
 };

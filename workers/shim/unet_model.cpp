@@ -138,6 +138,11 @@ void build(unet &m) {
   m.conv_in = B.conv("conv_in", c.in_channels, bo[0], c.conv_in_kernel, 1, (c.conv_in_kernel - 1) / 2);
   m.t1 = B.linear("time_embedding.linear_1", bo[0], ted, true);
   m.t2 = B.linear("time_embedding.linear_2", ted, ted, true);
+  /* diffusers registers add_time_proj (no parameters) and add_embedding right after the time embedding. */
+  if (c.text_time()) {
+    m.add1 = B.linear("add_embedding.linear_1", c.projection_class_embeddings_input_dim, ted, true);
+    m.add2 = B.linear("add_embedding.linear_2", ted, ted, true);
+  }
 
   /* Down blocks: attentions are registered before resnets (ModuleList assignment order). */
   int64_t out = bo[0];
@@ -325,10 +330,10 @@ struct fwd_ {
     return at::add(x, h.view({b, hh, ww, c}).permute({0, 3, 1, 2}));
   }
 
-  /* diffusers' get_timestep_embedding, in float32 exactly as it computes it. */
-  at::Tensor timestep_embedding(const at::Tensor &t) const {
+  /* diffusers' get_timestep_embedding of t [k] into [k, dim], in float32 exactly as it computes it. */
+  at::Tensor timestep_embedding(const at::Tensor &t, int64_t dim) const {
     const unet_config_ &c = m.cfg;
-    int64_t dim = c.block_out_channels[0], half = dim / 2;
+    int64_t half = dim / 2;
     at::Tensor exponent = at::arange(0, half, at::kFloat) * (-std::log(10000.0));
     exponent = exponent / ((double)half - c.freq_shift);
     at::Tensor e = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
@@ -338,11 +343,22 @@ struct fwd_ {
     return e;
   }
 
+  /* text_time: every time id through add_time_proj (the same sinusoid as the timestep's, at
+   * addition_time_embed_dim), flattened per sample after the pooled text embedding, through add_embedding
+   * (linear, SiLU, linear). [n, time_embed_dim]. */
+  at::Tensor added_embedding(const added_ &a) const {
+    const unet_config_ &c = m.cfg;
+    int64_t n = a.text_embeds.size(0);
+    at::Tensor te = timestep_embedding(a.time_ids.reshape({-1}), c.addition_time_embed_dim).reshape({n, -1});
+    return linear(m.add2, at::silu(linear(m.add1, at::cat({a.text_embeds, te}, -1))));
+  }
+
   /* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. */
-  at::Tensor run(at::Tensor x, const at::Tensor &t, const at::Tensor &ehs) const {
+  at::Tensor run(at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added) const {
     const unet_config_ &c = m.cfg;
     if (c.center_input_sample) x = 2 * x - 1.0;
-    at::Tensor emb = linear(m.t2, at::silu(linear(m.t1, timestep_embedding(t))));
+    at::Tensor emb = linear(m.t2, at::silu(linear(m.t1, timestep_embedding(t, c.block_out_channels[0]))));
+    if (c.text_time()) emb = emb + added_embedding(added);
     at::Tensor temb_act = at::silu(emb);
 
     at::Tensor h = conv(m.conv_in, x);
@@ -436,6 +452,10 @@ struct flops_ {
   double forward(int64_t h, int64_t w) {
     linear(m.t1, n);
     linear(m.t2, n);
+    if (m.cfg.text_time()) {
+      linear(m.add1, n);
+      linear(m.add2, n);
+    }
     conv(m.conv_in, h, w);
     std::vector<std::pair<int64_t, int64_t>> skips{{h, w}};
     for (const block_ &blk : m.downs) {
@@ -471,8 +491,8 @@ struct flops_ {
 
 }  // namespace
 
-at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs) {
-  return fwd_{m}.run(std::move(x), t, ehs);
+at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added) {
+  return fwd_{m}.run(std::move(x), t, ehs, added);
 }
 
 double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w) {

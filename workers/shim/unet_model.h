@@ -113,6 +113,7 @@ struct unet {
 
   shim::conv_ conv_in, conv_out;
   shim::lin_ t1, t2;
+  shim::lin_ add1, add2;               /* add_embedding.linear_1/linear_2 with text_time, else unset */
   std::vector<shim::block_> downs, ups;
   shim::block_ mid;
   shim::norm_ norm_out;
@@ -129,9 +130,15 @@ void build(unet &m);
  * from `seed` the way PyTorch's default Linear/Conv init would (distribution, not stream). */
 void allocate(unet &m, uint64_t seed);
 
+/* SDXL's added conditioning: text_embeds [n, text_embeds_dim], time_ids [n, 6] float; both undefined
+ * for a config without text_time. */
+struct added_ {
+  at::Tensor text_embeds, time_ids;
+};
+
 /* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. Records autograd only when grad
- * mode is on. */
-at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs);
+ * mode is on. `added` must be defined exactly when the config has text_time (checked by the caller). */
+at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added = {});
 
 /* Forward FLOPs (matmul-shaped work only) of n images of h x w latents with L text tokens. */
 double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w);

@@ -37,15 +37,37 @@ void check_dims(int n, int height, int width, int text_len) {
                                  ", width " + std::to_string(width) + ", text_len " + std::to_string(text_len));
 }
 
+/* The added conditioning is required exactly when the config has text_time: without it an SDXL UNet
+ * would compute something diffusers never does, and with it an SD UNet would silently ignore it. */
+void check_added(const unet &m, const unet_added_cond *a, const char *fn) {
+  const unet_config_ &c = m.cfg;
+  if (!c.text_time()) {
+    if (a && (a->text_embeds || a->time_ids))
+      throw error(DPOD_EINVAL, std::string(fn) + ": text_embeds and time_ids were given, but this config has no "
+                                                 "added conditioning (addition_embed_type null)");
+    return;
+  }
+  const char *missing = !a || !a->text_embeds ? "text_embeds" : !a->time_ids ? "time_ids" : nullptr;
+  if (missing)
+    throw error(DPOD_EINVAL, std::string(fn) + ": this config (addition_embed_type \"text_time\") needs '" + missing +
+                                 "': text_embeds [n, " + std::to_string(c.text_embeds_dim()) + "] and time_ids [n, " +
+                                 std::to_string(unet_num_time_ids_) + "]");
+}
+
 /* Views of caller-owned host arrays in the model's shapes. */
 struct inputs_ {
   at::Tensor x, t, ehs;
+  added_ added;
   inputs_(const unet &m, int n, int height, int width, int text_len, const float *x_, const float *t_,
-          const float *ehs_) {
+          const float *ehs_, const unet_added_cond *a) {
     const unet_config_ &c = m.cfg;
     x = at::from_blob((void *)x_, {n, c.in_channels, height, width}, at::kFloat);
     t = at::from_blob((void *)t_, {n}, at::kFloat);
     ehs = at::from_blob((void *)ehs_, {n, text_len, (int64_t)c.cross_attention_dim.back()}, at::kFloat);
+    if (c.text_time()) {
+      added.text_embeds = at::from_blob((void *)a->text_embeds, {n, c.text_embeds_dim()}, at::kFloat);
+      added.time_ids = at::from_blob((void *)a->time_ids, {n, unet_num_time_ids_}, at::kFloat);
+    }
   }
 };
 
@@ -56,24 +78,38 @@ void ensure_adam_state(unet &m) {
   }
 }
 
-}  // namespace
-
-std::unique_ptr<unet> create(const char *config_json, const unet_params &p) {
-  if (p.device && std::strcmp(p.device, "cpu") != 0)
-    throw error(DPOD_EUNSUPPORTED, std::string("device '") + p.device + "' is not supported: this libtorch is CPU-only");
+/* A model with its config parsed and its parameter list built, but no parameter allocated. */
+std::unique_ptr<unet> parse_and_build(const char *config_json) {
   auto m = std::make_unique<unet>();
   std::string e;
   int rc = unet_config_parse_(config_json ? config_json : unet_tiny_config_json_, &m->cfg, &e);
   if (rc != 0) throw error(rc, e);
   m->cfg_json = unet_config_to_json_(m->cfg);
+  build(*m);
+  return m;
+}
+
+}  // namespace
+
+std::unique_ptr<unet> create(const char *config_json, const unet_params &p) {
+  if (p.device && std::strcmp(p.device, "cpu") != 0)
+    throw error(DPOD_EUNSUPPORTED, std::string("device '") + p.device + "' is not supported: this libtorch is CPU-only");
+  auto m = parse_and_build(config_json);
   at::globalContext().setFlushDenormal(true);
   if (p.threads > 0) {
     at::set_num_threads(p.threads);
     set_blas_threads(p.threads);
   }
-  build(*m);
   allocate(*m, p.seed);
   return m;
+}
+
+void config_num_params(const char *config_json, size_t *num_params, size_t *num_tensors) {
+  auto m = parse_and_build(config_json);
+  size_t total = 0;
+  for (const param_ &p : m->params) total += (size_t)p.numel;
+  if (num_params) *num_params = total;
+  if (num_tensors) *num_tensors = m->params.size();
 }
 
 void load_weights(unet &m, const char *path) {
@@ -179,32 +215,38 @@ uint64_t save(const unet &m, const char *dir) {
 }
 
 void infer(unet &m, int n, int height, int width, int text_len, const float *x, const float *t, const float *ehs,
-           float *out) {
+           const unet_added_cond *added, float *out) {
   check_dims(n, height, width, text_len);
   if (!x || !t || !ehs || !out) throw error(DPOD_EINVAL, "unet_forward: NULL array");
+  check_added(m, added, "unet_forward");
   c10::InferenceMode im;
-  inputs_ in(m, n, height, width, text_len, x, t, ehs);
-  at::Tensor y = forward(m, in.x, in.t, in.ehs).contiguous();
+  inputs_ in(m, n, height, width, text_len, x, t, ehs, added);
+  at::Tensor y = forward(m, in.x, in.t, in.ehs, in.added).contiguous();
   std::memcpy(out, y.data_ptr<float>(), (size_t)y.numel() * sizeof(float));
 }
 
 void forward_mse(unet &m, int n, int height, int width, int text_len, const float *x, const float *t,
-                 const float *ehs, const float *target, float *mse, float *pred) {
+                 const float *ehs, const unet_added_cond *added, const float *target, float *mse, float *pred) {
   check_dims(n, height, width, text_len);
   if (!x || !t || !ehs || !target || !mse) throw error(DPOD_EINVAL, "unet_forward_mse: NULL array");
+  check_added(m, added, "unet_forward_mse");
   m.mse = at::Tensor();
   m.mse_n = 0;
   const unet_config_ &c = m.cfg;
   auto run = [&](bool keep) {
-    inputs_ in(m, n, height, width, text_len, x, t, ehs);
+    inputs_ in(m, n, height, width, text_len, x, t, ehs, added);
     at::Tensor gt = at::from_blob((void *)target, {n, c.out_channels, height, width}, at::kFloat);
     /* The graph saves its inputs; copy them so the caller may reuse its buffers before backward. */
     if (keep) {
       in.x = in.x.clone();
       in.ehs = in.ehs.clone();
       gt = gt.clone();
+      if (in.added.text_embeds.defined()) {
+        in.added.text_embeds = in.added.text_embeds.clone();
+        in.added.time_ids = in.added.time_ids.clone();
+      }
     }
-    at::Tensor y = forward(m, in.x, in.t, in.ehs);
+    at::Tensor y = forward(m, in.x, in.t, in.ehs, in.added);
     at::Tensor l = (y - gt).pow(2).mean({1, 2, 3});
     at::Tensor lc = l.detach().contiguous();
     std::memcpy(mse, lc.data_ptr<float>(), (size_t)n * sizeof(float));

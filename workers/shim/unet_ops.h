@@ -18,9 +18,11 @@ void freeze(unet &m);
 /* Returns the size of the weights file. */
 uint64_t save(const unet &m, const char *dir);
 void infer(unet &m, int n, int height, int width, int text_len, const float *x, const float *t, const float *ehs,
-           float *out);
+           const unet_added_cond *added, float *out);
 void forward_mse(unet &m, int n, int height, int width, int text_len, const float *x, const float *t,
-                 const float *ehs, const float *target, float *mse, float *pred);
+                 const float *ehs, const unet_added_cond *added, const float *target, float *mse, float *pred);
+/* The parameter count and tensor count the config builds, without allocating the parameters. */
+void config_num_params(const char *config_json, size_t *num_params, size_t *num_tensors);
 void backward_mse(unet &m, const float *grad_mse);
 void zero_grad(unet &m);
 void param_at(const unet &m, size_t i, const char **name, size_t *offset, int *ndim, int64_t shape[8]);

@@ -94,6 +94,14 @@ int unet_create(const char *config_json, const unet_params *p, unet_t *out, char
   return status;
 }
 
+int unet_config_num_params(const char *config_json, size_t *num_params, size_t *num_tensors, char *err,
+                           size_t errlen) {
+  std::string msg;
+  int status = run_caught([&] { shim::config_num_params(config_json, num_params, num_tensors); }, &msg);
+  if (status && err && errlen) snprintf(err, errlen, "%s", msg.c_str());
+  return status;
+}
+
 void unet_free(unet_t m) {
   try {
     delete m;
@@ -111,6 +119,8 @@ void unet_get_info(unet_t m, unet_info *info) {
   info->cross_attention_dim = m->cfg.cross_attention_dim.back();
   info->num_params = (size_t)m->flat.numel();
   info->num_tensors = m->params.size();
+  info->text_embeds_dim = m->cfg.text_embeds_dim();
+  info->num_time_ids = m->cfg.text_time() ? unet_num_time_ids_ : 0;
 }
 
 const char *unet_config_json(unet_t m) { return m ? m->cfg_json.c_str() : nullptr; }
@@ -135,12 +145,23 @@ int unet_save(unet_t m, const char *dir, uint64_t *bytes_out) {
 
 int unet_forward(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
                  const float *ehs, float *out) {
-  return guarded(m, [&] { shim::infer(*m, n, height, width, text_len, x, t, ehs, out); });
+  return unet_forward_added(m, n, height, width, text_len, x, t, ehs, nullptr, out);
+}
+
+int unet_forward_added(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                       const float *ehs, const unet_added_cond *added, float *out) {
+  return guarded(m, [&] { shim::infer(*m, n, height, width, text_len, x, t, ehs, added, out); });
 }
 
 int unet_forward_mse(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
                      const float *ehs, const float *target, float *mse, float *pred) {
-  return guarded(m, [&] { shim::forward_mse(*m, n, height, width, text_len, x, t, ehs, target, mse, pred); });
+  return unet_forward_mse_added(m, n, height, width, text_len, x, t, ehs, nullptr, target, mse, pred);
+}
+
+int unet_forward_mse_added(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                           const float *ehs, const unet_added_cond *added, const float *target, float *mse,
+                           float *pred) {
+  return guarded(m, [&] { shim::forward_mse(*m, n, height, width, text_len, x, t, ehs, added, target, mse, pred); });
 }
 
 int unet_backward_mse(unet_t m, const float *grad_mse) {

@@ -34,6 +34,12 @@ unet_params unet_default_params(void);
 int unet_create(const char *config_json, const unet_params *p, unet_t *out, char *err, size_t errlen);
 void unet_free(unet_t m);
 
+/* The parameter (element) and tensor counts unet_create would build from config_json (NULL: the built-in
+ * config), without allocating them: for sizing a model too large to build here. Either output may be
+ * NULL. On failure err holds the reason, as for unet_create. */
+int unet_config_num_params(const char *config_json, size_t *num_params, size_t *num_tensors, char *err,
+                           size_t errlen);
+
 /* The message of the last failed call on this handle; "" if none. Valid until the next call. */
 const char *unet_last_error(unet_t m);
 
@@ -44,6 +50,9 @@ typedef struct {
   int cross_attention_dim;  /* width of encoder_hidden_states */
   size_t num_params;        /* trainable parameters (elements) */
   size_t num_tensors;       /* parameter tensors, as in the state dict */
+  int text_embeds_dim;      /* width of the pooled text embedding the added conditioning takes (SDXL's
+                               addition_embed_type "text_time"); 0: the config has none */
+  int num_time_ids;         /* time ids per sample with text_time (6), else 0 */
 } unet_info;
 
 void unet_get_info(unet_t m, unet_info *info);
@@ -66,16 +75,32 @@ int unet_freeze(unet_t m);
  * Creates `dir` if needed. *bytes_out (may be NULL) receives the size of the weights file. */
 int unet_save(unet_t m, const char *dir, uint64_t *bytes_out);
 
+/* SDXL's added conditioning (addition_embed_type "text_time"), what diffusers takes as added_cond_kwargs.
+ * Required by the configs whose unet_info has text_embeds_dim > 0 and refused by the others. The arrays
+ * are the caller's and are read only during the call. */
+typedef struct {
+  const float *text_embeds;  /* [n, text_embeds_dim]: the pooled text embedding */
+  const float *time_ids;     /* [n, 6]: original size (h, w), crop top-left (y, x), target size (h, w), pixels */
+} unet_added_cond;
+
 /* Inference: x [n, C, H, W], t [n] (timesteps as floats), ehs [n, text_len, cross_attention_dim];
- * out [n, C, H, W]. */
+ * out [n, C, H, W]. For a config without added conditioning. */
 int unet_forward(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
                  const float *ehs, float *out);
+/* unet_forward with the added conditioning (NULL: none). */
+int unet_forward_added(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                       const float *ehs, const unet_added_cond *added, float *out);
 
 /* Training forward: predicts on x (shapes as in unet_forward) and writes the per-sample loss
  * mse[i] = mean over C,H,W of (pred_i - target_i)^2 into mse [n]; pred [n, C, H, W] may be NULL.
- * If the model is not frozen, the graph is kept for unet_backward_mse; a second forward discards it. */
+ * If the model is not frozen, the graph is kept for unet_backward_mse; a second forward discards it.
+ * For a config without added conditioning. */
 int unet_forward_mse(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
                      const float *ehs, const float *target, float *mse, float *pred);
+/* unet_forward_mse with the added conditioning (NULL: none); the arrays may be reused before backward. */
+int unet_forward_mse_added(unet_t m, int n, int height, int width, int text_len, const float *x, const float *t,
+                           const float *ehs, const unet_added_cond *added, const float *target, float *mse,
+                           float *pred);
 
 /* Back-propagates d(objective)/d(mse[i]) = grad_mse[i] (length n of the last forward) through the graph
  * kept by unet_forward_mse and adds the result into the gradient buffer. Releases the graph. */

@@ -24,11 +24,11 @@ static int teardown(void **state) {
   return system(cmd) == 0 ? 0 : -1;
 }
 
-/* The fixture config with the first occurrence of `from` replaced by `to`. Caller frees. */
-static char *config_with(const char *from, const char *to) {
-  char *cfg = tu_read_text(tu_path("config.json"));
+/* Fixture `dir`'s config with the first occurrence of `from` replaced by `to`. Caller frees. */
+static char *fixture_config_with(const char *dir, const char *from, const char *to) {
+  char *cfg = tu_read_text(tu_fixture(dir, "config.json"));
   char *at = strstr(cfg, from);
-  if (!at) fail_msg("config.json has no '%s'", from);
+  if (!at) fail_msg("%s/config.json has no '%s'", dir, from);
   size_t n = strlen(cfg) - strlen(from) + strlen(to) + 1;
   char *out = malloc(n);
   snprintf(out, n, "%.*s%s%s", (int)(at - cfg), cfg, to, at + strlen(from));
@@ -36,21 +36,33 @@ static char *config_with(const char *from, const char *to) {
   return out;
 }
 
-static void expect_config_refused(const char *from, const char *to, const char *key) {
-  char *cfg = config_with(from, to);
-  char err[512] = "";
+static char *config_with(const char *from, const char *to) { return fixture_config_with("tiny-sd", from, to); }
+
+/* Fixture `dir`'s config with `from` replaced by `to` is refused with `status`, naming `key`; so is it when
+ * only counted (unet_config_num_params). */
+static void expect_refused_in(const char *dir, const char *from, const char *to, int status, const char *key) {
+  char *cfg = fixture_config_with(dir, from, to);
+  char err[512] = "", err2[512] = "";
   unet_t m = NULL;
   int rc = unet_create(cfg, NULL, &m, err, sizeof err);
+  size_t count = 0;
+  int rc2 = unet_config_num_params(cfg, &count, NULL, err2, sizeof err2);
   free(cfg);
   if (rc == 0) {
     unet_free(m);
     fail_msg("config with %s was accepted", to);
   }
   assert_null(m);
-  if (rc != DPOD_EUNSUPPORTED) fail_msg("status %s, want DPOD_EUNSUPPORTED: %s", dpod_err_name(rc), err);
+  if (rc != status) fail_msg("status %s, want %s: %s", dpod_err_name(rc), dpod_err_name(status), err);
   char quoted[128];
   snprintf(quoted, sizeof quoted, "'%s'", key);
   if (!strstr(err, quoted)) fail_msg("message does not name %s: %s", quoted, err);
+  assert_int_equal(rc2, rc);
+  assert_string_equal(err2, err);
+}
+
+static void expect_config_refused(const char *from, const char *to, const char *key) {
+  expect_refused_in("tiny-sd", from, to, DPOD_EUNSUPPORTED, key);
 }
 
 static void config_refuses_unsupported_act_fn(void **state) {
@@ -63,10 +75,86 @@ static void config_refuses_unknown_up_block_type(void **state) {
   expect_config_refused("\"UpBlock2D\",", "\"SomethingElse\",", "up_block_types");
 }
 
+/* Only SDXL's text_time added conditioning is understood; its widths are required, bounded and fit six
+ * time ids plus a pooled embedding, and without text_time they must be null. */
 static void config_refuses_addition_embed_type(void **state) {
   (void)state;
-  expect_config_refused("\"addition_embed_type\": null", "\"addition_embed_type\": \"text_time\"",
-                        "addition_embed_type");
+  expect_config_refused("\"addition_embed_type\": null", "\"addition_embed_type\": \"image\"", "addition_embed_type");
+  expect_refused_in("tiny-sdxl", "\"text_time\"", "\"text\"", DPOD_EUNSUPPORTED, "addition_embed_type");
+  expect_config_refused("\"addition_time_embed_dim\": null", "\"addition_time_embed_dim\": 8", "addition_time_embed_dim");
+  expect_config_refused("\"projection_class_embeddings_input_dim\": null",
+                        "\"projection_class_embeddings_input_dim\": 64", "projection_class_embeddings_input_dim");
+}
+
+static void config_bounds_text_time_widths(void **state) {
+  (void)state;
+  const char *dim = "\"addition_time_embed_dim\": 8", *proj = "\"projection_class_embeddings_input_dim\": 64";
+  expect_refused_in("tiny-sdxl", dim, "\"addition_time_embed_dim\": null", DPOD_EINVAL, "addition_time_embed_dim");
+  expect_refused_in("tiny-sdxl", dim, "\"addition_time_embed_dim\": 0", DPOD_EINVAL, "addition_time_embed_dim");
+  expect_refused_in("tiny-sdxl", dim, "\"addition_time_embed_dim\": 65537", DPOD_EINVAL, "addition_time_embed_dim");
+  expect_refused_in("tiny-sdxl", dim, "\"addition_time_embed_dim\": 2.5", DPOD_EINVAL, "addition_time_embed_dim");
+  expect_refused_in("tiny-sdxl", proj, "\"projection_class_embeddings_input_dim\": 65537", DPOD_EINVAL,
+                    "projection_class_embeddings_input_dim");
+  /* 6 time ids x 8 = 48: no room left for the pooled text embedding. */
+  expect_refused_in("tiny-sdxl", proj, "\"projection_class_embeddings_input_dim\": 48", DPOD_EINVAL,
+                    "projection_class_embeddings_input_dim");
+  expect_refused_in("tiny-sdxl", "\"upcast_attention\": null", "\"upcast_attention\": 1", DPOD_EINVAL,
+                    "upcast_attention");
+
+  /* The edges are accepted: 6 x 8 + 1, and the largest widths (counted, not built). */
+  char *cfg = fixture_config_with("tiny-sdxl", proj, "\"projection_class_embeddings_input_dim\": 49");
+  char err[512];
+  unet_t m = NULL;
+  if (unet_create(cfg, NULL, &m, err, sizeof err) != 0) fail_msg("%s", err);
+  free(cfg);
+  unet_info info;
+  unet_get_info(m, &info);
+  assert_int_equal(info.text_embeds_dim, 1);
+  assert_int_equal(info.num_time_ids, 6);
+  unet_free(m);
+  cfg = fixture_config_with("tiny-sdxl", proj, "\"projection_class_embeddings_input_dim\": 65536");
+  size_t big = 0, small = 0;
+  if (unet_config_num_params(cfg, &big, NULL, err, sizeof err) != 0) fail_msg("%s", err);
+  free(cfg);
+  cfg = tu_read_text(tu_fixture("tiny-sdxl", "config.json"));
+  if (unet_config_num_params(cfg, &small, NULL, err, sizeof err) != 0) fail_msg("%s", err);
+  free(cfg);
+  /* add_embedding.linear_1 is [time_embed_dim 128, projection width]. */
+  assert_int_equal(big - small, (size_t)(65536 - 64) * 128);
+}
+
+/* SDXL base's own config.json: every key accepted, and the model it describes has the parameter count
+ * diffusers builds (counted from the config; the weights would be 10 GB). SD 1.5 and tiny-sdxl too, the
+ * last also against the model actually built. */
+static void config_counts_real_model_params(void **state) {
+  (void)state;
+  static const struct {
+    const char *dir;
+    size_t params, tensors;
+  } models[] = {
+      {"configs/sdxl-base-unet", 2567463684u, 0},
+      {"configs/sd15-unet", 859520964u, 0},
+      {"tiny-sdxl", 1925316u, 428},
+      {"tiny-sd", 792964u, 208},
+  };
+  for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+    char *cfg = tu_read_text(tu_fixture(models[i].dir, "config.json"));
+    char err[512];
+    size_t params = 0, tensors = 0;
+    if (unet_config_num_params(cfg, &params, &tensors, err, sizeof err) != 0) fail_msg("%s: %s", models[i].dir, err);
+    if (params != models[i].params) fail_msg("%s: %zu parameters, want %zu", models[i].dir, params, models[i].params);
+    if (models[i].tensors) {
+      assert_int_equal(tensors, models[i].tensors);
+      unet_t m = NULL;
+      if (unet_create(cfg, NULL, &m, err, sizeof err) != 0) fail_msg("%s: %s", models[i].dir, err);
+      unet_info info;
+      unet_get_info(m, &info);
+      assert_int_equal(info.num_params, params);
+      assert_int_equal(info.num_tensors, tensors);
+      unet_free(m);
+    }
+    free(cfg);
+  }
 }
 
 static void config_refuses_unknown_key(void **state) {
@@ -134,13 +222,13 @@ static void config_accepts_sd2_style_options(void **state) {
   unet_free(m);
 }
 
-/* The built-in config, normalised, is the fixture's config.json key for key. */
-static void config_json_matches_fixture(void **state) {
-  (void)state;
+/* The normalised config of the model built from `cfg` (NULL: built-in) is fixture `dir`'s config.json
+ * key for key. */
+static void expect_normalised_config_is(const char *cfg, const char *dir) {
   char err[512];
   unet_t m = NULL;
-  if (unet_create(NULL, NULL, &m, err, sizeof err) != 0) fail_msg("%s", err);
-  char *want_text = tu_read_text(tu_path("config.json"));
+  if (unet_create(cfg, NULL, &m, err, sizeof err) != 0) fail_msg("%s", err);
+  char *want_text = tu_read_text(tu_fixture(dir, "config.json"));
   cJSON *want = cJSON_Parse(want_text), *got = cJSON_Parse(unet_config_json(m));
   assert_non_null(want);
   assert_non_null(got);
@@ -154,6 +242,20 @@ static void config_json_matches_fixture(void **state) {
   cJSON_Delete(got);
   free(want_text);
   unet_free(m);
+}
+
+/* The built-in config, normalised, is the fixture's config.json key for key. */
+static void config_json_matches_fixture(void **state) {
+  (void)state;
+  expect_normalised_config_is(NULL, "tiny-sd");
+}
+
+/* So is tiny-sdxl's: text_time and its widths, and upcast_attention null, are written as they were read. */
+static void config_json_matches_sdxl_fixture(void **state) {
+  (void)state;
+  char *cfg = tu_read_text(tu_fixture("tiny-sdxl", "config.json"));
+  expect_normalised_config_is(cfg, "tiny-sdxl");
+  free(cfg);
 }
 
 /* Copies the fixture weights into `name` in tmpdir, leaving out `drop`, adding `extra`, and replacing
@@ -285,6 +387,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test(config_refuses_unknown_key),
       cmocka_unit_test(config_accepts_sd2_style_options),
       cmocka_unit_test(config_json_matches_fixture),
+      cmocka_unit_test(config_bounds_text_time_widths),
+      cmocka_unit_test(config_counts_real_model_params),
+      cmocka_unit_test(config_json_matches_sdxl_fixture),
       cmocka_unit_test(weights_refuse_missing_tensor),
       cmocka_unit_test(weights_refuse_extra_tensor),
       cmocka_unit_test(weights_refuse_wrong_shape),

@@ -1,6 +1,8 @@
 /* Diffusion-DPO parity with the reference training script: the policy and reference predictions, the
  * per-sample losses, the inside term, the loss and implicit accuracy, and then every parameter gradient
- * after back-propagating dpo_loss()'s d loss / d mse through unet_backward_mse. */
+ * after back-propagating dpo_loss()'s d loss / d mse through unet_backward_mse. On tiny-sd, and on
+ * tiny-sdxl as the script's SDXL branch runs it (pooled embeddings and time ids repeated for the
+ * winner/loser batch like the text). */
 #include <cjson/cJSON.h>
 
 #include "loss.h"
@@ -19,12 +21,12 @@ static double json_num(const cJSON *o, const char *k) {
   return j->valuedouble;
 }
 
-static unet_t load_model(const char *weights) {
+static unet_t load_model(const char *dir, const char *weights) {
   char err[512];
   unet_t m = NULL;
   unet_params p = unet_default_params();
   p.threads = 2;
-  char *cfg = tu_read_text(tu_path("config.json"));
+  char *cfg = tu_read_text(tu_fixture(dir, "config.json"));
   int rc = unet_create(cfg, &p, &m, err, sizeof err);
   free(cfg);
   if (rc != 0) fail_msg("unet_create: %s", err);
@@ -32,12 +34,26 @@ static unet_t load_model(const char *weights) {
   return m;
 }
 
-static void check_dpo_folder(const char *folder) {
+/* Compares `got` with tensor `name` of `outputs` (atol 1e-5) and returns the largest difference. */
+static double check_output(const char *outputs, const char *name, const float *got, size_t n) {
+  size_t nw;
+  float *want = tu_load(outputs, name, &nw);
+  assert_int_equal(nw, n);
+  tu_assert_close(name, got, want, n, 1e-5);
+  double d = tu_max_abs_diff(got, want, n, NULL);
+  free(want);
+  return d;
+}
+
+/* One DPO step on fixture `dir`'s `folder`, whose UNet has `ntensors` parameter tensors. */
+static void check_dpo_folder(const char *dir, const char *folder, size_t ntensors) {
   char rel[256];
-#define F(name) (snprintf(rel, sizeof rel, "%s/%s", folder, name), tu_path(rel))
-  unet_t policy = load_model(tu_path("unet.safetensors"));
-  unet_t ref = load_model(F("ref_unet.safetensors"));
+#define F(name) (snprintf(rel, sizeof rel, "%s/%s", folder, name), tu_fixture(dir, rel))
+  unet_t policy = load_model(dir, tu_fixture(dir, "unet.safetensors"));
+  unet_t ref = load_model(dir, F("ref_unet.safetensors"));
   assert_int_equal(unet_freeze(ref), 0);
+  unet_info info;
+  unet_get_info(policy, &info);
 
   char inputs[1024];
   snprintf(inputs, sizeof inputs, "%s", F("dpo_inputs.safetensors"));
@@ -47,30 +63,32 @@ static void check_dpo_folder(const char *folder) {
   float *t = tu_load(inputs, "timesteps_cat", &n);
   assert_int_equal(n, NSAMP);
   float *ehs = tu_load(inputs, "encoder_hidden_states_cat", &n);
-  assert_int_equal(n, NSAMP * 4 * 32);
+  int text_len = (int)(n / (NSAMP * (size_t)info.cross_attention_dim));
+  assert_int_equal(n, (size_t)NSAMP * (size_t)text_len * (size_t)info.cross_attention_dim);
   float *target = tu_load(inputs, "noise_cat", &n);
+  /* SDXL: the pooled embeddings and time ids of the [winners; losers] batch. */
+  unet_added_cond added = {NULL, NULL};
+  float *text_embeds = NULL, *time_ids = NULL;
+  if (info.text_embeds_dim > 0) {
+    added.text_embeds = text_embeds = tu_load(inputs, "text_embeds_cat", &n);
+    assert_int_equal(n, NSAMP * (size_t)info.text_embeds_dim);
+    added.time_ids = time_ids = tu_load(inputs, "time_ids_cat", &n);
+    assert_int_equal(n, NSAMP * (size_t)info.num_time_ids);
+  }
 
   float model_mse[NSAMP], ref_mse[NSAMP];
   float *model_pred = calloc(NSAMP * PER, sizeof(float)), *ref_pred = calloc(NSAMP * PER, sizeof(float));
-  if (unet_forward_mse(policy, NSAMP, 8, 8, 4, x, t, ehs, target, model_mse, model_pred) != 0)
+  if (unet_forward_mse_added(policy, NSAMP, 8, 8, text_len, x, t, ehs, &added, target, model_mse, model_pred) != 0)
     fail_msg("policy: %s", unet_last_error(policy));
-  if (unet_forward_mse(ref, NSAMP, 8, 8, 4, x, t, ehs, target, ref_mse, ref_pred) != 0)
+  if (unet_forward_mse_added(ref, NSAMP, 8, 8, text_len, x, t, ehs, &added, target, ref_mse, ref_pred) != 0)
     fail_msg("ref: %s", unet_last_error(ref));
 
   char outputs[1024];
   snprintf(outputs, sizeof outputs, "%s", F("dpo_outputs.safetensors"));
-  float *want = tu_load(outputs, "model_pred", &n);
-  tu_assert_close("model_pred", model_pred, want, NSAMP * PER, 1e-5);
-  free(want);
-  want = tu_load(outputs, "ref_pred", &n);
-  tu_assert_close("ref_pred", ref_pred, want, NSAMP * PER, 1e-5);
-  free(want);
-  want = tu_load(outputs, "model_losses", &n);
-  tu_assert_close("model_losses", model_mse, want, NSAMP, 1e-5);
-  free(want);
-  want = tu_load(outputs, "ref_losses", &n);
-  tu_assert_close("ref_losses", ref_mse, want, NSAMP, 1e-5);
-  free(want);
+  double d_pred = fmax(check_output(outputs, "model_pred", model_pred, NSAMP * PER),
+                       check_output(outputs, "ref_pred", ref_pred, NSAMP * PER));
+  double d_mse = fmax(check_output(outputs, "model_losses", model_mse, NSAMP),
+                      check_output(outputs, "ref_losses", ref_mse, NSAMP));
 
   /* The loss and its gradient w.r.t. the policy MSEs, averaged over the pairs. */
   dpo_loss_sums sums;
@@ -89,9 +107,11 @@ static void check_dpo_folder(const char *folder) {
   if (acc != want_acc) fail_msg("%s: implicit acc %g, want %g", folder, acc, want_acc);
   const cJSON *wi = cJSON_GetObjectItemCaseSensitive(exp, "inside_term");
   assert_int_equal(cJSON_GetArraySize(wi), NPAIRS);
+  double d_inside = 0;
   for (int i = 0; i < NPAIRS; i++) {
     /* inside = -beta/2 * (difference of MSE differences) amplifies float32 rounding by 2500. */
     double w = cJSON_GetArrayItem(wi, i)->valuedouble;
+    d_inside = fmax(d_inside, fabs(inside[i] - w));
     if (fabs(inside[i] - w) > 1e-3 * (fabs(w) > 1 ? fabs(w) : 1))
       fail_msg("%s: inside_term[%d] %.9g, want %.9g", folder, i, inside[i], w);
   }
@@ -102,9 +122,8 @@ static void check_dpo_folder(const char *folder) {
   if (unet_backward_mse(policy, grad_mse) != 0) fail_msg("backward: %s", unet_last_error(policy));
   size_t ngrad = 0;
   const float *grad = unet_grad_buffer(policy, &ngrad);
-  unet_info info;
-  unet_get_info(policy, &info);
   assert_int_equal(ngrad, info.num_params);
+  assert_int_equal(info.num_tensors, ntensors);
 
   char gpath[1024], err[512];
   snprintf(gpath, sizeof gpath, "%s", F("dpo_grads_all.safetensors"));
@@ -143,15 +162,18 @@ static void check_dpo_folder(const char *folder) {
     free(w);
     checked++;
   }
-  assert_int_equal(checked, 208);
-  printf("%s: loss %.7f (want %.7f), %zu gradients within %.3g (worst %.3g in %s)\n", folder, loss, want_loss,
-         checked, tol, worst, worst_name);
+  assert_int_equal(checked, ntensors);
+  printf("%s/%s: predictions within %.3g, per-sample losses within %.3g, inside terms within %.3g, loss %.7f "
+         "(want %.7f), %zu gradients within %.3g (worst %.3g = %.3g of the largest, in %s)\n",
+         dir, folder, d_pred, d_mse, d_inside, loss, want_loss, checked, tol, worst, worst / gmax, worst_name);
   st_close(gf);
 
   free(x);
   free(t);
   free(ehs);
   free(target);
+  free(text_embeds);
+  free(time_ids);
   free(model_pred);
   free(ref_pred);
   unet_free(policy);
@@ -161,7 +183,13 @@ static void check_dpo_folder(const char *folder) {
 
 static void dpo_unsaturated_matches_reference(void **state) {
   (void)state;
-  check_dpo_folder("dpo_unsaturated");
+  check_dpo_folder("tiny-sd", "dpo_unsaturated", 208);
+}
+
+/* SDXL's UNet, with the gradients of add_embedding flowing from the added conditioning. */
+static void sdxl_dpo_unsaturated_matches_reference(void **state) {
+  (void)state;
+  check_dpo_folder("tiny-sdxl", "dpo_unsaturated", 428);
 }
 
 /* The attention backward on ATen's matmul gives the same gradients (see shim.forward's aten case). */
@@ -169,18 +197,20 @@ static void dpo_unsaturated_matches_reference_on_aten_matmul(void **state) {
   (void)state;
   setenv("DPOD_ATTENTION_GEMM", "aten", 1);
   assert_string_equal(unet_attention_gemm(), "aten");
-  check_dpo_folder("dpo_unsaturated");
+  check_dpo_folder("tiny-sd", "dpo_unsaturated", 208);
 }
 
 static void dpo_ref_equals_policy_matches_reference(void **state) {
   (void)state;
-  check_dpo_folder("dpo_ref_equals_policy");
+  check_dpo_folder("tiny-sd", "dpo_ref_equals_policy", 208);
 }
 
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(dpo_unsaturated_matches_reference),
       cmocka_unit_test(dpo_ref_equals_policy_matches_reference),
+      cmocka_unit_test(sdxl_dpo_unsaturated_matches_reference),
+      /* last: it switches this process to ATen's matmul */
       cmocka_unit_test(dpo_unsaturated_matches_reference_on_aten_matmul),
   };
   return CMOCKA_MAIN("dpo", tests, NULL, NULL);

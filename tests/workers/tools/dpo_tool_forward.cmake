@@ -1,4 +1,4 @@
-# Runs `dpo-tool forward` on the tiny-sd fixture and compares its output with diffusers'.
+# Runs `dpo-tool forward` on a fixture (tiny-sd, tiny-sdxl) and compares its output with diffusers'.
 # -DTOOL=dpo-tool -DCHECK=test_forward_file -DFIX=<fixtures>/tiny-sd -DOUT=<output file>
 file(REMOVE ${OUT})
 execute_process(

@@ -36,7 +36,7 @@ static const dpo_tool_command commands[] = {
     {"inspect", cmd_inspect, "FILE.safetensors",
      "list tensors (name, dtype, shape), the parameter count and the header metadata"},
     {"forward", cmd_forward, "--config C --weights W --inputs I --out O [--threads N]",
-     "run the UNet on `sample`, `timestep` and `encoder_hidden_states` from I; write `sample` to O"},
+     "run the UNet on I's `sample`, `timestep`, `encoder_hidden_states` (SDXL: +`text_embeds`, `time_ids`); write O"},
     {"diff", cmd_diff, "A.safetensors B.safetensors [--atol X]",
      "largest absolute difference per tensor; exit 1 if names or shapes differ or a difference > X (0)"},
     {"import", tool_import_main, TOOL_IMPORT_ARGS, TOOL_IMPORT_SUMMARY},
@@ -135,6 +135,29 @@ static float *input_f32(const st_file *f, const char *path, const char *name, in
   return v;
 }
 
+/* SDXL's added conditioning from the inputs file: `name` must be [n, cols]. NULL after saying why, naming
+ * the tensor and what the config needs. */
+static float *added_input_f32(const st_file *f, const char *path, const char *name, int64_t n, int64_t cols,
+                              const unet_info *info) {
+  const st_tensor *t;
+  if (!st_find(f, name)) {
+    fprintf(stderr,
+            "dpo-tool forward: %s has no tensor '%s': this config has SDXL's added conditioning "
+            "(addition_embed_type \"text_time\"), which needs 'text_embeds' [n, %d] and 'time_ids' [n, %d]\n",
+            path, name, info->text_embeds_dim, info->num_time_ids);
+    return NULL;
+  }
+  float *v = input_f32(f, path, name, 2, &t);
+  if (v && (t->shape[0] != n || t->shape[1] != cols)) {
+    fprintf(stderr, "dpo-tool forward: %s: '%s' is ", path, name);
+    print_shape(stderr, t->shape, 2);
+    fprintf(stderr, ", expected [%lld, %lld]\n", (long long)n, (long long)cols);
+    free(v);
+    return NULL;
+  }
+  return v;
+}
+
 static int cmd_forward(int argc, char **argv) {
   const dpo_tool_command *self = &commands[1];
   static const struct option opts[] = {
@@ -179,7 +202,7 @@ static int cmd_forward(int argc, char **argv) {
   char *cfg = NULL;
   unet_t m = NULL;
   st_file *in = NULL;
-  float *x = NULL, *t = NULL, *e = NULL, *y = NULL;
+  float *x = NULL, *t = NULL, *e = NULL, *y = NULL, *text_embeds = NULL, *time_ids = NULL;
   st_writer *w = NULL;
 
   if (!(cfg = read_text(config, "config"))) goto fail;
@@ -222,12 +245,19 @@ static int cmd_forward(int argc, char **argv) {
     fprintf(stderr, ", expected [%lld, L, %d]\n", (long long)n, info.cross_attention_dim);
     goto fail;
   }
+  unet_added_cond added = {NULL, NULL};
+  if (info.text_embeds_dim > 0) {
+    if (!(text_embeds = added_input_f32(in, inputs, "text_embeds", n, info.text_embeds_dim, &info))) goto fail;
+    if (!(time_ids = added_input_f32(in, inputs, "time_ids", n, info.num_time_ids, &info))) goto fail;
+    added.text_embeds = text_embeds;
+    added.time_ids = time_ids;
+  }
   size_t ny = (size_t)n * (size_t)info.out_channels * (size_t)h * (size_t)wd;
   if (!(y = malloc(ny * sizeof(float)))) {
     fprintf(stderr, "dpo-tool forward: out of memory\n");
     goto fail;
   }
-  if ((rc = unet_forward(m, (int)n, (int)h, (int)wd, (int)L, x, t, e, y)) != 0) {
+  if ((rc = unet_forward_added(m, (int)n, (int)h, (int)wd, (int)L, x, t, e, &added, y)) != 0) {
     fprintf(stderr, "dpo-tool forward: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
     goto fail;
   }
@@ -248,6 +278,8 @@ fail:
   free(t);
   free(e);
   free(y);
+  free(text_embeds);
+  free(time_ids);
   st_close(in);
   unet_free(m);
   free(cfg);
