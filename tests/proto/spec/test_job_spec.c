@@ -351,17 +351,10 @@ static void validate_refuses_each_bad_value(void **state) {
       {"data.dataset", "", "data.dataset:"},
       {"data.dataset", "builtin:imagenet", "data.dataset:"},
       {"name", "tab\there", "name:"},
-      {"name", "bad\xff", "name:"},             /* not UTF-8 */
       {"name", "c1\xc2\x85" "control", "name:"}, /* U+0085, a C1 control */
-      {"name", "\xed\xa0\x80", "name:"},         /* a surrogate */
       {"ranks", "4097", "ranks:"},
       {"threads_per_rank", "4294967295", "threads_per_rank:"},
       {"max_restarts", "101", "max_restarts:"},
-      {"model.config", "/x/\xc3", "model.config:"},
-      {"model.weights", "/x/\xff", "model.weights:"},
-      {"model.reference_weights", "/\xfe", "model.reference_weights:"},
-      {"model.scheduler_config", "/\xc0\xaf", "model.scheduler_config:"}, /* overlong '/' */
-      {"data.dataset", "/d/\xff", "data.dataset:"},
       {"data.pairs", "16777217", "data.pairs:"},
       {"data.prompts", "16777217", "data.prompts:"},
       {"data.text_len", "1025", "data.text_len:"},
@@ -463,6 +456,30 @@ static void validate_refuses_non_finite_numbers_and_overflowing_products(void **
   const char *field;
   assert_true(job_spec_uses_resources(spec, &field));
   assert_string_equal(field, "resources.ranks_per_node");
+}
+
+/* Strings that are not UTF-8 never get past --set, but a client speaking protobuf can send them. */
+static void validate_refuses_strings_that_are_not_utf8(void **state) {
+  (void)state;
+  const struct {
+    char **field;
+    const char *value, *prefix;
+  } cases[] = {
+      {&spec->name, "bad\xff", "name:"},
+      {&spec->name, "\xed\xa0\x80", "name:"}, /* a surrogate */
+      {&spec->model->config, "/x/\xc3", "model.config:"},
+      {&spec->model->weights, "/x/\xff", "model.weights:"},
+      {&spec->model->reference_weights, "/\xfe", "model.reference_weights:"},
+      {&spec->model->scheduler_config, "/\xc0\xaf", "model.scheduler_config:"}, /* an overlong '/' */
+      {&spec->data->dataset, "/d/\xff", "data.dataset:"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char *saved = *cases[i].field;
+    *cases[i].field = (char *)cases[i].value;
+    refused_validate(0, cases[i].prefix);
+    *cases[i].field = saved;
+  }
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
 }
 
 /* Paths made absolute for a client talking to a dpod that runs elsewhere. */
@@ -647,6 +664,7 @@ int main(int argc, char **argv) {
       T(validate_refuses_long_name),
       T(validate_refuses_non_finite_numbers_and_overflowing_products),
       T(absolute_paths_join_relative_ones_onto_the_base),
+      T(validate_refuses_strings_that_are_not_utf8),
       T(validate_says_why_pairs_too_few),
       T(validate_accepts_unnormalized_spec),
       T(pack_unpack_round_trip_preserves_values),
