@@ -70,7 +70,8 @@ static struct {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: dpod [options]\n"
+          "usage: dpod [--config FILE] [options]\n"
+          "  --config FILE      options from a file, one a line (`launcher slurm`), before the command line's\n"
           "  --listen ADDR      address to serve on (default: $DPOD_ADDR or unix:$XDG_RUNTIME_DIR/dpod/dpod.sock)\n"
           "  --state-dir DIR    the database, on a local file system (default: $XDG_STATE_HOME/dpod)\n"
           "  --jobs-dir DIR     run directories, where the compute nodes see them (default: STATE_DIR/jobs)\n"
@@ -260,6 +261,52 @@ static int tcp_security_load(tcp_security *t, const char *addr, const char *stat
   return 0;
 }
 
+/* `--config FILE` (first on the command line): the file's options go before the command line's, which
+ * win. The file holds one option a line, `name value` or `name = value` or just `name` (without the
+ * leading dashes), with # comments; it is read whole, and *argv is replaced by a new array (its strings
+ * live as long as the process). Returns 0, or -1 after saying why. */
+static int config_prepend(int *argc, char ***argv) {
+  if (*argc < 3 || strcmp((*argv)[1], "--config") != 0) return 0;
+  const char *path = (*argv)[2];
+  char *text = NULL, err[512];
+  if (dpod_read_file(path, 1 << 16, &text, NULL, err, sizeof err) != 0) {
+    fprintf(stderr, "dpod: --config: %s\n", err);
+    return -1;
+  }
+  size_t cap = (size_t)*argc + 2;
+  for (const char *p = text; *p; p++) cap += *p == '\n' ? 2 : 0;
+  char **out = calloc(cap + 2, sizeof *out);
+  if (!out) return -1;
+  int n = 0, line_no = 0;
+  out[n++] = (*argv)[0];
+  char *save = NULL;
+  for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    line_no++;
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *name = line + strspn(line, " \t");
+    if (!*name) continue;
+    char *end = name + strcspn(name, " \t=");
+    char *value = end + strspn(end, " \t=");
+    *end = '\0';
+    for (char *e = value + strlen(value); e > value && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r');) *--e = '\0';
+    char *opt = malloc(strlen(name) + 3);
+    if (!opt) return -1;
+    sprintf(opt, "--%s", name);
+    if (strcmp(name, "config") == 0) {
+      fprintf(stderr, "dpod: %s:%d: a config file cannot name another\n", path, line_no);
+      return -1;
+    }
+    out[n++] = opt;
+    if (*value) out[n++] = value;
+  }
+  for (int i = 3; i < *argc; i++) out[n++] = (*argv)[i];
+  out[n] = NULL;
+  *argc = n;
+  *argv = out;
+  return 0;
+}
+
 static void close_handle(uv_handle_t *h) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
@@ -345,6 +392,7 @@ static void on_cron(uv_timer_t *t) {
 int main(int argc, char **argv) {
   char addr[PATH_MAX + 16], state_dir[PATH_MAX], worker[PATH_MAX], supervisor[PATH_MAX], report_addr[PATH_MAX + 16];
   char err[1024];
+  if (config_prepend(&argc, &argv) != 0) return 2;
   const char *mpirun = "mpirun";
   unsigned long slots = 2;
   int level = DPOD_LOG_INFO;
@@ -359,7 +407,8 @@ int main(int argc, char **argv) {
   enum {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
     OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
-    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE, OPT_VERSION
+    OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE, OPT_VERSION,
+    OPT_CONFIG
   };
   char jobs_dir[PATH_MAX] = "";
   bool network_state = false;
@@ -387,6 +436,7 @@ int main(int argc, char **argv) {
       {"launcher", required_argument, NULL, OPT_LAUNCHER},
       {"report-listen", required_argument, NULL, OPT_REPORT_LISTEN},
       {"jobs-dir", required_argument, NULL, OPT_JOBS_DIR},
+      {"config", required_argument, NULL, OPT_CONFIG},
       {"allow-network-state", no_argument, NULL, OPT_NETWORK_STATE},
       {"poll-interval", required_argument, NULL, OPT_POLL},
       {"preempt-grace", required_argument, NULL, OPT_GRACE},
@@ -426,6 +476,9 @@ int main(int argc, char **argv) {
         if (str_copy(jobs_dir, sizeof jobs_dir, optarg) != 0) return arg_too_long("--jobs-dir");
         break;
       case OPT_NETWORK_STATE: network_state = true; break;
+      case OPT_CONFIG:
+        fprintf(stderr, "dpod: --config must come first (its options go before the command line's)\n");
+        return 2;
       case OPT_LAUNCHER:
         if (strcmp(optarg, "mpirun") != 0 && strcmp(optarg, "slurm") != 0) {
           fprintf(stderr, "dpod: --launcher: expected mpirun or slurm, got \"%s\"\n", optarg);
