@@ -34,11 +34,21 @@ a=$(it_submit "$EX" "${JOB[@]}" --name straight)
 "$DPOCTL_BIN" watch "$a" >/dev/null 2>&1 || it_fail "job $a did not succeed"
 [ -n "$(slurm_id "$a")" ] || it_fail "job $a never was a Slurm job"
 [ -f "$IT_JOBS/$a/spec.pb" ] || it_fail "job $a did not run in --jobs-dir"
+[ ! -e "$IT_JOBS/$a/secret" ] || it_fail "the finished job's secret file is still there"
 it_check_steps_once "$a" 16
 
 # 2. `scontrol requeue` mid-run: Slurm stops the job and runs it again; the ranks resume.
 b=$(it_submit "$EX" "${JOB[@]}" --name requeued)
 wait_step "$b" 6
+# The secret is in a 0600 file, nowhere on a command line or in what Slurm shows; the batch script is
+# the same for every job (no user text in it).
+secret=$(cat "$IT_JOBS/$b/secret")
+[ "$(stat -c %a "$IT_JOBS/$b/secret")" = 600 ] || it_fail "the secret file is not 0600"
+scontrol show job "$(slurm_id "$b")" | grep -qF "$secret" && it_fail "scontrol shows the job's secret"
+ps -eo args >"$T/ps.txt" # a snapshot first: a grep in the same pipeline would show its own argument
+grep -qF "$secret" "$T/ps.txt" && it_fail "a command line holds the job's secret"
+cmp -s "$IT_JOBS/$a/slurm-batch.sh" "$IT_JOBS/$b/slurm-batch.sh" || it_fail "the batch scripts of two jobs differ"
+grep -q "straight\|requeued" "$IT_JOBS/$b/slurm-batch.sh" && it_fail "the batch script holds a job's name"
 scontrol requeue "$(slurm_id "$b")" || it_fail "scontrol requeue failed"
 "$DPOCTL_BIN" watch "$b" >/dev/null 2>&1 || it_fail "the requeued job $b did not succeed"
 [ "$(attempts "$b")" -ge 2 ] || it_fail "job $b ran $(attempts "$b") attempt(s), not 2"
