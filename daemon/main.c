@@ -83,6 +83,7 @@ static void usage(FILE *f) {
           "  --preempt-grace S  slurm: the warning (SIGUSR1) before a time limit, to checkpoint in (default 120)\n"
           "  --worker PATH      dpo-worker binary (default: the one next to dpod)\n"
           "  --mpirun PATH      mpirun binary (default: mpirun from PATH)\n"
+          "  --hostfile FILE    mpirun: an Open MPI hostfile, to run the ranks on those hosts\n"
           "  --start-timeout S  a job's rank 0 must report in within S seconds of its launch (default 600)\n"
           "  --heartbeat-floor S  the least a job's heartbeat timeout can be, in seconds (default 300)\n"
           "  --restart-backoff S  wait before the first automatic restart; doubles with each (default 10)\n"
@@ -408,11 +409,11 @@ int main(int argc, char **argv) {
     OPT_LISTEN = 1, OPT_STATE, OPT_SLOTS, OPT_WORKER, OPT_MPIRUN, OPT_LEVEL, OPT_HELP, OPT_START_TIMEOUT,
     OPT_HEARTBEAT_FLOOR, OPT_RESTART_BACKOFF, OPT_DRAIN_GRACE, OPT_TLS_CERT, OPT_TLS_KEY, OPT_TLS_CA, OPT_TOKEN_FILE,
     OPT_INSECURE, OPT_LAUNCHER, OPT_POLL, OPT_GRACE, OPT_REPORT_LISTEN, OPT_JOBS_DIR, OPT_NETWORK_STATE, OPT_VERSION,
-    OPT_CONFIG
+    OPT_CONFIG, OPT_HOSTFILE
   };
   char jobs_dir[PATH_MAX] = "";
   bool network_state = false;
-  const char *report_listen = NULL;
+  const char *report_listen = NULL, *hostfile = NULL;
   const char *launcher = "mpirun";
   unsigned poll_ms = 15000, grace_ms = 120000;
   tcp_security tcp = {0};
@@ -437,6 +438,7 @@ int main(int argc, char **argv) {
       {"report-listen", required_argument, NULL, OPT_REPORT_LISTEN},
       {"jobs-dir", required_argument, NULL, OPT_JOBS_DIR},
       {"config", required_argument, NULL, OPT_CONFIG},
+      {"hostfile", required_argument, NULL, OPT_HOSTFILE},
       {"allow-network-state", no_argument, NULL, OPT_NETWORK_STATE},
       {"poll-interval", required_argument, NULL, OPT_POLL},
       {"preempt-grace", required_argument, NULL, OPT_GRACE},
@@ -466,6 +468,7 @@ int main(int argc, char **argv) {
         if (str_copy(worker, sizeof worker, optarg) != 0) return arg_too_long("--worker");
         break;
       case OPT_MPIRUN: mpirun = optarg; break;
+      case OPT_HOSTFILE: hostfile = optarg; break;
       case OPT_TLS_CERT: tcp.cert = optarg; break;
       case OPT_TLS_KEY: tcp.key = optarg; break;
       case OPT_TLS_CA: tcp.ca = optarg; break;
@@ -626,6 +629,7 @@ int main(int argc, char **argv) {
     lp.supervisor = supervisor;
     lp.report_addr = report_addr;
     lp.tls_ca = tls_ca;
+    lp.hostfile = hostfile;
     lp.slots = (unsigned)slots;
     created = launch_mpirun_create(dpod.loop, &lp, &dpod.backend, err, sizeof err);
   }

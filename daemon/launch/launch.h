@@ -105,7 +105,9 @@ typedef struct {
   const char *worker;      /* dpo-worker, preferably an absolute path */
   const char *report_addr; /* the daemon's address, passed as --report-addr */
   const char *tls_ca;      /* CA file the ranks trust when the report address uses TLS; NULL: plain */
-  unsigned slots;          /* ranks that may run at once on this host */
+  const char *hostfile;    /* an Open MPI hostfile: ranks on those hosts (started over ssh, or Open MPI's
+                              plm_rsh_agent); NULL: all on this host */
+  unsigned slots;          /* ranks that may run at once (on this host, or on the hostfile's hosts) */
 } launch_mpirun_params;
 
 launch_mpirun_params launch_mpirun_default_params(void);

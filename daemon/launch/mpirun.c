@@ -11,6 +11,9 @@
  * record. The secret travels in the environment, never on a command line where ps would show it.
  * Output goes to RUN_DIR/job.log, appended attempt after attempt.
  *
+ * With a hostfile (`dpod --hostfile`), mpirun places the ranks on its hosts and starts them there
+ * itself (over ssh, or whatever Open MPI's plm_rsh_agent names); everything else is the same.
+ *
  * Handles are "mpirun:sid=<the supervisor's pid>,attempt=<n>". An attempt this dpod started ends when
  * libuv reports the supervisor's exit; one adopted after a restart is checked every poll: it has ended
  * once its exit record exists, or once its supervisor is gone without one (then it is lost, and what is
@@ -37,7 +40,7 @@ typedef struct mpirun_run mpirun_run;
 
 typedef struct {
   launch_backend base;
-  char *mpirun, *supervisor, *worker, *report_addr, *tls_ca;
+  char *mpirun, *supervisor, *worker, *report_addr, *tls_ca, *hostfile;
   unsigned slots;
   mpirun_run *adopted;   /* runs found again after a restart, checked by poll */
 } mpirun_backend;
@@ -148,7 +151,7 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
     goto fail;
   }
 
-  const char *args[40];
+  const char *args[48];
   int a = 0;
   args[a++] = b->supervisor;
   args[a++] = "--run-dir";
@@ -164,6 +167,10 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   args[a++] = "none";
   /* Open MPI refuses root unless told; containers commonly run as root. */
   if (geteuid() == 0) args[a++] = "--allow-run-as-root";
+  if (b->hostfile[0]) {
+    args[a++] = "--hostfile";
+    args[a++] = b->hostfile;
+  }
   static const char *const exported[] = {DPOD_ENV_JOB_SECRET,    DPOD_ENV_ATTEMPT, "TMPDIR",        "OMP_NUM_THREADS",
                                          "OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY", DPOD_ENV_TLS_CA};
   for (size_t i = 0; i < sizeof exported / sizeof exported[0]; i++) {
@@ -327,6 +334,7 @@ static void mpirun_free_(launch_backend *base) {
   free(b->worker);
   free(b->report_addr);
   free(b->tls_ca);
+  free(b->hostfile);
   free(b);
 }
 
@@ -351,7 +359,7 @@ int launch_mpirun_create(uv_loop_t *loop, const launch_mpirun_params *p, launch_
   if (!b || !(b->mpirun = strdup(p->mpirun)) || !(b->supervisor = strdup(p->supervisor)) ||
       !(b->worker = strdup(p->worker)) ||
       !(b->report_addr = strdup(p->report_addr ? p->report_addr : "")) ||
-      !(b->tls_ca = strdup(p->tls_ca ? p->tls_ca : ""))) {
+      !(b->tls_ca = strdup(p->tls_ca ? p->tls_ca : "")) || !(b->hostfile = strdup(p->hostfile ? p->hostfile : ""))) {
     if (b) mpirun_free_(&b->base);
     return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
   }
