@@ -116,6 +116,7 @@ launch_mpirun_params launch_mpirun_default_params(void);
 
 typedef struct {
   const char *sbatch, *squeue, *scancel, *sinfo; /* the Slurm commands, looked up in PATH unless paths */
+  const char *sacct;       /* asked about jobs squeue forgot without an exit record; "" or NULL: never */
   const char *worker;      /* dpo-worker, where the compute nodes see it */
   const char *report_addr; /* where the ranks report, reachable from the compute nodes */
   const char *tls_ca;      /* CA file the ranks trust when the report address uses TLS; NULL: plain */

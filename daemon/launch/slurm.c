@@ -46,14 +46,15 @@ typedef struct slurm_run slurm_run;
 
 typedef struct {
   launch_backend base;
-  char *sbatch, *squeue, *scancel, *worker, *report_addr, *tls_ca;
+  char *sbatch, *squeue, *scancel, *sacct, *worker, *report_addr, *tls_ca;
   unsigned grace_s, poll_ms, capacity, max_threads;
   uint64_t last_poll_ms;
   slurm_run *runs;       /* every attempt this backend watches */
-  /* the squeue in flight, if any */
+  /* the query in flight (squeue, or sacct for jobs squeue has forgotten), if any */
   uv_process_t squeue_proc;
   uv_pipe_t squeue_out;
   bool squeue_running;
+  bool query_is_sacct;
   int squeue_closing;    /* handles still to close */
   int64_t squeue_status;
   char *squeue_buf;
@@ -67,6 +68,7 @@ struct slurm_run {
   uint64_t job;    /* the Slurm job id */
   uint32_t base_attempt; /* the attempt it was submitted as; Slurm's restart count adds to it */
   bool seen;       /* in the squeue output being parsed */
+  bool asked_sacct; /* gone from squeue without an exit record: sacct is asked for its final state */
   bool running;    /* Slurm said RUNNING last time */
   char reason[64]; /* Slurm's pending reason, last time */
   slurm_run *next;
@@ -108,6 +110,7 @@ launch_slurm_params launch_slurm_default_params(void) {
   p.sbatch = "sbatch";
   p.squeue = "squeue";
   p.scancel = "scancel";
+  p.sacct = "sacct";
   p.worker = "dpo-worker";
   p.preempt_grace_s = 120;
   p.poll_ms = 15000;
@@ -403,20 +406,67 @@ static void slurm_take_line_(slurm_backend *b, char *line) {
   }
 }
 
+static void slurm_query_start_(slurm_backend *b, const char *const args[]);
+
+/* sacct's answer for jobs squeue has forgotten without an exit record: "5678|NODE_FAIL" lines (a state
+ * may go on: "CANCELLED by 1000"). Those it does not know (no accounting on this cluster) end as lost. */
+static void slurm_take_sacct_(slurm_backend *b, char *text, bool ok) {
+  char *save = NULL;
+  for (char *line = ok && text ? strtok_r(text, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+    char *bar = strchr(line, '|');
+    uint64_t job;
+    if (!bar) continue;
+    *bar = '\0';
+    char *state = bar + 1;
+    state[strcspn(state, " |")] = '\0';
+    if (dpod_parse_u64(line, UINT64_MAX, &job) != 0) continue; /* "5678.batch" and other steps */
+    for (slurm_run *r = b->runs, *next; r; r = next) {
+      next = r->next;
+      if (r->asked_sacct && r->job == job) slurm_finish_(r, state);
+    }
+  }
+  for (slurm_run *r = b->runs, *next; r; r = next) {
+    next = r->next;
+    if (r->asked_sacct) slurm_finish_(r, NULL);
+  }
+}
+
 static void slurm_squeue_closed_(uv_handle_t *h) {
   slurm_backend *b = h->data;
   if (--b->squeue_closing > 0) return;
   b->squeue_running = false;
-  if (b->squeue_status == 0) {
+  if (b->query_is_sacct) {
+    slurm_take_sacct_(b, b->squeue_buf, b->squeue_status == 0);
+  } else if (b->squeue_status == 0) {
     for (slurm_run *r = b->runs; r; r = r->next) r->seen = false;
     char *save = NULL;
     for (char *line = strtok_r(b->squeue_buf ? b->squeue_buf : (char[1]){0}, "\n", &save); line;
          line = strtok_r(NULL, "\n", &save))
       slurm_take_line_(b, line);
-    /* Not in squeue any more (it forgets jobs MinJobAge after they end): over, as its record says. */
+    /* Not in squeue any more (it forgets jobs MinJobAge after they end): over, as its exit record says;
+     * without one, sacct may know how it ended (where the cluster keeps accounting). */
+    char ids[1024] = "";
+    size_t n = 0;
+    launch_exit ex;
     for (slurm_run *r = b->runs, *next; r; r = next) {
       next = r->next;
-      if (!r->seen) slurm_finish_(r, NULL);
+      if (r->seen) continue;
+      if (!*b->sacct || launch_exit_record_read(r->run_dir, r->base.attempt, &ex, NULL, 0) == 0 ||
+          n + 24 >= sizeof ids) {
+        slurm_finish_(r, NULL);
+        continue;
+      }
+      r->asked_sacct = true;
+      n += (size_t)snprintf(ids + n, sizeof ids - n, "%s%" PRIu64, n ? "," : "", r->job);
+    }
+    if (n) {
+      free(b->squeue_buf);
+      b->squeue_buf = NULL;
+      b->squeue_len = 0;
+      const char *args[] = {b->sacct, "--noheader", "--allocations", "--parsable2", "--format=JobID,State", "--jobs",
+                            ids, NULL};
+      slurm_query_start_(b, args);
+      return;
     }
   } else {
     log_warn("squeue failed (status %" PRId64 "); trying again at the next poll", b->squeue_status);
@@ -453,14 +503,10 @@ static void slurm_squeue_exit_(uv_process_t *p, int64_t status, int sig) {
   uv_close((uv_handle_t *)p, slurm_squeue_closed_);
 }
 
-/* Every poll interval, one squeue for every job this dpod watches, read without blocking. */
-static void slurm_poll_(launch_backend *base) {
-  slurm_backend *b = (slurm_backend *)base;
-  uint64_t now = (uint64_t)launch_now_ms_();
-  if (!b->runs || b->squeue_running || now - b->last_poll_ms < b->poll_ms) return;
-  b->last_poll_ms = now;
-  const char *args[] = {b->squeue, "--noheader", "--states=all", "--me", "--Format=JobID:|,State:|,RestartCnt:|,Reason:",
-                        NULL};
+/* Runs a query (squeue or sacct) without blocking; slurm_squeue_closed_ takes its output. */
+static void slurm_query_start_(slurm_backend *b, const char *const args[]) {
+  launch_backend *base = &b->base;
+  b->query_is_sacct = args[0] == b->sacct;
   uv_pipe_init(base->loop, &b->squeue_out, 0);
   b->squeue_out.data = b;
   uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE},
@@ -468,7 +514,7 @@ static void slurm_poll_(launch_backend *base) {
                                    {.flags = UV_IGNORE}};
   uv_process_options_t opts;
   memset(&opts, 0, sizeof opts);
-  opts.file = b->squeue;
+  opts.file = args[0];
   opts.args = (char **)args;
   opts.exit_cb = slurm_squeue_exit_;
   opts.stdio_count = 3;
@@ -478,13 +524,24 @@ static void slurm_poll_(launch_backend *base) {
   b->squeue_closing = 2;
   int rc = uv_spawn(base->loop, &b->squeue_proc, &opts);
   if (rc != 0) {
-    log_warn("cannot run %s: %s", b->squeue, uv_strerror(rc));
+    log_warn("cannot run %s: %s", args[0], uv_strerror(rc));
     b->squeue_status = -1;
     uv_close((uv_handle_t *)&b->squeue_proc, slurm_squeue_closed_);
     uv_close((uv_handle_t *)&b->squeue_out, slurm_squeue_closed_);
     return;
   }
   uv_read_start((uv_stream_t *)&b->squeue_out, slurm_squeue_alloc_, slurm_squeue_read_);
+}
+
+/* Every poll interval, one squeue for every job this dpod watches, read without blocking. */
+static void slurm_poll_(launch_backend *base) {
+  slurm_backend *b = (slurm_backend *)base;
+  uint64_t now = (uint64_t)launch_now_ms_();
+  if (!b->runs || b->squeue_running || now - b->last_poll_ms < b->poll_ms) return;
+  b->last_poll_ms = now;
+  const char *args[] = {b->squeue, "--noheader", "--states=all", "--me", "--Format=JobID:|,State:|,RestartCnt:|,Reason:",
+                        NULL};
+  slurm_query_start_(b, args);
 }
 
 static int slurm_stop_(launch_run *base, launch_stop_mode how, int *signalled) {
@@ -560,6 +617,7 @@ static void slurm_free_(launch_backend *base) {
   free(b->sbatch);
   free(b->squeue);
   free(b->scancel);
+  free(b->sacct);
   free(b->worker);
   free(b->report_addr);
   free(b->tls_ca);
@@ -605,7 +663,8 @@ int launch_slurm_create(uv_loop_t *loop, const launch_slurm_params *p, launch_ba
   *out = NULL;
   slurm_backend *b = calloc(1, sizeof *b);
   if (!b || !(b->sbatch = strdup(p->sbatch)) || !(b->squeue = strdup(p->squeue)) ||
-      !(b->scancel = strdup(p->scancel)) || !(b->worker = strdup(p->worker)) ||
+      !(b->scancel = strdup(p->scancel)) || !(b->sacct = strdup(p->sacct ? p->sacct : "")) ||
+      !(b->worker = strdup(p->worker)) ||
       !(b->report_addr = strdup(p->report_addr ? p->report_addr : "")) ||
       !(b->tls_ca = strdup(p->tls_ca ? p->tls_ca : ""))) {
     if (b) slurm_free_(&b->base);
