@@ -12,6 +12,7 @@
 #include <grpc/status.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -833,8 +834,12 @@ static int cmd_list(ctl *c, int argc, char **argv) {
       if (j->last_metrics && j->last_metrics->has_implicit_acc)
         snprintf(acc, sizeof acc, "%.2f", j->last_metrics->implicit_acc);
       if (j->created_unix_ms > 0) fmt_age(now - j->created_unix_ms, age, sizeof age);
-      printf("%-6" PRIu64 " %-24s %-10s %-11s %-8s %-5s %s\n", j->id, name, job_state_name(j->state), prog, loss, acc,
+      printf("%-6" PRIu64 " %-24s %-10s %-11s %-8s %-5s %s", j->id, name, job_state_name(j->state), prog, loss, acc,
              age);
+      /* Why a job has not started yet (its backoff, or the scheduler's reason: "Resources"). */
+      bool waiting = j->state == DPOD__V1__JOB_STATE__JOB_STATE_QUEUED || j->state == DPOD__V1__JOB_STATE__JOB_STATE_STARTING;
+      if (waiting && j->reason && *j->reason) printf("  (%.60s)", j->reason);
+      putchar('\n');
     }
   }
   protobuf_c_message_free_unpacked(m, NULL);

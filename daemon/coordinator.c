@@ -468,7 +468,7 @@ static void coord_attempt_ended(coord *co, const Dpod__V1__Job *job, coord_job *
     /* A launcher that hands the secret over in a file (Slurm's) leaves it in the run directory: the job
      * is over and its journal read, so nothing needs it any more. */
     char secret_file[PATH_MAX];
-    snprintf(secret_file, sizeof secret_file, "%s/secret", job->run_dir);
+    snprintf(secret_file, sizeof secret_file, "%s/" LAUNCH_SECRET_FILE, job->run_dir);
     if (unlink(secret_file) != 0 && errno != ENOENT) log_warn("job %" PRIu64 ": %s: %s", id, secret_file, strerror(errno));
   }
 }

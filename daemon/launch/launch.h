@@ -33,6 +33,9 @@
 #include "dpod_paths.h"
 
 #define LAUNCH_HANDLE_MAX 128 /* longest handle text, NUL included */
+/* A backend that hands the secret to the ranks in a file (Slurm's, so that it outlives requeues) puts it
+ * here in the run directory, 0600; the coordinator removes it once the job has ended. */
+#define LAUNCH_SECRET_FILE "job.secret"
 
 typedef struct launch_backend launch_backend;
 typedef struct launch_run launch_run;

@@ -1,6 +1,6 @@
 /* The Slurm backend: each attempt of a job is one Slurm batch job.
  *
- * start writes RUN_DIR/spec.pb, RUN_DIR/secret (0600) and RUN_DIR/slurm-batch.sh, and runs
+ * start writes RUN_DIR/spec.pb, RUN_DIR/job.secret (0600) and RUN_DIR/slurm-batch.sh, and runs
  *
  *   sbatch --parsable --requeue --signal=B:USR1@GRACE --job-name=dpod-ID --ntasks=RANKS
  *          --cpus-per-task=THREADS --chdir=RUN_DIR --output=RUN_DIR/slurm-%j.out RUN_DIR/slurm-batch.sh
@@ -81,7 +81,7 @@ static const char slurm_batch_script[] =
     "set -u\n"
     "attempt=$((DPOD_ATTEMPT_BASE + ${SLURM_RESTART_COUNT:-0}))\n"
     "exec >>\"$DPOD_RUN_DIR/attempt-$attempt.log\" 2>&1\n"
-    "DPOD_JOB_SECRET=$(cat \"$DPOD_RUN_DIR/secret\") || exit 2\n"
+    "DPOD_JOB_SECRET=$(cat \"$DPOD_RUN_DIR/" LAUNCH_SECRET_FILE "\") || exit 2\n"
     "export DPOD_JOB_SECRET DPOD_ATTEMPT=$attempt TMPDIR=\"$DPOD_RUN_DIR/tmp\"\n"
     "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1} OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}\n"
     "export OMP_WAIT_POLICY=PASSIVE\n"
@@ -233,7 +233,7 @@ static int slurm_start_(launch_backend *base, const launch_request *req, launch_
     return status;
   /* The secret in a 0600 file of the run directory, which every attempt of the job reads: never on a
    * command line (sbatch's, the script's or srun's), where ps or scontrol would show it. */
-  snprintf(path, sizeof path, "%s/secret", req->run_dir);
+  snprintf(path, sizeof path, "%s/" LAUNCH_SECRET_FILE, req->run_dir);
   if ((status = dpod_write_file_atomic(path, req->secret, strlen(req->secret), DPOD_WRITE_PRIVATE, err, errlen)) != 0)
     return status;
   snprintf(script, sizeof script, "%s/slurm-batch.sh", req->run_dir);

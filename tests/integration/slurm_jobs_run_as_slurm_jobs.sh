@@ -34,7 +34,7 @@ a=$(it_submit "$EX" "${JOB[@]}" --name straight)
 "$DPOCTL_BIN" watch "$a" >/dev/null 2>&1 || it_fail "job $a did not succeed"
 [ -n "$(slurm_id "$a")" ] || it_fail "job $a never was a Slurm job"
 [ -f "$IT_JOBS/$a/spec.pb" ] || it_fail "job $a did not run in --jobs-dir"
-[ ! -e "$IT_JOBS/$a/secret" ] || it_fail "the finished job's secret file is still there"
+[ ! -e "$IT_JOBS/$a/job.secret" ] || it_fail "the finished job's secret file is still there"
 it_check_steps_once "$a" 16
 
 # 2. `scontrol requeue` mid-run: Slurm stops the job and runs it again; the ranks resume.
@@ -42,8 +42,8 @@ b=$(it_submit "$EX" "${JOB[@]}" --name requeued)
 wait_step "$b" 6
 # The secret is in a 0600 file, nowhere on a command line or in what Slurm shows; the batch script is
 # the same for every job (no user text in it).
-secret=$(cat "$IT_JOBS/$b/secret")
-[ "$(stat -c %a "$IT_JOBS/$b/secret")" = 600 ] || it_fail "the secret file is not 0600"
+secret=$(cat "$IT_JOBS/$b/job.secret")
+[ "$(stat -c %a "$IT_JOBS/$b/job.secret")" = 600 ] || it_fail "the secret file is not 0600"
 scontrol show job "$(slurm_id "$b")" | grep -qF "$secret" && it_fail "scontrol shows the job's secret"
 ps -eo args >"$T/ps.txt" # a snapshot first: a grep in the same pipeline would show its own argument
 grep -qF "$secret" "$T/ps.txt" && it_fail "a command line holds the job's secret"
@@ -88,6 +88,7 @@ done
 it_job_field "$f" .reason | grep -q "waiting in the scheduler's queue: PartitionDown" ||
   it_fail "job $f does not show Slurm's reason: $(it_job_field "$f" .reason)"
 [ "$(it_job_field "$f" .state)" = starting ] || it_fail "job $f is $(it_job_field "$f" .state) while Slurm holds it"
+"$DPOCTL_BIN" list | grep -E "^$f .*starting.*PartitionDown" >/dev/null || it_fail "dpoctl list does not show why job $f waits: $("$DPOCTL_BIN" list)"
 scontrol update PartitionName=debug State=UP
 "$DPOCTL_BIN" watch "$f" >/dev/null 2>&1 || it_fail "job $f did not succeed once the partition was up"
 # ... and one asking for more nodes than the cluster has (2 ranks, 1 a node) pends with Slurm's reason.
