@@ -6,7 +6,7 @@
 # with every step once, one rank on each host, and reports to dpod's listener on the bridge.
 source "$(dirname "$0")/lib.sh"
 source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
-trap 'slurm_down "$T/hosts"; it_cleanup' EXIT
+IT_CLEANUP+=('slurm_down "$T/hosts"')
 mkdir -p "$T/hosts"
 slurm_nodes_up "$T/hosts" 2 || it_fail "cannot make the hosts' namespaces"
 cat >"$T/agent.sh" <<AGENT

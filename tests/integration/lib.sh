@@ -24,8 +24,13 @@ it_fail() {
   exit 1
 }
 
+# Commands a test adds (IT_CLEANUP+=('slurm_down "$T/slurm"')) run first at exit. A test must not set
+# its own EXIT trap: the exit status would then be that of its last command, and a failed test pass.
+IT_CLEANUP=()
+
 it_cleanup() {
-  local rc=$?
+  local rc=$? h
+  for h in "${IT_CLEANUP[@]}"; do eval "$h" || true; done
   if [ -n "$DPOD_PID" ] && kill -0 "$DPOD_PID" 2>/dev/null; then
     kill -TERM "$DPOD_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$DPOD_PID" 2>/dev/null || break; sleep 0.1; done

@@ -7,7 +7,7 @@
 # killed while a job runs adopts it; a job that ends while dpod is down is recorded from its exit record.
 source "$(dirname "$0")/lib.sh"
 source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
-trap 'slurm_down "$T/slurm"; it_cleanup' EXIT
+IT_CLEANUP+=('slurm_down "$T/slurm"')
 slurm_up "$T/slurm" 2 || it_fail "the test's Slurm cluster did not start"
 EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
 # Ranks report to a TCP listener of its own (as ranks on other nodes must); the public API stays on the

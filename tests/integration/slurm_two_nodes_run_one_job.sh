@@ -7,7 +7,7 @@
 # (data parallelism stays exact when the all-reduce crosses nodes).
 source "$(dirname "$0")/lib.sh"
 source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
-trap 'slurm_down "$T/slurm"; it_cleanup' EXIT
+IT_CLEANUP+=('slurm_down "$T/slurm"')
 slurm_up "$T/slurm" 1 2 || it_fail "the test's two-node Slurm cluster did not start"
 # The ranks' traffic goes over the bridge: no shared memory between "nodes", no UCX.
 export OMPI_MCA_btl_tcp_if_include="$SLURM_NET.0/24" OMPI_MCA_btl=self,tcp,vader OMPI_MCA_pml=ob1
