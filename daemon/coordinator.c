@@ -647,7 +647,7 @@ static int coord_check_path(const char *key, const char *path, bool want_dir, ch
 
 static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err, size_t errlen) {
   const char *field;
-  if (strcmp(launch_backend_name(co->backend), "slurm") != 0 && job_spec_uses_resources(spec, &field))
+  if (!launch_backend_takes_resources(co->backend) && job_spec_uses_resources(spec, &field))
     return dpod_errf(err, errlen, DPOD_EINVAL, "%s: only the slurm launcher takes it (this dpod runs jobs with %s)",
                      field, launch_backend_name(co->backend));
   unsigned threads = launch_max_threads(co->backend);

@@ -145,6 +145,8 @@ const char *launch_backend_name(const launch_backend *b);
 /* Whether the backend's scheduler may requeue attempts by itself (Slurm), so that a report of an attempt
  * not heard of yet may be the next one. */
 int launch_backend_requeues(const launch_backend *b);
+/* Whether the backend takes launch_resources (partition, GPUs, nodes...); one that does not refuses them. */
+int launch_backend_takes_resources(const launch_backend *b);
 /* Ranks that may run at once. */
 unsigned launch_capacity(const launch_backend *b);
 /* The most intra-op threads one rank may ask for: the CPUs a rank can have where it runs. */

@@ -8,6 +8,7 @@
 typedef struct {
   const char *name; /* handle prefix */
   int requeues;     /* 1: its scheduler may run an attempt again by itself (launch_requeue_cb) */
+  int resources;    /* 1: it takes a request's launch_resources (a batch scheduler's placement) */
   int (*start)(launch_backend *b, const launch_request *req, launch_run **out, char *handle, char *err,
                size_t errlen);
   int (*stop)(launch_run *r, launch_stop_mode how, int *signalled);

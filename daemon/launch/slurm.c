@@ -193,6 +193,27 @@ static int slurm_run_sync_(const char *const argv[], char *const envp[], char *o
   return WIFEXITED(ws) ? WEXITSTATUS(ws) : 128 + (WIFSIGNALED(ws) ? WTERMSIG(ws) : 0);
 }
 
+/* Spawns args[0] with no shell, stdin and stderr ignored, stdout into `out` (a pipe to read) or ignored
+ * when NULL. Returns uv_spawn's status; on failure the caller still closes `p`, as libuv asks. */
+static int slurm_spawn_(slurm_backend *b, uv_process_t *p, const char *const args[], uv_pipe_t *out,
+                        uv_exit_cb on_exit) {
+  uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE}, {.flags = UV_IGNORE}, {.flags = UV_IGNORE}};
+  if (out) {
+    stdio[1].flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE;
+    stdio[1].data.stream = (uv_stream_t *)out;
+  }
+  uv_process_options_t opts;
+  memset(&opts, 0, sizeof opts);
+  opts.file = args[0];
+  opts.args = (char **)args;
+  opts.exit_cb = on_exit;
+  opts.stdio_count = 3;
+  opts.stdio = stdio;
+  int rc = uv_spawn(b->base.loop, p, &opts);
+  if (rc != 0) log_warn("cannot run %s: %s", args[0], uv_strerror(rc));
+  return rc;
+}
+
 static void slurm_fired_closed_(uv_handle_t *h) { free(h); }
 
 static void slurm_fired_exit_(uv_process_t *p, int64_t status, int sig) {
@@ -206,17 +227,7 @@ static void slurm_fire_(slurm_backend *b, const char *const argv[]) {
   uv_process_t *p = calloc(1, sizeof *p);
   if (!p) return;
   p->data = (void *)argv[0]; /* static or the backend's: outlives the process */
-  uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE}, {.flags = UV_IGNORE}, {.flags = UV_IGNORE}};
-  uv_process_options_t opts;
-  memset(&opts, 0, sizeof opts);
-  opts.file = argv[0];
-  opts.args = (char **)argv;
-  opts.exit_cb = slurm_fired_exit_;
-  opts.stdio_count = 3;
-  opts.stdio = stdio;
-  int rc = uv_spawn(b->base.loop, p, &opts);
-  if (rc != 0) {
-    log_warn("cannot run %s: %s", argv[0], uv_strerror(rc));
+  if (slurm_spawn_(b, p, argv, NULL, slurm_fired_exit_) != 0) {
     uv_close((uv_handle_t *)p, slurm_fired_closed_);
   }
 }
@@ -505,26 +516,13 @@ static void slurm_squeue_exit_(uv_process_t *p, int64_t status, int sig) {
 
 /* Runs a query (squeue or sacct) without blocking; slurm_squeue_closed_ takes its output. */
 static void slurm_query_start_(slurm_backend *b, const char *const args[]) {
-  launch_backend *base = &b->base;
   b->query_is_sacct = args[0] == b->sacct;
-  uv_pipe_init(base->loop, &b->squeue_out, 0);
+  uv_pipe_init(b->base.loop, &b->squeue_out, 0);
   b->squeue_out.data = b;
-  uv_stdio_container_t stdio[3] = {{.flags = UV_IGNORE},
-                                   {.flags = UV_CREATE_PIPE | UV_WRITABLE_PIPE, .data.stream = (uv_stream_t *)&b->squeue_out},
-                                   {.flags = UV_IGNORE}};
-  uv_process_options_t opts;
-  memset(&opts, 0, sizeof opts);
-  opts.file = args[0];
-  opts.args = (char **)args;
-  opts.exit_cb = slurm_squeue_exit_;
-  opts.stdio_count = 3;
-  opts.stdio = stdio;
   b->squeue_proc.data = b;
   b->squeue_running = true;
   b->squeue_closing = 2;
-  int rc = uv_spawn(base->loop, &b->squeue_proc, &opts);
-  if (rc != 0) {
-    log_warn("cannot run %s: %s", args[0], uv_strerror(rc));
+  if (slurm_spawn_(b, &b->squeue_proc, args, &b->squeue_out, slurm_squeue_exit_) != 0) {
     b->squeue_status = -1;
     uv_close((uv_handle_t *)&b->squeue_proc, slurm_squeue_closed_);
     uv_close((uv_handle_t *)&b->squeue_out, slurm_squeue_closed_);
@@ -627,6 +625,7 @@ static void slurm_free_(launch_backend *base) {
 static const launch_backend_ops slurm_ops = {
     .name = "slurm",
     .requeues = 1,
+    .resources = 1,
     .start = slurm_start_,
     .stop = slurm_stop_,
     .detach = slurm_detach_,
