@@ -777,7 +777,12 @@ int coord_report(coord *co, const Dpod__V1__ReportRequest *req, Dpod__V1__Direct
   if (req->has_attempt && req->attempt > j->attempt && launch_backend_requeues(co->backend))
     return dpod_errf(err, errlen, DPOD_EUNAVAILABLE, "attempt %" PRIu32 " of job %" PRIu64 " is not known yet",
                      req->attempt, id);
-  if (!req->has_attempt || req->attempt != j->attempt)
+  /* An earlier attempt of a requeued job: the scheduler's requeue reached dpod before the old attempt's
+   * ranks stopped, and they may still checkpoint in their grace time and report it. What they measured
+   * is stored (the next attempt resumes from that checkpoint, so nothing else would report those steps);
+   * nothing they say changes the job's state. */
+  bool late = req->has_attempt && req->attempt >= 1 && req->attempt < j->attempt && launch_backend_requeues(co->backend);
+  if (!late && (!req->has_attempt || req->attempt != j->attempt))
     return dpod_errf(err, errlen, DPOD_ESTATE, "a report of attempt %" PRIu32 " for job %" PRIu64 ", which is on attempt %" PRIu32,
                      req->attempt, id, j->attempt);
   if (req->n_events > COORD_REPORT_MAX_EVENTS)
@@ -792,10 +797,18 @@ int coord_report(coord *co, const Dpod__V1__ReportRequest *req, Dpod__V1__Direct
       log_warn("report for job %" PRIu64 " refused: %s", id, why);
       return dpod_errf(err, errlen, DPOD_EINVAL, "event %zu: %s", i, why);
     }
-    if (we->event_case == DPOD__V1__WORKER_EVENT__EVENT_STARTED)
+    if (we->event_case == DPOD__V1__WORKER_EVENT__EVENT_STARTED && !late)
       log_info("job %" PRIu64 ": worker started (%u ranks, %u steps, %" PRIu64 " parameters, from step %u)", id,
                we->started->world_size, we->started->total_steps, we->started->parameters, we->started->start_step);
     if (evs[m].event_case != DPOD__V1__JOB_EVENT__EVENT__NOT_SET) ptrs[m] = &evs[m], m++;
+  }
+  if (late) {
+    size_t stored = 0;
+    if (job_store_append_batch(co->store, id, ptrs, m, coord_now_ms(), &stored) != 0)
+      return coord_store_errf(co, err, errlen);
+    log_info("job %" PRIu64 ": %zu late events of attempt %" PRIu32 " stored (%zu new)", id, m, req->attempt, stored);
+    coord_notify(co, id);
+    return 0;
   }
   /* The first authenticated report means rank 0 is up. */
   if (info.state == DPOD__V1__JOB_STATE__JOB_STATE_STARTING)
