@@ -45,6 +45,7 @@
 #include "launch.h"
 #include "rpc_addr.h"
 #include "rpc_server.h"
+#include "tb_writer.h"
 #include "watch.h"
 
 #define CRON_PERIOD_MS 1000
@@ -59,6 +60,7 @@ static struct {
   launch_backend *backend;
   coord *co;
   watch_set *watches;
+  tb_writer *tb; /* NULL if it could not start: dpod serves without TensorBoard files */
   api_ctx api;
   uv_signal_t sigint, sigterm;
   uv_timer_t cron, grace, deadline;
@@ -308,6 +310,12 @@ static int config_prepend(int *argc, char ***argv) {
   return 0;
 }
 
+/* Every stored event goes to the WatchJob streams and to the TensorBoard files. */
+static void on_job_event(void *arg, uint64_t job_id) {
+  watch_notify(arg, job_id);
+  if (dpod.tb) tb_writer_notify(dpod.tb, job_id);
+}
+
 static void close_handle(uv_handle_t *h) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
@@ -321,6 +329,8 @@ static void shutdown_finish(void) {
   dpod.report_srv = NULL;
   watch_set_free(dpod.watches);
   dpod.watches = NULL;
+  tb_writer_stop(dpod.tb);
+  dpod.tb = NULL;
   coord_free(dpod.co);
   dpod.co = NULL;
   launch_backend_free(dpod.backend);
@@ -647,7 +657,10 @@ int main(int argc, char **argv) {
     log_error("out of memory");
     goto fail;
   }
-  coord_set_event_hook(dpod.co, watch_notify, dpod.watches);
+  char db_path[PATH_MAX + 16];
+  snprintf(db_path, sizeof db_path, "%s/dpod.db", state_dir);
+  if (tb_writer_start(db_path, NULL, &dpod.tb, err, sizeof err) != 0) log_warn("%s; no TensorBoard files", err);
+  coord_set_event_hook(dpod.co, on_job_event, dpod.watches);
   dpod.api.co = dpod.co;
   dpod.api.ws = dpod.watches;
   dpod.api.loop = &dpod.loop_stats;
@@ -685,6 +698,7 @@ fail:
   rpc_server_free(dpod.report_srv);
   dpod.report_srv = NULL;
   watch_set_free(dpod.watches);
+  tb_writer_stop(dpod.tb);
   coord_free(dpod.co);
   dpod.co = NULL;
   launch_backend_free(dpod.backend);

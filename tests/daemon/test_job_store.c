@@ -19,34 +19,22 @@
 #include "dpod_error.h"
 #include "job_spec.h"
 #include "job_store.h"
+#include "store_fixture.h"
 
-typedef struct {
-  char dir[PATH_MAX];
-  char db[PATH_MAX + 16];
-  job_store *s;
-} fixture;
+typedef store_fixture fixture;
 
 static int setup(void **state) {
   fixture *f = calloc(1, sizeof *f);
-  if (test_mkdtemp(f->dir, sizeof f->dir, "dpod-store") != 0) return -1;
-  snprintf(f->db, sizeof f->db, "%s/dpod.db", f->dir);
-  char err[256];
-  if (job_store_open(f->db, &f->s, err, sizeof err) != 0) {
-    fprintf(stderr, "open: %s\n", err);
-    return -1;
-  }
+  if (!f || store_fixture_open(f, "dpod-store") != 0) return -1;
   *state = f;
   return 0;
 }
 
 static int teardown(void **state) {
   fixture *f = *state;
-  job_store_close(f->s);
-  char cmd[PATH_MAX + 32];
-  snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
-  if (system(cmd) != 0) return -1;
+  int rc = store_fixture_close(f);
   free(f);
-  return 0;
+  return rc;
 }
 
 static uint64_t create_job(fixture *f, const char *name, unsigned ranks) {
