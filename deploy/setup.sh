@@ -26,6 +26,7 @@ DPOD_PACKAGES=(
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database
   slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster
+  python3-protobuf # the TensorBoard test reads the event files back with a reader of its own
 )
 
 # dpod_phase_begin TEXT: starts a phase's line ("dpod: TEXT ..."), left open for its result.

@@ -114,6 +114,20 @@ it_check_steps_once() {
   echo "$listed" | grep -q "step-$(printf %06d "$2")\$" || it_fail "job $1 does not list its final checkpoint: $listed"
 }
 
+# it_check_tensorboard ID STEPS ATTEMPTS: the job's TensorBoard files (RUN_DIR/tensorboard), read back by
+# tb_read.py's own reader, hold every step 1..STEPS once with the values `dpoctl metrics` gives, and
+# each of ATTEMPTS attempts' start and end once. The writer runs behind the loop: a few seconds' grace.
+it_check_tensorboard() {
+  "$DPOCTL_BIN" metrics "$1" --format jsonl >"$T/metrics-$1.jsonl" || it_fail "dpoctl metrics $1 failed"
+  local out
+  for _ in $(seq 1 50); do
+    out=$(/usr/bin/python3 "$DPOD_SOURCE_DIR/tests/integration/tb_read.py" "$IT_JOBS/$1/tensorboard" \
+          "$T/metrics-$1.jsonl" "$2" --attempts "$3" 2>&1) && { echo "$out"; return 0; }
+    sleep 0.2
+  done
+  it_fail "job $1's TensorBoard files: $out"
+}
+
 # it_kill_dpod: SIGKILL, as a crash would.
 it_kill_dpod() {
   kill -KILL "$DPOD_PID" 2>/dev/null || true
