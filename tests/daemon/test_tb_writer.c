@@ -249,6 +249,7 @@ static void every_kind_of_event_is_written_under_its_tag(void **state) {
   ev.state = &sc;
   assert_int_equal(tb_writer_record_(&ev, &step, buf, sizeof buf), 0);
   ev.event_case = DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT;
+  ev.checkpoint = &c; /* the oneof's pointer was the state's */
   assert_int_equal(tb_writer_record_(&ev, &step, buf, 20), 0);
 }
 
