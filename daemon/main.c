@@ -6,8 +6,9 @@
  * run on the loop and call the coordinator (coordinator.c), which reads and writes the SQLite job store
  * (job_store.c) synchronously, queues jobs FIFO over the launch backend's capacity (job_queue.c) and runs
  * each attempt through the launch backend (launch/, mpirun today), whose exits the loop observes.
- * WatchJob streams (watch.c) hear of every stored event. Signals only start the shutdown sequence; a 1 s
- * cron runs the slower chores.
+ * WatchJob streams (watch.c) hear of every stored event, and so does the TensorBoard writer (tb_writer.c),
+ * which writes the job's event files on a thread of its own. Signals only start the shutdown sequence; a
+ * 1 s cron runs the slower chores.
  *
  * Shutdown (SIGTERM, SIGINT) leaves the jobs alone: each attempt runs under its own supervisor, which
  * outlives dpod. dpod forgets them, stops accepting calls, cancels those still open after a short grace,
