@@ -45,7 +45,7 @@ grep -q "208 tensors" "$T/inspect.txt" || it_fail "checkpoint does not hold the 
 # rank alone; the tail.
 "$DPOCTL_BIN" logs "$id" >"$T/logs.txt" || it_fail "dpoctl logs $id failed"
 for r in 0 1; do
-  grep -q "^\[attempt 1 rank $r\] .*rank $r of 2 on " "$T/logs.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs.txt")"
+  grep -q "^\[attempt 1 rank $r\( stderr\)\?\] .*rank $r of 2 on " "$T/logs.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs.txt")"
 done
 grep -q "<stdout>:\|<stderr>:" "$T/logs.txt" && it_fail "mpirun's tags are left in the lines"
 "$DPOCTL_BIN" logs "$id" --rank 1 --jsonl >"$T/logs-1.jsonl" || it_fail "dpoctl logs $id --rank 1 failed"

@@ -56,9 +56,9 @@ grep -q "resumed from" "$IT_JOBS/$b/attempt-2.log" || it_fail "attempt 2 of job 
 # Its output streams through dpod as mpirun jobs' does: srun --label's prefix read as the rank.
 "$DPOCTL_BIN" logs "$b" --attempt 2 >"$T/logs-$b.txt" || it_fail "dpoctl logs $b failed"
 for r in 0 1; do
-  grep -q "^\[attempt 2 rank $r\] .*rank $r of 2 on " "$T/logs-$b.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs-$b.txt")"
+  grep -q "^\[attempt 2 rank $r\( stderr\)\?\] .*rank $r of 2 on " "$T/logs-$b.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs-$b.txt")"
 done
-grep -q "^\[attempt 2 rank 0\] .*resumed from" "$T/logs-$b.txt" || it_fail "dpoctl logs $b lacks rank 0's resume line"
+grep -q "^\[attempt 2 rank 0\( stderr\)\?\] .*resumed from" "$T/logs-$b.txt" || it_fail "dpoctl logs $b lacks rank 0's resume line"
 it_check_steps_once "$b" 16
 cmp "$(final_weights "$a")" "$(final_weights "$b")" || it_fail "the requeued job's weights differ from the straight run's"
 
