@@ -58,6 +58,10 @@ typedef struct {
 
 static void logs_pump(logs_stream *s);
 
+static size_t logs_alive_; /* loop thread only */
+
+size_t logs_count(void) { return logs_alive_; }
+
 void logs_fix_utf8(char *s, size_t len) {
   unsigned char *p = (unsigned char *)s;
   for (size_t i = 0; i < len;) {
@@ -91,6 +95,7 @@ static void logs_timer_closed(uv_handle_t *h) {
   logs_stream *s = h->data;
   free(s->run_dir);
   free(s);
+  logs_alive_--;
 }
 
 static void logs_close_fd(logs_stream *s) {
@@ -371,6 +376,7 @@ int logs_start(uv_loop_t *loop, job_store *store, const launch_backend *backend,
     return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
   }
   protobuf_c_message_free_unpacked(&job->base, NULL);
+  logs_alive_++;
   s->call = call;
   s->loop = loop;
   s->store = store;

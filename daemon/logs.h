@@ -33,6 +33,10 @@
 int logs_start(uv_loop_t *loop, job_store *store, const launch_backend *backend, rpc_call *call,
                const Dpod__V1__LogsRequest *req, char *err, size_t errlen);
 
+/* Streams not freed yet (a stream outlives its call while a read of its file is in flight): a loop
+ * that is being torn down runs until this is 0 before it closes what is left. */
+size_t logs_count(void);
+
 /* Replaces every byte of `s` that is not part of valid UTF-8 by '?', in place (a protobuf string must
  * be UTF-8; a rank may print anything). */
 void logs_fix_utf8(char *s, size_t len);
