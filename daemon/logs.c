@@ -339,6 +339,8 @@ static void logs_pump(logs_stream *s) {
 
 int logs_start(uv_loop_t *loop, job_store *store, const launch_backend *backend, rpc_call *call,
                const Dpod__V1__LogsRequest *req, char *err, size_t errlen) {
+  if (logs_alive_ >= LOGS_STREAMS_MAX)
+    return dpod_errf(err, errlen, DPOD_ENOMEM, "%u Logs streams are open already; try again later", LOGS_STREAMS_MAX);
   Dpod__V1__Job *job = NULL;
   int status = job_store_get(store, req->job_id, &job);
   if (status == DPOD_ENOENT) return dpod_errf(err, errlen, status, "job %" PRIu64 " not found", req->job_id);

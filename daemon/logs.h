@@ -25,11 +25,13 @@
 #define LOGS_TAIL_MAX 100000u   /* the most lines a request's tail may ask for */
 #define LOGS_LINE_MAX 8192u     /* longer lines are sent in pieces of this many bytes */
 #define LOGS_OFFSET_BITS 40     /* an offset's low bits: the position in its attempt's log */
+#define LOGS_STREAMS_MAX 256    /* streams open at once (each holds a 72 KiB buffer); more are refused */
 
 /* Checks `req` against job `req->job_id` in `store` and starts streaming on `call`. Returns 0 (the
  * stream owns the call from now on), DPOD_ENOENT (no such job), DPOD_EINVAL (a rank, attempt, tail or
- * offset the job cannot have; err says which) or DPOD_ENOMEM; then the caller still has to end the call.
- * `store` and `backend` are borrowed and must outlive the call. */
+ * offset the job cannot have; err says which) or DPOD_ENOMEM (also when LOGS_STREAMS_MAX are open);
+ * then the caller still has to end the call. `store` and `backend` are borrowed and must outlive the
+ * call. */
 int logs_start(uv_loop_t *loop, job_store *store, const launch_backend *backend, rpc_call *call,
                const Dpod__V1__LogsRequest *req, char *err, size_t errlen);
 
