@@ -67,6 +67,7 @@ static const char *const usage_main =
     "  list              list jobs, newest first\n"
     "  get ID            describe one job\n"
     "  watch ID          follow a job's events until it ends\n"
+    "  logs ID           a job's worker output (-f: follow it)\n"
     "  metrics ID        the job's step metrics so far, as CSV or JSON lines\n"
     "  cancel ID         cancel a job\n"
     "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
@@ -137,6 +138,20 @@ static const char *const usage_metrics =
     "step), then the fields of dpod.v1.StepMetrics; a value the step lacks is left empty.\n"
     "  --format csv     a header line and comma-separated rows (the default)\n"
     "  --format jsonl   one JSON object per step\n";
+
+static const char *const usage_logs =
+    "usage: dpoctl logs ID [-f|--follow] [--rank R] [--attempt N] [--tail N] [--after-offset K] [--jsonl]\n"
+    "\n"
+    "Prints the job's worker output, every rank's stdout and stderr, attempt after attempt, each line as\n"
+    "\"[attempt A rank R] text\" (\"... rank R stderr]\" for stderr, \"[attempt A dpod]\" for the launcher's\n"
+    "own lines).\n"
+    "  -f, --follow       then follow the output until the job ends (reconnecting if dpod restarts)\n"
+    "  --rank R           only rank R's lines\n"
+    "  --attempt N        only attempt N\n"
+    "  --tail N           only the last N lines (at most 100000), then --follow goes on from there\n"
+    "  --after-offset K   only the lines after the one whose offset is K (--jsonl shows offsets)\n"
+    "  --jsonl            each line as a JSON object (attempt, rank, stream, text, offset)\n"
+    "  --retries N        reconnect attempts before giving up (default 10)\n";
 
 static const char *const usage_cancel =
     "usage: dpoctl cancel ID\n"
@@ -500,6 +515,14 @@ static void watch_summary(ctl *c, const watch_opts *o, uint64_t id, watch_state 
   if (resp) protobuf_c_message_free_unpacked(&resp->base, NULL);
 }
 
+/* Before reconnecting a broken stream: a fresh channel, after a backoff that grows with the failures. */
+static void ctl_reconnect_pause(ctl *c, int failures) {
+  ctl_disconnect(c);
+  int delay_ms = failures < 4 ? 250 << failures : 2000;
+  struct timespec ts = {.tv_sec = delay_ms / 1000, .tv_nsec = (long)(delay_ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
 /* Follows the job's events. A broken stream (dpod restarting) is reopened with after_seq = the last
  * seq printed, so the user sees every event exactly once; a fresh channel each time avoids waiting out
  * the old one's reconnect backoff. */
@@ -557,10 +580,7 @@ static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *
     }
     fprintf(stderr, "dpoctl: stream to dpod broke (%s); reconnecting after event %" PRIu64 " (%d/%d)\n",
             rc < 0 ? strip_method(err) : "ended before the job did", w.last_seq, failures, o->retries);
-    ctl_disconnect(c);
-    int delay_ms = failures < 4 ? 250 << failures : 2000;
-    struct timespec ts = {.tv_sec = delay_ms / 1000, .tv_nsec = (long)(delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+    ctl_reconnect_pause(c, failures);
   }
 
   if (o->progress) watch_finish_progress(&w);
@@ -1158,6 +1178,133 @@ static int cmd_metrics(ctl *c, int argc, char **argv) {
 }
 
 /* ----------------------------------------------------------------------------------------------- */
+/* logs */
+
+typedef struct {
+  int32_t rank;      /* -1: every line */
+  uint32_t attempt;  /* 0: every attempt */
+  uint32_t tail;
+  uint64_t after;    /* resume token */
+  int follow, jsonl, retries;
+} logs_opts;
+
+static void logs_print(const logs_opts *o, const Dpod__V1__LogLine *l) {
+  if (o->jsonl) {
+    cJSON *j = fmt_message_json(&l->base);
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    if (text) puts(text);
+    cJSON_free(text);
+    cJSON_Delete(j);
+    return;
+  }
+  const char *stream = l->stream ? l->stream : "";
+  if (l->rank < 0) printf("[attempt %" PRIu32 " dpod] %s\n", l->attempt, l->text ? l->text : "");
+  else
+    printf("[attempt %" PRIu32 " rank %" PRId32 "%s] %s\n", l->attempt, l->rank,
+           strcmp(stream, "stderr") == 0 ? " stderr" : "", l->text ? l->text : "");
+}
+
+/* Streams the lines; a stream that breaks (dpod restarting) is opened again after the last line shown,
+ * so that every line is shown once. */
+static int logs_job(ctl *c, uint64_t id, logs_opts *o) {
+  int got_any = 0, failures = 0;
+  char err[1024];
+  for (;;) {
+    int rc = ctl_connect(c);
+    if (rc) return rc;
+    Dpod__V1__LogsRequest req = DPOD__V1__LOGS_REQUEST__INIT;
+    req.has_job_id = req.has_rank = req.has_attempt = req.has_after_offset = req.has_follow = req.has_tail = 1;
+    req.job_id = id;
+    req.rank = o->rank;
+    req.attempt = o->attempt;
+    req.after_offset = o->after;
+    req.follow = o->follow;
+    req.tail = got_any ? 0 : o->tail; /* after a reconnect, everything past the last line shown */
+    rpc_stream *s = NULL;
+    rc = rpc_stream_open(c->client, M_COORD("Logs"), &req.base, &s, err, sizeof err);
+    if (rc == 0) {
+      ProtobufCMessage *m;
+      while ((rc = rpc_stream_next(s, &dpod__v1__log_line__descriptor, &m, 0, err, sizeof err)) == 1) {
+        const Dpod__V1__LogLine *l = (const Dpod__V1__LogLine *)m;
+        got_any = 1;
+        failures = 0;
+        logs_print(o, l);
+        o->after = l->offset;
+        protobuf_c_message_free_unpacked(m, NULL);
+      }
+      rpc_stream_close(s);
+    }
+    fflush(stdout);
+    if (rc == 0) return EXIT_OK;
+    int st = rpc_last_grpc_status();
+    if (!is_conn_status(st) && st != GRPC_STATUS_CANCELLED && st != GRPC_STATUS_UNKNOWN) {
+      char what[64];
+      snprintf(what, sizeof what, "job %" PRIu64, id);
+      return rpc_failed(c, what, err); /* NOT_FOUND, a bad rank: retrying will not help */
+    }
+    if (!got_any && !o->follow) return rpc_failed(c, "logs", err);
+    if (++failures > o->retries) {
+      fprintf(stderr, "dpoctl: lost dpod at %s and gave up after %d attempts: %s\n", c->addr, o->retries,
+              strip_method(err));
+      return EXIT_CONN;
+    }
+    fprintf(stderr, "dpoctl: stream to dpod broke (%s); reconnecting (%d/%d)\n", strip_method(err), failures,
+            o->retries);
+    ctl_reconnect_pause(c, failures);
+  }
+}
+
+static int cmd_logs(ctl *c, int argc, char **argv) {
+  static const struct option longopts[] = {{"follow", no_argument, NULL, 'f'},
+                                           {"rank", required_argument, NULL, 'r'},
+                                           {"attempt", required_argument, NULL, 'n'},
+                                           {"tail", required_argument, NULL, 't'},
+                                           {"after-offset", required_argument, NULL, 'o'},
+                                           {"jsonl", no_argument, NULL, 'j'},
+                                           {"retries", required_argument, NULL, 'R'},
+                                           {"addr", required_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {0}};
+  logs_opts o = {.rank = -1, .retries = WATCH_RETRIES};
+  uint64_t v;
+  int opt, bad = 0;
+  while ((opt = next_opt("logs", argc, argv, ":hf", longopts, &bad)) != -1 && !bad) {
+    switch (opt) {
+      case 'f': o.follow = 1; break;
+      case 'r':
+        if (strcmp(optarg, "-1") == 0) o.rank = -1;
+        else if (dpod_parse_u64(optarg, INT32_MAX, &v) == 0) o.rank = (int32_t)v;
+        else return usage_error("logs", "bad --rank '%s'", optarg);
+        break;
+      case 'n':
+        if (dpod_parse_u64(optarg, UINT32_MAX, &v) != 0) return usage_error("logs", "bad --attempt '%s'", optarg);
+        o.attempt = (uint32_t)v;
+        break;
+      case 't':
+        if (dpod_parse_u64(optarg, UINT32_MAX, &v) != 0) return usage_error("logs", "bad --tail '%s'", optarg);
+        o.tail = (uint32_t)v;
+        break;
+      case 'o':
+        if (dpod_parse_u64(optarg, UINT64_MAX, &o.after) != 0)
+          return usage_error("logs", "bad --after-offset '%s'", optarg);
+        break;
+      case 'j': o.jsonl = 1; break;
+      case 'R':
+        if (dpod_parse_u64(optarg, 1000000, &v) != 0) return usage_error("logs", "bad --retries '%s'", optarg);
+        o.retries = (int)v;
+        break;
+      case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'h': fputs(usage_logs, stdout); return EXIT_OK;
+    }
+  }
+  if (bad) return EXIT_USAGE;
+  if (optind != argc - 1) return usage_error("logs", "%s", "expected one job id");
+  uint64_t id;
+  if (parse_id("logs", argv[optind], &id)) return EXIT_USAGE;
+  return logs_job(c, id, &o);
+}
+
+/* ----------------------------------------------------------------------------------------------- */
 
 typedef struct {
   const char *name;
@@ -1170,6 +1317,7 @@ static const command commands[] = {
     {"watch", cmd_watch, usage_watch},    {"cancel", cmd_cancel, usage_cancel}, {"restart", cmd_restart, usage_restart},
     {"health", cmd_health, usage_health}, {"drain", cmd_drain, usage_drain},     {"undrain", cmd_undrain, usage_undrain},
     {"status", cmd_status, usage_status}, {"metrics", cmd_metrics, usage_metrics},
+    {"logs", cmd_logs, usage_logs},
 };
 
 int main(int argc, char **argv) {

@@ -8,6 +8,7 @@
 #include "dpod_error.h"
 #include "health.pb-c.h"
 #include "job_store.h"
+#include "logs.h"
 #include "rpc_methods.h"
 
 #define API_LIST_MAX 1000 /* ListJobs never returns more, whatever the request asks */
@@ -307,6 +308,15 @@ static void api_watch_job(rpc_call *call, const uint8_t *req, size_t len, void *
   }
 }
 
+static void api_logs(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__LogsRequest, dpod__v1__logs_request__unpack, call, req, len);
+  char err[512];
+  int status = logs_start(coord_loop(a->co), coord_store(a->co), coord_backend(a->co), call, msg, err, sizeof err);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  if (status != 0) api_fail(call, status, err);
+}
+
 static void api_report(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
   api_ctx *a = arg;
   API_UNPACK(Dpod__V1__ReportRequest, dpod__v1__report_request__unpack, call, req, len);
@@ -359,6 +369,7 @@ int api_register(rpc_server *srv, api_ctx *ctx) {
       {coordinator, "RestartJob", api_restart_job, 0}, {coordinator, "WatchJob", api_watch_job, 0},
       {coordinator, "Drain", api_drain, 0},            {coordinator, "Undrain", api_undrain, 0},
       {coordinator, "GetStatus", api_get_status, 0},
+      {coordinator, "Logs", api_logs, 0},
   };
   int status = api_add(srv, ctx, methods, sizeof methods / sizeof methods[0]);
   return status ? status : api_register_reports(srv, ctx);

@@ -91,6 +91,8 @@ coord_params coord_default_params(void) {
 }
 
 job_store *coord_store(coord *co) { return co->store; }
+const launch_backend *coord_backend(const coord *co) { return co->backend; }
+uv_loop_t *coord_loop(const coord *co) { return co->loop; }
 bool coord_serving(const coord *co) { return !co->draining; }
 
 void coord_get_status(const coord *co, coord_status *out) {

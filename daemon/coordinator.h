@@ -64,6 +64,9 @@ void coord_free(coord *co);
 
 /* The job store, for reads (GetJob, ListJobs, WatchJob). */
 job_store *coord_store(coord *co);
+/* The launch backend and the loop, for the Logs streams (where each attempt's log is, how to read it). */
+const launch_backend *coord_backend(const coord *co);
+uv_loop_t *coord_loop(const coord *co);
 
 /* What the coordinator holds now, for GetStatus. */
 typedef struct {

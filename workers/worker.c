@@ -881,7 +881,12 @@ int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &g_world);
-  /* Info lines from rank 0 only; warnings and errors from every rank, which says which it is. */
+  /* Every rank says once where it runs (what `dpoctl logs --rank R` shows first); after that, info lines
+   * from rank 0 only; warnings and errors from every rank, which says which it is. */
+  dpod_log_init("dpo-worker", DPOD_LOG_INFO);
+  char host[256] = "?";
+  if (gethostname(host, sizeof host - 1) != 0) snprintf(host, sizeof host, "?");
+  log_info("rank %d of %d on %s, pid %d", g_rank, g_world, host, (int)getpid());
   dpod_log_init("dpo-worker", g_rank == 0 ? DPOD_LOG_INFO : DPOD_LOG_WARN);
   install_signal_handlers();
   const char *chunk = getenv("DPOD_MPI_CHUNK_FLOATS");

@@ -251,6 +251,13 @@ void launch_last_error_line(const char *log_path, char *buf, size_t len) {
     /* The first worker error is the cause. */
     best = worker;
     best_len = worker_len;
+  } else if (best) {
+    /* Without the launcher's rank prefix ("[1,0]<stderr>:", "0: "): the reason quotes the rank's words. */
+    launch_log_entry e;
+    launch_log_parse_mpi_tags_(best, best_len, &e);
+    if (e.rank < 0) launch_log_parse_srun_label_(best, best_len, &e);
+    best += e.text_off;
+    best_len = e.text_len;
   }
   if (!best) return;
   while (best_len && (best[best_len - 1] == '\r' || best[best_len - 1] == ' ')) best_len--;

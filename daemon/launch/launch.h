@@ -186,8 +186,30 @@ void launch_set_scheduler_cbs(launch_backend *b, launch_status_cb status, launch
 /* The daemon's cron, every second: backends that learn of exits by asking do it here, without blocking. */
 void launch_poll(launch_backend *b);
 
-/* Where attempt `attempt` of the job in `run_dir` writes its output (stdout and stderr of every rank). */
+/* Where attempt `attempt` of the job in `run_dir` writes its output (stdout and stderr of every rank),
+ * one file per attempt, each line prefixed with the rank it comes from as the launcher writes it
+ * (launch_log_parse() reads the prefix). */
 void launch_log_path(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len);
+
+typedef enum {
+  LAUNCH_LOG_STDOUT,
+  LAUNCH_LOG_STDERR,
+  LAUNCH_LOG_LAUNCHER, /* the launcher's own line (mpirun, srun, the batch script), rank -1 */
+} launch_log_stream;
+
+/* One entry of an attempt's log. */
+typedef struct {
+  int rank;                  /* -1: the launcher's own */
+  launch_log_stream stream;
+  size_t text_off, text_len; /* the text without the rank prefix, within the parsed bytes */
+  size_t consumed;           /* the entry's bytes: the whole line, or up to where another rank's output
+                                starts in it (a rank's last output without a newline) */
+} launch_log_entry;
+
+/* Parses one line of an attempt's log (`len` bytes, without its newline) as backend `b` writes them. */
+void launch_log_parse(const launch_backend *b, const char *line, size_t len, launch_log_entry *out);
+/* "stdout", "stderr" or "dpod" (the launcher's lines). Static storage. */
+const char *launch_log_stream_name(launch_log_stream s);
 
 /* ---- handles: "<backend>:<key>=<value>,...,attempt=<n>" ---- */
 

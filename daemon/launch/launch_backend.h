@@ -19,6 +19,8 @@ typedef struct {
   unsigned (*capacity)(const launch_backend *b);
   unsigned (*max_threads)(const launch_backend *b);
   void (*log_path)(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len);
+  /* How a line of its logs says its rank and stream (launch_log_parse); NULL: every line is the launcher's. */
+  void (*parse_log_line)(const char *line, size_t len, launch_log_entry *out);
   void (*free)(launch_backend *b);
 } launch_backend_ops;
 
@@ -47,6 +49,11 @@ void launch_run_ended_(launch_run *r, const launch_exit *exit);
 /* Formats "<name>:<fields>,attempt=<n>" into handle (LAUNCH_HANDLE_MAX bytes). Returns 0 or DPOD_EINVAL
  * when it does not fit. */
 int launch_handle_format_(char *handle, const char *name, uint32_t attempt, const char *fields);
+
+/* The log formats of the backends (log_line.c): mpirun --tag-output's "[J,R]<stdout>:" and srun
+ * --label's "R: ". */
+void launch_log_parse_mpi_tags_(const char *line, size_t len, launch_log_entry *out);
+void launch_log_parse_srun_label_(const char *line, size_t len, launch_log_entry *out);
 
 /* The wall clock in ms since the epoch, as exit records carry it. */
 int64_t launch_now_ms_(void);

@@ -1,7 +1,7 @@
 /* The mpirun backend: one attempt is
  *
  *   dpod-supervisor --run-dir RUN_DIR --attempt N -- mpirun -np RANKS --oversubscribe --bind-to none
- *          [--allow-run-as-root] -x DPOD_JOB_SECRET -x DPOD_ATTEMPT -x TMPDIR -x OMP_NUM_THREADS
+ *          --tag-output [--allow-run-as-root] -x DPOD_JOB_SECRET -x DPOD_ATTEMPT -x TMPDIR -x OMP_NUM_THREADS
  *          -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY <dpo-worker> --spec RUN_DIR/spec.pb --run-dir RUN_DIR
  *          --job-id ID --report-addr ADDR
  *
@@ -9,7 +9,8 @@
  * (supervisor.c) leads a new session, and mpirun and every rank stay in it. mpirun is the supervisor's
  * child, not dpod's, so the attempt outlives a dpod that dies or stops; the supervisor writes the exit
  * record. The secret travels in the environment, never on a command line where ps would show it.
- * Output goes to RUN_DIR/job.log, appended attempt after attempt.
+ * Each attempt's output goes to RUN_DIR/attempt-N.log; --tag-output prefixes each line a rank writes
+ * with "[JOB,RANK]<stdout>:" or "<stderr>:", so that the Logs RPC can say whose it is.
  *
  * With a hostfile (`dpod --hostfile`), mpirun places the ranks on its hosts and starts them there
  * itself (over ssh, or whatever Open MPI's plm_rsh_agent names); everything else is the same.
@@ -105,8 +106,7 @@ static void mpirun_on_exit_(uv_process_t *h, int64_t exit_status, int term_signa
 
 static void mpirun_log_path_(const launch_backend *b, const char *run_dir, uint32_t attempt, char *buf, size_t len) {
   (void)b;
-  (void)attempt; /* every attempt appends to the same log */
-  snprintf(buf, len, "%s/job.log", run_dir);
+  snprintf(buf, len, "%s/attempt-%" PRIu32 ".log", run_dir, attempt);
 }
 
 static int mpirun_start_(launch_backend *base, const launch_request *req, launch_run **out, char *handle, char *err,
@@ -165,6 +165,7 @@ static int mpirun_start_(launch_backend *base, const launch_request *req, launch
   args[a++] = "--oversubscribe";
   args[a++] = "--bind-to";
   args[a++] = "none";
+  args[a++] = "--tag-output";
   /* Open MPI refuses root unless told; containers commonly run as root. */
   if (geteuid() == 0) args[a++] = "--allow-run-as-root";
   if (b->hostfile[0]) {
@@ -348,6 +349,7 @@ static const launch_backend_ops mpirun_ops = {
     .capacity = mpirun_capacity_,
     .max_threads = mpirun_max_threads_,
     .log_path = mpirun_log_path_,
+    .parse_log_line = launch_log_parse_mpi_tags_,
     .free = mpirun_free_,
 };
 

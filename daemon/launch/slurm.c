@@ -8,7 +8,8 @@
  * from an argv array. The script is the same for every job and holds no user-supplied text: what
  * differs reaches it through the environment sbatch passes on (DPOD_RUN_DIR, DPOD_WORKER, DPOD_JOB_ID,
  * DPOD_REPORT_ADDR, DPOD_ATTEMPT_BASE, DPOD_TLS_CA) and the run directory (the spec, the secret). Its
- * step is `srun --mpi=pmix dpo-worker ...` (Debian's Open MPI direct-launches only with PMIx); it
+ * step is `srun --mpi=pmix --label dpo-worker ...` (Debian's Open MPI direct-launches only with PMIx;
+ * --label prefixes each line with its rank, "R: ", into RUN_DIR/attempt-N.log, for the Logs RPC); it
  * writes the attempt's exit record itself, so a dpod that was down when the job ended still learns how.
  * On SIGUSR1 (Slurm's warning before a time limit or preemption, or `dpoctl drain`) it forwards the
  * signal to the ranks, which checkpoint and exit "preempted".
@@ -91,7 +92,7 @@ static const char slurm_batch_script[] =
     "requeue=0\n"
     "trap 'requeue=1; kill -USR1 \"$step\" 2>/dev/null' USR1\n"
     "trap 'kill -USR1 \"$step\" 2>/dev/null' USR2\n"
-    "srun --mpi=pmix --kill-on-bad-exit=1 \"$DPOD_WORKER\" --spec \"$DPOD_RUN_DIR/spec.pb\" \\\n"
+    "srun --mpi=pmix --kill-on-bad-exit=1 --label \"$DPOD_WORKER\" --spec \"$DPOD_RUN_DIR/spec.pb\" \\\n"
     "  --run-dir \"$DPOD_RUN_DIR\" --job-id \"$DPOD_JOB_ID\" --report-addr \"$DPOD_REPORT_ADDR\" &\n"
     "step=$!\n"
     "wait \"$step\"; rc=$?\n"
@@ -634,6 +635,7 @@ static const launch_backend_ops slurm_ops = {
     .capacity = slurm_capacity_,
     .max_threads = slurm_max_threads_,
     .log_path = slurm_log_path_,
+    .parse_log_line = launch_log_parse_srun_label_,
     .free = slurm_free_,
 };
 

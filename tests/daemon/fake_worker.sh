@@ -3,7 +3,8 @@
 # does: "ok" exits 0, "fail1" logs an ERROR line and exits 1, "badinput" exits 2 (the worker's status for
 # a model or dataset it refuses), "preempt" exits 4, "hold" waits until the
 # test creates RUN_DIR/release, "graceful" waits too but exits 4 after SIGTERM (once RUN_DIR/release
-# exists), as dpo-worker does after its preemption checkpoint. Every run leaves the secret it was given
+# exists), as dpo-worker does after its preemption checkpoint. With "chatty" in the name as well, each
+# rank first prints three lines on stdout and three on stderr, and "bye" when it ends. Every run leaves the secret it was given
 # in RUN_DIR/secret. Waiting ends, with status 1, if the run directory goes: jobs outlive dpod, so a
 # test that failed half-way must not leave a fake worker waiting for ever.
 while [ $# -gt 0 ]; do
@@ -25,6 +26,15 @@ if grep -q graceful "$spec"; then
   trap 'wait_release; exit 4' TERM
 fi
 printf '%s' "$DPOD_JOB_SECRET" > "$dir/secret"
+rank=${OMPI_COMM_WORLD_RANK:-0}
+chatty=0
+if grep -q chatty "$spec"; then
+  chatty=1
+  for i in 1 2 3; do
+    echo "out $i of rank $rank"
+    echo "err $i of rank $rank" >&2
+  done
+fi
 if grep -q fail1 "$spec"; then
   echo "rank 0 ERROR something broke (train.c:12)"
   echo "aborting"
@@ -41,4 +51,5 @@ fi
 if grep -q hold "$spec"; then
   wait_release
 fi
+if [ "$chatty" = 1 ]; then echo "bye from rank $rank"; fi
 exit 0

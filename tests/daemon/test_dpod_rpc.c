@@ -443,6 +443,7 @@ static void failed_worker_reason_quotes_its_error_line(void **state) {
   assert_int_equal(job->exit_code, 1);
   assert_non_null(strstr(job->reason, "exited with status 1"));
   assert_non_null(strstr(job->reason, "ERROR something broke"));
+  assert_null(strstr(job->reason, "<stdout>")); /* the rank's words, without mpirun's tag */
   protobuf_c_message_free_unpacked(&job->base, NULL);
 
 }
@@ -1026,6 +1027,234 @@ static void watchdog_fails_jobs_that_do_not_report_or_stop_progressing(void **st
   protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
+/* ---- Logs ---- */
+
+typedef struct {
+  uint32_t attempt;
+  int rank;
+  char stream[8];
+  char text[64];
+  uint64_t offset;
+} log_line;
+
+static Dpod__V1__LogsRequest logs_req(uint64_t id) {
+  Dpod__V1__LogsRequest req = DPOD__V1__LOGS_REQUEST__INIT;
+  req.has_job_id = 1;
+  req.job_id = id;
+  return req;
+}
+
+/* Reads lines from an open Logs stream until it ends (returns the count), or fails or stays silent for
+ * `wait_ms` (returns the status; *n the lines read before). */
+static int logs_next_lines(rpc_stream *s, log_line *out, int max, int *n, int wait_ms) {
+  ProtobufCMessage *m;
+  int rc;
+  while ((rc = rpc_stream_next(s, &dpod__v1__log_line__descriptor, &m, wait_ms, err, sizeof err)) == 1) {
+    Dpod__V1__LogLine *l = (Dpod__V1__LogLine *)m;
+    if (*n < max) {
+      log_line *o = &out[(*n)++];
+      o->attempt = l->attempt;
+      o->rank = l->rank;
+      snprintf(o->stream, sizeof o->stream, "%s", l->stream ? l->stream : "");
+      snprintf(o->text, sizeof o->text, "%s", l->text ? l->text : "");
+      o->offset = l->offset;
+    }
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  return rc;
+}
+
+/* A whole Logs call: the lines, or a negative status with the gRPC code in *code. */
+static int logs_read(daemon_fx *d, const Dpod__V1__LogsRequest *req, log_line *out, int max, int *code) {
+  rpc_stream *s = NULL;
+  int n = 0, rc = rpc_stream_open(d->c, "/dpod.v1.Coordinator/Logs", &req->base, &s, err, sizeof err);
+  if (rc == 0) rc = logs_next_lines(s, out, max, &n, 10000);
+  if (s) rpc_stream_close(s);
+  if (code) *code = rc < 0 ? rpc_last_grpc_status() : 0;
+  return rc < 0 ? rc : n;
+}
+
+static int logs_refused(daemon_fx *d, const Dpod__V1__LogsRequest *req) {
+  log_line l[4];
+  int code = 0;
+  assert_true(logs_read(d, req, l, 4, &code) < 0);
+  return code;
+}
+
+static void assert_same_lines(const log_line *a, const log_line *b, int n) {
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(a[i].attempt, b[i].attempt);
+    assert_int_equal(a[i].rank, b[i].rank);
+    assert_string_equal(a[i].stream, b[i].stream);
+    assert_string_equal(a[i].text, b[i].text);
+    assert_int_equal(a[i].offset, b[i].offset);
+  }
+}
+
+/* Logs streams every rank's stdout and stderr, each line tagged with its attempt and rank, without the
+ * launcher's prefix; resumes after any line's offset; filters by rank; keeps only the tail; refuses
+ * what the job cannot have; and follows until the job ends, across a dpod restart. */
+static void logs_stream_every_rank_resume_filter_tail_and_follow(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit(d, "chatty-hold", 2);
+  log_line all[32], got[32];
+  Dpod__V1__LogsRequest req = logs_req(id);
+  int n = 0;
+  for (int i = 0; i < 200 && (n = logs_read(d, &req, all, 32, NULL)) < 12; i++) sleep_ms(50);
+  assert_int_equal(n, 12);
+  int per[2][2] = {{0}}, next_out[2] = {1, 1};
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(all[i].attempt, 1);
+    assert_true(all[i].rank == 0 || all[i].rank == 1);
+    assert_true(i == 0 || all[i].offset > all[i - 1].offset);
+    int err_stream = strcmp(all[i].stream, "stderr") == 0;
+    assert_true(err_stream || strcmp(all[i].stream, "stdout") == 0);
+    per[all[i].rank][err_stream]++;
+    char want[64];
+    snprintf(want, sizeof want, "%s %d of rank %d", err_stream ? "err" : "out", err_stream ? 0 : next_out[all[i].rank],
+             all[i].rank);
+    if (!err_stream) {
+      assert_string_equal(all[i].text, want); /* a rank's stdout in its order, no "[1,0]<stdout>:" */
+      next_out[all[i].rank]++;
+    } else {
+      assert_non_null(strstr(all[i].text, "err "));
+    }
+  }
+  assert_int_equal(per[0][0] + per[0][1] + per[1][0] + per[1][1], 12);
+  for (int r = 0; r < 2; r++) assert_int_equal(per[r][0], 3), assert_int_equal(per[r][1], 3);
+
+  /* From an offset: the lines after it, exactly. */
+  req.has_after_offset = 1;
+  req.after_offset = all[4].offset;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 7);
+  assert_same_lines(got, all + 5, 7);
+  req.after_offset = all[11].offset;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 0);
+  req.has_after_offset = 0;
+  req.after_offset = 0;
+
+  /* One rank. */
+  req.has_rank = 1;
+  req.rank = 1;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 6);
+  for (int i = 0, k = 0; i < 12; i++)
+    if (all[i].rank == 1) assert_same_lines(&got[k++], &all[i], 1);
+  /* The tail, of one rank and of all. */
+  req.has_tail = 1;
+  req.tail = 2;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 2);
+  for (int i = 11, k = 1; i >= 0 && k >= 0; i--)
+    if (all[i].rank == 1) assert_same_lines(&got[k--], &all[i], 1);
+  req.has_rank = 0;
+  req.rank = -1;
+  req.tail = 3;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 3);
+  assert_same_lines(got, all + 9, 3);
+  req.tail = 100;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 12);
+  req.has_tail = 0;
+  req.tail = 0;
+
+  /* What the job cannot have is refused, naming it; an unknown job is NOT_FOUND. */
+  Dpod__V1__LogsRequest bad = logs_req(id);
+  bad.has_rank = 1;
+  bad.rank = 2;
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_INVALID_ARGUMENT);
+  assert_non_null(strstr(err, "rank 2"));
+  bad.rank = -2;
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_INVALID_ARGUMENT);
+  bad = logs_req(id);
+  bad.has_attempt = 1;
+  bad.attempt = 2;
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_INVALID_ARGUMENT);
+  assert_non_null(strstr(err, "attempt 2"));
+  bad = logs_req(id);
+  bad.has_tail = 1;
+  bad.tail = 100001;
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_INVALID_ARGUMENT);
+  bad = logs_req(id);
+  bad.has_after_offset = 1;
+  bad.after_offset = (uint64_t)7 << 40;
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_INVALID_ARGUMENT);
+  assert_non_null(strstr(err, "offset"));
+  bad = logs_req(id + 100);
+  assert_int_equal(logs_refused(d, &bad), GRPC_STATUS_NOT_FOUND);
+
+  /* Following from the last line: nothing comes while the job holds, and the stream stays open. */
+  req.has_follow = 1;
+  req.follow = 1;
+  req.has_after_offset = 1;
+  req.after_offset = all[11].offset;
+  rpc_stream *s = NULL;
+  assert_int_equal(rpc_stream_open(d->c, "/dpod.v1.Coordinator/Logs", &req.base, &s, err, sizeof err), 0);
+  n = 0;
+  assert_int_equal(logs_next_lines(s, got, 32, &n, 700), DPOD_ETIMEDOUT);
+  assert_int_equal(n, 0);
+  /* dpod restarts: the stream breaks; the client comes back with its offset and goes on to the end. */
+  assert_int_equal(daemon_stop(d), 0);
+  assert_true(logs_next_lines(s, got, 32, &n, 5000) < 0);
+  rpc_stream_close(s);
+  assert_int_equal(daemon_start(d), 0);
+  assert_int_equal(rpc_stream_open(d->c, "/dpod.v1.Coordinator/Logs", &req.base, &s, err, sizeof err), 0);
+  char path[PATH_MAX * 2];
+  run_file(d, id, "release", path, sizeof path);
+  touch(path);
+  n = 0;
+  assert_int_equal(logs_next_lines(s, got, 32, &n, 20000), 0); /* ended OK, with the job */
+  rpc_stream_close(s);
+  assert_int_equal(n, 2);
+  for (int i = 0; i < 2; i++) {
+    assert_non_null(strstr(got[i].text, "bye from rank "));
+    assert_true(got[i].offset > all[11].offset);
+  }
+  assert_int_not_equal(got[0].rank, got[1].rank);
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_int_equal(job->state, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  /* A follow of a job that has ended ends too, after its output. */
+  req.after_offset = all[11].offset;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 2);
+}
+
+/* Each attempt has its own log: every attempt streams in order, tagged, and one may be asked alone. */
+static void logs_of_every_attempt_in_order_or_one_alone(void **state) {
+  daemon_fx *d = *state;
+  uint64_t id = submit_opts(d, "chatty-fail1", 1, 1, 0);
+  assert_int_equal(wait_state(d, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  log_line all[32], got[32];
+  Dpod__V1__LogsRequest req = logs_req(id);
+  int n = logs_read(d, &req, all, 32, NULL);
+  /* Per attempt: 3 out, 3 err, the ERROR line and "aborting"; maybe lines of mpirun's own (rank -1). */
+  int per[3] = {0};
+  for (int i = 0; i < n; i++) {
+    assert_true(all[i].attempt == 1 || all[i].attempt == 2);
+    assert_true(i == 0 || all[i].attempt >= all[i - 1].attempt);
+    if (all[i].rank == 0) per[all[i].attempt]++;
+    else assert_int_equal(all[i].rank, -1), assert_string_equal(all[i].stream, "dpod");
+  }
+  assert_int_equal(per[1], 8);
+  assert_int_equal(per[2], 8);
+  req.has_attempt = 1;
+  req.attempt = 2;
+  req.has_rank = 1;
+  req.rank = 0;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 8);
+  int errors = 0;
+  for (int i = 0; i < 8; i++) {
+    assert_int_equal(got[i].attempt, 2);
+    if (strstr(got[i].text, "ERROR")) {
+      assert_string_equal(got[i].text, "rank 0 ERROR something broke (train.c:12)");
+      assert_string_equal(got[i].stream, "stdout");
+      errors++;
+    }
+  }
+  assert_int_equal(errors, 1);
+  /* An offset in attempt 1 with attempt 2 asked: attempt 2 from its start. */
+  req.has_after_offset = 1;
+  req.after_offset = all[0].offset;
+  assert_int_equal(logs_read(d, &req, got, 32, NULL), 8);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(health_check_reports_serving, setup, teardown),
@@ -1050,6 +1279,8 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(status_counts_slots_jobs_watchers_and_loop_iterations, setup, teardown),
       cmocka_unit_test_setup_teardown(watchdog_fails_jobs_that_do_not_report_or_stop_progressing, setup_watchdog,
                                       teardown),
+      cmocka_unit_test_setup_teardown(logs_stream_every_rank_resume_filter_tail_and_follow, setup, teardown),
+      cmocka_unit_test_setup_teardown(logs_of_every_attempt_in_order_or_one_alone, setup, teardown),
   };
   return CMOCKA_MAIN("dpod_rpc", tests, NULL, NULL);
 }

@@ -29,6 +29,7 @@
 #include "fuzz_util.h"
 #include "health.pb-c.h"
 #include "launch_backend.h"
+#include "logs.h"
 
 #define FUZZ_MAX_CALLS 32
 #define FUZZ_SECRET "fuzz"
@@ -329,7 +330,8 @@ static size_t report_fixed(const uint8_t *req, size_t len, uint8_t **out) {
 
 static int is_stream(const char *path) {
   size_t n = strlen(path);
-  return (n >= 9 && strcmp(path + n - 9, "/WatchJob") == 0) || (n >= 6 && strcmp(path + n - 6, "/Watch") == 0);
+  return (n >= 9 && strcmp(path + n - 9, "/WatchJob") == 0) || (n >= 6 && strcmp(path + n - 6, "/Watch") == 0) ||
+         (n >= 5 && strcmp(path + n - 5, "/Logs") == 0);
 }
 
 static void call_method(size_t m, const uint8_t *req, size_t len) {
@@ -447,6 +449,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   /* The clients leave, then the daemon stops as main.c stops it. */
   calls_pump(1);
+  /* A Logs stream whose client left waits for its read in flight before it lets go of its timer. */
+  while (logs_count() > 0) uv_run(&loop, UV_RUN_ONCE);
   coord_detach(co);
   watch_set_free(ws);
   coord_free(co);
@@ -514,6 +518,10 @@ static void write_seeds(const char *dir) {
   restart.has_job_id = 1, restart.job_id = 1;
   Dpod__V1__WatchJobRequest watch = DPOD__V1__WATCH_JOB_REQUEST__INIT;
   watch.has_job_id = 1, watch.job_id = 1;
+  Dpod__V1__LogsRequest logs = DPOD__V1__LOGS_REQUEST__INIT;
+  logs.has_job_id = 1, logs.job_id = 1;
+  logs.has_follow = 1, logs.follow = 1;
+  logs.has_tail = 1, logs.tail = 5;
   Dpod__V1__ListJobsRequest list = DPOD__V1__LIST_JOBS_REQUEST__INIT;
   Dpod__V1__GetStatusRequest status = DPOD__V1__GET_STATUS_REQUEST__INIT;
   Dpod__V1__DrainRequest drain = DPOD__V1__DRAIN_REQUEST__INIT;
@@ -555,6 +563,7 @@ static void write_seeds(const char *dir) {
   FILE *f = seed_open(dir, "submit-watch-report-cancel");
   seed_add(f, "/SubmitJob", &submit.base, NULL, 0);
   seed_add(f, "/WatchJob", &watch.base, NULL, 0);
+  seed_add(f, "/Logs", &logs.base, NULL, 0);
   seed_add(f, "/Report", &report.base, NULL, 0);
   seed_add(f, "/GetJob", &get.base, NULL, 0);
   seed_add(f, "/CancelJob", &cancel.base, NULL, 0);

@@ -25,7 +25,7 @@ cancel_cleanly() {
   left=$(it_job_procs "$id")
   [ -z "$left" ] || it_fail "job $id ($1 ranks): processes left behind: $(ps -o pid,ppid,pgid,sid,args -p "$(echo $left | tr ' ' ,)")"
 
-  log="$T/state/jobs/$id/job.log"
+  log="$T/state/jobs/$id/attempt-1.log"
   grep -q "cancelled by dpod" "$log" || it_fail "job $id ($1 ranks): the worker did not stop at the directive"
   if grep -nE "Segmentation fault|signal 11|Process received signal|End of error message|backtrace|abort is already in progress" "$log"; then
     it_fail "job $id ($1 ranks): its log shows a crash after the cancel"

@@ -41,6 +41,19 @@ grep -q "208 tensors" "$T/inspect.txt" || it_fail "checkpoint does not hold the 
   --inputs "$DPOD_FIXTURES/tiny-sd/inputs.safetensors" --out "$T/out.safetensors" \
   || it_fail "the checkpoint does not load into the UNet"
 
+# Both ranks' output, through the Logs RPC: tagged with attempt and rank, without mpirun's own tags; one
+# rank alone; the tail.
+"$DPOCTL_BIN" logs "$id" >"$T/logs.txt" || it_fail "dpoctl logs $id failed"
+for r in 0 1; do
+  grep -q "^\[attempt 1 rank $r\( stderr\)\?\] .*rank $r of 2 on " "$T/logs.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs.txt")"
+done
+grep -q "<stdout>:\|<stderr>:" "$T/logs.txt" && it_fail "mpirun's tags are left in the lines"
+"$DPOCTL_BIN" logs "$id" --rank 1 --jsonl >"$T/logs-1.jsonl" || it_fail "dpoctl logs $id --rank 1 failed"
+jq -e -s 'length > 0 and all(.[]; (.rank | tonumber) == 1 and (.attempt | tonumber) == 1)' "$T/logs-1.jsonl" \
+  >/dev/null || it_fail "--rank 1 gave other lines: $(head -n 5 "$T/logs-1.jsonl")"
+"$DPOCTL_BIN" logs "$id" --tail 2 >"$T/tail.txt" || it_fail "dpoctl logs $id --tail 2 failed"
+tail -n 2 "$T/logs.txt" | cmp -s - "$T/tail.txt" || it_fail "--tail 2 is not the last 2 lines: $(cat "$T/tail.txt")"
+
 # The daemon's record agrees with the stream.
 [ "$(it_job_field "$id" .last_metrics.step)" = "$STEPS" ] || it_fail "GetJob last_metrics.step is wrong"
 [ "$(it_job_field "$id" .last_seq)" = "$n" ] || it_fail "GetJob last_seq differs from the stream"

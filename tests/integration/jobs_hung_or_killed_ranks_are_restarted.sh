@@ -26,6 +26,6 @@ kill -KILL "$rank"
 it_wait_state "$id" succeeded 240
 [ "$(it_job_field "$id" '.attempts | length')" = 3 ] || it_fail "attempts: $(it_job_field "$id" .attempts)"
 [ "$(it_job_field "$id" .restarts)" = 2 ] || it_fail "restarts: $(it_job_field "$id" .restarts)"
-grep -q "resumed from" "$T/state/jobs/$id/job.log" || it_fail "no attempt resumed from a checkpoint"
+grep -q "resumed from" "$T/state/jobs/$id"/attempt-*.log || it_fail "no attempt resumed from a checkpoint"
 it_check_steps_once "$id" $STEPS
 echo "PASS: hung (SIGSTOP) and killed ranks restarted from checkpoints; job $id succeeded on attempt 3"

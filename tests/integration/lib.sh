@@ -140,7 +140,7 @@ it_kill_dpod() {
 it_restart_resumes() {
   "$DPOCTL_BIN" restart "$1" >/dev/null || it_fail "dpoctl restart $1 failed"
   "$DPOCTL_BIN" watch "$1" --events-jsonl >"$T/restarted-$1.jsonl" 2>/dev/null || it_fail "the restarted job did not succeed"
-  grep -q "resumed from .*(step $2)" "$IT_JOBS/$1/job.log" || it_fail "the restarted job did not resume from step $2"
+  grep -q "resumed from .*(step $2)" "$IT_JOBS/$1"/attempt-*.log || it_fail "the restarted job did not resume from step $2"
   local steps
   steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/restarted-$1.jsonl")
   [ "$steps" = "$(jq -c -n "[range(1; $3 + 1)]")" ] || it_fail "metrics steps over both runs: $steps"

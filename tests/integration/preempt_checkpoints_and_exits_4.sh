@@ -39,9 +39,9 @@ ranks=$(it_job_ranks "$id")
 [ -n "$ranks" ] || it_fail "no ranks of job $id to signal"
 kill -TERM $ranks
 wait "$watcher" || it_fail "job $id did not succeed after its preemption: $(it_job_field "$id" .message)"
-at=$(sed -n 's/.*preempted: stopped after step \([0-9]*\).*/\1/p' "$T/state/jobs/$id/job.log" | head -n 1)
+at=$(sed -n 's/.*preempted: stopped after step \([0-9]*\).*/\1/p' "$T/state/jobs/$id/attempt-1.log" | head -n 1)
 [ -n "$at" ] || it_fail "the first attempt did not stop at a checkpoint"
-grep -q "resumed from .*(step $at)" "$T/state/jobs/$id/job.log" || it_fail "attempt 2 did not resume from step $at"
+grep -q "resumed from .*(step $at)" "$T/state/jobs/$id/attempt-2.log" || it_fail "attempt 2 did not resume from step $at"
 states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/events-$id.jsonl")
 [ "$states" = "queued,starting,running,queued,starting,running,succeeded" ] || it_fail "states: $states"
 steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/events-$id.jsonl")

@@ -53,6 +53,12 @@ scontrol requeue "$(slurm_id "$b")" || it_fail "scontrol requeue failed"
 "$DPOCTL_BIN" watch "$b" >/dev/null 2>&1 || it_fail "the requeued job $b did not succeed"
 [ "$(attempts "$b")" -ge 2 ] || it_fail "job $b ran $(attempts "$b") attempt(s), not 2"
 grep -q "resumed from" "$IT_JOBS/$b/attempt-2.log" || it_fail "attempt 2 of job $b did not resume from a checkpoint"
+# Its output streams through dpod as mpirun jobs' does: srun --label's prefix read as the rank.
+"$DPOCTL_BIN" logs "$b" --attempt 2 >"$T/logs-$b.txt" || it_fail "dpoctl logs $b failed"
+for r in 0 1; do
+  grep -q "^\[attempt 2 rank $r\( stderr\)\?\] .*rank $r of 2 on " "$T/logs-$b.txt" || it_fail "no line of rank $r in: $(head -n 20 "$T/logs-$b.txt")"
+done
+grep -q "^\[attempt 2 rank 0\( stderr\)\?\] .*resumed from" "$T/logs-$b.txt" || it_fail "dpoctl logs $b lacks rank 0's resume line"
 it_check_steps_once "$b" 16
 cmp "$(final_weights "$a")" "$(final_weights "$b")" || it_fail "the requeued job's weights differ from the straight run's"
 

@@ -22,6 +22,7 @@
 #include "dpod_error.h"
 #include "dpod_file.h"
 #include "launch.h"
+#include "launch_backend.h" /* the log formats' parsers, tested on their own */
 
 typedef struct {
   char dir[PATH_MAX];
@@ -234,6 +235,7 @@ static void attempt_runs_and_its_exit_is_recorded(void **state) {
   snprintf(path, sizeof path, "%s/env", f->dir);
   assert_int_equal(dpod_read_file(path, 0, &env, NULL, err, sizeof err), 0);
   assert_non_null(strstr(args, "-np\n2\n"));
+  assert_non_null(strstr(args, "--tag-output\n")); /* every line of the log says its rank */
   assert_non_null(strstr(args, "/nonexistent/dpo-worker\n--spec\n"));
   assert_non_null(strstr(args, "--job-id\n7\n"));
   assert_null(strstr(args, "s3cret"));
@@ -375,6 +377,75 @@ static void recover_reads_the_exit_record_or_reports_lost(void **state) {
   assert_int_equal(f->exits, 0);
 }
 
+static void check_entry(const launch_log_entry *e, const char *line, int rank, launch_log_stream stream,
+                        const char *text, size_t consumed) {
+  assert_int_equal(e->rank, rank);
+  assert_int_equal(e->stream, stream);
+  assert_int_equal(e->text_len, strlen(text));
+  assert_memory_equal(line + e->text_off, text, e->text_len);
+  assert_int_equal(e->consumed, consumed);
+}
+
+/* Each attempt has a log of its own, and each line says which rank and stream it comes from: mpirun
+ * --tag-output's "[J,R]<stdout>:" (a tag inside a line starts the next rank's output), srun --label's
+ * "R: "; anything else is the launcher's own line. */
+static void log_lines_name_their_rank_and_stream(void **state) {
+  fixture *f = *state;
+  char path[PATH_MAX * 2];
+  launch_log_path(f->b, f->run_dir, 3, path, sizeof path);
+  assert_non_null(strstr(path, "/run/attempt-3.log"));
+  launch_log_entry e;
+  static const char *const mpi[] = {"[1,0]<stdout>:hello", "[1,12]<stderr>:x y", "[1,1]<stddiag>:d",
+                                    "partial[1,1]<stdout>:out", "[1,0]<stdout>:a[1,1]<stdout>:b",
+                                    "mpirun noticed that process rank 0 exited", "[1,x]<stdout>:no", "", "[3,0]<stdin>:"};
+  launch_log_parse(f->b, mpi[0], strlen(mpi[0]), &e);
+  check_entry(&e, mpi[0], 0, LAUNCH_LOG_STDOUT, "hello", strlen(mpi[0]));
+  launch_log_parse(f->b, mpi[1], strlen(mpi[1]), &e);
+  check_entry(&e, mpi[1], 12, LAUNCH_LOG_STDERR, "x y", strlen(mpi[1]));
+  launch_log_parse(f->b, mpi[2], strlen(mpi[2]), &e);
+  check_entry(&e, mpi[2], 1, LAUNCH_LOG_STDERR, "d", strlen(mpi[2]));
+  launch_log_parse(f->b, mpi[3], strlen(mpi[3]), &e);
+  check_entry(&e, mpi[3], -1, LAUNCH_LOG_LAUNCHER, "partial", 7);
+  launch_log_parse(f->b, mpi[4], strlen(mpi[4]), &e);
+  check_entry(&e, mpi[4], 0, LAUNCH_LOG_STDOUT, "a", 15);
+  for (int i = 5; i < 9; i++) {
+    launch_log_parse(f->b, mpi[i], strlen(mpi[i]), &e);
+    check_entry(&e, mpi[i], -1, LAUNCH_LOG_LAUNCHER, mpi[i], strlen(mpi[i]));
+  }
+  assert_string_equal(launch_log_stream_name(LAUNCH_LOG_STDERR), "stderr");
+  assert_string_equal(launch_log_stream_name(LAUNCH_LOG_LAUNCHER), "dpod");
+
+  static const char *const srun[] = {"0: hi", " 3: x", "12: y: z", "0:", "srun: error: node1: task 1: Exited", "7 ranks"};
+  launch_log_parse_srun_label_(srun[0], strlen(srun[0]), &e);
+  check_entry(&e, srun[0], 0, LAUNCH_LOG_STDOUT, "hi", 5);
+  launch_log_parse_srun_label_(srun[1], strlen(srun[1]), &e);
+  check_entry(&e, srun[1], 3, LAUNCH_LOG_STDOUT, "x", 5);
+  launch_log_parse_srun_label_(srun[2], strlen(srun[2]), &e);
+  check_entry(&e, srun[2], 12, LAUNCH_LOG_STDOUT, "y: z", 8);
+  launch_log_parse_srun_label_(srun[3], strlen(srun[3]), &e);
+  check_entry(&e, srun[3], 0, LAUNCH_LOG_STDOUT, "", 2);
+  for (int i = 4; i < 6; i++) {
+    launch_log_parse_srun_label_(srun[i], strlen(srun[i]), &e);
+    check_entry(&e, srun[i], -1, LAUNCH_LOG_LAUNCHER, srun[i], strlen(srun[i]));
+  }
+
+  /* A failure's reason quotes the rank's words, without the prefix. */
+  char line[256], err[256];
+  assert_int_equal(dpod_mkdirs(f->run_dir, 0700, 0, err, sizeof err), 0);
+  FILE *log = fopen(path, "w");
+  assert_non_null(log);
+  fputs("[1,0]<stdout>:step 1\n[1,1]<stderr>:rank 1 ERROR the disk is full\n", log);
+  fclose(log);
+  launch_last_error_line(path, line, sizeof line);
+  assert_string_equal(line, "rank 1 ERROR the disk is full");
+  log = fopen(path, "w");
+  assert_non_null(log);
+  fputs("0: step 1\n1: rank 1 ERROR out of memory\n", log);
+  fclose(log);
+  launch_last_error_line(path, line, sizeof line);
+  assert_string_equal(line, "rank 1 ERROR out of memory");
+}
+
 static void capacity_is_the_backends(void **state) {
   fixture *f = *state;
   assert_int_equal(launch_capacity(f->b), 3);
@@ -393,6 +464,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(terminate_signals_a_mpirun_that_is_still_starting, setup, teardown),
       cmocka_unit_test_setup_teardown(attempt_without_a_supervisor_ends_unrecorded, setup, teardown),
       cmocka_unit_test_setup_teardown(capacity_is_the_backends, setup, teardown),
+      cmocka_unit_test_setup_teardown(log_lines_name_their_rank_and_stream, setup, teardown),
   };
   return CMOCKA_MAIN("launch", tests, NULL, NULL);
 }
