@@ -13,8 +13,9 @@
 #include "dpod.pb-c.h"
 #include "job_names.h"
 
-/* Makes sure every sub-message exists, so that every field of the spec reads as its value or its
- * default. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
+/* Fills in every default: every sub-message exists and every optional field that was not set holds its
+ * .proto default and is marked set (strings are copies of their defaults), so that the packed spec, a
+ * stored one and GetJob's all say what each field is. Idempotent. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
  * (i.e. from job_spec_new() or protobuf unpack). Returns 0 or DPOD_ENOMEM. */
 int job_spec_normalize(Dpod__V1__JobSpec *spec);
 
