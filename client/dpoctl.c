@@ -47,6 +47,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 #define M_RESTART M_COORD("RestartJob")
 #define M_WATCH M_COORD("WatchJob")
 #define M_DELETE M_COORD("DeleteJob")
+#define LIST_DEFAULT_LIMIT 100 /* what `list` shows without --limit, as dpod does */
 #define NAME_LOOKUP_LIMIT 1000 /* ListJobs' most: names are looked up among the newest 1000 jobs */
 #define M_HEALTH rpc_method_path(&grpc__health__v1__health__descriptor, "Check")
 
@@ -955,7 +956,7 @@ static int cmd_list(ctl *c, int argc, char **argv) {
     for (size_t i = 0; i < resp->n_jobs; i++) {
       const char *nm = job_display_name(resp->jobs[i]);
       int match = glob ? fnmatch(pattern, nm, 0) == 0 : strstr(nm, pattern) != NULL;
-      if (match && (!limit || kept < limit)) {
+      if (match && kept < (limit ? limit : LIST_DEFAULT_LIMIT)) {
         Dpod__V1__Job *keep = resp->jobs[i];
         resp->jobs[i] = resp->jobs[kept];
         resp->jobs[kept++] = keep;

@@ -180,6 +180,7 @@ static Dpod__V1__Job *get_job(daemon_fx *d, uint64_t id) {
 static uint64_t submit_opts(daemon_fx *d, const char *name, unsigned ranks, unsigned max_restarts,
                             double heartbeat_timeout) {
   Dpod__V1__JobSpec *spec = job_spec_new();
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = ranks;

@@ -52,6 +52,7 @@ static int teardown(void **state) {
 static uint64_t create_job(fixture *f, const char *name, unsigned ranks) {
   Dpod__V1__JobSpec *spec = job_spec_new();
   assert_non_null(spec);
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = ranks;
