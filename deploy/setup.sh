@@ -25,7 +25,7 @@ DPOD_PACKAGES=(
   clang libclang-rt-14-dev # the libFuzzer targets (tests/fuzz/run.sh): clang and its fuzzer/sanitizer runtimes
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database
-  python3-protobuf # the JSON mapping's oracle: google.protobuf's MessageToJson (tests/proto/spec)
+  python3-protobuf python3-grpcio # the JSON mapping's oracle: grpcio and MessageToJson (tests/proto/spec, tests/client)
   groff-base man-db # the man pages are rendered (groff) and found by man after cmake --install
   slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster
 )
