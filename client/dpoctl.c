@@ -5,9 +5,12 @@
  * any connection is made. Exit statuses are part of the interface, for scripts:
  *   0 success (for watch: the job SUCCEEDED), 1 failure (the job ended otherwise, or dpod refused),
  *   2 usage error or invalid job spec, 3 dpod cannot be reached.
- * Human output goes to stdout; errors go to stderr as one line starting "dpoctl: "; --json and
- * --events-jsonl are the machine-readable forms. */
+ * Human output goes to stdout; errors go to stderr as one line starting "dpoctl: "; -o json (--json),
+ * -o yaml, --events-jsonl and metrics --format jsonl are the machine-readable forms, all protobuf's JSON
+ * mapping (proto/spec/pb_json.h). Wherever a job id is taken, a job name that exactly one job has
+ * will do. */
 #include <errno.h>
+#include <fnmatch.h>
 #include <getopt.h>
 #include <grpc/status.h>
 #include <inttypes.h>
@@ -27,6 +30,7 @@
 #include "format.h"
 #include "health.pb-c.h"
 #include "job_spec.h"
+#include "pb_json.h"
 #include "rpc_addr.h"
 #include "rpc_client.h"
 #include "rpc_methods.h"
@@ -42,6 +46,9 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
 #define M_CANCEL M_COORD("CancelJob")
 #define M_RESTART M_COORD("RestartJob")
 #define M_WATCH M_COORD("WatchJob")
+#define M_DELETE M_COORD("DeleteJob")
+#define LIST_DEFAULT_LIMIT 100 /* what `list` shows without --limit, as dpod does */
+#define NAME_LOOKUP_LIMIT 1000 /* ListJobs' most: names are looked up among the newest 1000 jobs */
 #define M_HEALTH rpc_method_path(&grpc__health__v1__health__descriptor, "Check")
 
 typedef struct {
@@ -49,6 +56,9 @@ typedef struct {
   const char *token_file, *tls_ca; /* --token-file, --tls-ca; NULL: from the environment or defaults */
   rpc_client *client;
 } ctl;
+
+/* -o table|json|yaml */
+typedef enum { OUT_TABLE, OUT_JSON, OUT_YAML } out_format;
 
 typedef struct {
   int jsonl;        /* --events-jsonl */
@@ -66,10 +76,12 @@ static const char *const usage_main =
     "  submit JOB.yaml   validate a job file and submit it\n"
     "  list              list jobs, newest first\n"
     "  get ID            describe one job\n"
+    "  checkpoints ID    the job's checkpoints on disk: step, path, size, metrics\n"
     "  watch ID          follow a job's events until it ends\n"
     "  logs ID           a job's worker output (-f: follow it)\n"
     "  metrics ID        the job's step metrics so far, as CSV or JSON lines\n"
-    "  cancel ID         cancel a job\n"
+    "  cancel ID         cancel a job (--wait: until it has ended)\n"
+    "  delete ID         forget a finished job (--run-dir: and remove its run directory)\n"
     "  restart ID        queue a failed, cancelled or preempted job again; it resumes from its checkpoint\n"
     "  health            ask dpod whether it is serving\n"
     "  drain             running jobs checkpoint and stop (PREEMPTED); new ones are refused until undrain\n"
@@ -85,11 +97,15 @@ static const char *const usage_main =
     "  -h, --help        this help; `dpoctl COMMAND --help` for a command's\n"
     "  --version         print dpoctl's version\n"
     "\n"
+    "Wherever a command takes a job ID, the job's name will do if exactly one job has it.\n"
+    "-o json (or --json) is protobuf's JSON mapping: the .proto's field names, enum values by name\n"
+    "(\"JOB_STATE_SUCCEEDED\"), 64-bit integers as strings; -o yaml the same tree as YAML.\n"
+    "\n"
     "Exit status: 0 ok, 1 failed (watch: the job did not succeed), 2 usage or invalid spec,\n"
     "3 dpod unreachable.\n";
 
 static const char *const usage_submit =
-    "usage: dpoctl submit JOB.yaml [--set KEY=VALUE]... [--name NAME] [--dry-run] [--watch]\n"
+    "usage: dpoctl submit JOB.yaml [--set KEY=VALUE]... [--name NAME] [--dry-run] [--watch] [-q]\n"
     "\n"
     "Reads a YAML job file (\"-\" for stdin), applies the overrides in order, checks every value and\n"
     "submits the job. Keys are dotted field names of the spec: name, ranks, threads_per_rank,\n"
@@ -99,23 +115,45 @@ static const char *const usage_submit =
     "  --name NAME       the job's name (same as --set name=NAME)\n"
     "  --dry-run         print the complete spec, defaults included, and submit nothing\n"
     "  --watch           then follow the job like `dpoctl watch` (and exit like it)\n"
+    "  -q, --quiet       print only the new job's id\n"
     "  --events-jsonl    with --watch: events as JSON lines\n"
     "  --no-progress     with --watch: a line per event even on a terminal\n";
 
 static const char *const usage_list =
-    "usage: dpoctl list [--state STATE]... [--limit N] [--json]\n"
+    "usage: dpoctl list [--state STATE]... [--name PATTERN] [--limit N] [-q] [-o table|json|yaml]\n"
     "\n"
-    "  --state STATE   only jobs in this state (queued, starting, running, succeeded, failed,\n"
-    "                  cancelled, preempted); repeatable or comma-separated\n"
-    "  --limit N       at most N jobs (default 100)\n"
-    "  --json          one JSON array of jobs\n";
+    "  --state STATE     only jobs in this state (queued, starting, running, succeeded, failed,\n"
+    "                    cancelled, preempted); repeatable or comma-separated\n"
+    "  --name PATTERN    only jobs whose name matches: a glob (dpo-*), else a substring\n"
+    "                    (among the newest 1000 jobs)\n"
+    "  --limit N         at most N jobs (default 100)\n"
+    "  -q, --quiet       only the ids, one a line\n"
+    "  -o FORMAT         table (the default), json (an array of jobs, protobuf's JSON mapping) or yaml\n"
+    "  --json            the same as -o json\n";
 
 static const char *const usage_get =
-    "usage: dpoctl get ID [--json]\n"
+    "usage: dpoctl get ID [-o table|json|yaml]\n"
     "\n"
     "Describes a job: state, reason, times, run directory, its complete spec, the last metrics and the\n"
     "last checkpoint.\n"
-    "  --json   the job as JSON\n";
+    "  -o FORMAT   table (the default), json (dpod.v1.Job in protobuf's JSON mapping) or yaml\n"
+    "  --json      the same as -o json\n";
+
+static const char *const usage_checkpoints =
+    "usage: dpoctl checkpoints ID [-o table|json|yaml]\n"
+    "\n"
+    "Lists the job's checkpoints that are on disk now, oldest first: step, directory, size and the\n"
+    "metrics of that step (each directory loads with diffusers' UNet2DConditionModel.from_pretrained).\n"
+    "  -o FORMAT   table (the default), json (an array of dpod.v1.CheckpointInfo) or yaml\n"
+    "  --json      the same as -o json\n";
+
+static const char *const usage_delete =
+    "usage: dpoctl delete ID [--run-dir]\n"
+    "\n"
+    "Forgets a job that has ended (succeeded, failed, cancelled or preempted): its record, events and\n"
+    "metrics leave dpod's store. Jobs still queued or running are refused: cancel them first.\n"
+    "  --run-dir   also remove its run directory (logs, spec, checkpoints), if it lies inside dpod's\n"
+    "              jobs directory\n";
 
 static const char *const usage_watch =
     "usage: dpoctl watch ID [--after-seq K] [--events-jsonl] [--no-progress]\n"
@@ -126,7 +164,8 @@ static const char *const usage_watch =
     "otherwise every event is a line of its own. Reconnects if the daemon restarts, without losing or\n"
     "repeating events. Exits 0 only if the job succeeded.\n"
     "  --after-seq K    start after event K (default: replay from the first event)\n"
-    "  --events-jsonl   each event as one JSON line with its seq; the summary goes to stderr\n"
+    "  --events-jsonl   each event (dpod.v1.JobEvent in protobuf's JSON mapping) as one line; the\n"
+    "                   summary goes to stderr\n"
     "  --no-progress    a line per event even on a terminal\n"
     "  --retries N      reconnect attempts before giving up (default 10)\n";
 
@@ -137,7 +176,7 @@ static const char *const usage_metrics =
     "steps are not waited for: `dpoctl watch` follows). Columns: time_unix_ms (when dpod recorded the\n"
     "step), then the fields of dpod.v1.StepMetrics; a value the step lacks is left empty.\n"
     "  --format csv     a header line and comma-separated rows (the default)\n"
-    "  --format jsonl   one JSON object per step\n";
+    "  --format jsonl   one JSON object per step (protobuf's JSON mapping; time_unix_ms a string)\n";
 
 static const char *const usage_logs =
     "usage: dpoctl logs ID [-f|--follow] [--rank R] [--attempt N] [--tail N] [--after-offset K] [--jsonl]\n"
@@ -154,9 +193,10 @@ static const char *const usage_logs =
     "  --retries N        reconnect attempts before giving up (default 10)\n";
 
 static const char *const usage_cancel =
-    "usage: dpoctl cancel ID\n"
+    "usage: dpoctl cancel ID [--wait]\n"
     "\n"
-    "Asks dpod to cancel the job. A running job stops at its next step and ends CANCELLED.\n";
+    "Asks dpod to cancel the job. A running job stops at its next step and ends CANCELLED.\n"
+    "  --wait   return only once the job has ended, and say how\n";
 
 static const char *const usage_restart =
     "usage: dpoctl restart ID\n"
@@ -177,13 +217,15 @@ static const char *const usage_undrain =
     "Ends a drain: dpod takes jobs again and starts the queued ones.\n";
 
 static const char *const usage_status =
-    "usage: dpoctl status [--json]\n"
+    "usage: dpoctl status [-o table|json|yaml]\n"
     "\n"
     "What dpod is doing: its version and uptime, worker slots in use, running and queued jobs, whether it\n"
     "is draining, open watchers, and how responsive its event loop has been (the longest it went without\n"
     "serving calls, and how often that exceeded 50 ms).\n"
     "\n"
-    "  --json   the status as JSON\n";
+    "  -o FORMAT   table (the default), json (dpod.v1.GetStatusResponse in protobuf's JSON mapping)\n"
+    "              or yaml\n"
+    "  --json      the same as -o json\n";
 
 static const char *const usage_health =
     "usage: dpoctl health [--service NAME]\n"
@@ -219,6 +261,46 @@ static int next_opt(const char *cmd, int argc, char **argv, const char *shortopt
 static int parse_id(const char *cmd, const char *text, uint64_t *id) {
   if (dpod_parse_u64(text, UINT64_MAX, id) != 0 || *id == 0) return usage_error(cmd, "bad job id '%s'", text);
   return 0;
+}
+
+static int parse_output(const char *cmd, const char *text, out_format *out) {
+  if (strcmp(text, "table") == 0) *out = OUT_TABLE;
+  else if (strcmp(text, "json") == 0) *out = OUT_JSON;
+  else if (strcmp(text, "yaml") == 0) *out = OUT_YAML;
+  else return usage_error(cmd, "-o wants table, json or yaml, not '%s'", text);
+  return 0;
+}
+
+/* Prints a tree from pb_json_message() as indented JSON or as YAML, and frees it. */
+static int print_tree(cJSON *tree, out_format f) {
+  if (!tree) {
+    fprintf(stderr, "dpoctl: out of memory\n");
+    return EXIT_FAIL;
+  }
+  int rc = 0;
+  if (f == OUT_YAML) {
+    rc = pb_yaml_write(tree, stdout);
+  } else {
+    char *text = cJSON_Print(tree);
+    rc = text && puts(text) >= 0 ? 0 : -1;
+    cJSON_free(text);
+  }
+  cJSON_Delete(tree);
+  return rc == 0 ? EXIT_OK : EXIT_FAIL;
+}
+
+/* An array of the messages' JSON trees; NULL when out of memory. */
+static cJSON *tree_of_array(ProtobufCMessage *const *msgs, size_t n) {
+  cJSON *arr = cJSON_CreateArray();
+  for (size_t i = 0; arr && i < n; i++) {
+    cJSON *j = pb_json_message(msgs[i]);
+    if (!j) {
+      cJSON_Delete(arr);
+      return NULL;
+    }
+    cJSON_AddItemToArray(arr, j);
+  }
+  return arr;
 }
 
 /* ----------------------------------------------------------------------------------------------- */
@@ -330,6 +412,50 @@ static int get_job(ctl *c, uint64_t id, Dpod__V1__GetJobResponse **out) {
   return 0;
 }
 
+/* The job's name as the table shows it: the job's own, else its spec's; "" when it has none. */
+static const char *job_display_name(const Dpod__V1__Job *j) {
+  if (j->name && *j->name) return j->name;
+  return j->spec && j->spec->name ? j->spec->name : "";
+}
+
+static int list_jobs(ctl *c, const char *what, const Dpod__V1__ListJobsRequest *req, Dpod__V1__ListJobsResponse **out) {
+  ProtobufCMessage *m;
+  int rc = ctl_unary(c, what, M_LIST, &req->base, &dpod__v1__list_jobs_response__descriptor, &m);
+  if (rc == 0) *out = (Dpod__V1__ListJobsResponse *)m;
+  return rc;
+}
+
+/* A job named on the command line: a number is its id; anything else is a name, which must belong to
+ * exactly one of the newest NAME_LOOKUP_LIMIT jobs. Returns 0 with *id set, or an exit status (the
+ * error said). */
+static int resolve_job(ctl *c, const char *cmd, const char *text, uint64_t *id) {
+  if (text[0] >= '0' && text[0] <= '9') return parse_id(cmd, text, id);
+  if (!text[0]) return usage_error(cmd, "%s", "empty job id");
+  Dpod__V1__ListJobsRequest req = DPOD__V1__LIST_JOBS_REQUEST__INIT;
+  req.has_limit = 1;
+  req.limit = NAME_LOOKUP_LIMIT;
+  Dpod__V1__ListJobsResponse *resp;
+  int rc = list_jobs(c, cmd, &req, &resp);
+  if (rc) return rc;
+  size_t found = 0;
+  char ids[256] = "";
+  size_t off = 0;
+  for (size_t i = 0; i < resp->n_jobs; i++) {
+    if (strcmp(job_display_name(resp->jobs[i]), text) != 0) continue;
+    *id = resp->jobs[i]->id;
+    if (off < sizeof ids - 24)
+      off += (size_t)snprintf(ids + off, sizeof ids - off, "%s%" PRIu64, found ? ", " : "", resp->jobs[i]->id);
+    found++;
+  }
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  if (found == 1) return 0;
+  if (found == 0) {
+    fprintf(stderr, "dpoctl: %s: no job is named '%s' (nor is it a job id)\n", cmd, text);
+    return EXIT_FAIL;
+  }
+  return usage_error(cmd, "%zu jobs are named '%s' (ids %s): give the id", found, text, ids);
+}
+
 /* ----------------------------------------------------------------------------------------------- */
 /* watch */
 
@@ -429,11 +555,9 @@ static int watch_next_event(const watch_opts *o, watch_state *w, rpc_stream *s, 
 
 static void watch_print_event(const watch_opts *o, watch_state *w, const Dpod__V1__JobEvent *ev) {
   if (o->jsonl) {
-    cJSON *j = fmt_message_json(&ev->base);
-    char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+    char *s = pb_json_print(&ev->base, 0);
     if (s) puts(s);
     cJSON_free(s);
-    cJSON_Delete(j);
   } else if (o->progress) {
     watch_progress_event(w, ev);
   } else {
@@ -619,7 +743,8 @@ static int cmd_watch(ctl *c, int argc, char **argv) {
   if (bad) return EXIT_USAGE;
   if (optind != argc - 1) return usage_error("watch", "%s", "expected one job id");
   uint64_t id;
-  if (parse_id("watch", argv[optind], &id)) return EXIT_USAGE;
+  int rc = resolve_job(c, "watch", argv[optind], &id);
+  if (rc) return rc;
   if (o.jsonl) o.progress = 0;
   return watch_job(c, id, after, &o);
 }
@@ -652,11 +777,12 @@ static int cmd_submit(ctl *c, int argc, char **argv) {
                                            {"watch", no_argument, NULL, 'w'},
                                            {"events-jsonl", no_argument, NULL, 'j'},
                                            {"no-progress", no_argument, NULL, 'P'},
+                                           {"quiet", no_argument, NULL, 'q'},
                                            {"addr", required_argument, NULL, 'A'},
                                            {"help", no_argument, NULL, 'h'},
                                            {0}};
   char err[1024];
-  int rc = EXIT_USAGE, opt, bad = 0, dry_run = 0, watch = 0;
+  int rc = EXIT_USAGE, opt, bad = 0, dry_run = 0, watch = 0, quiet = 0;
   watch_opts o = {.progress = isatty(STDOUT_FILENO), .retries = WATCH_RETRIES};
   const char *name = NULL;
   char **sets = calloc((size_t)argc, sizeof *sets);
@@ -664,8 +790,9 @@ static int cmd_submit(ctl *c, int argc, char **argv) {
   Dpod__V1__JobSpec *spec = NULL;
   if (!sets) return EXIT_FAIL;
 
-  while ((opt = next_opt("submit", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+  while ((opt = next_opt("submit", argc, argv, ":hq", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
+      case 'q': quiet = 1; break;
       case 's': sets[n_sets++] = optarg; break;
       case 'n': name = optarg; break;
       case 'd': dry_run = 1; break;
@@ -759,7 +886,10 @@ static int cmd_submit(ctl *c, int argc, char **argv) {
   }
   uint64_t id = resp->job->id;
   protobuf_c_message_free_unpacked(m, NULL);
-  fprintf(watch && o.jsonl ? stderr : stdout, "submitted job %" PRIu64 "\n", id);
+  if (quiet)
+    fprintf(watch && o.jsonl ? stderr : stdout, "%" PRIu64 "\n", id);
+  else
+    fprintf(watch && o.jsonl ? stderr : stdout, "submitted job %" PRIu64 "\n", id);
   fflush(stdout);
   rc = watch ? watch_job(c, id, 0, &o) : EXIT_OK;
 
@@ -784,6 +914,9 @@ static void progress_cell(const Dpod__V1__Job *j, char *buf, size_t len) {
 static int cmd_list(ctl *c, int argc, char **argv) {
   static const struct option longopts[] = {{"state", required_argument, NULL, 's'},
                                            {"limit", required_argument, NULL, 'l'},
+                                           {"name", required_argument, NULL, 'n'},
+                                           {"quiet", no_argument, NULL, 'q'},
+                                           {"output", required_argument, NULL, 'o'},
                                            {"json", no_argument, NULL, 'j'},
                                            {"addr", required_argument, NULL, 'A'},
                                            {"help", no_argument, NULL, 'h'},
@@ -791,9 +924,16 @@ static int cmd_list(ctl *c, int argc, char **argv) {
   Dpod__V1__JobState states[16];
   size_t n_states = 0;
   uint32_t limit = 0;
-  int opt, bad = 0, json = 0;
-  while ((opt = next_opt("list", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+  int opt, bad = 0, quiet = 0;
+  out_format out = OUT_TABLE;
+  const char *pattern = NULL;
+  while ((opt = next_opt("list", argc, argv, ":hqo:", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
+      case 'n': pattern = optarg; break;
+      case 'q': quiet = 1; break;
+      case 'o':
+        if (parse_output("list", optarg, &out)) return EXIT_USAGE;
+        break;
       case 's': {
         char buf[256];
         snprintf(buf, sizeof buf, "%s", optarg);
@@ -810,7 +950,7 @@ static int cmd_list(ctl *c, int argc, char **argv) {
         limit = (uint32_t)v;
         break;
       }
-      case 'j': json = 1; break;
+      case 'j': out = OUT_JSON; break;
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
       case 'h': fputs(usage_list, stdout); return EXIT_OK;
     }
@@ -821,30 +961,44 @@ static int cmd_list(ctl *c, int argc, char **argv) {
   Dpod__V1__ListJobsRequest req = DPOD__V1__LIST_JOBS_REQUEST__INIT;
   req.n_states = n_states;
   req.states = states;
-  if (limit) {
+  if (limit || pattern) {
+    /* A name filter applies here, to the newest jobs the daemon gives; the limit after it. */
     req.has_limit = 1;
-    req.limit = limit;
+    req.limit = pattern ? NAME_LOOKUP_LIMIT : limit;
   }
-  ProtobufCMessage *m;
-  int rc = ctl_unary(c, "list", M_LIST, &req.base, &dpod__v1__list_jobs_response__descriptor, &m);
+  Dpod__V1__ListJobsResponse *resp;
+  int rc = list_jobs(c, "list", &req, &resp);
   if (rc) return rc;
-  Dpod__V1__ListJobsResponse *resp = (Dpod__V1__ListJobsResponse *)m;
-  if (json) {
-    cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; i < resp->n_jobs; i++) cJSON_AddItemToArray(arr, fmt_message_json(&resp->jobs[i]->base));
-    char *s = cJSON_Print(arr);
-    if (s) puts(s);
-    cJSON_free(s);
-    cJSON_Delete(arr);
+  ProtobufCMessage *m = &resp->base;
+  if (pattern) {
+    size_t kept = 0;
+    int glob = strpbrk(pattern, "*?[") != NULL;
+    for (size_t i = 0; i < resp->n_jobs; i++) {
+      const char *nm = job_display_name(resp->jobs[i]);
+      int match = glob ? fnmatch(pattern, nm, 0) == 0 : strstr(nm, pattern) != NULL;
+      if (match && kept < (limit ? limit : LIST_DEFAULT_LIMIT)) {
+        Dpod__V1__Job *keep = resp->jobs[i];
+        resp->jobs[i] = resp->jobs[kept];
+        resp->jobs[kept++] = keep;
+      }
+    }
+    /* The others stay in the array past n_jobs, for the free below. */
+    for (size_t i = kept; i < resp->n_jobs; i++) protobuf_c_message_free_unpacked(&resp->jobs[i]->base, NULL);
+    resp->n_jobs = kept;
+  }
+  if (quiet) {
+    for (size_t i = 0; i < resp->n_jobs; i++) printf("%" PRIu64 "\n", resp->jobs[i]->id);
+  } else if (out != OUT_TABLE) {
+    rc = print_tree(tree_of_array((ProtobufCMessage *const *)resp->jobs, resp->n_jobs), out);
   } else if (resp->n_jobs == 0) {
-    printf("no jobs%s\n", n_states ? " in that state" : "");
+    printf("no jobs%s%s\n", n_states ? " in that state" : "", pattern ? " with that name" : "");
   } else {
     int64_t now = fmt_now_ms();
     printf("%-6s %-24s %-10s %-11s %-8s %-5s %s\n", "ID", "NAME", "STATE", "STEP/TOTAL", "LOSS", "ACC", "AGE");
     for (size_t i = 0; i < resp->n_jobs; i++) {
       const Dpod__V1__Job *j = resp->jobs[i];
       char name[25], prog[32], loss[16] = "-", acc[16] = "-", age[16] = "-";
-      const char *nm = j->name && *j->name ? j->name : (j->spec && j->spec->name && *j->spec->name ? j->spec->name : "-");
+      const char *nm = *job_display_name(j) ? job_display_name(j) : "-";
       if (strlen(nm) > 24)
         snprintf(name, sizeof name, "%.21s...", nm);
       else
@@ -863,7 +1017,7 @@ static int cmd_list(ctl *c, int argc, char **argv) {
     }
   }
   protobuf_c_message_free_unpacked(m, NULL);
-  return EXIT_OK;
+  return rc;
 }
 
 static void print_job(const Dpod__V1__Job *j) {
@@ -913,59 +1067,120 @@ static void print_job(const Dpod__V1__Job *j) {
   }
 }
 
-static int cmd_get(ctl *c, int argc, char **argv) {
+/* The options of `get` and `checkpoints`: -o/--json and one job. Returns 0 with *resp the job, or an
+ * exit status to return (help printed: EXIT_OK with *resp NULL). */
+static int get_command(ctl *c, const char *name, const char *usage, int argc, char **argv, out_format *out,
+                       Dpod__V1__GetJobResponse **resp) {
   static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
+                                           {"output", required_argument, NULL, 'o'},
                                            {"addr", required_argument, NULL, 'A'},
                                            {"help", no_argument, NULL, 'h'},
                                            {0}};
-  int opt, bad = 0, json = 0;
-  while ((opt = next_opt("get", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+  int opt, bad = 0;
+  *resp = NULL;
+  *out = OUT_TABLE;
+  while ((opt = next_opt(name, argc, argv, ":ho:", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
-      case 'j': json = 1; break;
+      case 'j': *out = OUT_JSON; break;
+      case 'o':
+        if (parse_output(name, optarg, out)) return EXIT_USAGE;
+        break;
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
-      case 'h': fputs(usage_get, stdout); return EXIT_OK;
+      case 'h': fputs(usage, stdout); return EXIT_OK;
     }
   }
   if (bad) return EXIT_USAGE;
-  if (optind != argc - 1) return usage_error("get", "%s", "expected one job id");
+  if (optind != argc - 1) return usage_error(name, "%s", "expected one job id");
   uint64_t id;
-  if (parse_id("get", argv[optind], &id)) return EXIT_USAGE;
-  Dpod__V1__GetJobResponse *resp;
-  int rc = get_job(c, id, &resp);
-  if (rc) return rc;
-  if (json) {
-    cJSON *j = fmt_message_json(&resp->job->base);
-    char *s = j ? cJSON_Print(j) : NULL;
-    if (s) puts(s);
-    cJSON_free(s);
-    cJSON_Delete(j);
-  } else {
-    print_job(resp->job);
-  }
-  protobuf_c_message_free_unpacked(&resp->base, NULL);
-  return EXIT_OK;
+  int rc = resolve_job(c, name, argv[optind], &id);
+  return rc ? rc : get_job(c, id, resp);
 }
 
-/* The options and the one job id that `cancel` and `restart` take. Returns 0 with *id set, or an exit
- * status to return (help printed, usage error). */
-static int parse_job_command(ctl *c, const char *name, const char *usage, int argc, char **argv, uint64_t *id) {
-  static const struct option longopts[] = {{"addr", required_argument, NULL, 'A'}, {"help", no_argument, NULL, 'h'}, {0}};
+static int cmd_get(ctl *c, int argc, char **argv) {
+  Dpod__V1__GetJobResponse *resp;
+  out_format out;
+  int rc = get_command(c, "get", usage_get, argc, argv, &out, &resp);
+  if (rc || !resp) return rc;
+  if (out != OUT_TABLE)
+    rc = print_tree(pb_json_message(&resp->job->base), out);
+  else
+    print_job(resp->job);
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return rc;
+}
+
+static int cmd_checkpoints(ctl *c, int argc, char **argv) {
+  Dpod__V1__GetJobResponse *resp;
+  out_format out;
+  int rc = get_command(c, "checkpoints", usage_checkpoints, argc, argv, &out, &resp);
+  if (rc || !resp) return rc;
+  const Dpod__V1__Job *j = resp->job;
+  if (out != OUT_TABLE) {
+    rc = print_tree(tree_of_array((ProtobufCMessage *const *)j->checkpoints, j->n_checkpoints), out);
+  } else if (j->n_checkpoints == 0) {
+    printf("job %" PRIu64 " has no checkpoint on disk\n", j->id);
+  } else {
+    printf("%-7s %-10s %-8s %-5s %s\n", "STEP", "SIZE", "LOSS", "ACC", "PATH");
+    for (size_t i = 0; i < j->n_checkpoints; i++) {
+      const Dpod__V1__CheckpointInfo *ck = j->checkpoints[i];
+      char size[32] = "-", loss[16] = "-", acc[16] = "-";
+      if (ck->has_size_bytes) fmt_bytes(ck->size_bytes, size, sizeof size);
+      if (ck->metrics && ck->metrics->has_loss) snprintf(loss, sizeof loss, "%.4f", ck->metrics->loss);
+      if (ck->metrics && ck->metrics->has_implicit_acc) snprintf(acc, sizeof acc, "%.2f", ck->metrics->implicit_acc);
+      printf("%-7u %-10s %-8s %-5s %s\n", ck->step, size, loss, acc, ck->path ? ck->path : "");
+    }
+  }
+  protobuf_c_message_free_unpacked(&resp->base, NULL);
+  return rc;
+}
+
+/* The options and the one job that `cancel`, `restart` and `delete` take; `flag` names the one flag
+ * the command has besides --addr and --help (NULL: none), *flag_set says whether it was given. Returns
+ * 0 with *id set, or an exit status to return (-1: help printed). */
+static int parse_job_command(ctl *c, const char *name, const char *usage, const char *flag, int argc, char **argv,
+                             uint64_t *id, int *flag_set) {
+  const struct option longopts[] = {{"addr", required_argument, NULL, 'A'},
+                                    {"help", no_argument, NULL, 'h'},
+                                    {flag ? flag : "help", no_argument, NULL, flag ? 'f' : 'h'},
+                                    {0}};
   int opt, bad = 0;
+  if (flag_set) *flag_set = 0;
   while ((opt = next_opt(name, argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
+      case 'f': *flag_set = 1; break;
       case 'h': fputs(usage, stdout); return -1;
     }
   }
   if (bad) return EXIT_USAGE;
   if (optind != argc - 1) return usage_error(name, "%s", "expected one job id");
-  if (parse_id(name, argv[optind], id)) return EXIT_USAGE;
-  return 0;
+  return resolve_job(c, name, argv[optind], id);
+}
+
+/* Polls the job until it is in a terminal state; prints how it ended. */
+static int wait_terminal(ctl *c, uint64_t id) {
+  for (;;) {
+    Dpod__V1__GetJobResponse *resp;
+    int rc = get_job(c, id, &resp);
+    if (rc) return rc;
+    Dpod__V1__JobState st = resp->job->state;
+    if (job_state_is_terminal(st)) {
+      const char *reason = resp->job->reason;
+      printf("job %" PRIu64 " %s%s%s%s\n", id, job_state_name(st), reason && *reason ? " (" : "",
+             reason && *reason ? reason : "", reason && *reason ? ")" : "");
+      protobuf_c_message_free_unpacked(&resp->base, NULL);
+      return EXIT_OK;
+    }
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = 200 * 1000000L};
+    nanosleep(&ts, NULL);
+  }
 }
 
 static int cmd_cancel(ctl *c, int argc, char **argv) {
   uint64_t id;
-  int rc = parse_job_command(c, "cancel", usage_cancel, argc, argv, &id);
+  int wait = 0;
+  int rc = parse_job_command(c, "cancel", usage_cancel, "wait", argc, argv, &id, &wait);
   if (rc) return rc < 0 ? EXIT_OK : rc;
   Dpod__V1__CancelJobRequest req = DPOD__V1__CANCEL_JOB_REQUEST__INIT;
   req.has_job_id = 1;
@@ -980,12 +1195,31 @@ static int cmd_cancel(ctl *c, int argc, char **argv) {
   else
     printf("cancelled job %" PRIu64 "\n", id);
   protobuf_c_message_free_unpacked(m, NULL);
+  fflush(stdout);
+  return wait ? wait_terminal(c, id) : EXIT_OK;
+}
+
+static int cmd_delete(ctl *c, int argc, char **argv) {
+  uint64_t id;
+  int run_dir = 0;
+  int rc = parse_job_command(c, "delete", usage_delete, "run-dir", argc, argv, &id, &run_dir);
+  if (rc) return rc < 0 ? EXIT_OK : rc;
+  Dpod__V1__DeleteJobRequest req = DPOD__V1__DELETE_JOB_REQUEST__INIT;
+  req.has_job_id = req.has_remove_run_dir = 1;
+  req.job_id = id;
+  req.remove_run_dir = run_dir;
+  char what[64];
+  snprintf(what, sizeof what, "delete job %" PRIu64, id);
+  ProtobufCMessage *m;
+  if ((rc = ctl_unary(c, what, M_DELETE, &req.base, &dpod__v1__delete_job_response__descriptor, &m))) return rc;
+  protobuf_c_message_free_unpacked(m, NULL);
+  printf("deleted job %" PRIu64 "%s\n", id, run_dir ? " and its run directory" : "");
   return EXIT_OK;
 }
 
 static int cmd_restart(ctl *c, int argc, char **argv) {
   uint64_t id;
-  int rc = parse_job_command(c, "restart", usage_restart, argc, argv, &id);
+  int rc = parse_job_command(c, "restart", usage_restart, NULL, argc, argv, &id, NULL);
   if (rc) return rc < 0 ? EXIT_OK : rc;
   Dpod__V1__RestartJobRequest req = DPOD__V1__RESTART_JOB_REQUEST__INIT;
   req.has_job_id = 1;
@@ -1064,13 +1298,18 @@ static int cmd_undrain(ctl *c, int argc, char **argv) { return cmd_drain_or_undr
 
 static int cmd_status(ctl *c, int argc, char **argv) {
   static const struct option longopts[] = {{"json", no_argument, NULL, 'j'},
+                                           {"output", required_argument, NULL, 'o'},
                                            {"addr", required_argument, NULL, 'A'},
                                            {"help", no_argument, NULL, 'h'},
                                            {0}};
-  int opt, bad = 0, json = 0;
-  while ((opt = next_opt("status", argc, argv, ":h", longopts, &bad)) != -1 && !bad) {
+  int opt, bad = 0;
+  out_format out = OUT_TABLE;
+  while ((opt = next_opt("status", argc, argv, ":ho:", longopts, &bad)) != -1 && !bad) {
     switch (opt) {
-      case 'j': json = 1; break;
+      case 'j': out = OUT_JSON; break;
+      case 'o':
+        if (parse_output("status", optarg, &out)) return EXIT_USAGE;
+        break;
       case 'A': snprintf(c->addr, sizeof c->addr, "%s", optarg); break;
       case 'h': fputs(usage_status, stdout); return EXIT_OK;
     }
@@ -1082,12 +1321,8 @@ static int cmd_status(ctl *c, int argc, char **argv) {
   int rc = ctl_unary(c, "status", M_COORD("GetStatus"), &req.base, &dpod__v1__get_status_response__descriptor, &m);
   if (rc) return rc;
   const Dpod__V1__GetStatusResponse *st = (const Dpod__V1__GetStatusResponse *)m;
-  if (json) {
-    cJSON *j = fmt_message_json(m);
-    char *text = cJSON_Print(j);
-    if (text) puts(text);
-    cJSON_free(text);
-    cJSON_Delete(j);
+  if (out != OUT_TABLE) {
+    rc = print_tree(pb_json_message(m), out);
   } else {
     char up[32];
     fmt_duration((double)st->uptime_ms / 1000, up, sizeof up);
@@ -1102,7 +1337,7 @@ static int cmd_status(ctl *c, int argc, char **argv) {
              st->uptime_ms ? 100.0 * (double)st->loop->busy_us / ((double)st->uptime_ms * 1000) : 0.0);
   }
   protobuf_c_message_free_unpacked(m, NULL);
-  return EXIT_OK;
+  return rc;
 }
 
 /* ----------------------------------------------------------------------------------------------- */
@@ -1115,8 +1350,10 @@ static void metrics_print(int csv, const Dpod__V1__JobEvent *ev) {
     puts(fmt_csv_row(&ev->metrics->base, ev->time_unix_ms, line, sizeof line));
     return;
   }
-  cJSON *j = fmt_message_json(&ev->metrics->base);
-  if (j && cJSON_AddNumberToObject(j, "time_unix_ms", (double)ev->time_unix_ms)) {
+  cJSON *j = pb_json_message(&ev->metrics->base);
+  char t[24];
+  snprintf(t, sizeof t, "%" PRId64, ev->time_unix_ms); /* an int64, as the mapping writes one */
+  if (j && cJSON_AddStringToObject(j, "time_unix_ms", t)) {
     char *text = cJSON_PrintUnformatted(j);
     if (text) puts(text);
     cJSON_free(text);
@@ -1145,10 +1382,11 @@ static int cmd_metrics(ctl *c, int argc, char **argv) {
   if (bad) return EXIT_USAGE;
   if (optind != argc - 1) return usage_error("metrics", "%s", "expected one job id");
   uint64_t id;
-  if (parse_id("metrics", argv[optind], &id)) return EXIT_USAGE;
+  int rc = resolve_job(c, "metrics", argv[optind], &id);
+  if (rc) return rc;
 
   Dpod__V1__GetJobResponse *resp = NULL;
-  int rc = get_job(c, id, &resp);
+  rc = get_job(c, id, &resp);
   if (rc) return rc;
   uint64_t last_seq = resp->job->has_last_seq ? resp->job->last_seq : UINT64_MAX;
   protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -1318,6 +1556,7 @@ static const command commands[] = {
     {"health", cmd_health, usage_health}, {"drain", cmd_drain, usage_drain},     {"undrain", cmd_undrain, usage_undrain},
     {"status", cmd_status, usage_status}, {"metrics", cmd_metrics, usage_metrics},
     {"logs", cmd_logs, usage_logs},
+    {"checkpoints", cmd_checkpoints, usage_checkpoints}, {"delete", cmd_delete, usage_delete},
 };
 
 int main(int argc, char **argv) {

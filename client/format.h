@@ -1,9 +1,9 @@
-/* How dpoctl renders jobs and events: one-line summaries, human durations, and JSON.
+/* How dpoctl renders jobs and events: one-line summaries, human durations, CSV (JSON and YAML:
+ * proto/spec/pb_json.h).
  * Every fmt_* that takes (buf, len) writes a NUL-terminated string into buf and returns buf. */
 #ifndef DPOCTL_FORMAT_H
 #define DPOCTL_FORMAT_H
 
-#include <cjson/cJSON.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,10 +74,5 @@ char *fmt_progress_line(const fmt_progress *p, int columns, char *buf, size_t le
  * where the message lacks it. No field of these messages needs quoting (numbers only). */
 char *fmt_csv_header(const ProtobufCMessageDescriptor *d, char *buf, size_t len);
 char *fmt_csv_row(const ProtobufCMessage *msg, int64_t time_unix_ms, char *buf, size_t len);
-
-/* A JSON object for any protobuf-c message: fields by proto name, enums by short lower-case name, only
- * fields that are present (or have a proto2 default). The caller frees it with cJSON_Delete(); NULL if
- * out of memory. */
-cJSON *fmt_message_json(const ProtobufCMessage *msg);
 
 #endif

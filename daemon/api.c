@@ -291,6 +291,20 @@ static void api_restart_job(rpc_call *call, const uint8_t *req, size_t len, void
   api_on_job(call, arg, id, coord_restart, &resp.base, &resp.job);
 }
 
+static void api_delete_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
+  api_ctx *a = arg;
+  API_UNPACK(Dpod__V1__DeleteJobRequest, dpod__v1__delete_job_request__unpack, call, req, len);
+  char err[1536];
+  int status = coord_delete(a->co, msg->job_id, msg->remove_run_dir, err, sizeof err);
+  protobuf_c_message_free_unpacked(&msg->base, NULL);
+  if (status != 0) {
+    api_fail(call, status, err);
+    return;
+  }
+  Dpod__V1__DeleteJobResponse resp = DPOD__V1__DELETE_JOB_RESPONSE__INIT;
+  rpc_call_reply(call, &resp.base);
+}
+
 static void api_watch_job(rpc_call *call, const uint8_t *req, size_t len, void *arg) {
   api_ctx *a = arg;
   API_UNPACK(Dpod__V1__WatchJobRequest, dpod__v1__watch_job_request__unpack, call, req, len);
@@ -370,6 +384,7 @@ int api_register(rpc_server *srv, api_ctx *ctx) {
       {coordinator, "Drain", api_drain, 0},            {coordinator, "Undrain", api_undrain, 0},
       {coordinator, "GetStatus", api_get_status, 0},
       {coordinator, "Logs", api_logs, 0},
+      {coordinator, "DeleteJob", api_delete_job, 0},
   };
   int status = api_add(srv, ctx, methods, sizeof methods / sizeof methods[0]);
   return status ? status : api_register_reports(srv, ctx);

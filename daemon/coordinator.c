@@ -17,6 +17,7 @@
 #include "job_queue.h"
 #include "job_spec.h"
 #include "report_journal.h"
+#include "run_dir.h"
 
 #define COORD_REPORT_MAX_EVENTS 1024  /* a report holds at most this many (the reporter sends 256) */
 #define COORD_DRAINING_KEY "draining"
@@ -746,6 +747,28 @@ int coord_restart(coord *co, uint64_t id, char *err, size_t errlen) {
   coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, "restarted by user", 0);
   coord_schedule(co);
   return 0;
+}
+
+int coord_delete(coord *co, uint64_t id, bool remove_run_dir, char *err, size_t errlen) {
+  Dpod__V1__Job *job = NULL;
+  int status = job_store_get(co->store, id, &job);
+  if (status == DPOD_ENOENT) return dpod_errf(err, errlen, DPOD_ENOENT, "job %" PRIu64 " not found", id);
+  if (status != 0) return coord_store_errf(co, err, errlen);
+  char why[1024];
+  if (!job_state_is_terminal(job->state)) {
+    status = dpod_errf(err, errlen, DPOD_ESTATE, "job %" PRIu64 " is %s; only jobs that have ended can be deleted "
+                       "(cancel it first)", id, job_state_name(job->state));
+  } else if (remove_run_dir && (status = run_dir_check(co->jobs_dir, job->run_dir, why, sizeof why)) != 0) {
+    dpod_errf(err, errlen, status, "job %" PRIu64 " not deleted: %s", id, why); /* nothing is touched */
+  } else if ((status = job_store_delete(co->store, id)) != 0) {
+    status = coord_store_errf(co, err, errlen);
+  } else {
+    log_info("job %" PRIu64 " deleted%s", id, remove_run_dir ? " with its run directory" : "");
+    if (remove_run_dir && (status = run_dir_remove(co->jobs_dir, job->run_dir, why, sizeof why)) != 0)
+      dpod_errf(err, errlen, status, "job %" PRIu64 " is deleted, but its run directory is not: %s", id, why);
+  }
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  return status;
 }
 
 /* Compares the whole length whatever the input, so the time taken says nothing about the secret. */

@@ -94,6 +94,10 @@ int coord_cancel(coord *co, uint64_t id, char *err, size_t errlen);
 /* Queues a failed, cancelled or preempted job again with a fresh restart count; its worker resumes from
  * the newest checkpoint. DPOD_ESTATE for a job in any other state. */
 int coord_restart(coord *co, uint64_t id, char *err, size_t errlen);
+/* Forgets a job that has ended: its rows leave the store and, with remove_run_dir, its run directory
+ * goes too (daemon/run_dir.h: only one inside the jobs directory). DPOD_ENOENT for an unknown job,
+ * DPOD_ESTATE for one that has not ended (err names its state). */
+int coord_delete(coord *co, uint64_t id, bool remove_run_dir, char *err, size_t errlen);
 /* A batch of rank 0's events. DPOD_EAUTH: unknown job or wrong secret (indistinguishable on purpose);
  * DPOD_ESTATE: the job is not running or the report is from a stale attempt; DPOD_EINVAL: the batch is
  * too large or holds an impossible event (err says which). Refused batches store nothing. On success

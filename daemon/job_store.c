@@ -11,6 +11,7 @@
 
 #include "dpod_error.h"
 #include "dpod_log.h"
+#include "job_spec.h"
 
 /* Statements prepared once at open; indexes into job_store.stmt. */
 enum {
@@ -604,6 +605,11 @@ static Dpod__V1__Job *store_row_to_job(sqlite3_stmt *st) {
   j->has_state = 1;
   j->state = (Dpod__V1__JobState)sqlite3_column_int(st, 2);
   j->spec = dpod__v1__job_spec__unpack(NULL, (size_t)sqlite3_column_bytes(st, 3), sqlite3_column_blob(st, 3));
+  /* Specs stored by older dpods hold only what their client set: every reader sees the defaults too. */
+  if (j->spec && job_spec_normalize(j->spec) != 0) {
+    protobuf_c_message_free_unpacked(&j->base, NULL);
+    return NULL;
+  }
   j->has_created_unix_ms = 1;
   j->created_unix_ms = sqlite3_column_int64(st, 4);
   j->has_started_unix_ms = sqlite3_column_int64(st, 5) > 0;
@@ -858,4 +864,34 @@ int job_store_set_cancel_requested(job_store *s, uint64_t job_id) {
   sqlite3_stmt *st = store_stmt(s, ST_SET_CANCEL);
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
   return store_exec_stmt(s, st, "storing the cancel request");
+}
+
+int job_store_delete(job_store *s, uint64_t job_id) {
+  static const char *const tables[] = {"events", "attempts", "checkpoints"};
+  int status = store_begin(s);
+  if (status) return status;
+  char sql[128];
+  for (size_t i = 0; i <= sizeof tables / sizeof tables[0] && status == 0; i++) {
+    if (i < sizeof tables / sizeof tables[0])
+      snprintf(sql, sizeof sql, "DELETE FROM %s WHERE job_id = ?1", tables[i]);
+    else
+      snprintf(sql, sizeof sql, "DELETE FROM jobs WHERE id = ?1");
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+      status = store_fail(s, "preparing a delete");
+      break;
+    }
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+    status = sqlite3_step(st) == SQLITE_DONE ? 0 : store_fail(s, "deleting a job");
+    sqlite3_finalize(st);
+    if (status == 0 && i == sizeof tables / sizeof tables[0] && sqlite3_changes(s->db) == 0) {
+      snprintf(s->err, sizeof s->err, "no job %llu", (unsigned long long)job_id);
+      status = DPOD_ENOENT;
+    }
+  }
+  if (status) {
+    store_rollback(s);
+    return status;
+  }
+  return store_commit(s);
 }

@@ -89,6 +89,10 @@ int job_store_list(job_store *s, const Dpod__V1__JobState *states, size_t n_stat
                    bool oldest_first, Dpod__V1__Job ***out, size_t *n);
 void job_store_free_jobs(Dpod__V1__Job **jobs, size_t n);
 
+/* Removes the job's row, events, attempts and checkpoints, in one transaction (the caller checks that
+ * the job has ended). DPOD_ENOENT for an unknown job. */
+int job_store_delete(job_store *s, uint64_t job_id);
+
 /* Stores the job's secret (set when it is launched). */
 int job_store_set_secret(job_store *s, uint64_t job_id, const char *secret);
 /* Stores the launch handle of the job's newest attempt (daemon/launch/launch.h), so that a dpod

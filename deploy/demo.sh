@@ -49,8 +49,8 @@ dpod_run_phase "1/4 writing the synthetic task to $data" \
 submit_and_watch() {
   local text=$1 out
   shift
-  out=$("$DPOCTL" submit "$@" 2>&1) || { echo "$out"; exit 1; }
-  JOB_ID=$(echo "$out" | grep -oE '[0-9]+' | head -n 1)
+  out=$("$DPOCTL" submit -q "$@" 2>&1) || { echo "$out"; exit 1; }
+  JOB_ID=$out # -q: the id alone
   dpod_run_phase "$text (job $JOB_ID)" "$DPOCTL" watch "$JOB_ID" ||
     { echo "job $JOB_ID did not succeed: dpoctl get $JOB_ID"; exit 1; }
 }

@@ -120,6 +120,7 @@ static void usage(FILE *out) {
           "or a YAML job file (.yaml). A run directory holding checkpoints resumes from the newest.\n"
           "SIGTERM or SIGUSR1 checkpoints at the next step and exits 4; a second SIGTERM exits at once.\n"
           "With --report-addr, rank 0 reports to dpod at ADDR, authenticated by $%s.\n"
+          "--version prints its version.\n"
           "Exit status: 0 done, 1 failed, 2 usage, 3 cancelled by dpod, 4 preempted.\n",
           DPOD_ENV_JOB_SECRET);
 }
@@ -130,6 +131,7 @@ static int parse_args(int argc, char **argv, worker_args *a) {
                                        {"job-id", required_argument, 0, 'j'},
                                        {"report-addr", required_argument, 0, 'a'},
                                        {"help", no_argument, 0, 'h'},
+                                       {"version", no_argument, 0, 'V'},
                                        {0, 0, 0, 0}};
   memset(a, 0, sizeof *a);
   int c;
@@ -145,6 +147,7 @@ static int parse_args(int argc, char **argv, worker_args *a) {
         break;
       case 'a': a->report_addr = optarg; break;
       case 'h': usage(stdout); return 1;
+      case 'V': printf("dpo-worker %s\n", DPOD_VERSION_STRING); return 1;
       default: usage(stderr); return -1;
     }
   }

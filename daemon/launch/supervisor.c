@@ -28,7 +28,8 @@
 
 static void usage(FILE *f) {
   fprintf(f, "usage: dpod-supervisor --run-dir DIR --attempt N -- COMMAND [ARGS...]\n"
-             "Runs COMMAND (mpirun) as one attempt of a dpod job and writes DIR/attempt-N.exit when it ends.\n");
+             "Runs COMMAND (mpirun) as one attempt of a dpod job and writes DIR/attempt-N.exit when it ends.\n"
+             "--version prints its version.\n");
 }
 
 static int64_t now_ms(void) {
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
   static const struct option opts[] = {{"run-dir", required_argument, 0, 'r'},
                                        {"attempt", required_argument, 0, 'a'},
                                        {"help", no_argument, 0, 'h'},
+                                       {"version", no_argument, 0, 'V'},
                                        {0, 0, 0, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
@@ -55,6 +57,7 @@ int main(int argc, char **argv) {
         }
         break;
       case 'h': usage(stdout); return 0;
+      case 'V': printf("dpod-supervisor %s\n", DPOD_VERSION_STRING); return 0;
       default: usage(stderr); return 2;
     }
   }

@@ -34,13 +34,44 @@
 /* ----------------------------------------------------------------------------------------------- */
 /* Normalization. */
 
+/* Gives an optional field that is not set its default, marked set: a string of its own (protobuf-c
+ * neither packs nor frees one that still points at the default), a scalar with its has_ flag. */
+static int js_fill_default(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f) {
+  void *member = pb_member(msg, f);
+  if (f->type == PROTOBUF_C_TYPE_STRING) {
+    char **str = member;
+    if (*str && *str != f->default_value) return 0;
+    char *copy = strdup(f->default_value ? f->default_value : "");
+    if (!copy) return DPOD_ENOMEM;
+    *str = copy;
+    return 0;
+  }
+  protobuf_c_boolean *has = (protobuf_c_boolean *)((char *)msg + f->quantifier_offset);
+  if (*has) return 0;
+  if (f->type == PROTOBUF_C_TYPE_BYTES) {
+    ProtobufCBinaryData *b = member;
+    if (f->default_value) *b = *(const ProtobufCBinaryData *)f->default_value;
+    else b->data = NULL, b->len = 0;
+  } else if (f->default_value) {
+    memcpy(member, f->default_value, pb_value_size(f));
+  } else {
+    memset(member, 0, pb_value_size(f));
+  }
+  *has = 1;
+  return 0;
+}
+
 static int js_normalize_message(ProtobufCMessage *msg) {
   const ProtobufCMessageDescriptor *d = msg->descriptor;
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
-    if (f->type != PROTOBUF_C_TYPE_MESSAGE || f->label == PROTOBUF_C_LABEL_REPEATED ||
-        (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+    if (f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) continue;
+    if (f->type != PROTOBUF_C_TYPE_MESSAGE) {
+      if (f->label != PROTOBUF_C_LABEL_OPTIONAL) continue;
+      int rc = js_fill_default(msg, f);
+      if (rc) return rc;
       continue;
+    }
     ProtobufCMessage *sub = pb_sub_ensure(msg, f);
     if (!sub) return DPOD_ENOMEM;
     int rc = js_normalize_message(sub);

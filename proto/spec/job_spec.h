@@ -13,12 +13,15 @@
 #include "dpod.pb-c.h"
 #include "job_names.h"
 
-/* Makes sure every sub-message exists, so that every field of the spec reads as its value or its
- * default. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
+/* Fills in every default: every sub-message exists and every optional field that was not set holds its
+ * .proto default and is marked set (strings are copies of their defaults), so that the packed spec, a
+ * stored one and GetJob's all say what each field is. Idempotent. Allocates with malloc; the spec must be one that protobuf_c_message_free_unpacked() can free
  * (i.e. from job_spec_new() or protobuf unpack). Returns 0 or DPOD_ENOMEM. */
 int job_spec_normalize(Dpod__V1__JobSpec *spec);
 
-/* A new, normalized spec holding only defaults. Free with protobuf_c_message_free_unpacked(spec, NULL). */
+/* A new, normalized spec holding only defaults. Free with protobuf_c_message_free_unpacked(spec, NULL).
+ * Its strings are malloc'd copies of their defaults: free one before pointing the field elsewhere (or
+ * set it with job_spec_set(), which does). */
 Dpod__V1__JobSpec *job_spec_new(void);
 
 /* Checks every value for sense: beta > 0, ranks >= 1, steps >= 1, 0 <= warmup_fraction < 1, learning

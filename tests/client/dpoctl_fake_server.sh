@@ -29,6 +29,43 @@ check 0 "list shows a table" out "STEP/TOTAL" list
 check 0 "list --state filters parse" out "fake" list --state running,queued --limit 5
 check 0 "get describes the job" out "run dir:" get 7
 check 0 "get --json" out '"run_dir"' get 7 --json
+# -o json is protobuf's JSON mapping: enum value names, 64-bit integers as strings.
+"$dpoctl" --addr "$addr" get 7 -o json >"$tmp/get.json" 2>"$tmp/err"
+if jq -e '.id == "7" and .state == "JOB_STATE_RUNNING" and .created_unix_ms == "1700000000000"
+          and .last_metrics.step == 2 and .last_metrics.loss == 0.5' "$tmp/get.json" >/dev/null; then
+  echo "ok: get -o json speaks protobuf's JSON mapping"
+else
+  echo "FAIL: get 7 -o json:"; cat "$tmp/get.json" "$tmp/err"; failures=$((failures + 1))
+fi
+check 0 "get -o yaml" out 'state: "JOB_STATE_RUNNING"' get 7 -o yaml
+check 0 "get -o yaml nests messages" out '  step: 2' get 7 -o yaml
+check 2 "get -o of a bad format" err "table, json or yaml" get 7 -o xml
+check 0 "list -o json is an array of jobs" out '"id":	"5"' list -o json
+check 0 "list -q prints ids only" out "3" list -q
+[ "$("$dpoctl" --addr "$addr" list -q | tr '\n' ' ')" = "7 5 3 " ] || { echo "FAIL: list -q"; failures=$((failures + 1)); }
+[ "$("$dpoctl" --addr "$addr" list -q --name 'solo-*' | tr '\n' ' ')" = "7 " ] ||
+  { echo "FAIL: list --name GLOB"; failures=$((failures + 1)); }
+[ "$("$dpoctl" --addr "$addr" list -q --name ak | tr '\n' ' ')" = "5 3 " ] ||
+  { echo "FAIL: list --name SUBSTRING"; failures=$((failures + 1)); }
+[ "$("$dpoctl" --addr "$addr" list -q --name fa --limit 1 | tr '\n' ' ')" = "5 " ] ||
+  { echo "FAIL: list --name with --limit"; failures=$((failures + 1)); }
+check 0 "list --name with no match" out "no jobs with that name" list --name nothing
+check 0 "submit -q prints only the id" out "42" submit "$example" -q
+[ "$("$dpoctl" --addr "$addr" submit "$example" -q)" = 42 ] || { echo "FAIL: submit -q"; failures=$((failures + 1)); }
+check 0 "a job by its unique name" out "job 7 (fake)" get solo-7
+check 2 "a name two jobs have is refused" err "2 jobs are named 'fake' (ids 5, 3): give the id" get fake
+check 1 "an unknown name" err "no job is named 'nobody'" get nobody
+check 2 "a bad id is still a usage error" err "bad job id '12x'" get 12x
+check 0 "checkpoints lists step, size, metrics and path" out "1       3.0 MiB    0.5000   -     /runs/fake/checkpoints/step-000001" checkpoints 7
+check 0 "checkpoints without size or metrics" out "2       -          -        -     /runs/fake/checkpoints/step-000002" checkpoints solo-7
+"$dpoctl" --addr "$addr" checkpoints 7 -o json >"$tmp/ck.json" 2>"$tmp/err"
+if jq -e 'length == 2 and .[0].size_bytes == "3145728" and .[0].metrics.step == 2 and .[1].step == 2' \
+     "$tmp/ck.json" >/dev/null; then
+  echo "ok: checkpoints -o json"
+else
+  echo "FAIL: checkpoints 7 -o json:"; cat "$tmp/ck.json" "$tmp/err"; failures=$((failures + 1))
+fi
+check 0 "checkpoints of a job without any" out "job 3 has no checkpoint on disk" checkpoints 3
 check 1 "get of a missing job" err "no job 404" get 404
 check 0 "cancel" out "cancelled job 9" cancel 9
 check 0 "watch of a job that succeeds" out "job 1 succeeded" watch 1 --no-progress
@@ -41,7 +78,7 @@ check 0 "watch --after-seq" out "state succeeded" watch 1 --after-seq 6
 # Reconnect: every seq exactly once, in order, despite the break and the resent event.
 "$dpoctl" --addr "$addr" watch 5 --events-jsonl >"$tmp/jsonl" 2>"$tmp/err"
 rc=$?
-seqs=$(sed -n 's/.*"seq":\([0-9]*\).*/\1/p' "$tmp/jsonl" | tr '\n' ' ')
+seqs=$(sed -n 's/.*"seq":"\([0-9]*\)".*/\1/p' "$tmp/jsonl" | tr '\n' ' ')
 if [ $rc -eq 0 ] && [ "$seqs" = "1 2 3 4 5 6 7 " ] && grep -q reconnecting "$tmp/err"; then
   echo "ok: watch reconnects without gaps or duplicates"
 else

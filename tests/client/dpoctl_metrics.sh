@@ -18,7 +18,7 @@ $out"
 
 out=$("$dpoctl" --addr "$addr" metrics 1 --format jsonl) || fail "metrics 1 --format jsonl exited $?"
 [ "$(echo "$out" | wc -l)" -eq 2 ] || fail "jsonl: not one line per step: $out"
-echo "$out" | head -n 1 | grep -q '^{"step":1,"total_steps":3,"loss":0.6631,.*"time_unix_ms":1700000003000}$' ||
+echo "$out" | head -n 1 | grep -q '^{"step":1,"total_steps":3,"loss":0.6631,.*"time_unix_ms":"1700000003000"}$' ||
   fail "jsonl: first line is $(echo "$out" | head -n 1)"
 echo "$out" | tail -n 1 | grep -q '"step":2,' || fail "jsonl: second line is not step 2"
 

@@ -180,6 +180,7 @@ static Dpod__V1__Job *get_job(daemon_fx *d, uint64_t id) {
 static uint64_t submit_opts(daemon_fx *d, const char *name, unsigned ranks, unsigned max_restarts,
                             double heartbeat_timeout) {
   Dpod__V1__JobSpec *spec = job_spec_new();
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = ranks;
@@ -1253,6 +1254,54 @@ static void logs_of_every_attempt_in_order_or_one_alone(void **state) {
   req.has_after_offset = 1;
   req.after_offset = all[0].offset;
   assert_int_equal(logs_read(d, &req, got, 32, NULL), 8);
+static int delete_job(daemon_fx *d, uint64_t id, int remove_run_dir) {
+  Dpod__V1__DeleteJobRequest req = DPOD__V1__DELETE_JOB_REQUEST__INIT;
+  req.has_job_id = req.has_remove_run_dir = 1;
+  req.job_id = id;
+  req.remove_run_dir = remove_run_dir;
+  ProtobufCMessage *resp = NULL;
+  int rc = rpc_unary(d->c, "/dpod.v1.Coordinator/DeleteJob", &req.base, &dpod__v1__delete_job_response__descriptor,
+                     &resp, 5000, err, sizeof err);
+  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+  return rc;
+}
+
+/* DeleteJob refuses a job that has not ended (naming its state) and forgets one that has: its record,
+ * its events, and its run directory only when asked. */
+static void delete_refuses_unfinished_jobs_and_forgets_finished_ones(void **state) {
+  daemon_fx *d = *state;
+  uint64_t a = submit(d, "hold", 1);
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  assert_int_not_equal(delete_job(d, a, 1), 0);
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_FAILED_PRECONDITION);
+  assert_non_null(strstr(err, "is starting"));
+  char dir[PATH_MAX * 2], path[PATH_MAX * 2];
+  snprintf(dir, sizeof dir, "%s/jobs/%llu", d->state, (unsigned long long)a);
+  assert_true(file_exists(dir));
+  run_file(d, a, "release", path, sizeof path);
+  touch(path);
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+
+  assert_int_equal(delete_job(d, a, 1), 0);
+  assert_null(get_job(d, a));
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_NOT_FOUND);
+  assert_false(file_exists(dir));
+  assert_int_not_equal(delete_job(d, a, 0), 0);
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_NOT_FOUND);
+
+  uint64_t b = submit(d, "ok", 1);
+  assert_int_equal(wait_state(d, b, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  assert_int_equal(delete_job(d, b, 0), 0);
+  assert_null(get_job(d, b));
+  snprintf(dir, sizeof dir, "%s/jobs/%llu", d->state, (unsigned long long)b);
+  assert_true(file_exists(dir)); /* not asked to remove it */
+  /* A watch of a deleted job finds nothing, and the daemon serves on. */
+  Dpod__V1__JobEvent *evs[4];
+  assert_true(watch_all(d, b, 0, evs, 4) < 0);
+  assert_int_equal(rpc_last_grpc_status(), GRPC_STATUS_NOT_FOUND);
+  int serving = 0;
+  assert_int_equal(health(d, "", &serving), 0);
+  assert_true(serving);
 }
 
 int main(int argc, char **argv) {
@@ -1281,6 +1330,7 @@ int main(int argc, char **argv) {
                                       teardown),
       cmocka_unit_test_setup_teardown(logs_stream_every_rank_resume_filter_tail_and_follow, setup, teardown),
       cmocka_unit_test_setup_teardown(logs_of_every_attempt_in_order_or_one_alone, setup, teardown),
+      cmocka_unit_test_setup_teardown(delete_refuses_unfinished_jobs_and_forgets_finished_ones, setup, teardown),
   };
   return CMOCKA_MAIN("dpod_rpc", tests, NULL, NULL);
 }

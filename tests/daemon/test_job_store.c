@@ -40,6 +40,7 @@ static int teardown(void **state) {
 static uint64_t create_job(fixture *f, const char *name, unsigned ranks) {
   Dpod__V1__JobSpec *spec = job_spec_new();
   assert_non_null(spec);
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = ranks;
@@ -61,6 +62,34 @@ static uint64_t append_metrics(fixture *f, uint64_t id, unsigned step) {
   uint64_t seq = 99;
   assert_int_equal(job_store_append(f->s, id, &ev, 2000 + step, &seq), 0);
   return seq;
+}
+
+/* A spec stored the way dpod stored them before specs were normalized (only what its client set) reads
+ * back with every default filled in and marked set, in GetJob's Job and in ListJobs'. */
+static void a_spec_stored_without_its_defaults_reads_back_with_them(void **state) {
+  fixture *f = *state;
+  Dpod__V1__JobSpec bare = DPOD__V1__JOB_SPEC__INIT;
+  bare.name = "old";
+  uint64_t id = 0;
+  assert_int_equal(job_store_create(f->s, &bare, "/state/jobs", 1000, &id), 0);
+  Dpod__V1__Job *job = NULL;
+  assert_int_equal(job_store_get(f->s, id, &job), 0);
+  const Dpod__V1__JobSpec *spec = job->spec;
+  assert_string_equal(spec->name, "old");
+  assert_non_null(spec->train);
+  assert_true(spec->train->has_beta && spec->train->beta == 5000);
+  assert_true(spec->has_ranks && spec->ranks == 1);
+  assert_non_null(spec->data);
+  assert_string_equal(spec->data->dataset, "builtin:synthetic");
+  assert_true(spec->data->dataset != spec->data->base.descriptor->fields[0].default_value);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  Dpod__V1__Job **jobs = NULL;
+  size_t n = 0;
+  assert_int_equal(job_store_list(f->s, NULL, 0, 0, false, &jobs, &n), 0);
+  assert_int_equal(n, 1);
+  assert_true(jobs[0]->spec->train->has_steps);
+  assert_int_equal(jobs[0]->spec->train->steps, 20);
+  job_store_free_jobs(jobs, n);
 }
 
 static void created_job_reads_back_with_its_first_event(void **state) {
@@ -404,6 +433,7 @@ static void version_3_session_becomes_a_launch_handle(void **state) {
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(created_job_reads_back_with_its_first_event, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_spec_stored_without_its_defaults_reads_back_with_them, setup, teardown),
       cmocka_unit_test_setup_teardown(events_append_gap_free_and_read_back_in_order, setup, teardown),
       cmocka_unit_test_setup_teardown(retried_metrics_and_checkpoints_are_stored_once, setup, teardown),
       cmocka_unit_test_setup_teardown(append_to_unknown_job_stores_nothing, setup, teardown),

@@ -13,7 +13,7 @@ good=$(it_submit "$EX" --set train.steps=2 --name good)
 expect_failure() {
   "$DPOCTL_BIN" watch "$1" >/dev/null 2>&1 && it_fail "job $1 succeeded"
   local state reason
-  state=$(it_job_field "$1" .state)
+  state=$(it_job_state "$1")
   reason=$(it_job_field "$1" .reason)
   [ "$state" = failed ] || it_fail "job $1 is $state"
   echo "$reason" | grep -qE "$2" || it_fail "job $1's reason does not name the problem: $reason"
@@ -49,6 +49,6 @@ id=$(it_submit "$EX" --set model.weights="$DPOD_FIXTURES/tiny-sd/inputs.safetens
 expect_failure "$id" "conv_in|missing|unexpected|sample"
 
 "$DPOCTL_BIN" health >/dev/null || it_fail "dpod stopped serving"
-[ "$(it_job_field "$good" .state)" = succeeded ] || it_fail "the earlier job's record changed"
+[ "$(it_job_state "$good")" = succeeded ] || it_fail "the earlier job's record changed"
 [ "$("$DPOCTL_BIN" list --json | jq length)" = 6 ] || it_fail "jobs went missing from the list"
 echo "PASS: each bad input failed its job with a reason that names it; dpod kept serving"

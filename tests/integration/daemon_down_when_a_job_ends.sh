@@ -14,7 +14,7 @@ for _ in $(seq 1 1200); do [ -f "$T/state/jobs/$id/attempt-1.exit" ] && break; s
 [ -f "$T/state/jobs/$id/attempt-1.exit" ] || it_fail "the attempt did not end (or recorded nothing)"
 [ -f "$T/state/jobs/$id/attempt-1.reports" ] || it_fail "the ranks left no report journal for dpod"
 it_start_dpod
-[ "$(it_job_field "$id" .state)" = succeeded ] || it_fail "job $id is $(it_job_field "$id" .state): $(it_job_field "$id" .reason)"
+[ "$(it_job_state "$id")" = succeeded ] || it_fail "job $id is $(it_job_state "$id"): $(it_job_field "$id" .reason)"
 [ ! -e "$T/state/jobs/$id/attempt-1.reports" ] || it_fail "the journal was not taken in"
 it_check_steps_once "$id" $STEPS
 echo "PASS: job $id ended with no dpod running and was recorded whole by the next one"

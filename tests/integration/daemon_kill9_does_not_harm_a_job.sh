@@ -21,7 +21,7 @@ for k in 1 2 3 4 5; do
   [ -n "$(it_job_ranks "$id")" ] || it_fail "the ranks did not outlive dpod (kill $k)"
   sleep 0.5
   it_start_dpod
-  state=$(it_job_field "$id" .state)
+  state=$(it_job_state "$id")
   [ "$state" = running ] || [ "$state" = succeeded ] || it_fail "after kill $k job $id is $state"
   grep -q "job $id: adopted attempt 1" "$T/dpod.log" || [ "$state" = succeeded ] \
     || it_fail "dpod $((k + 1)) did not adopt the job"

@@ -10,12 +10,12 @@ id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.step
 "$DPOCTL_BIN" watch "$id" --events-jsonl >"$T/events.jsonl" 2>"$T/watch.err" \
   || it_fail "dpoctl watch exited $? for job $id: $(cat "$T/watch.err")"
 
-state=$(it_job_field "$id" .state)
+state=$(it_job_state "$id")
 [ "$state" = succeeded ] || it_fail "job $id ended '$state'"
 
 # Sequence numbers are 1..n without gaps or duplicates.
 n=$(wc -l <"$T/events.jsonl")
-[ "$(jq -s '[.[].seq] == [range(1; length + 1)]' "$T/events.jsonl")" = true ] \
+[ "$(jq -s '[.[].seq | tonumber] == [range(1; length + 1)]' "$T/events.jsonl")" = true ] \
   || it_fail "event seqs are not 1..$n: $(jq -c -s '[.[].seq]' "$T/events.jsonl")"
 
 # One metrics event per optimizer step, each with loss and implicit accuracy.
@@ -26,7 +26,7 @@ jq -e -s 'all(.[] | select(.metrics) | .metrics; (.loss | type) == "number" and 
   || it_fail "a metrics event lacks loss, accuracy or throughput"
 
 # The state changes, in order.
-states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/events.jsonl")
+states=$(jq -r -s "$IT_JQ_DEFS"' [.[] | select(.state) | .state.state | state_name] | join(",")' "$T/events.jsonl")
 [ "$states" = "queued,starting,running,succeeded" ] || it_fail "state events are $states"
 
 # Checkpoints at steps 2 and 4; the last is a diffusers directory that loads and runs.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `cmake --install` into a fresh prefix gives a working system: the installed dpod, given no --worker,
 # finds the installed dpo-worker next to it and runs the README's example job with the installed dpoctl;
-# the installed systemd unit is valid and leaves jobs running when dpod stops.
+# the installed systemd unit is valid and leaves jobs running when dpod stops; the man pages and dpoctl's
+# bash completion are where man and bash-completion look.
 #   installed_binaries_run_a_job.sh BUILD_DIR
 source "$(dirname "$0")/lib.sh"
 build=$1
@@ -10,6 +11,18 @@ cmake --install "$build" --prefix "$prefix" >"$T/install.log" 2>&1 || it_fail "c
 for p in dpod dpoctl dpo-worker dpo-tool; do
   [ -x "$prefix/bin/$p" ] || it_fail "cmake --install did not install $p"
 done
+
+# The man pages, where man finds them under the prefix, and dpoctl's bash completion.
+for page in dpod dpoctl dpo-tool; do
+  [ -f "$prefix/share/man/man1/$page.1" ] || it_fail "cmake --install did not install the man page $page.1"
+done
+if command -v man >/dev/null; then
+  MANPATH="$prefix/share/man" man -P cat dpoctl 2>/dev/null | grep -q "checkpoints" ||
+    it_fail "man does not find the installed dpoctl(1) under $prefix/share/man"
+fi
+[ -f "$prefix/share/bash-completion/completions/dpoctl" ] || it_fail "cmake --install did not install the bash completion"
+bash -c "source '$prefix/share/bash-completion/completions/dpoctl' && complete -p dpoctl" >/dev/null ||
+  it_fail "the installed completion does not register for dpoctl"
 
 # The systemd unit names the installed dpod, is valid, and stops dpod alone (KillMode=process), never
 # the supervisors of running jobs.
@@ -39,5 +52,5 @@ grep -q "state $T/state, mpirun launcher, 2 slots" "$T/dpod.log" || it_fail "dpo
 
 id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=2 --name installed)
 "$DPOCTL_BIN" watch "$id" >/dev/null 2>&1 || it_fail "the job did not succeed with the installed binaries"
-[ "$(it_job_field "$id" .state)" = succeeded ] || it_fail "job $id is $(it_job_field "$id" .state)"
+[ "$(it_job_state "$id")" = succeeded ] || it_fail "job $id is $(it_job_state "$id")"
 echo "PASS: the installed dpod ran job $id with $prefix/bin/dpo-worker"

@@ -71,16 +71,27 @@ it_submit() {
   echo "$out" | grep -oE '[0-9]+' | head -n 1
 }
 
-# it_job_field ID JQ-PATH -> a field of `dpoctl get ID --json`
+# it_job_field ID JQ-PATH -> a field of `dpoctl get ID --json`, protobuf's JSON mapping: enum values by
+# name ("JOB_STATE_SUCCEEDED": it_job_state gives "succeeded"), 64-bit integers as strings (compare them
+# with jq's tonumber, or as text: jq -r prints "12" as 12), absent fields omitted (`.restarts // 0`).
 it_job_field() {
-  "$DPOCTL_BIN" get "$1" --json | jq -r "$2"
+  "$DPOCTL_BIN" get "$1" --json | jq -r "$IT_JQ_DEFS $2"
 }
 
-# it_wait_state ID STATE TIMEOUT_S
+# jq definitions every it_job_field path (and a test's own jq, as `jq "$IT_JQ_DEFS ..."`) can use:
+# `state_name` turns "JOB_STATE_SUCCEEDED" into "succeeded", the name dpoctl's tables and --state use.
+IT_JQ_DEFS='def state_name: ascii_downcase | sub("^job_state_"; "");'
+
+# it_job_state ID -> the job's state as dpoctl list shows it: "queued", "running", "succeeded", ...
+it_job_state() {
+  it_job_field "$1" '.state // "" | state_name'
+}
+
+# it_wait_state ID STATE TIMEOUT_S (STATE as it_job_state gives it: succeeded)
 it_wait_state() {
   local s
   for _ in $(seq 1 $(($3 * 10))); do
-    s=$(it_job_field "$1" .state)
+    s=$(it_job_state "$1")
     [ "$s" = "$2" ] && return 0
     sleep 0.1
   done

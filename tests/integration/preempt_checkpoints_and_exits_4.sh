@@ -42,7 +42,7 @@ wait "$watcher" || it_fail "job $id did not succeed after its preemption: $(it_j
 at=$(sed -n 's/.*preempted: stopped after step \([0-9]*\).*/\1/p' "$T/state/jobs/$id/attempt-1.log" | head -n 1)
 [ -n "$at" ] || it_fail "the first attempt did not stop at a checkpoint"
 grep -q "resumed from .*(step $at)" "$T/state/jobs/$id/attempt-2.log" || it_fail "attempt 2 did not resume from step $at"
-states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/events-$id.jsonl")
+states=$(jq -r -s "$IT_JQ_DEFS"' [.[] | select(.state) | .state.state | state_name] | join(",")' "$T/events-$id.jsonl")
 [ "$states" = "queued,starting,running,queued,starting,running,succeeded" ] || it_fail "states: $states"
 steps=$(jq -c -s '[.[] | select(.metrics) | .metrics.step]' "$T/events-$id.jsonl")
 [ "$steps" = "$(jq -c -n '[range(1; 41)]')" ] || it_fail "metrics steps over both attempts: $steps"
@@ -64,7 +64,7 @@ fi
 grep -qi "drain" "$T/err.txt" || it_fail "the refusal does not say why: $(cat "$T/err.txt")"
 "$DPOCTL_BIN" undrain >/dev/null || it_fail "dpoctl undrain failed"
 it_restart_resumes "$id" "$at" 40
-states=$(jq -r -s '[.[] | select(.state) | .state.state] | join(",")' "$T/restarted-$id.jsonl")
+states=$(jq -r -s "$IT_JQ_DEFS"' [.[] | select(.state) | .state.state | state_name] | join(",")' "$T/restarted-$id.jsonl")
 [ "$states" = "queued,starting,running,preempted,queued,starting,running,succeeded" ] || it_fail "states: $states"
 if "$DPOCTL_BIN" restart "$id" 2>"$T/err.txt"; then it_fail "restarting a succeeded job was accepted"; fi
 grep -q "succeeded" "$T/err.txt" || it_fail "the refusal does not say why: $(cat "$T/err.txt")"

@@ -112,7 +112,7 @@ out=$(DPOD_TOKEN=not-the-token-at-all "$DPOCTL_BIN" --tls-ca "$T/cert.pem" cance
 echo "$out" | grep -q "UNAUTHENTICATED" || it_fail "wrong token: not UNAUTHENTICATED: $out"
 out=$("$DPOCTL_BIN" --token-file "$T/state/token" health 2>&1) && it_fail "a plain client talked to the TLS listener"
 auth=(--tls-ca "$T/cert.pem" --token-file "$T/state/token")
-"$DPOCTL_BIN" "${auth[@]}" list --json | jq -e "map(select(.id == $good)) | length == 1" >/dev/null ||
+"$DPOCTL_BIN" "${auth[@]}" list --json | jq -e "map(select(.id | tonumber == $good)) | length == 1" >/dev/null ||
   it_fail "the token did not let dpoctl in"
 # Over TCP, dpoctl leaves paths alone and dpod refuses a relative one.
 out=$(cd "$T" && "$DPOCTL_BIN" "${auth[@]}" submit "$EX" --set model.config=config.json 2>&1) &&

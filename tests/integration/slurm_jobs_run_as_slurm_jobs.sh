@@ -93,7 +93,7 @@ for _ in $(seq 1 100); do
 done
 it_job_field "$f" .reason | grep -q "waiting in the scheduler's queue: PartitionDown" ||
   it_fail "job $f does not show Slurm's reason: $(it_job_field "$f" .reason)"
-[ "$(it_job_field "$f" .state)" = starting ] || it_fail "job $f is $(it_job_field "$f" .state) while Slurm holds it"
+[ "$(it_job_state "$f")" = starting ] || it_fail "job $f is $(it_job_state "$f") while Slurm holds it"
 "$DPOCTL_BIN" list | grep -E "^$f .*starting.*PartitionDown" >/dev/null || it_fail "dpoctl list does not show why job $f waits: $("$DPOCTL_BIN" list)"
 scontrol update PartitionName=debug State=UP
 "$DPOCTL_BIN" watch "$f" >/dev/null 2>&1 || it_fail "job $f did not succeed once the partition was up"

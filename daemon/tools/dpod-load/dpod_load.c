@@ -272,6 +272,7 @@ static void dpod_stop(void) {
 static uint64_t submit(const char *name, uint32_t steps, double *latency) {
   Dpod__V1__JobSpec *spec = job_spec_new();
   if (!spec) return 0;
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_ranks = 1;
   spec->ranks = 1;

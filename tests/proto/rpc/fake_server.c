@@ -214,6 +214,16 @@ static void serve(grpc_call *call, const char *method, grpc_byte_buffer *req_bb)
       if (id == 800) sleep_ms(500);
       int cancel = method[strlen("/dpod.v1.Coordinator/")] == 'C';
       make_job(id, cancel ? DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED : DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, &job, &m);
+      /* Job 7 has two checkpoints on disk, the first with the metrics of its step. */
+      Dpod__V1__CheckpointInfo ck1 = DPOD__V1__CHECKPOINT_INFO__INIT, ck2 = DPOD__V1__CHECKPOINT_INFO__INIT;
+      Dpod__V1__CheckpointInfo *cks[2] = {&ck1, &ck2};
+      if (id == 7) {
+        ck1.has_step = ck1.has_size_bytes = ck2.has_step = 1;
+        ck1.step = 1, ck1.path = "/runs/fake/checkpoints/step-000001", ck1.size_bytes = 3 << 20;
+        ck1.metrics = &m;
+        ck2.step = 2, ck2.path = "/runs/fake/checkpoints/step-000002";
+        job.n_checkpoints = 2, job.checkpoints = cks;
+      }
       Dpod__V1__GetJobResponse resp = DPOD__V1__GET_JOB_RESPONSE__INIT;  /* same wire shape as CancelJobResponse */
       resp.job = &job;
       send_msg(call, &resp.base);
@@ -233,10 +243,16 @@ static void serve(grpc_call *call, const char *method, grpc_byte_buffer *req_bb)
     }
     dpod__v1__submit_job_request__free_unpacked(req, NULL);
   } else if (strcmp(method, "/dpod.v1.Coordinator/ListJobs") == 0) {
-    Dpod__V1__Job *jobs[1] = {&job};
+    /* Two jobs share the name "fake" (a lookup by it is ambiguous); "solo-7" is job 7's alone. */
+    Dpod__V1__Job job2, job3;
+    Dpod__V1__StepMetrics m2, m3;
+    Dpod__V1__Job *jobs[3] = {&job3, &job2, &job};
     make_job(3, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, &job, &m);
+    make_job(5, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, &job2, &m2);
+    make_job(7, DPOD__V1__JOB_STATE__JOB_STATE_RUNNING, &job3, &m3);
+    job3.name = "solo-7";
     Dpod__V1__ListJobsResponse resp = DPOD__V1__LIST_JOBS_RESPONSE__INIT;
-    resp.n_jobs = 1;
+    resp.n_jobs = 3;
     resp.jobs = jobs;
     send_msg(call, &resp.base);
     finish(call, GRPC_STATUS_OK, NULL);
