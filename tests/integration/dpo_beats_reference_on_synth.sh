@@ -17,6 +17,9 @@ dpo=$(it_submit "$DATA/ci-dpo.yaml" --set data.dataset="$T/synth" --set model.we
 ckpt=$(it_job_field "$sft" .last_checkpoint.path)
 used=$(it_job_field "$dpo" .spec.model.weights)
 [ "$used" = "$ckpt/diffusion_pytorch_model.safetensors" ] || it_fail "the DPO job started from '$used', not $ckpt"
+# Its provenance names the dataset by its manifest's SHA-256.
+[ "$(jq -r .dataset.manifest_sha256 "$ckpt/dpod_provenance.json")" = "$(sha256sum "$T/synth/manifest.json" | cut -d' ' -f1)" ] ||
+  it_fail "$ckpt/dpod_provenance.json does not record the SHA-256 of $T/synth/manifest.json"
 
 "$DPOCTL_BIN" get "$dpo" --json >"$T/job.json"
 read -r ref_rate ref_dist dpo_rate dpo_dist acc <<<"$(jq -r '[.first_eval.preferred_mode_rate, .first_eval.mode_distance,
