@@ -27,6 +27,7 @@
 #include "dpod_file.h"
 #include "dpod_paths.h"
 #include "dpod_parse.h"
+#include "diagnose.h"
 #include "format.h"
 #include "health.pb-c.h"
 #include "job_spec.h"
@@ -135,7 +136,8 @@ static const char *const usage_get =
     "usage: dpoctl get ID [-o table|json|yaml]\n"
     "\n"
     "Describes a job: state, reason, times, run directory, its complete spec, the last metrics and the\n"
-    "last checkpoint.\n"
+    "last checkpoint, and warnings drawn from its steps (most pairs saturated, reward hacking, a loss\n"
+    "flat at ln 2).\n"
     "  -o FORMAT   table (the default), json (dpod.v1.Job in protobuf's JSON mapping) or yaml\n"
     "  --json      the same as -o json\n";
 
@@ -162,7 +164,9 @@ static const char *const usage_watch =
     "line redrawn in place (step/total, a bar, percentage, elapsed<remaining time, steps per second,\n"
     "the latest loss and accuracy), with state changes, evaluations and checkpoints printed above it;\n"
     "otherwise every event is a line of its own. Reconnects if the daemon restarts, without losing or\n"
-    "repeating events. Exits 0 only if the job succeeded.\n"
+    "repeating events. Warns on stderr, in words, when most pairs are saturated, when implicit accuracy\n"
+    "sits at 1 while the policy's MSE rises, or when the loss stays at ln 2. Exits 0 only if the job\n"
+    "succeeded.\n"
     "  --after-seq K    start after event K (default: replay from the first event)\n"
     "  --events-jsonl   each event (dpod.v1.JobEvent in protobuf's JSON mapping) as one line; the\n"
     "                   summary goes to stderr\n"
@@ -476,6 +480,8 @@ typedef struct {
   int64_t last_step_ms;         /* the latest step's event time: where elapsed stops once the job ended */
   int64_t drawn_ms;             /* when the line was last drawn (local); 0: it is not on screen */
   int dirty;                    /* a step arrived that the line does not show yet */
+  diagnose diag;                /* warnings drawn from the steps (diagnose.h) */
+  unsigned raised;              /* ... raised by the latest step, not printed yet */
 } watch_state;
 
 /* The terminal's width, 80 when it cannot be had (read at every redraw: the window may be resized). */
@@ -582,6 +588,7 @@ static void watch_note_event(watch_state *w, const Dpod__V1__JobEvent *ev) {
     case DPOD__V1__JOB_EVENT__EVENT_METRICS:
       w->metrics = *ev->metrics;
       w->have_metrics = 1;
+      w->raised |= diag_add(&w->diag, ev->metrics);
       break;
     case DPOD__V1__JOB_EVENT__EVENT_CHECKPOINT:
       w->have_ckpt = 1;
@@ -650,8 +657,20 @@ static void ctl_reconnect_pause(ctl *c, int failures) {
 /* Follows the job's events. A broken stream (dpod restarting) is reopened with after_seq = the last
  * seq printed, so the user sees every event exactly once; a fresh channel each time avoids waiting out
  * the old one's reconnect backoff. */
+/* The warnings the latest step raised, on stderr (above the progress line). */
+static void watch_print_warnings(watch_state *w) {
+  char text[512];
+  if (!w->raised) return;
+  watch_clear_progress(w);
+  for (unsigned k = 1; k <= DIAG_FLAT; k <<= 1)
+    if (w->raised & k)
+      fprintf(stderr, "warning: step %u: %s\n", w->metrics.step, diag_describe(&w->diag, (diag_kind)k, text, sizeof text));
+  w->raised = 0;
+}
+
 static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *o) {
   watch_state w = {.last_seq = after_seq};
+  diag_init(&w.diag, NULL);
   int got_any = 0, failures = 0;
   char err[1024];
 
@@ -682,6 +701,7 @@ static int watch_job(ctl *c, uint64_t id, uint64_t after_seq, const watch_opts *
         }
         watch_note_event(&w, ev);
         watch_print_event(o, &w, ev);
+        watch_print_warnings(&w);
         protobuf_c_message_free_unpacked(m, NULL);
       }
       rpc_stream_close(s);
@@ -1020,7 +1040,7 @@ static int cmd_list(ctl *c, int argc, char **argv) {
   return rc;
 }
 
-static void print_job(const Dpod__V1__Job *j) {
+static void print_job(const Dpod__V1__Job *j, const diagnose *diag) {
   char t[64], ago[32], line[1024];
   int64_t now = fmt_now_ms();
   printf("job %" PRIu64 "%s%s%s\n", j->id, j->name && *j->name ? " (" : "", j->name && *j->name ? j->name : "",
@@ -1061,10 +1081,36 @@ static void print_job(const Dpod__V1__Job *j) {
   if (j->first_eval) printf("  first eval:  %s\n", fmt_eval(j->first_eval, line, sizeof line) + strlen("eval "));
   if (j->last_eval && (!j->first_eval || j->last_eval->step != j->first_eval->step))
     printf("  last eval:   %s\n", fmt_eval(j->last_eval, line, sizeof line) + strlen("eval "));
+  if (diag && diag_active(diag)) {
+    printf("  warnings:\n");
+    for (unsigned k = 1; k <= DIAG_FLAT; k <<= 1)
+      if (diag_active(diag) & k) printf("    - %s\n", diag_describe(diag, (diag_kind)k, line, sizeof line));
+  }
   if (j->spec) {
     printf("  spec:\n");
     job_spec_write_yaml(j->spec, stdout, 4);
   }
+}
+
+/* Feeds every step of job `id` up to event `last_seq` to `diag` (a replay of its events). Returns 0, or
+ * -1 with err set when the stream broke before. */
+static int diagnose_job(ctl *c, uint64_t id, uint64_t last_seq, diagnose *diag, char *err, size_t errlen) {
+  Dpod__V1__WatchJobRequest req = DPOD__V1__WATCH_JOB_REQUEST__INIT;
+  req.has_job_id = 1;
+  req.job_id = id;
+  rpc_stream *s = NULL;
+  if (rpc_stream_open(c->client, M_WATCH, &req.base, &s, err, errlen) != 0) return -1;
+  ProtobufCMessage *m;
+  uint64_t seq = 0;
+  int rc = 1;
+  while (seq < last_seq && (rc = rpc_stream_next(s, &dpod__v1__job_event__descriptor, &m, 0, err, errlen)) == 1) {
+    const Dpod__V1__JobEvent *ev = (const Dpod__V1__JobEvent *)m;
+    seq = ev->seq;
+    if (ev->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS) diag_add(diag, ev->metrics);
+    protobuf_c_message_free_unpacked(m, NULL);
+  }
+  rpc_stream_close(s);
+  return rc < 0 && seq < last_seq ? -1 : 0;
 }
 
 /* The options of `get` and `checkpoints`: -o/--json and one job. Returns 0 with *resp the job, or an
@@ -1103,8 +1149,17 @@ static int cmd_get(ctl *c, int argc, char **argv) {
   if (rc || !resp) return rc;
   if (out != OUT_TABLE)
     rc = print_tree(pb_json_message(&resp->job->base), out);
-  else
-    print_job(resp->job);
+  else {
+    /* Warnings need the steps, not just the last one: replayed from the events. */
+    diagnose diag;
+    diag_init(&diag, NULL);
+    char err[1024];
+    const Dpod__V1__Job *j = resp->job;
+    if (j->last_metrics && j->has_last_seq && j->last_seq > 0 &&
+        diagnose_job(c, j->id, j->last_seq, &diag, err, sizeof err) != 0)
+      fprintf(stderr, "dpoctl: cannot read job %" PRIu64 "'s steps for its warnings: %s\n", j->id, strip_method(err));
+    print_job(j, &diag);
+  }
   protobuf_c_message_free_unpacked(&resp->base, NULL);
   return rc;
 }

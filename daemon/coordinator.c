@@ -14,6 +14,7 @@
 #include "dpod_error.h"
 #include "dpod_file.h"
 #include "dpod_log.h"
+#include "job_chain.h"
 #include "job_queue.h"
 #include "job_spec.h"
 #include "report_journal.h"
@@ -55,6 +56,16 @@ typedef struct coord_held {
   struct coord_held *prev, *next;
 } coord_held;
 
+/* A queued job waiting for other jobs to succeed (JobSpec.after, job:ID weights), outside the queue. */
+typedef struct coord_wait {
+  uint64_t id;
+  unsigned ranks;
+  size_t n_deps;
+  uint64_t deps[JOB_SPEC_AFTER_MAX + 2];
+  char why[128];               /* the reason last recorded ("waiting for job 3") */
+  struct coord_wait *next;
+} coord_wait;
+
 struct coord {
   uv_loop_t *loop;
   job_store *store;
@@ -65,6 +76,8 @@ struct coord {
   coord_job *jobs;
   size_t n_jobs;
   coord_held *held;
+  coord_wait *waiting;
+  bool waits_dirty;            /* a job ended: the waiting ones may go on */
   void (*event_hook)(void *arg, uint64_t job_id);
   void *event_hook_arg;
   void (*serving_hook)(void *arg);
@@ -99,6 +112,7 @@ bool coord_serving(const coord *co) { return !co->draining; }
 void coord_get_status(const coord *co, coord_status *out) {
   size_t held = 0;
   for (const coord_held *h = co->held; h; h = h->next) held++;
+  for (const coord_wait *w = co->waiting; w; w = w->next) held++;
   *out = (coord_status){.slots = co->queue.slots,
                         .slots_free = co->queue.free_slots,
                         .running = co->n_jobs,
@@ -143,6 +157,7 @@ static int coord_append_state(coord *co, uint64_t id, Dpod__V1__JobState state, 
    * no use to anyone any more, so it is not kept. `dpoctl restart` makes a new one. */
   if (status == 0 && job_state_is_terminal(state) && job_store_set_secret(co->store, id, "") != 0)
     log_warn("job %" PRIu64 ": clearing its secret failed: %s", id, job_store_last_error(co->store));
+  if (job_state_is_terminal(state)) co->waits_dirty = true; /* jobs waiting for it may go on */
   coord_notify(co, id);
   return status;
 }
@@ -508,6 +523,17 @@ static void coord_launch(coord *co, uint64_t id, unsigned ranks) {
     goto fail;
   }
   uint32_t attempt = launch_handle_attempt(info.launch_handle) + 1;
+  /* job:ID weights become the path of that checkpoint, stored in the spec: later attempts, and
+   * `dpoctl get`, see what was used. */
+  char chain_note[1200];
+  if (job_chain_resolve(co->store, job->spec, chain_note, sizeof chain_note, err, sizeof err) != 0) goto fail;
+  if (chain_note[0]) {
+    log_info("job %" PRIu64 ": %s", id, chain_note);
+    if (job_store_set_spec(co->store, id, job->spec) != 0) {
+      snprintf(err, sizeof err, "cannot store the resolved spec: %s", job_store_last_error(co->store));
+      goto fail;
+    }
+  }
   /* The secret stays the same across attempts: a journal or a late report of the previous one still
    * authenticates (the attempt number tells them apart). */
   if (info.secret[0]) {
@@ -551,7 +577,7 @@ static void coord_launch(coord *co, uint64_t id, unsigned ranks) {
   coord_job_link(co, j);
   /* Appended before any Report can be handled: those run on this thread, after we return. */
   coord_append_attempt(co, id, attempt, NULL, 0, NULL, false);
-  coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, NULL, 0);
+  coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_STARTING, chain_note[0] ? chain_note : NULL, 0);
   goto done;
 
 fail:
@@ -572,12 +598,78 @@ done:
   if (job) protobuf_c_message_free_unpacked(&job->base, NULL);
 }
 
-/* Launches queued jobs for as long as the head of the queue fits (not while draining). */
+/* The waiting jobs whose jobs all succeeded join the queue; those one of whose jobs failed, was
+ * cancelled or is gone fail, naming it (which may let others go on: the caller loops while dirty). */
+static void coord_check_waiting(coord *co) {
+  co->waits_dirty = false;
+  for (coord_wait **link = &co->waiting, *w; (w = *link) != NULL;) {
+    char why[600];
+    job_chain_state cs = job_chain_status(co->store, w->deps, w->n_deps, why, sizeof why);
+    if (cs == JOB_CHAIN_WAIT) {
+      if (strncmp(why, w->why, sizeof w->why - 1) != 0) {
+        snprintf(w->why, sizeof w->why, "%.*s", (int)sizeof w->why - 1, why);
+        coord_append_state(co, w->id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, why, 0);
+      }
+      link = &w->next;
+      continue;
+    }
+    *link = w->next;
+    uint64_t id = w->id;
+    unsigned ranks = w->ranks;
+    free(w);
+    if (cs == JOB_CHAIN_BROKEN) {
+      coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, why, -1);
+    } else {
+      coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_QUEUED, "the jobs it waited for succeeded", 0);
+      if (job_queue_enqueue(&co->queue, id, ranks) != 0)
+        coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "cannot queue the job", -1);
+    }
+  }
+}
+
+/* Launches queued jobs for as long as the head of the queue fits (not while draining), after letting
+ * in the waiting jobs that may go. */
 static void coord_schedule(coord *co) {
-  if (co->draining) return;
-  uint64_t id;
-  unsigned ranks;
-  while ((id = job_queue_next(&co->queue, &ranks)) != 0) coord_launch(co, id, ranks);
+  do {
+    if (co->waits_dirty) coord_check_waiting(co);
+    if (co->draining) return;
+    uint64_t id;
+    unsigned ranks;
+    while ((id = job_queue_next(&co->queue, &ranks)) != 0) coord_launch(co, id, ranks);
+  } while (co->waits_dirty);
+}
+
+/* A QUEUED job joins the queue, or, if it names jobs it waits for, the waiting list (checked at the next
+ * coord_schedule). `why` is the reason it has recorded already (NULL: none). DPOD_EINVAL when it needs
+ * more slots than dpod has; DPOD_ENOMEM. */
+static int coord_queue_job(coord *co, uint64_t id, const Dpod__V1__JobSpec *spec, const char *why) {
+  if (spec->ranks == 0 || spec->ranks > co->queue.slots) return DPOD_EINVAL;
+  uint64_t deps[JOB_SPEC_AFTER_MAX + 2];
+  size_t n = job_spec_deps(spec, deps, JOB_SPEC_AFTER_MAX + 2);
+  if (n == 0) return job_queue_enqueue(&co->queue, id, spec->ranks);
+  coord_wait *w = calloc(1, sizeof *w);
+  if (!w) return DPOD_ENOMEM;
+  w->id = id;
+  w->ranks = spec->ranks;
+  w->n_deps = n > JOB_SPEC_AFTER_MAX + 2 ? JOB_SPEC_AFTER_MAX + 2 : n;
+  memcpy(w->deps, deps, w->n_deps * sizeof *deps);
+  snprintf(w->why, sizeof w->why, "%s", why ? why : "");
+  coord_wait **link = &co->waiting; /* in submission order */
+  while (*link) link = &(*link)->next;
+  *link = w;
+  co->waits_dirty = true;
+  return 0;
+}
+
+/* Takes a cancelled job off the waiting list. Returns 0, or DPOD_ENOENT if it was not on it. */
+static int coord_unwait(coord *co, uint64_t id) {
+  for (coord_wait **link = &co->waiting, *w; (w = *link) != NULL; link = &w->next)
+    if (w->id == id) {
+      *link = w->next;
+      free(w);
+      return 0;
+    }
+  return DPOD_ENOENT;
 }
 
 static void coord_held_free(coord_held *h) {
@@ -632,7 +724,7 @@ static void coord_hold(coord *co, uint64_t id, unsigned ranks, uint64_t delay_ms
  * absolute (dpod's working directory means nothing to the client), there, readable, and of the right
  * kind. The messages name the field, the path and the problem, never anything read from the file. */
 static int coord_check_path(const char *key, const char *path, bool want_dir, char *err, size_t errlen) {
-  if (!path || !*path) return 0;
+  if (!path || !*path || strncmp(path, JOB_SPEC_REF_PREFIX, 4) == 0) return 0; /* job:ID: job_chain_check */
   if (path[0] != '/')
     return dpod_errf(err, errlen, DPOD_EINVAL, "%s: must be an absolute path (got \"%s\")", key, path);
   struct stat st;
@@ -664,6 +756,7 @@ static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err,
       (status = coord_check_path("model.reference_weights", m->reference_weights, false, err, errlen)) != 0 ||
       (status = coord_check_path("model.scheduler_config", m->scheduler_config, false, err, errlen)) != 0)
     return status;
+  if ((status = job_chain_check(co->store, spec, err, errlen)) != 0) return status;
   if (strncmp(spec->data->dataset, "builtin:", 8) == 0) return 0;
   return coord_check_path("data.dataset", spec->data->dataset, true, err, errlen);
 }
@@ -683,7 +776,7 @@ int coord_submit(coord *co, Dpod__V1__JobSpec *spec, uint64_t *id_out, char *err
     status = coord_store_errf(co, err, errlen);
   } else {
     log_info("job %" PRIu64 " submitted: \"%s\", %u ranks", *id_out, spec->name ? spec->name : "", spec->ranks);
-    if (job_queue_enqueue(&co->queue, *id_out, spec->ranks) != 0) {
+    if (coord_queue_job(co, *id_out, spec, NULL) != 0) {
       /* Validation already bounded ranks by the capacity, so only memory can fail here. */
       coord_append_state(co, *id_out, DPOD__V1__JOB_STATE__JOB_STATE_FAILED, "cannot queue the job", -1);
     }
@@ -703,7 +796,7 @@ int coord_cancel(coord *co, uint64_t id, char *err, size_t errlen) {
   if (info.state == DPOD__V1__JOB_STATE__JOB_STATE_QUEUED) {
     coord_held *h = coord_find_held(co, id);
     if (h) coord_held_free(h);
-    else job_queue_remove(&co->queue, id);
+    else if (coord_unwait(co, id) != 0) job_queue_remove(&co->queue, id);
     job_store_set_not_before(co->store, id, 0);
     coord_append_state(co, id, DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED, "cancelled by user", 0);
     /* The cancelled job may have been the head blocking the queue. */
@@ -732,13 +825,17 @@ int coord_restart(coord *co, uint64_t id, char *err, size_t errlen) {
   if (status != 0) return coord_store_errf(co, err, errlen);
   Dpod__V1__JobState s = job->state;
   unsigned ranks = job->spec->ranks;
-  protobuf_c_message_free_unpacked(&job->base, NULL);
   if (s != DPOD__V1__JOB_STATE__JOB_STATE_FAILED && s != DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED &&
-      s != DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED)
+      s != DPOD__V1__JOB_STATE__JOB_STATE_PREEMPTED) {
+    protobuf_c_message_free_unpacked(&job->base, NULL);
     return dpod_errf(err, errlen, DPOD_ESTATE,
                      "job %" PRIu64 " is %s; only failed, cancelled or preempted jobs can be restarted", id,
                      job_state_name(s));
-  if (job_queue_enqueue(&co->queue, id, ranks) != 0)
+  }
+  /* A job that failed because one it waited for did waits for it again. */
+  status = coord_queue_job(co, id, job->spec, NULL);
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  if (status != 0)
     return dpod_errf(err, errlen, DPOD_ESTATE, "job %" PRIu64 " needs %u slots, dpod has %u", id, ranks,
                      launch_capacity(co->backend));
   /* A restart by hand starts a fresh count of automatic ones. */
@@ -1039,7 +1136,7 @@ int coord_recover(coord *co) {
     job_info info;
     if (job_store_get_info(co->store, id, &info) == 0 && info.not_before_ms > now) {
       coord_hold(co, id, ranks, (uint64_t)(info.not_before_ms - now));
-    } else if (job_queue_enqueue(&co->queue, id, ranks) != 0) {
+    } else if (coord_queue_job(co, id, jobs[i]->spec, jobs[i]->reason) != 0) {
       /* Submitted to a daemon with more slots than this one. */
       char reason[128];
       snprintf(reason, sizeof reason, "needs %u slots, dpod has %u", ranks, co->queue.slots);
@@ -1099,6 +1196,7 @@ void coord_detach(coord *co) {
     coord_job_free(j);
   }
   while (co->held) coord_held_free(co->held);
+  while (co->waiting) coord_unwait(co, co->waiting->id);
 }
 
 void coord_free(coord *co) {

@@ -43,6 +43,7 @@ enum {
   ST_SET_NOT_BEFORE,
   ST_SETTING_GET,
   ST_SETTING_SET,
+  ST_SET_SPEC,
   ST_COUNT_
 };
 
@@ -85,6 +86,7 @@ static const char *const store_sql[ST_COUNT_] = {
     [ST_SET_NOT_BEFORE] = "UPDATE jobs SET not_before_ms = ?2 WHERE id = ?1",
     [ST_SETTING_GET] = "SELECT value FROM settings WHERE key = ?1",
     [ST_SETTING_SET] = "INSERT OR REPLACE INTO settings(key, value) VALUES(?1, ?2)",
+    [ST_SET_SPEC] = "UPDATE jobs SET spec = ?2 WHERE id = ?1",
 };
 
 /* Version 1. The *_step columns let an append decide "already stored?" without unpacking a blob. */
@@ -833,6 +835,18 @@ int job_store_set_not_before(job_store *s, uint64_t job_id, int64_t not_before_m
   sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
   sqlite3_bind_int64(st, 2, not_before_ms);
   return store_exec_stmt(s, st, "storing the restart backoff");
+}
+
+int job_store_set_spec(job_store *s, uint64_t job_id, const Dpod__V1__JobSpec *spec) {
+  size_t len;
+  uint8_t *buf = store_pack(&spec->base, &len);
+  if (!buf) return DPOD_ENOMEM;
+  sqlite3_stmt *st = store_stmt(s, ST_SET_SPEC);
+  sqlite3_bind_int64(st, 1, (sqlite3_int64)job_id);
+  sqlite3_bind_blob(st, 2, buf, (int)len, SQLITE_STATIC);
+  int status = store_exec_stmt(s, st, "storing the spec");
+  free(buf);
+  return status;
 }
 
 int job_store_get_setting(job_store *s, const char *key, char *buf, size_t len) {

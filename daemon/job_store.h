@@ -102,6 +102,9 @@ int job_store_set_launch_handle(job_store *s, uint64_t job_id, const char *handl
 int job_store_set_restarts(job_store *s, uint64_t job_id, uint32_t restarts);
 int job_store_set_not_before(job_store *s, uint64_t job_id, int64_t not_before_ms);
 
+/* Replaces the job's stored spec (dpod resolved its checkpoint references when it started). */
+int job_store_set_spec(job_store *s, uint64_t job_id, const Dpod__V1__JobSpec *spec);
+
 /* Daemon-wide settings that outlive a restart ("draining"). get: DPOD_ENOENT when unset. */
 int job_store_get_setting(job_store *s, const char *key, char *buf, size_t len);
 int job_store_set_setting(job_store *s, const char *key, const char *value);

@@ -44,25 +44,25 @@ t0=$(date +%s)
 dpod_run_phase "1/4 writing the synthetic task to $data" \
   "$TOOL" synth --out "$data" $(grep -v '^#' "$EXAMPLES/demo-synth.args")
 
-# submit_and_watch TEXT FILE [--set k=v]...: submits, follows the job as one phase line (its percentage
-# from the job's steps on a terminal), sets JOB_ID.
-submit_and_watch() {
-  local text=$1 out
-  shift
+# submit FILE [--set k=v]...: submits a job, sets JOB_ID.
+submit() {
+  local out
   out=$("$DPOCTL" submit -q "$@" 2>&1) || { echo "$out"; exit 1; }
   JOB_ID=$out # -q: the id alone
-  dpod_run_phase "$text (job $JOB_ID)" "$DPOCTL" watch "$JOB_ID" ||
-    { echo "job $JOB_ID did not succeed: dpoctl get $JOB_ID"; exit 1; }
+}
+# watch_phase TEXT ID: follows a job as one phase line (its percentage from the job's steps on a terminal).
+watch_phase() {
+  dpod_run_phase "$1 (job $2)" "$DPOCTL" watch "$2" || { echo "job $2 did not succeed: dpoctl get $2"; exit 1; }
 }
 
-submit_and_watch "2/4 pretraining the reference: sft on the base samples" "$EXAMPLES/demo-sft.yaml" \
-  --set data.dataset="$data"
+# Both jobs are submitted at once: the DPO job waits for the SFT job (`after`) and starts from its newest
+# checkpoint (`job:ID`), which dpod resolves when it starts it.
+submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data"
 sft=$JOB_ID
-ckpt=$("$DPOCTL" get "$sft" --json | jq -r .last_checkpoint.path)
-
-submit_and_watch "3/4 Diffusion-DPO from job $sft's checkpoint on 2 MPI ranks" "$EXAMPLES/demo-dpo.yaml" \
-  --set data.dataset="$data" --set model.weights="$ckpt/diffusion_pytorch_model.safetensors"
+submit "$EXAMPLES/demo-dpo.yaml" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft"
 dpo=$JOB_ID
+watch_phase "2/4 pretraining the reference: sft on the base samples" "$sft"
+watch_phase "3/4 Diffusion-DPO from job $sft's checkpoint on 2 MPI ranks" "$dpo"
 
 echo "dpod: 4/4 reference vs DPO (job $dpo, evaluated on held-out pairs and DDIM samples)"
 # Targets (issue 4): the reference near 50%, DPO at 90% or more, distance no worse than 1.5x.

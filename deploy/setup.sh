@@ -22,6 +22,7 @@ DPOD_PACKAGES=(
   libopenmpi-dev openmpi-bin
   libyaml-dev libcjson-dev libcmocka-dev zlib1g-dev
   procps jq
+  libssl-dev # libcrypto: the SHA-256 of a dataset's manifest that every checkpoint records
   clang libclang-rt-14-dev # the libFuzzer targets (tests/fuzz/run.sh): clang and its fuzzer/sanitizer runtimes
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database

@@ -46,7 +46,9 @@
 #include "reporter.h"
 #include "safetensors.h"
 #include "synth.h"
+#include "provenance.h"
 #include "unet_shim.h"
+#include "unet_version.h"
 
 /* Bounds on the text files a job names: a spec, a model or scheduler config. */
 #define WORKER_SPEC_MAX ((size_t)1 << 20)
@@ -204,6 +206,11 @@ typedef struct {
   float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
   int64_t *t_int;
   reporter *rep;
+  char dataset_hash[80];     /* rank 0: SHA-256 of the dataset's manifest ("" for the built-in set) */
+  Dpod__V1__EvalMetrics last_eval;  /* rank 0: the newest evaluation, for the checkpoint of its step */
+  int have_eval;
+  const char *best_field;    /* train.keep_best's EvalMetrics field, NULL without one */
+  int best_lower;            /* ... and whether lower is better */
 } trainer;
 
 /* Rank 0's copy of n floats to every rank, in calls of at most g_mpi_chunk. */
@@ -249,6 +256,10 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->train = spec->train;
   tr->dpo = spec->train->objective == DPOD__V1__OBJECTIVE__OBJECTIVE_DPO;
   char err[1024];
+  if (spec->train->keep_best && *spec->train->keep_best)
+    tr->best_lower = job_spec_keep_best_lower(spec->train->keep_best, &tr->best_field);
+  if (g_rank == 0 && provenance_dataset_hash(spec, tr->dataset_hash, sizeof tr->dataset_hash, err, sizeof err) != 0)
+    worker_die_input("data.dataset: %s", err);
 
   /* Model and reference. */
   char *config_text = NULL;
@@ -511,6 +522,9 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
     if (unet_save(tr->policy, partial, NULL) != 0) worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
     heartbeat(tr, step, "checkpoint");
     save_optimizer(tr, partial);
+    const Dpod__V1__EvalMetrics *eval = tr->have_eval && tr->last_eval.step == step ? &tr->last_eval : NULL;
+    if (provenance_write(partial, step, tr->spec, tr->dataset_hash, unet_torch_version(), eval, err, sizeof err) != 0)
+      worker_die("%s", err);
     heartbeat(tr, step, "checkpoint");
   }
   ckpt_rank_state st = {.world_size = (uint32_t)g_world,
@@ -536,7 +550,7 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
   ev.checkpoint = &ck;
   report(tr, &ev);
   /* After the new one is reported, so that dpod never lists fewer than keep_last. */
-  ckpt_prune(run_dir, tr->train->keep_last, report_pruned, tr);
+  ckpt_prune_keep_best(run_dir, tr->train->keep_last, tr->best_field, tr->best_lower, report_pruned, tr);
 }
 
 /* Continues from the newest complete checkpoint in run_dir, if any: policy weights, optimizer state and
@@ -715,6 +729,8 @@ static void trainer_eval(trainer *tr, uint32_t step) {
                   100.0 * e.preferred_mode_rate, e.mode_distance, e.samples);
   }
   log_info("%s in %.2f s", line, now_seconds() - t0);
+  tr->last_eval = e; /* scalars only: safe to keep */
+  tr->have_eval = 1;
   Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
   ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_EVAL;
   ev.eval = &e;
@@ -777,12 +793,14 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     allreduce_grads(tr);
 
     /* Metric sums and the stop requests travel in one small all-reduce, so every rank acts on the same
-     * step: [7] counts ranks told to cancel, [8] ranks that received a preemption signal. */
-    double red[9] = {sums.loss_sum, sums.acc_sum, sums.margin_sum, sums.policy_mse_sum, sums.ref_mse_sum,
-                     sums.pairs,    sums.samples, 0.0,             g_stop_signals > 0 ? 1.0 : 0.0};
+     * step: [7] counts ranks told to cancel, [8] ranks that received a preemption signal, [9] counts the
+     * pairs whose sigmoid is saturated. */
+    double red[10] = {sums.loss_sum, sums.acc_sum, sums.margin_sum, sums.policy_mse_sum, sums.ref_mse_sum,
+                      sums.pairs,    sums.samples, 0.0,             g_stop_signals > 0 ? 1.0 : 0.0,
+                      sums.saturated_sum};
     if (g_rank == 0 && tr->rep && reporter_directive(tr->rep) == DPOD__V1__DIRECTIVE__DIRECTIVE_CANCEL)
       red[7] = 1.0;
-    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 9, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 10, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of metrics failed");
     double t_allreduce = now_seconds() - t_reduce;
     if (red[7] > 0) {
@@ -820,6 +838,9 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
         m.implicit_acc = red[1] / red[5];
         m.ref_mse = red[4] / red[6];
         m.reward_margin = red[2] / red[5];
+        m.has_saturated_share = m.has_drift = 1;
+        m.saturated_share = red[9] / red[5];
+        m.drift = m.policy_mse - m.ref_mse;
         printf("step %u/%u loss %.6f acc %.3f mse %.6f/%.6f margin %.4g gnorm %.4g lr %.3g %.1f samples/s\n", step,
                steps, m.loss, m.implicit_acc, m.policy_mse, m.ref_mse, m.reward_margin, m.grad_norm, m.learning_rate,
                m.samples_per_sec);

@@ -325,12 +325,65 @@ static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *
   return 0;
 }
 
+/* Lists of whole numbers (JobSpec.after): what a job file or --set gives replaces the whole list. */
+static int js_list_is_numbers(const ProtobufCFieldDescriptor *f) {
+  return f->label == PROTOBUF_C_LABEL_REPEATED && (f->type == PROTOBUF_C_TYPE_UINT64 || f->type == PROTOBUF_C_TYPE_UINT32);
+}
+
+static void js_list_clear(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f) {
+  void **elems = (void **)((char *)msg + f->offset);
+  free(*elems);
+  *elems = NULL;
+  *(size_t *)((char *)msg + f->quantifier_offset) = 0;
+}
+
+/* Appends `text` (one whole number) to list field `f`. */
+static int js_list_append(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key, const char *text,
+                          char *err, size_t errlen) {
+  size_t *n = (size_t *)((char *)msg + f->quantifier_offset);
+  void **elems = (void **)((char *)msg + f->offset);
+  int is32 = f->type == PROTOBUF_C_TYPE_UINT32;
+  uint64_t max = is32 ? UINT32_MAX : UINT64_MAX, v;
+  while (*text == ' ') text++;
+  int rc = dpod_parse_u64(text, max, &v);
+  if (rc == -1) return js_errf(err, errlen, "key '%s': expected a list of whole numbers >= 0, got '%s'", key, text);
+  if (rc == -2) return js_errf(err, errlen, "key '%s': %s is out of range (max %" PRIu64 ")", key, text, max);
+  if (*n >= 1024) return js_errf(err, errlen, "key '%s': too many entries", key);
+  size_t width = is32 ? sizeof(uint32_t) : sizeof(uint64_t);
+  char *grown = realloc(*elems, (*n + 1) * width);
+  if (!grown) return DPOD_ENOMEM;
+  if (is32) ((uint32_t *)grown)[*n] = (uint32_t)v;
+  else ((uint64_t *)grown)[*n] = v;
+  *elems = grown;
+  (*n)++;
+  return 0;
+}
+
+/* "--set after=1,2": comma-separated; an empty value empties the list. */
+static int js_set_list(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key, const char *text,
+                       char *err, size_t errlen) {
+  js_list_clear(msg, f);
+  char item[64];
+  for (const char *p = text; *p;) {
+    size_t len = strcspn(p, ",");
+    if (len >= sizeof item) return js_errf(err, errlen, "key '%s': entry %.20s... is too long", key, p);
+    memcpy(item, p, len);
+    item[len] = '\0';
+    int rc = js_list_append(msg, f, key, item, err, errlen);
+    if (rc) return rc;
+    p += len;
+    if (*p == ',') p++;
+  }
+  return 0;
+}
+
 int job_spec_set(Dpod__V1__JobSpec *spec, const char *key, const char *value, char *err, size_t errlen) {
   if (!spec || !key || !value) return js_errf(err, errlen, "job_spec_set: NULL argument");
   ProtobufCMessage *msg;
   const ProtobufCFieldDescriptor *f;
   int rc = js_resolve(&spec->base, key, key, &msg, &f, err, errlen);
   if (rc) return rc;
+  if (js_list_is_numbers(f)) return js_set_list(msg, f, key, value, err, errlen);
   return js_set_scalar(msg, f, key, value, err, errlen);
 }
 
@@ -448,6 +501,30 @@ static int js_yaml_mapping(js_yaml_ctx *c, yaml_node_t *map, ProtobufCMessage *m
       continue;
     }
 
+    if (js_list_is_numbers(f)) {
+      /* "after: [1, 2]", a block list, or a single number. */
+      if ((rc = js_yaml_assign(c, k, full)) != 0) return rc;
+      js_list_clear(target, f);
+      if (v->type == YAML_SCALAR_NODE) {
+        if (js_yaml_is_null(v)) continue;
+        rc = js_list_append(target, f, full, (const char *)v->data.scalar.value, msgbuf, sizeof msgbuf);
+        if (rc == DPOD_ENOMEM) return rc;
+        if (rc) return js_yaml_errf(c, v, "%s", msgbuf);
+        continue;
+      }
+      if (v->type != YAML_SEQUENCE_NODE)
+        return js_yaml_errf(c, v, "key '%s': expects a list of whole numbers, got %s", full, js_yaml_kind(v));
+      for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++) {
+        yaml_node_t *e = yaml_document_get_node(c->doc, *it);
+        if (!e || e->type != YAML_SCALAR_NODE)
+          return js_yaml_errf(c, e ? e : v, "key '%s': expects a list of whole numbers, got %s in it", full,
+                              e ? js_yaml_kind(e) : "nothing");
+        rc = js_list_append(target, f, full, (const char *)e->data.scalar.value, msgbuf, sizeof msgbuf);
+        if (rc == DPOD_ENOMEM) return rc;
+        if (rc) return js_yaml_errf(c, e, "%s", msgbuf);
+      }
+      continue;
+    }
     if (v->type != YAML_SCALAR_NODE)
       return js_yaml_errf(c, v, "key '%s': expects a single value, got %s", full, js_yaml_kind(v));
     if (f->type != PROTOBUF_C_TYPE_STRING && js_yaml_is_null(v))
@@ -577,6 +654,16 @@ static void js_write_message(const ProtobufCMessage *msg, const ProtobufCMessage
   }
   for (unsigned i = 0; i < d->n_fields; i++) {
     const ProtobufCFieldDescriptor *f = &d->fields[i];
+    if (js_list_is_numbers(f)) {
+      fprintf(out, "%*s%s: [", indent, "", f->name);
+      for (size_t k = 0, n = pb_count(msg, f); k < n; k++) {
+        const void *e = pb_element(msg, f, k);
+        fprintf(out, "%s%" PRIu64, k ? ", " : "",
+                f->type == PROTOBUF_C_TYPE_UINT32 ? (uint64_t) * (const uint32_t *)e : *(const uint64_t *)e);
+      }
+      fputs("]\n", out);
+      continue;
+    }
     if (f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) continue;
     if (f->type == PROTOBUF_C_TYPE_MESSAGE) {
       fprintf(out, "%*s%s:\n", indent, "", f->name);
@@ -614,7 +701,7 @@ int job_spec_absolute_paths(Dpod__V1__JobSpec *spec, const char *base, char *err
                {"data.dataset", spec->data->dataset}};
   for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
     const char *v = paths[i].value;
-    if (!v || !*v || v[0] == '/' || strncmp(v, "builtin:", 8) == 0) continue;
+    if (!v || !*v || v[0] == '/' || strncmp(v, "builtin:", 8) == 0 || strncmp(v, JOB_SPEC_REF_PREFIX, 4) == 0) continue;
     while (v[0] == '.' && v[1] == '/') v += 2;
     char joined[8192];
     if (snprintf(joined, sizeof joined, "%s/%s", base, v) >= (int)sizeof joined)
@@ -718,6 +805,90 @@ int job_spec_check_sbatch_options(const char *options, char *err, size_t errlen)
   return 0;
 }
 
+int job_spec_parse_ref(const char *s, uint64_t *job, uint32_t *step) {
+  *job = 0;
+  *step = 0;
+  if (!s || strncmp(s, JOB_SPEC_REF_PREFIX, 4) != 0) return 0;
+  const char *p = s + 4;
+  char digits[24];
+  size_t n = strspn(p, "0123456789");
+  if (n == 0 || n >= sizeof digits) return -1;
+  memcpy(digits, p, n);
+  digits[n] = '\0';
+  if (dpod_parse_u64(digits, UINT64_MAX, job) != 0 || *job == 0) return -1;
+  p += n;
+  if (!*p) return 1;
+  if (strncmp(p, "@step-", 6) != 0) return -1;
+  p += 6;
+  n = strspn(p, "0123456789");
+  uint64_t v;
+  if (n == 0 || p[n] || n >= sizeof digits) return -1;
+  if (dpod_parse_u64(p, JS_STEPS_MAX, &v) != 0 || v == 0) return -1;
+  *step = (uint32_t)v;
+  return 1;
+}
+
+size_t job_spec_deps(const Dpod__V1__JobSpec *spec, uint64_t *ids, size_t max) {
+  size_t n = 0;
+  uint64_t refs[2] = {0, 0};
+  uint32_t step;
+  if (spec->model) {
+    if (job_spec_parse_ref(spec->model->weights, &refs[0], &step) != 1) refs[0] = 0;
+    if (job_spec_parse_ref(spec->model->reference_weights, &refs[1], &step) != 1) refs[1] = 0;
+  }
+  for (size_t i = 0; i < spec->n_after + 2; i++) {
+    uint64_t id = i < spec->n_after ? spec->after[i] : refs[i - spec->n_after];
+    if (id == 0) continue;
+    int seen = 0;
+    for (size_t k = 0; k < n && k < max && !seen; k++) seen = ids[k] == id;
+    if (seen) continue;
+    if (n < max) ids[n] = id;
+    n++;
+  }
+  return n;
+}
+
+int job_spec_keep_best_lower(const char *metric, const char **field) {
+  static const struct {
+    const char *name;
+    int lower;
+  } metrics[] = {{"eval/loss", 1},
+                 {"eval/mode_distance", 1},
+                 {"eval/implicit_acc", 0},
+                 {"eval/reward_margin", 0},
+                 {"eval/preferred_mode_rate", 0}};
+  for (size_t i = 0; metric && i < sizeof metrics / sizeof metrics[0]; i++)
+    if (strcmp(metric, metrics[i].name) == 0) {
+      if (field) *field = metrics[i].name + 5;
+      return metrics[i].lower;
+    }
+  return -1;
+}
+
+/* after: bounded, no job 0, each id once. Whether the ids exist (and so are not this job's own or a
+ * later one's) only dpod can tell: it refuses a job that names one it does not have. */
+static int js_check_chain(const Dpod__V1__JobSpec *spec, const Dpod__V1__ModelSpec *m, char *err, size_t errlen) {
+  if (spec->n_after > JOB_SPEC_AFTER_MAX)
+    return js_errf(err, errlen, "after: at most %d jobs (got %zu)", JOB_SPEC_AFTER_MAX, spec->n_after);
+  for (size_t i = 0; i < spec->n_after; i++) {
+    if (spec->after[i] == 0) return js_errf(err, errlen, "after: job ids start at 1 (got 0)");
+    for (size_t k = 0; k < i; k++)
+      if (spec->after[k] == spec->after[i])
+        return js_errf(err, errlen, "after: job %" PRIu64 " is listed twice", spec->after[i]);
+  }
+  const struct {
+    const char *key, *value;
+  } refs[] = {{"model.weights", m->weights}, {"model.reference_weights", m->reference_weights}};
+  for (size_t i = 0; i < 2; i++) {
+    uint64_t job;
+    uint32_t step;
+    if (job_spec_parse_ref(refs[i].value, &job, &step) < 0)
+      return js_errf(err, errlen, "%s: a checkpoint of another job is job:ID or job:ID@step-N (got \"%.64s\")",
+                     refs[i].key, refs[i].value);
+  }
+  return 0;
+}
+
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen) {
   static const Dpod__V1__ModelSpec model_defaults = DPOD__V1__MODEL_SPEC__INIT;
   static const Dpod__V1__DataSpec data_defaults = DPOD__V1__DATA_SPEC__INIT;
@@ -815,6 +986,14 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
   js_double_in("train.eval_guidance", t->eval_guidance, 0.0, 1000.0, "from 0 to 1000 (1 disables guidance)");
   js_double_in("train.heartbeat_timeout", t->heartbeat_timeout, 0.0, 7 * 86400.0,
                "from 0 to 604800 seconds (0: derived from the step time)");
+  const char *best = t->keep_best ? t->keep_best : "";
+  if (*best && job_spec_keep_best_lower(best, NULL) < 0)
+    return js_errf(err, errlen, "train.keep_best: unknown metric \"%.64s\" (expected eval/loss, eval/implicit_acc, "
+                   "eval/reward_margin, eval/preferred_mode_rate or eval/mode_distance)", best);
+  if (*best && (t->eval_every == 0 || t->checkpoint_every % t->eval_every != 0))
+    return js_errf(err, errlen, "train.keep_best: needs an evaluation at every checkpoint: train.eval_every (%u) must be "
+                   "> 0 and divide train.checkpoint_every (%u)", t->eval_every, t->checkpoint_every);
+  if ((status = js_check_chain(spec, m, err, errlen)) != 0) return status;
 
   js_uint_in("resources.ranks_per_node", r->ranks_per_node, 0, JS_RANKS_MAX);
   js_uint_in("resources.gpus_per_rank", r->gpus_per_rank, 0, 64);

@@ -35,6 +35,24 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
  * dropped; built-in datasets and empty fields are left alone. Returns 0 or a status with err set. */
 int job_spec_absolute_paths(Dpod__V1__JobSpec *spec, const char *base, char *err, size_t errlen);
 
+/* Chained jobs. model.weights and model.reference_weights may name another job's checkpoint:
+ * "job:ID" (its newest complete one) or "job:ID@step-N". */
+#define JOB_SPEC_REF_PREFIX "job:"
+#define JOB_SPEC_AFTER_MAX 32 /* entries of JobSpec.after */
+
+/* Parses a checkpoint reference. Returns 1 with *job and *step (0: the newest) set, 0 when `s` is not
+ * a reference (no "job:" prefix: a path), -1 when it is one but malformed. */
+int job_spec_parse_ref(const char *s, uint64_t *job, uint32_t *step);
+
+/* The jobs a spec waits for: its `after` list and the jobs its weight references name, each once, in
+ * that order, at most `max` of them into ids. Returns how many there are (may exceed `max`). */
+size_t job_spec_deps(const Dpod__V1__JobSpec *spec, uint64_t *ids, size_t max);
+
+/* train.keep_best: 1 when lower is better ("eval/loss", "eval/mode_distance"), 0 when higher is
+ * ("eval/implicit_acc", "eval/reward_margin", "eval/preferred_mode_rate"), -1 for any other name. On
+ * success *field (may be NULL) receives the EvalMetrics field's name ("loss"). */
+int job_spec_keep_best_lower(const char *metric, const char **field);
+
 /* Whether the spec sets any field of `resources` (what only a batch scheduler takes); *field names the
  * first one. */
 int job_spec_uses_resources(const Dpod__V1__JobSpec *spec, const char **field);

@@ -193,14 +193,14 @@ static void csv_has_a_column_per_field_and_leaves_absent_ones_empty(void **state
   (void)state;
   assert_string_equal(fmt_csv_header(&dpod__v1__step_metrics__descriptor, buf, sizeof buf),
                       "time_unix_ms,step,total_steps,loss,implicit_acc,policy_mse,ref_mse,reward_margin,grad_norm,"
-                      "learning_rate,samples_per_sec,step_seconds");
+                      "learning_rate,samples_per_sec,step_seconds,saturated_share,drift");
   Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
   m.has_step = 1, m.step = 4;
   m.has_total_steps = 1, m.total_steps = 8;
   m.has_loss = 1, m.loss = 0.5;
   m.has_learning_rate = 1, m.learning_rate = 1e-4;
   m.grad_norm = 3; /* not marked present: an empty cell */
-  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf), "1700000000123,4,8,0.5,,,,,,0.0001,,");
+  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf), "1700000000123,4,8,0.5,,,,,,0.0001,,,,");
 }
 
 static void json_carries_present_fields_by_proto_name(void **state) {

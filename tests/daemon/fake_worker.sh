@@ -1,7 +1,8 @@
 #!/bin/sh
 # Stands in for dpo-worker in the daemon tests. The job's name, found in the packed spec, picks what it
 # does: "ok" exits 0, "fail1" logs an ERROR line and exits 1, "badinput" exits 2 (the worker's status for
-# a model or dataset it refuses), "preempt" exits 4, "hold" waits until the
+# a model or dataset it refuses), "preempt" exits 4, "metrics-PATTERN" reports made-up steps (fake_report.c,
+# named by $DPOD_FAKE_REPORT: PATTERN is saturated, hacking, flat or healthy) and exits 0, "hold" waits until the
 # test creates RUN_DIR/release, "graceful" waits too but exits 4 after SIGTERM (once RUN_DIR/release
 # exists), as dpo-worker does after its preemption checkpoint. With "chatty" in the name as well, each
 # rank first prints three lines on stdout and three on stderr, and "bye" when it ends. Every run leaves the secret it was given
@@ -11,6 +12,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --spec) spec=$2; shift ;;
     --run-dir) dir=$2; shift ;;
+    --job-id) job=$2; shift ;;
+    --report-addr) addr=$2; shift ;;
   esac
   shift
 done
@@ -34,6 +37,11 @@ if grep -q chatty "$spec"; then
     echo "out $i of rank $rank"
     echo "err $i of rank $rank" >&2
   done
+fi
+pattern=$(grep -ao 'metrics-[a-z]*' "$spec" | head -n 1)
+if [ -n "$pattern" ]; then
+  "$DPOD_FAKE_REPORT" "$addr" "$job" "${pattern#metrics-}" 30 || exit 1
+  exit 0
 fi
 if grep -q fail1 "$spec"; then
   echo "rank 0 ERROR something broke (train.c:12)"

@@ -1304,6 +1304,162 @@ static void delete_refuses_unfinished_jobs_and_forgets_finished_ones(void **stat
   assert_true(serving);
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Chained jobs: `after` and job:ID weights. */
+
+/* Submits a fake-worker job that waits for `after` and starts from `weights` (NULL: none). Returns its
+ * id, or 0 with err saying why it was refused. */
+static uint64_t submit_chained(daemon_fx *d, const char *name, const uint64_t *after, size_t n_after,
+                               const char *weights) {
+  Dpod__V1__JobSpec *spec = job_spec_new();
+  spec->name = strdup(name);
+  spec->has_max_restarts = 1;
+  spec->max_restarts = 0;
+  if (n_after) {
+    spec->after = malloc(n_after * sizeof *spec->after);
+    memcpy(spec->after, after, n_after * sizeof *after);
+    spec->n_after = n_after;
+  }
+  if (weights) spec->model->weights = strdup(weights);
+  Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
+  req.spec = spec;
+  ProtobufCMessage *resp = NULL;
+  err[0] = '\0';
+  int rc = rpc_unary(d->c, "/dpod.v1.Coordinator/SubmitJob", &req.base, &dpod__v1__submit_job_response__descriptor,
+                     &resp, 5000, err, sizeof err);
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  if (rc != 0) return 0;
+  uint64_t id = ((Dpod__V1__SubmitJobResponse *)resp)->job->id;
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return id;
+}
+
+/* The job's state and reason, the reason copied into `reason`. */
+static Dpod__V1__JobState job_state_reason(daemon_fx *d, uint64_t id, char *reason, size_t len) {
+  Dpod__V1__Job *job = get_job(d, id);
+  assert_non_null(job);
+  Dpod__V1__JobState st = job->state;
+  snprintf(reason, len, "%s", job->reason ? job->reason : "");
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  return st;
+}
+
+/* A "hold" job reports a checkpoint of step 1 that exists on disk (weights file included). */
+static void report_checkpoint(daemon_fx *d, uint64_t id, char *weights, size_t len) {
+  char secret[80], dir[PATH_MAX * 2];
+  read_secret(d, id, secret, sizeof secret);
+  run_file(d, id, "checkpoints/step-000001", dir, sizeof dir);
+  assert_int_equal(dpod_mkdirs(dir, 0700, 0, err, sizeof err), 0);
+  snprintf(weights, len, "%s/diffusion_pytorch_model.safetensors", dir);
+  touch(weights);
+  Dpod__V1__CheckpointInfo ck = DPOD__V1__CHECKPOINT_INFO__INIT;
+  ck.has_step = 1;
+  ck.step = 1;
+  ck.path = dir;
+  Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT, *pev = &ev;
+  ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_CHECKPOINT;
+  ev.checkpoint = &ck;
+  Dpod__V1__ReportRequest req = DPOD__V1__REPORT_REQUEST__INIT;
+  req.has_job_id = req.has_attempt = 1;
+  req.job_id = id;
+  req.attempt = 1;
+  req.secret = secret;
+  req.events = &pev;
+  req.n_events = 1;
+  ProtobufCMessage *resp = NULL;
+  assert_int_equal(rpc_unary(d->c, "/dpod.v1.WorkerReport/Report", &req.base, &dpod__v1__report_response__descriptor,
+                             &resp, 5000, err, sizeof err),
+                   0);
+  protobuf_c_message_free_unpacked(resp, NULL);
+}
+
+static void chained_jobs_wait_for_theirs_start_from_their_checkpoint_and_survive_a_restart(void **state) {
+  daemon_fx *d = *state;
+  uint64_t a = submit(d, "hold", 1);
+  assert_int_equal(wait_state(d, a, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  char weights[PATH_MAX * 2 + 64], reason[700], ref[32];
+  report_checkpoint(d, a, weights, sizeof weights);
+
+  /* Refused at submission, by name. */
+  uint64_t missing = 99;
+  assert_int_equal(submit_chained(d, "ok", &missing, 1, NULL), 0);
+  assert_non_null(strstr(err, "after: job 99 not found"));
+  assert_int_equal(submit_chained(d, "ok", NULL, 0, "job:99"), 0);
+  assert_non_null(strstr(err, "model.weights: job 99 not found"));
+  snprintf(ref, sizeof ref, "job:%llu@step-3", (unsigned long long)a);
+  assert_int_equal(submit_chained(d, "ok", NULL, 0, ref), 0);
+  assert_non_null(strstr(err, "writes no checkpoint at step 3"));
+
+  snprintf(ref, sizeof ref, "job:%llu", (unsigned long long)a);
+  uint64_t b = submit_chained(d, "ok", NULL, 0, ref); /* waits for a without naming it in after */
+  assert_true(b > 0);
+  uint64_t c = submit_chained(d, "ok", &a, 1, NULL);
+  assert_true(c > 0);
+  char want[64];
+  snprintf(want, sizeof want, "waiting for job %llu", (unsigned long long)a);
+  assert_int_equal(job_state_reason(d, b, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  assert_string_equal(reason, want);
+  assert_int_equal(job_state_reason(d, c, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  assert_string_equal(reason, want);
+
+  /* A free slot does not start them, nor does a new dpod. */
+  assert_int_equal(daemon_stop(d), 0);
+  assert_int_equal(daemon_start(d), 0);
+  sleep_ms(300);
+  assert_int_equal(job_state_reason(d, b, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_QUEUED);
+  assert_string_equal(reason, want);
+
+  char path[PATH_MAX * 2];
+  run_file(d, a, "release", path, sizeof path);
+  touch(path);
+  assert_int_equal(wait_state(d, b, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  assert_int_equal(wait_state(d, c, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  Dpod__V1__Job *job = get_job(d, b);
+  assert_string_equal(job->spec->model->weights, weights); /* what was used, in the stored spec */
+  protobuf_c_message_free_unpacked(&job->base, NULL);
+  /* Now that a succeeded, a step it has no checkpoint of is refused too. */
+  snprintf(ref, sizeof ref, "job:%llu@step-20", (unsigned long long)a);
+  assert_int_equal(submit_chained(d, "ok", NULL, 0, ref), 0);
+  assert_non_null(strstr(err, "no checkpoint at step 20"));
+}
+
+static void a_job_fails_when_one_it_waits_for_fails_or_is_cancelled(void **state) {
+  daemon_fx *d = *state;
+  char reason[700], want[64];
+  uint64_t f = submit(d, "fail1", 1);
+  uint64_t g = submit_chained(d, "ok", &f, 1, NULL);
+  uint64_t g2 = submit_chained(d, "ok", &g, 1, NULL); /* fails in turn */
+  assert_true(f > 0 && g > 0 && g2 > 0);
+  assert_int_equal(wait_state(d, g2, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  assert_int_equal(job_state_reason(d, g, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  snprintf(want, sizeof want, "job %llu, which this job waited for, ended failed", (unsigned long long)f);
+  if (!strstr(reason, want)) fail_msg("reason \"%s\" lacks \"%s\"", reason, want);
+  job_state_reason(d, g2, reason, sizeof reason);
+  snprintf(want, sizeof want, "job %llu, which this job waited for, ended failed", (unsigned long long)g);
+  if (!strstr(reason, want)) fail_msg("reason \"%s\" lacks \"%s\"", reason, want);
+
+  uint64_t h = submit(d, "hold", 1);
+  uint64_t i = submit_chained(d, "ok", &h, 1, NULL);
+  assert_int_equal(wait_state(d, h, DPOD__V1__JOB_STATE__JOB_STATE_STARTING), DPOD__V1__JOB_STATE__JOB_STATE_STARTING);
+  assert_int_equal(cancel(d, h), 0);
+  assert_int_equal(wait_state(d, i, DPOD__V1__JOB_STATE__JOB_STATE_FAILED), DPOD__V1__JOB_STATE__JOB_STATE_FAILED);
+  job_state_reason(d, i, reason, sizeof reason);
+  snprintf(want, sizeof want, "job %llu, which this job waited for, ended cancelled", (unsigned long long)h);
+  if (!strstr(reason, want)) fail_msg("reason \"%s\" lacks \"%s\"", reason, want);
+
+  /* A waiting job cancelled by itself leaves the list: nothing starts it later. */
+  uint64_t k = submit(d, "hold", 1);
+  uint64_t l = submit_chained(d, "ok", &k, 1, NULL);
+  assert_int_equal(cancel(d, l), 0);
+  assert_int_equal(job_state_reason(d, l, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+  char path[PATH_MAX * 2];
+  run_file(d, k, "release", path, sizeof path);
+  touch(path);
+  assert_int_equal(wait_state(d, k, DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED), DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED);
+  sleep_ms(200);
+  assert_int_equal(job_state_reason(d, l, reason, sizeof reason), DPOD__V1__JOB_STATE__JOB_STATE_CANCELLED);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(health_check_reports_serving, setup, teardown),
@@ -1325,6 +1481,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(job_that_ends_while_dpod_is_down_is_recorded_with_its_journal, setup, teardown),
       cmocka_unit_test_setup_teardown(drain_preempts_running_jobs_and_refuses_new_ones, setup, teardown),
       cmocka_unit_test_setup_teardown(health_watch_streams_each_change, setup, teardown),
+      cmocka_unit_test_setup_teardown(chained_jobs_wait_for_theirs_start_from_their_checkpoint_and_survive_a_restart,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(a_job_fails_when_one_it_waits_for_fails_or_is_cancelled, setup, teardown),
       cmocka_unit_test_setup_teardown(status_counts_slots_jobs_watchers_and_loop_iterations, setup, teardown),
       cmocka_unit_test_setup_teardown(watchdog_fails_jobs_that_do_not_report_or_stop_progressing, setup_watchdog,
                                       teardown),

@@ -8,12 +8,18 @@ DATA="$DPOD_SOURCE_DIR/tests/integration/data"
   || it_fail "dpo-tool synth failed"
 it_start_dpod
 
+# Submitted together, as the demo does: the DPO job waits for the sft job and starts from its newest
+# checkpoint, which dpod resolves (and records in the DPO job's spec) when it starts it.
 sft=$(it_submit "$DATA/ci-sft.yaml" --set data.dataset="$T/synth")
+dpo=$(it_submit "$DATA/ci-dpo.yaml" --set data.dataset="$T/synth" --set model.weights="job:$sft" --set after="$sft")
 "$DPOCTL_BIN" watch "$sft" >"$T/sft.txt" 2>&1 || it_fail "the sft job did not succeed: $(tail -n 3 "$T/sft.txt")"
-ckpt=$(it_job_field "$sft" .last_checkpoint.path)
-dpo=$(it_submit "$DATA/ci-dpo.yaml" --set data.dataset="$T/synth" \
-        --set model.weights="$ckpt/diffusion_pytorch_model.safetensors")
 "$DPOCTL_BIN" watch "$dpo" >"$T/dpo.txt" 2>&1 || it_fail "the dpo job did not succeed: $(tail -n 3 "$T/dpo.txt")"
+ckpt=$(it_job_field "$sft" .last_checkpoint.path)
+used=$(it_job_field "$dpo" .spec.model.weights)
+[ "$used" = "$ckpt/diffusion_pytorch_model.safetensors" ] || it_fail "the DPO job started from '$used', not $ckpt"
+# Its provenance names the dataset by its manifest's SHA-256.
+[ "$(jq -r .dataset.manifest_sha256 "$ckpt/dpod_provenance.json")" = "$(sha256sum "$T/synth/manifest.json" | cut -d' ' -f1)" ] ||
+  it_fail "$ckpt/dpod_provenance.json does not record the SHA-256 of $T/synth/manifest.json"
 
 "$DPOCTL_BIN" get "$dpo" --json >"$T/job.json"
 read -r ref_rate ref_dist dpo_rate dpo_dist acc <<<"$(jq -r '[.first_eval.preferred_mode_rate, .first_eval.mode_distance,

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -362,12 +363,47 @@ done:
   return rc;
 }
 
+int ckpt_eval_metric(const char *dir, const char *field, double *value) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_PROVENANCE);
+  char *text = slurp(path);
+  if (!text) return DPOD_ENOENT;
+  cJSON *root = cJSON_Parse(text);
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "eval"), field);
+  int rc = cJSON_IsNumber(v) ? 0 : DPOD_ENOENT;
+  if (rc == 0) *value = v->valuedouble;
+  cJSON_Delete(root);
+  free(text);
+  return rc;
+}
+
 int ckpt_prune(const char *run_dir, uint32_t keep_last, void (*removed_cb)(uint32_t step, const char *dir, void *arg),
                void *arg) {
+  return ckpt_prune_keep_best(run_dir, keep_last, NULL, 0, removed_cb, arg);
+}
+
+int ckpt_prune_keep_best(const char *run_dir, uint32_t keep_last, const char *best_field, int lower_is_better,
+                         void (*removed_cb)(uint32_t step, const char *dir, void *arg), void *arg) {
   uint32_t *steps;
   size_t n = list_steps(run_dir, 0, &steps);
   int removed = 0;
   char dir[4096];
+  /* The best complete checkpoint by its evaluation, oldest first so that equals keep the oldest. */
+  uint32_t best_step = 0;
+  int have_best = 0;
+  double best = 0;
+  for (size_t i = 0; best_field && *best_field && i < n; i++) {
+    char marker[4200];
+    double v;
+    ckpt_dir(run_dir, steps[i], 0, dir, sizeof dir);
+    snprintf(marker, sizeof marker, "%s/%s", dir, CKPT_MARKER);
+    if (access(marker, F_OK) != 0 || ckpt_eval_metric(dir, best_field, &v) != 0 || !isfinite(v)) continue;
+    if (!have_best || (lower_is_better ? v < best : v > best)) {
+      best = v;
+      best_step = steps[i];
+      have_best = 1;
+    }
+  }
   /* Count complete checkpoints from the newest; invalid directories do not use up a place. */
   uint32_t kept = 0, newest = 0;
   for (size_t i = n; i-- > 0;) {
@@ -382,6 +418,7 @@ int ckpt_prune(const char *run_dir, uint32_t keep_last, void (*removed_cb)(uint3
       kept++;
       continue;
     }
+    if (have_best && steps[i] == best_step) continue; /* kept besides the newest */
     remove_tree(dir);
     removed++;
     if (removed_cb) removed_cb(steps[i], dir, arg);

@@ -4,6 +4,8 @@
  *   diffusion_pytorch_model.safetensors, config.json   rank 0: the policy, loadable by diffusers
  *   optimizer.safetensors                              rank 0: AdamW moments and step count
  *   rank-NNNNN.json                                    every rank: world size, rank, step, data position
+ *   dpod_provenance.json                               rank 0: versions, spec, dataset hash, the step's
+ *                                                      evaluation (workers/provenance.h)
  *   COMPLETE                                           rank 0, last: step, world size, size and CRC-32 of
  *                                                      every other file
  * The protocol (after llm.c): all files are written into step-NNNNNN.partial/ (each to a temporary name,
@@ -21,6 +23,7 @@
 #define CKPT_MARKER "COMPLETE"
 #define CKPT_WEIGHTS DIFFUSERS_WEIGHTS_NAME
 #define CKPT_OPTIMIZER "optimizer.safetensors"
+#define CKPT_PROVENANCE "dpod_provenance.json"
 
 /* The per-rank record. */
 typedef struct {
@@ -63,5 +66,16 @@ int ckpt_read_rank_state(const char *dir, uint32_t rank, ckpt_rank_state *st, ch
  * its step and directory. Returns how many directories were removed. */
 int ckpt_prune(const char *run_dir, uint32_t keep_last, void (*removed)(uint32_t step, const char *dir, void *arg),
                void *arg);
+
+/* The same, also keeping the best checkpoint by its evaluation: the one whose provenance file's
+ * "eval".`best_field` ("implicit_acc") is lowest (`lower_is_better`) or highest; of equals the oldest.
+ * Checkpoints without that value are not candidates. best_field NULL or "": ckpt_prune(). The best is
+ * found from the files on disk each time, so it survives any number of resumes. */
+int ckpt_prune_keep_best(const char *run_dir, uint32_t keep_last, const char *best_field, int lower_is_better,
+                         void (*removed)(uint32_t step, const char *dir, void *arg), void *arg);
+
+/* Reads "eval".`field` from a checkpoint's provenance file. Returns 0 with *value, or DPOD_ENOENT when
+ * the file or the value is not there. */
+int ckpt_eval_metric(const char *dir, const char *field, double *value);
 
 #endif

@@ -18,6 +18,7 @@ void dpo_loss(int n, const float *model_mse, const float *ref_mse, double beta, 
     sums->loss_sum += neg_logsigmoid(in);
     sums->acc_sum += in > 0 ? 1.0 : 0.0;
     sums->margin_sum += in;
+    sums->saturated_sum += fabs(in) > DPO_SATURATED_INSIDE ? 1.0 : 0.0;
     sums->policy_mse_sum += mw + ml;
     sums->ref_mse_sum += rw + rl;
     if (inside) inside[i] = (float)in;

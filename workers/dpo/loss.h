@@ -17,7 +17,13 @@ typedef struct {
   double ref_mse_sum;       /* same for the reference */
   double pairs;             /* n */
   double samples;           /* images the MSE sums cover: 2n (dpo) or n (sft) */
+  double saturated_sum;     /* dpo: pairs with |inside| > DPO_SATURATED_INSIDE; sft: 0 (no sigmoid) */
 } dpo_loss_sums;
+
+/* A pair's sigmoid is saturated when |inside| exceeds this: sigmoid(inside) is then within 4.6e-5 of 0
+ * or 1, and the pair's gradient (sigmoid(-inside) * beta/2) is at most 4.6e-5 * beta/2 — it teaches the
+ * policy nothing more (right side) or cannot recover without a huge step (wrong side). */
+#define DPO_SATURATED_INSIDE 10.0
 
 /* DPO: inside_i = -beta/2 * ((mw - ml) - (rw - rl)), loss = mean_i -logsigmoid(inside_i).
  * Accumulates into *sums (so micro-batches and ranks can be added up), writes inside [n] if non-NULL and

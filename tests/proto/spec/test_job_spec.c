@@ -668,6 +668,87 @@ static void written_yaml_escapes_what_yaml_cannot_hold(void **state) {
   protobuf_c_message_free_unpacked(&back->base, NULL);
 }
 
+/* Chained jobs: `after` is a list in YAML and --set, written back as one; each entry once, not 0, at
+ * most JOB_SPEC_AFTER_MAX; job:ID weight references are well formed and count as jobs waited for. */
+static void chain_after_and_references_are_parsed_bounded_and_written_back(void **state) {
+  (void)state;
+  assert_int_equal(parse("after: [3, 1]\nmodel:\n  weights: job:2@step-200\n  reference_weights: job:3\n"), 0);
+  assert_int_equal(spec->n_after, 2);
+  assert_int_equal(spec->after[0], 3);
+  assert_int_equal(spec->after[1], 1);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  uint64_t deps[8];
+  assert_int_equal(job_spec_deps(spec, deps, 8), 3); /* 3, 1, then 2 from weights; 3 once */
+  assert_int_equal(deps[0], 3);
+  assert_int_equal(deps[1], 1);
+  assert_int_equal(deps[2], 2);
+  uint64_t job;
+  uint32_t step;
+  assert_int_equal(job_spec_parse_ref("job:2@step-200", &job, &step), 1);
+  assert_int_equal(job, 2);
+  assert_int_equal(step, 200);
+  assert_int_equal(job_spec_parse_ref("/a/job:2", &job, &step), 0);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_int_equal(back->n_after, 2);
+  assert_int_equal(back->after[1], 1);
+  assert_string_equal(back->model->weights, "job:2@step-200");
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+  assert_int_equal(job_spec_absolute_paths(spec, "/base", err, sizeof err), 0);
+  assert_string_equal(spec->model->reference_weights, "job:3");
+
+  set_ok("after", "7,8");
+  assert_int_equal(spec->n_after, 2);
+  assert_int_equal(spec->after[0], 7);
+  set_ok("after", "");
+  assert_int_equal(spec->n_after, 0);
+  refused_set("after", "1,x", "after");
+  refused_set("after", "-1", "after");
+  refused_yaml("after: [1, [2]]\n", "after");
+  refused_yaml("after: {a: 1}\n", "after");
+
+  set_ok("after", "4,4");
+  refused_validate(0, "after:");
+  assert_err_has("twice");
+  set_ok("after", "0");
+  refused_validate(0, "after:");
+  char many[400] = "";
+  for (int i = 1; i <= JOB_SPEC_AFTER_MAX + 1; i++) snprintf(many + strlen(many), sizeof many - strlen(many), "%s%d", i > 1 ? "," : "", i);
+  set_ok("after", many);
+  refused_validate(0, "after:");
+  set_ok("after", "");
+  static const char *const bad[] = {"job:", "job:x", "job:0", "job:1@", "job:1@step-", "job:1@step-0", "job:1@200",
+                                    "job:1@step-2x", "job:99999999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    set_ok("model.weights", bad[i]);
+    refused_validate(0, "model.weights:");
+  }
+  set_ok("model.weights", "");
+  set_ok("model.reference_weights", "job:1@x");
+  refused_validate(0, "model.reference_weights:");
+}
+
+static void keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint(void **state) {
+  (void)state;
+  set_ok("train.keep_best", "eval/implicit_acc");
+  refused_validate(0, "train.keep_best:"); /* eval_every 0 */
+  set_ok("train.eval_every", "3");
+  set_ok("train.checkpoint_every", "10");
+  refused_validate(0, "train.keep_best:");
+  assert_err_has("divide");
+  set_ok("train.checkpoint_every", "9");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  set_ok("train.keep_best", "eval/accuracy");
+  refused_validate(0, "train.keep_best:");
+  assert_err_has("eval/mode_distance");
+  const char *field;
+  assert_int_equal(job_spec_keep_best_lower("eval/loss", &field), 1);
+  assert_string_equal(field, "loss");
+  assert_int_equal(job_spec_keep_best_lower("eval/preferred_mode_rate", &field), 0);
+  assert_string_equal(field, "preferred_mode_rate");
+  assert_int_equal(job_spec_keep_best_lower("eval/mode_distance", NULL), 1);
+  assert_int_equal(job_spec_keep_best_lower("train/loss", NULL), -1);
+}
+
 static void names_of_states_and_objectives(void **state) {
   (void)state;
   assert_string_equal(job_state_name(DPOD__V1__JOB_STATE__JOB_STATE_RUNNING), "running");
@@ -725,6 +806,8 @@ int main(int argc, char **argv) {
       T(set_refuses_invalid_utf8),
       T(written_yaml_escapes_what_yaml_cannot_hold),
       T(names_of_states_and_objectives),
+      T(chain_after_and_references_are_parsed_bounded_and_written_back),
+      T(keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint),
   };
   return CMOCKA_MAIN("job_spec", tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* The checkpoint protocol's guarantees: a checkpoint is used only when its marker is there and every
  * file matches the sizes and checksums it records; keep_last bounds what stays on disk. Run one case
  * with `test_checkpoint NAME`. */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,12 +201,74 @@ static void prune_keeps_the_newest(void **state) {
   assert_int_equal(stat(dir, &st), 0);
 }
 
+/* A checkpoint whose provenance file records an evaluation of `acc` (NAN: none at that step). */
+static void make_evaluated_checkpoint(uint32_t step, double acc) {
+  char partial[1024], err[512], text[256];
+  assert_int_equal(ckpt_begin(run_dir, step, err, sizeof err), 0);
+  ckpt_dir(run_dir, step, 1, partial, sizeof partial);
+  write_file(partial, CKPT_WEIGHTS, "weights of a step");
+  if (isnan(acc)) snprintf(text, sizeof text, "{\"format\": \"dpod-provenance\", \"step\": %u}", step);
+  else snprintf(text, sizeof text, "{\"step\": %u, \"eval\": {\"step\": %u, \"implicit_acc\": %.17g}}", step, step, acc);
+  write_file(partial, CKPT_PROVENANCE, text);
+  ckpt_rank_state st = {.world_size = 1, .rank = 0, .step = step, .data_position = step * 8ull, .seed = 42};
+  assert_int_equal(ckpt_write_rank_state(partial, &st, err, sizeof err), 0);
+  if (ckpt_commit(run_dir, step, 1, NULL, err, sizeof err) != 0) fail_msg("%s", err);
+}
+
+static int checkpoint_exists(uint32_t step) {
+  char dir[1024];
+  struct stat st;
+  ckpt_dir(run_dir, step, 0, dir, sizeof dir);
+  return stat(dir, &st) == 0;
+}
+
+/* keep_best keeps the best evaluated checkpoint besides the newest, finds it again from the files (as a
+ * resumed run does), keeps the oldest of equals, and ignores checkpoints without the metric. */
+static void prune_keeps_the_best_by_its_evaluation_besides_the_newest(void **state) {
+  (void)state;
+  uint32_t seen[8] = {0};
+  make_evaluated_checkpoint(10, 0.50);
+  make_evaluated_checkpoint(20, 0.90);
+  make_evaluated_checkpoint(30, 0.90);
+  make_evaluated_checkpoint(40, 0.60);
+  make_evaluated_checkpoint(50, NAN);
+  double v = 0;
+  char dir[1024];
+  ckpt_dir(run_dir, 20, 0, dir, sizeof dir);
+  assert_int_equal(ckpt_eval_metric(dir, "implicit_acc", &v), 0);
+  assert_true(v == 0.90);
+  assert_int_equal(ckpt_eval_metric(dir, "loss", &v), DPOD_ENOENT);
+  assert_int_equal(ckpt_prune_keep_best(run_dir, 1, "implicit_acc", 0, note_removed, seen), 3);
+  assert_int_equal(seen[0], 3);
+  assert_false(checkpoint_exists(10));
+  assert_true(checkpoint_exists(20)); /* best; 30 ties and is newer */
+  assert_false(checkpoint_exists(30));
+  assert_false(checkpoint_exists(40));
+  assert_true(checkpoint_exists(50)); /* newest */
+  /* A later, better one takes over; lower-is-better turns the order round. */
+  make_evaluated_checkpoint(60, 0.95);
+  make_evaluated_checkpoint(70, 0.10);
+  assert_int_equal(ckpt_prune_keep_best(run_dir, 1, "implicit_acc", 0, NULL, NULL), 2);
+  assert_true(checkpoint_exists(60));
+  assert_true(checkpoint_exists(70));
+  assert_false(checkpoint_exists(20));
+  make_evaluated_checkpoint(80, 0.99);
+  assert_int_equal(ckpt_prune_keep_best(run_dir, 1, "implicit_acc", 1, NULL, NULL), 1);
+  assert_true(checkpoint_exists(70)); /* lowest */
+  assert_false(checkpoint_exists(60));
+  assert_true(checkpoint_exists(80));
+  /* Without keep_best only the newest stay. */
+  assert_int_equal(ckpt_prune(run_dir, 1, NULL, NULL), 1);
+  assert_false(checkpoint_exists(70));
+}
+
 #define CASE(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 int main(int argc, char **argv) {
   const struct CMUnitTest all[] = {
       CASE(complete_checkpoint_verifies_and_is_found), CASE(corrupt_file_is_never_used), CASE(records_with_impossible_numbers_are_refused),
       CASE(checkpoint_without_marker_is_never_used),   CASE(missing_file_or_rank_is_refused),
       CASE(prune_keeps_the_newest),
+      CASE(prune_keeps_the_best_by_its_evaluation_besides_the_newest),
   };
   return CMOCKA_MAIN("checkpoint", all, NULL, NULL);
 }

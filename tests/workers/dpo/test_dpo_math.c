@@ -105,6 +105,23 @@ static void dpo_loss_matches_fixture_ref_equals_policy(void **state) {
   assert_true(s.acc_sum == 0.0);
 }
 
+/* The saturated share counts pairs with |inside| > 10 on either side, and not those at the edge. */
+static void dpo_loss_counts_saturated_pairs_on_both_sides(void **state) {
+  (void)state;
+  /* inside = -beta/2 * ((mw - ml) - (rw - rl)) with the reference's difference 0 and beta = 2:
+   * pair 0: -(0 - 11) = 11, pair 1: -(11 - 0) = -11, pair 2: -(10 - 0) = -10 (not over), pair 3: 0.5. */
+  float m[8] = {0.0f, 11.0f, 10.0f, 0.5f, 11.0f, 0.0f, 0.0f, 0.0f};
+  float r[8] = {0};
+  dpo_loss_sums s = {0};
+  float inside[4];
+  dpo_loss(4, m, r, 2.0, 1, &s, inside, NULL);
+  assert_true(inside[0] == 11.0f && inside[1] == -11.0f && inside[2] == -10.0f && inside[3] == -0.5f);
+  assert_true(s.saturated_sum == 2.0);
+  dpo_loss_sums t = {0};
+  sft_loss(4, m, r, 1, &t, NULL);
+  assert_true(t.saturated_sum == 0.0);
+}
+
 static void dpo_loss_matches_fixture_saturated(void **state) {
   (void)state;
   check_loss_fixture("");
@@ -316,7 +333,7 @@ int main(int argc, char **argv) {
       CASE(add_noise_matches_fixture),              CASE(schedule_config_refuses_unsupported),
       CASE(sampler_shards_are_disjoint_and_cover_epoch), CASE(sampler_is_independent_of_rank_layout),
       CASE(rng_is_deterministic_and_normal),        CASE(lr_warmup_is_linear),
-      CASE(builtin_dataset_is_deterministic),
+      CASE(builtin_dataset_is_deterministic),       CASE(dpo_loss_counts_saturated_pairs_on_both_sides),
   };
   return CMOCKA_MAIN("dpo_math", all, NULL, NULL);
 }
