@@ -59,6 +59,9 @@
  * DPOD_MPI_CHUNK_FLOATS overrides it, so that tests can make every collective take many calls. */
 #define MPI_CHUNK_DEFAULT ((size_t)16 << 20)
 
+/* Salt of the adapters' initialisation stream (train.seed ^ this), apart from the base's. */
+#define LORA_INIT_SALT 0x6c6f72612d696e69ull
+
 static int g_rank = 0, g_world = 1;
 static size_t g_mpi_chunk = MPI_CHUNK_DEFAULT;
 
@@ -186,7 +189,8 @@ static Dpod__V1__JobSpec *load_spec(const char *path) {
 typedef struct {
   const Dpod__V1__JobSpec *spec;
   const Dpod__V1__TrainSpec *train;
-  unet_t policy, ref;        /* ref is NULL for the sft objective */
+  unet_t policy, ref;        /* ref is NULL for the sft objective and with LoRA */
+  int lora;                  /* train.lora.rank > 0: policy = base + adapters, reference = adapters off */
   unet_info info;
   dpo_schedule sched;
   dpo_dataset data;
@@ -250,6 +254,40 @@ static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec,
   return m;
 }
 
+/* train.lora: adapters on the policy (its base frozen), identical on every rank. Returns whether LoRA is on.
+ * The reference is then this same UNet with its adapters off (reference_forward), never a second copy. */
+static int lora_setup(unet_t policy, const Dpod__V1__JobSpec *spec) {
+  const Dpod__V1__LoraSpec *l = spec->train->lora;
+  if (!l || l->rank == 0) return 0;
+  unet_lora_params lp = unet_lora_default_params();
+  lp.rank = (int)l->rank;
+  lp.alpha = l->alpha;
+  lp.targets = (const char *const *)l->target_modules;
+  lp.num_targets = l->n_target_modules;
+  lp.init = l->init && strcmp(l->init, "kaiming") == 0 ? UNET_LORA_INIT_KAIMING : UNET_LORA_INIT_GAUSSIAN;
+  lp.seed = spec->train->seed ^ LORA_INIT_SALT;
+  int rc = unet_lora_enable(policy, &lp);
+  if (rc == DPOD_EINVAL) worker_die_input("train.lora: %s", unet_last_error(policy));
+  if (rc) worker_die("train.lora: %s", unet_last_error(policy));
+  size_t n = 0;
+  float *p = unet_lora_param_buffer(policy, &n);
+  if (!p) worker_die("the adapters: %s", unet_last_error(policy));
+  bcast_floats(p, n, "the initial adapters");
+  return 1;
+}
+
+/* The reference's forward: the frozen reference UNet, or with LoRA the policy with its adapters off
+ * (which records no graph and keeps the policy's for the backward). pred/out as unet_forward_mse and
+ * unet_forward; exactly one of mse and out is used. */
+static void reference_forward(trainer *tr, int n, int h, int w, int L, float *mse, float *out) {
+  unet_t m = tr->lora ? tr->policy : tr->ref;
+  if (tr->lora && unet_lora_set_active(m, 0) != 0) worker_die("adapters off: %s", unet_last_error(m));
+  int rc = mse ? unet_forward_mse(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, mse, NULL)
+               : unet_forward(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, out);
+  if (rc != 0) worker_die("reference forward: %s", unet_last_error(m));
+  if (tr->lora && unet_lora_set_active(m, 1) != 0) worker_die("adapters on: %s", unet_last_error(m));
+}
+
 static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   memset(tr, 0, sizeof *tr);
   tr->spec = spec;
@@ -279,7 +317,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   /* Random initialisation is seeded identically on every rank, but broadcasting rank 0's weights makes
    * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
   bcast_floats(params, nparam, "the initial weights");
-  if (tr->dpo) {
+  tr->lora = lora_setup(tr->policy, spec);
+  if (tr->dpo && !tr->lora) {
     const char *ref_weights = *spec->model->reference_weights ? spec->model->reference_weights : NULL;
     tr->ref = build_unet(config_text, spec, ref_weights);
     if (!ref_weights && unet_copy_weights(tr->ref, tr->policy) != 0) worker_die("%s", unet_last_error(tr->ref));
@@ -435,9 +474,7 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
                        NULL) != 0)
     worker_die("policy forward: %s", unet_last_error(tr->policy));
   if (tr->dpo) {
-    if (unet_forward_mse(tr->ref, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_ref,
-                         NULL) != 0)
-      worker_die("reference forward: %s", unet_last_error(tr->ref));
+    reference_forward(tr, n, h, w, L, tr->mse_ref, NULL);
     dpo_loss(b, tr->mse_policy, tr->mse_ref, tr->train->beta, scale, sums, NULL, tr->grad_mse);
   } else {
     sft_loss(b, tr->mse_policy, NULL, scale, sums, tr->grad_mse);
@@ -450,7 +487,8 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
 static void allreduce_grads(trainer *tr) {
   if (g_world == 1) return;
   size_t n = 0;
-  float *g = unet_grad_buffer(tr->policy, &n);
+  /* With LoRA only the adapters have gradients. */
+  float *g = tr->lora ? unet_lora_grad_buffer(tr->policy, &n) : unet_grad_buffer(tr->policy, &n);
   if (!g) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
   for (size_t off = 0; off < n; off += g_mpi_chunk) {
     size_t len = n - off < g_mpi_chunk ? n - off : g_mpi_chunk;
@@ -510,6 +548,16 @@ static void save_optimizer(trainer *tr, const char *dir) {
   st_writer_free(w);
 }
 
+/* A LoRA checkpoint's weights: pytorch_lora_weights.safetensors as diffusers' save_lora_weights writes it
+ * (alpha / rank folded into the up weights) and the adapters as trained, for an exact resume. */
+static void save_lora(trainer *tr, const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_LORA_WEIGHTS);
+  if (unet_lora_save(tr->policy, path, 1, NULL) != 0) worker_die("saving %s: %s", path, unet_last_error(tr->policy));
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_LORA_STATE);
+  if (unet_lora_save(tr->policy, path, 0, NULL) != 0) worker_die("saving %s: %s", path, unet_last_error(tr->policy));
+}
+
 /* The checkpoint protocol of checkpoint.h, collectively: every rank calls this at the same step. */
 static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, Dpod__V1__StepMetrics *m) {
   char partial[4096], final[4096], err[1024];
@@ -519,7 +567,10 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
   if (g_rank == 0 && ckpt_begin(run_dir, step, err, sizeof err) != 0) worker_die("%s", err);
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) {
-    if (unet_save(tr->policy, partial, NULL) != 0) worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
+    if (tr->lora)
+      save_lora(tr, partial);
+    else if (unet_save(tr->policy, partial, NULL) != 0)
+      worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
     heartbeat(tr, step, "checkpoint");
     save_optimizer(tr, partial);
     const Dpod__V1__EvalMetrics *eval = tr->have_eval && tr->last_eval.step == step ? &tr->last_eval : NULL;
@@ -572,8 +623,13 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
     worker_die("resume: %s does not belong to this job (seed, step or batch size differ)", dir);
 
   char path[4200];
-  snprintf(path, sizeof path, "%s/%s", dir, CKPT_WEIGHTS);
-  if (unet_load_weights(tr->policy, path) != 0) worker_die("resume: %s", unet_last_error(tr->policy));
+  snprintf(path, sizeof path, "%s/%s", dir, tr->lora ? CKPT_LORA_STATE : CKPT_WEIGHTS);
+  if (access(path, R_OK) != 0)
+    worker_die_input("resume: %s has no %s: it was written %s LoRA, and this job trains %s", dir,
+                     tr->lora ? CKPT_LORA_STATE : CKPT_WEIGHTS, tr->lora ? "without" : "with",
+                     tr->lora ? "with it" : "without it");
+  if ((tr->lora ? unet_lora_load(tr->policy, path) : unet_load_weights(tr->policy, path)) != 0)
+    worker_die("resume: %s", unet_last_error(tr->policy));
 
   float *m = NULL, *v = NULL;
   size_t n = 0;
@@ -622,8 +678,7 @@ static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *k
   if (unet_forward(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
     worker_die("evaluation forward: %s", unet_last_error(tr->policy));
   pred_mse(tr, 2 * k, tr->mse_policy);
-  if (unet_forward(tr->ref, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
-    worker_die("evaluation forward: %s", unet_last_error(tr->ref));
+  reference_forward(tr, 2 * k, h, w, L, NULL, tr->pred);
   pred_mse(tr, 2 * k, tr->mse_ref);
   dpo_loss(k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
 }
@@ -745,6 +800,14 @@ typedef struct {
   double samples;
 } trainer_timing;
 
+/* What the optimizer trains: the adapters with LoRA, else every parameter. */
+static size_t trainable_params(trainer *tr) {
+  if (!tr->lora) return tr->info.num_params;
+  unet_lora_info li;
+  unet_lora_get_info(tr->policy, &li);
+  return li.num_params;
+}
+
 static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
   const uint32_t steps = tr->train->steps, b = tr->train->batch_size, accum = tr->train->grad_accum;
   unet_adamw_params opt = unet_adamw_default_params();
@@ -759,7 +822,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     st.has_world_size = st.has_total_steps = st.has_parameters = st.has_start_step = 1;
     st.world_size = (uint32_t)g_world;
     st.total_steps = steps;
-    st.parameters = tr->info.num_params;
+    st.parameters = trainable_params(tr);
     st.start_step = start_step;
     Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;
     ev.event_case = DPOD__V1__WORKER_EVENT__EVENT_STARTED;
@@ -769,6 +832,13 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
              "%zu parameters, beta %g, lr %g (warmup %u steps), BLAS kernels %s",
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
              tr->train->beta, tr->peak_lr, tr->warmup_steps, blas_select_corename());
+    if (tr->lora) {
+      unet_lora_info li;
+      unet_lora_get_info(tr->policy, &li);
+      log_info("LoRA rank %d, alpha %g: %zu adapted layers, %zu trainable parameters (the base's %zu frozen); the "
+               "reference is the base with its adapters off",
+               li.rank, li.alpha, li.num_modules, li.num_params, tr->info.num_params);
+    }
   }
 
   const uint32_t eval_every = tr->train->eval_every;

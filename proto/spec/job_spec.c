@@ -219,10 +219,75 @@ static void js_mark_present(ProtobufCMessage *msg, const ProtobufCFieldDescripto
     *(protobuf_c_boolean *)((char *)msg + f->quantifier_offset) = 1;
 }
 
+/* Replaces the list of strings `f` (a repeated string field, such as train.lora.target_modules) of `msg`
+ * by items[0..n), each checked to be UTF-8 as a single string is. */
+static int js_set_strings(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key,
+                          const char *const *items, size_t n, char *err, size_t errlen) {
+  for (size_t k = 0; k < n; k++) {
+    uint32_t cp;
+    for (size_t i = 0, len; items[k][i]; i += len)
+      if ((len = js_utf8_decode((const unsigned char *)items[k] + i, &cp)) == 0)
+        return js_errf(err, errlen, "key '%s': entry %zu is not valid UTF-8 (byte 0x%02x at offset %zu)", key, k,
+                       (unsigned char)items[k][i], i);
+  }
+  char **list = n ? calloc(n, sizeof *list) : NULL;
+  if (n && !list) return DPOD_ENOMEM;
+  for (size_t k = 0; k < n; k++)
+    if (!(list[k] = strdup(items[k]))) {
+      for (size_t j = 0; j < k; j++) free(list[j]);
+      free(list);
+      return DPOD_ENOMEM;
+    }
+  char ***member = (char ***)((char *)msg + f->offset);
+  size_t *count = (size_t *)((char *)msg + f->quantifier_offset);
+  for (size_t k = 0; k < *count; k++) free((*member)[k]);
+  free(*member);
+  *member = list;
+  *count = n;
+  return 0;
+}
+
+/* A list of strings from one value: comma-separated entries, spaces around each dropped ("" is none). */
+static int js_set_string_list(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key,
+                              const char *text, char *err, size_t errlen) {
+  char *copy = strdup(text);
+  if (!copy) return DPOD_ENOMEM;
+  size_t cap = 1;
+  for (const char *p = text; *p; p++) cap += *p == ',';
+  const char **items = calloc(cap, sizeof *items);
+  if (!items) {
+    free(copy);
+    return DPOD_ENOMEM;
+  }
+  size_t n = 0;
+  int rc = 0;
+  int blank = 1;
+  for (const char *p = text; *p; p++) blank &= isspace((unsigned char)*p) != 0;
+  for (char *tok = copy, *next; !blank && tok; tok = next) {
+    next = strchr(tok, ',');
+    if (next) *next++ = '\0';
+    while (isspace((unsigned char)*tok)) tok++;
+    char *end = tok + strlen(tok);
+    while (end > tok && isspace((unsigned char)end[-1])) *--end = '\0';
+    if (!*tok) {
+      rc = js_errf(err, errlen, "key '%s': empty entry %zu in the list '%s' (entries are separated by commas)", key, n,
+                   text);
+      break;
+    }
+    items[n++] = tok;
+  }
+  if (rc == 0) rc = js_set_strings(msg, f, key, items, n, err, errlen);
+  free(items);
+  free(copy);
+  return rc;
+}
+
 /* Sets field `f` of `msg` from `text`; `key` names it in messages. */
 static int js_set_scalar(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f, const char *key, const char *text,
                          char *err, size_t errlen) {
   void *member = (char *)msg + f->offset;
+  if (f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_STRING)
+    return js_set_string_list(msg, f, key, text, err, errlen);
   if (f->label == PROTOBUF_C_LABEL_REPEATED || (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
     return js_errf(err, errlen, "key '%s': lists and one-of fields cannot be set from a job file", key);
   switch (f->type) {
@@ -525,6 +590,31 @@ static int js_yaml_mapping(js_yaml_ctx *c, yaml_node_t *map, ProtobufCMessage *m
       }
       continue;
     }
+    if (v->type == YAML_SEQUENCE_NODE && f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_STRING) {
+      /* A list of strings: [to_q, to_v] or one "- item" a line. */
+      size_t n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+      const char **items = calloc(n ? n : 1, sizeof *items);
+      if (!items) return DPOD_ENOMEM;
+      for (size_t i = 0; i < n; i++) {
+        yaml_node_t *it = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+        if (!it || it->type != YAML_SCALAR_NODE) {
+          free(items);
+          return js_yaml_errf(c, it ? it : v, "key '%s': entry %zu must be a single value, got %s", full, i,
+                              it ? js_yaml_kind(it) : "nothing");
+        }
+        items[i] = (const char *)it->data.scalar.value;
+      }
+      rc = js_yaml_assign(c, k, full);
+      if (rc) {
+        free(items);
+        return rc;
+      }
+      rc = js_set_strings(target, f, full, items, n, msgbuf, sizeof msgbuf);
+      free(items);
+      if (rc == DPOD_ENOMEM) return rc;
+      if (rc) return js_yaml_errf(c, v, "%s", msgbuf);
+      continue;
+    }
     if (v->type != YAML_SCALAR_NODE)
       return js_yaml_errf(c, v, "key '%s': expects a single value, got %s", full, js_yaml_kind(v));
     if (f->type != PROTOBUF_C_TYPE_STRING && js_yaml_is_null(v))
@@ -660,6 +750,18 @@ static void js_write_message(const ProtobufCMessage *msg, const ProtobufCMessage
         const void *e = pb_element(msg, f, k);
         fprintf(out, "%s%" PRIu64, k ? ", " : "",
                 f->type == PROTOBUF_C_TYPE_UINT32 ? (uint64_t) * (const uint32_t *)e : *(const uint64_t *)e);
+      }
+      fputs("]\n", out);
+      continue;
+    }
+    if (f->label == PROTOBUF_C_LABEL_REPEATED && f->type == PROTOBUF_C_TYPE_STRING) {
+      /* A flow list, which reads back as the same list: name: ["a", "b"]. */
+      char *const *items = *(char **const *)((const char *)msg + f->offset);
+      size_t n = *(const size_t *)((const char *)msg + f->quantifier_offset);
+      fprintf(out, "%*s%s: [", indent, "", f->name);
+      for (size_t k = 0; k < n; k++) {
+        if (k) fputs(", ", out);
+        js_fmt_string(items[k] ? items[k] : "", out);
       }
       fputs("]\n", out);
       continue;
@@ -994,6 +1096,7 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
     return js_errf(err, errlen, "train.keep_best: needs an evaluation at every checkpoint: train.eval_every (%u) must be "
                    "> 0 and divide train.checkpoint_every (%u)", t->eval_every, t->checkpoint_every);
   if ((status = js_check_chain(spec, m, err, errlen)) != 0) return status;
+  if ((status = job_spec_validate_lora_(spec, err, errlen)) != 0) return status;
 
   js_uint_in("resources.ranks_per_node", r->ranks_per_node, 0, JS_RANKS_MAX);
   js_uint_in("resources.gpus_per_rank", r->gpus_per_rank, 0, 64);

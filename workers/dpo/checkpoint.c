@@ -253,10 +253,10 @@ int ckpt_verify(const char *dir, uint32_t *step_out, char *err, size_t errlen) {
                fpath, got_size, hex, want_size, crc->valuestring);
       goto done;
     }
-    if (strcmp(f->string, CKPT_WEIGHTS) == 0) have_weights = 1;
+    if (strcmp(f->string, CKPT_WEIGHTS) == 0 || strcmp(f->string, CKPT_LORA_WEIGHTS) == 0) have_weights = 1;
   }
   if (!have_weights) {
-    snprintf(err, errlen, "%s: the marker lists no %s", path, CKPT_WEIGHTS);
+    snprintf(err, errlen, "%s: the marker lists no %s (nor %s)", path, CKPT_WEIGHTS, CKPT_LORA_WEIGHTS);
     goto done;
   }
   if (step_out) *step_out = (uint32_t)marker_step;

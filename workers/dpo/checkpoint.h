@@ -2,6 +2,7 @@
  *
  * A checkpoint is RUN_DIR/checkpoints/step-NNNNNN/ holding
  *   diffusion_pytorch_model.safetensors, config.json   rank 0: the policy, loadable by diffusers
+ *   (with LoRA instead: pytorch_lora_weights.safetensors and lora_adapters.safetensors, the adapters)
  *   optimizer.safetensors                              rank 0: AdamW moments and step count
  *   rank-NNNNN.json                                    every rank: world size, rank, step, data position
  *   dpod_provenance.json                               rank 0: versions, spec, dataset hash, the step's
@@ -24,6 +25,10 @@
 #define CKPT_WEIGHTS DIFFUSERS_WEIGHTS_NAME
 #define CKPT_OPTIMIZER "optimizer.safetensors"
 #define CKPT_PROVENANCE "dpod_provenance.json"
+/* With train.lora, in place of the full weights: the adapters as diffusers' save_lora_weights writes
+ * them (alpha / rank folded into the up weights; what pipe.load_lora_weights reads) and as trained. */
+#define CKPT_LORA_WEIGHTS "pytorch_lora_weights.safetensors"
+#define CKPT_LORA_STATE "lora_adapters.safetensors"
 
 /* The per-rank record. */
 typedef struct {

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <dlfcn.h>
+#include <initializer_list>
 #include <utility>
 
 namespace shim {
@@ -282,7 +283,29 @@ struct fwd_ {
     const int64_t st[2] = {c.stride, c.stride}, pd[2] = {c.pad, c.pad};
     return at::conv2d(x, P(c.w), P(c.b), at::IntArrayRef(st), at::IntArrayRef(pd));
   }
-  at::Tensor linear(const lin_ &l, const at::Tensor &x) const { return at::linear(x, P(l.w), opt(l.b)); }
+  at::Tensor linear(const lin_ &l, const at::Tensor &x) const {
+    at::Tensor y = at::linear(x, P(l.w), opt(l.b));
+    at::Tensor d = lora_delta(m, l.w, x);
+    return d.defined() ? y + d : y;
+  }
+  /* The fused projection's output plus the adapters of its parts (each [.., rows]), if any is adapted. */
+  at::Tensor fused_lora(at::Tensor y, const at::Tensor &x, std::initializer_list<int> weights) const {
+    if (!lora_on(m)) return y;
+    std::vector<at::Tensor> parts;
+    bool any = false;
+    int64_t rows = y.size(-1) / (int64_t)weights.size();
+    for (int w : weights) {
+      at::Tensor d = lora_delta(m, w, x);
+      if (d.defined()) any = true;
+      else {
+        std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+        shape.back() = rows;
+        d = at::zeros(shape, x.options());
+      }
+      parts.push_back(d);
+    }
+    return any ? y + at::cat(parts, -1) : y;
+  }
   at::Tensor norm(const norm_ &n, const at::Tensor &x) const {
     if (n.groups > 0) return at::group_norm(x, n.groups, P(n.w), P(n.b), n.eps);
     return at::layer_norm(x, {x.size(-1)}, P(n.w), P(n.b), n.eps);
@@ -303,11 +326,11 @@ struct fwd_ {
   at::Tensor attention(const attn_ &a, const at::Tensor &x, const at::Tensor &ctx) const {
     at::Tensor q, kv;
     if (!ctx.defined()) {
-      q = at::linear(x, m.fused[(size_t)a.qkv]); /* [b, n, 3 dim] */
+      q = fused_lora(at::linear(x, m.fused[(size_t)a.qkv]), x, {a.q.w, a.k.w, a.v.w}); /* [b, n, 3 dim] */
       kv = at::empty({0}, x.options());
     } else {
-      q = linear(a.q, x);                         /* [b, n, dim] */
-      kv = at::linear(ctx, m.fused[(size_t)a.kv]); /* [b, m, 2 dim] */
+      q = linear(a.q, x);                                                            /* [b, n, dim] */
+      kv = fused_lora(at::linear(ctx, m.fused[(size_t)a.kv]), ctx, {a.k.w, a.v.w}); /* [b, m, 2 dim] */
     }
     return linear(a.out, attention_core(q, kv, a.heads, a.scale));
   }

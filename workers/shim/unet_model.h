@@ -94,6 +94,15 @@ struct block_ {
   bool has_sampler = false;
   conv_ sampler;
 };
+/* A LoRA adapter on one Linear layer (unet_lora.cpp): y = W x + b + scale * up(down(x)). */
+struct lora_ {
+  std::string module;          /* the Linear layer's diffusers name, e.g. "...attn1.to_q" */
+  std::string down_name, up_name; /* "unet.<module>.lora.down.weight", "unet.<module>.lora.up.weight" */
+  int weight = -1;             /* index of its weight in unet::params */
+  int64_t in = 0, out = 0;
+  int64_t off_down = 0, off_up = 0; /* element offsets in unet::lora_flat */
+  at::Tensor down, up;         /* [rank, in], [out, rank]: views of lora_flat, grads views of lora_grad */
+};
 
 }  // namespace shim
 
@@ -120,6 +129,16 @@ struct unet {
 
   at::Tensor mse;  /* [n] with its graph, between unet_forward_mse and unet_backward_mse */
   int mse_n = 0;
+
+  /* LoRA (unet_lora.cpp). When enabled the adapters are the trainable parameters (the base is frozen,
+   * zero_grad, adamw_step and adamw_state act on lora_flat), and with lora_active false the forward is the
+   * base UNet's: the reference of a LoRA DPO run, in the same memory. */
+  std::vector<shim::lora_> lora;
+  std::vector<int> lora_of;            /* [params.size()]: index into lora of the adapter on that weight, or -1 */
+  int64_t lora_rank = 0;
+  double lora_alpha = 0, lora_scale = 0;
+  bool lora_active = false;
+  at::Tensor lora_flat, lora_grad;     /* [lora parameters] float32 */
 };
 
 namespace shim {
@@ -139,6 +158,12 @@ struct added_ {
 /* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. Records autograd only when grad
  * mode is on. `added` must be defined exactly when the config has text_time (checked by the caller). */
 at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added = {});
+
+/* The adapter's term scale * up(down(x)) for the Linear layer whose weight is params[weight], or an
+ * undefined tensor when it has none or the adapters are off. x [..., in] -> [..., out]. */
+at::Tensor lora_delta(const unet &m, int weight, const at::Tensor &x);
+/* Whether the adapters take part in the forward. */
+inline bool lora_on(const unet &m) { return m.lora_active && !m.lora.empty(); }
 
 /* Forward FLOPs (matmul-shaped work only) of n images of h x w latents with L text tokens. */
 double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w);

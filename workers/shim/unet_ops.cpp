@@ -71,10 +71,14 @@ struct inputs_ {
   }
 };
 
+/* What the optimizer trains: the adapters when LoRA is enabled (the base is frozen then), else the base. */
+at::Tensor &trainable(unet &m) { return m.lora.empty() ? m.flat : m.lora_flat; }
+at::Tensor &trainable_grad(unet &m) { return m.lora.empty() ? m.flat_grad : m.lora_grad; }
+
 void ensure_adam_state(unet &m) {
   if (!m.adam_m.defined()) {
-    m.adam_m = at::zeros_like(m.flat);
-    m.adam_v = at::zeros_like(m.flat);
+    m.adam_m = at::zeros_like(trainable(m));
+    m.adam_v = at::zeros_like(trainable(m));
   }
 }
 
@@ -230,8 +234,13 @@ void forward_mse(unet &m, int n, int height, int width, int text_len, const floa
   check_dims(n, height, width, text_len);
   if (!x || !t || !ehs || !target || !mse) throw error(DPOD_EINVAL, "unet_forward_mse: NULL array");
   check_added(m, added, "unet_forward_mse");
-  m.mse = at::Tensor();
-  m.mse_n = 0;
+  /* A LoRA model with its adapters off is the frozen reference: nothing to differentiate, and the graph
+   * of the policy's forward stays for the backward that follows. */
+  bool reference = m.frozen || (!m.lora.empty() && !m.lora_active);
+  if (!reference) {
+    m.mse = at::Tensor();
+    m.mse_n = 0;
+  }
   const unet_config_ &c = m.cfg;
   auto run = [&](bool keep) {
     inputs_ in(m, n, height, width, text_len, x, t, ehs, added);
@@ -259,7 +268,7 @@ void forward_mse(unet &m, int n, int height, int width, int text_len, const floa
       m.mse_n = n;
     }
   };
-  if (m.frozen) {
+  if (reference) {
     c10::InferenceMode im;
     run(false);
   } else {
@@ -280,7 +289,7 @@ void backward_mse(unet &m, const float *grad_mse) {
 
 void zero_grad(unet &m) {
   at::NoGradGuard ng;
-  m.flat_grad.zero_();
+  trainable_grad(m).zero_();
 }
 
 void param_at(const unet &m, size_t i, const char **name, size_t *offset, int *ndim, int64_t shape[8]) {
@@ -295,8 +304,8 @@ void param_at(const unet &m, size_t i, const char **name, size_t *offset, int *n
 
 void adamw_step(unet &m, const unet_adamw_params &p, double *grad_norm) {
   if (m.frozen) throw error(DPOD_ESTATE, "unet_adamw_step: the model is frozen");
-  const int64_t n = m.flat.numel();
-  float *w = m.flat.data_ptr<float>(), *g = m.flat_grad.data_ptr<float>();
+  const int64_t n = trainable(m).numel();
+  float *w = trainable(m).data_ptr<float>(), *g = trainable_grad(m).data_ptr<float>();
   /* The global norm in double, from partial sums over fixed chunks added in order: the same number
    * whatever the thread count, and closer to exact than clip_grad_norm_'s float32 norm of norms. */
   const int64_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;

@@ -9,6 +9,7 @@
 #include <new>
 #include <string>
 
+#include "unet_lora.h"
 #include "unet_ops.h"
 
 extern "C" {
@@ -204,6 +205,70 @@ int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, u
 }
 
 int unet_adamw_set_step(unet_t m, uint64_t step) { return guarded(m, [&] { shim::adamw_set_step(*m, step); }); }
+
+unet_lora_params unet_lora_default_params(void) {
+  unet_lora_params p;
+  p.rank = 4;
+  p.alpha = 0;
+  p.targets = nullptr;
+  p.num_targets = 0;
+  p.init = UNET_LORA_INIT_GAUSSIAN;
+  p.seed = 0;
+  return p;
+}
+
+int unet_lora_enable(unet_t m, const unet_lora_params *p) {
+  return guarded(m, [&] {
+    if (!p) throw shim::error(DPOD_EINVAL, "unet_lora_enable: no params");
+    shim::lora_enable(*m, *p);
+  });
+}
+
+int unet_lora_set_active(unet_t m, int active) { return guarded(m, [&] { shim::lora_set_active(*m, active != 0); }); }
+
+void unet_lora_get_info(unet_t m, unet_lora_info *info) {
+  if (!m || !info) return;
+  info->num_modules = m->lora.size();
+  info->num_params = m->lora.empty() ? 0 : (size_t)m->lora_flat.numel();
+  info->num_tensors = 2 * m->lora.size();
+  info->rank = (int)m->lora_rank;
+  info->alpha = m->lora_alpha;
+}
+
+float *unet_lora_param_buffer(unet_t m, size_t *n) {
+  float *p = nullptr;
+  int status = guarded(m, [&] {
+    if (m->lora.empty()) throw shim::error(DPOD_ESTATE, "unet_lora_param_buffer: LoRA is not enabled on this model");
+    if (n) *n = (size_t)m->lora_flat.numel();
+    p = m->lora_flat.data_ptr<float>();
+  });
+  return status ? nullptr : p;
+}
+
+float *unet_lora_grad_buffer(unet_t m, size_t *n) {
+  float *p = nullptr;
+  int status = guarded(m, [&] {
+    if (m->lora.empty()) throw shim::error(DPOD_ESTATE, "unet_lora_grad_buffer: LoRA is not enabled on this model");
+    if (n) *n = (size_t)m->lora_grad.numel();
+    p = m->lora_grad.data_ptr<float>();
+  });
+  return status ? nullptr : p;
+}
+
+int unet_lora_param_at(unet_t m, size_t i, const char **name, size_t *offset, int *ndim, int64_t shape[8]) {
+  return guarded(m, [&] { shim::lora_param_at(*m, i, name, offset, ndim, shape); });
+}
+
+int unet_lora_load(unet_t m, const char *path) { return guarded(m, [&] { shim::lora_load(*m, path); }); }
+
+int unet_lora_save(unet_t m, const char *path, int fold, uint64_t *bytes_out) {
+  return guarded(m, [&] {
+    uint64_t bytes = shim::lora_save(*m, path, fold != 0);
+    if (bytes_out) *bytes_out = bytes;
+  });
+}
+
+int unet_lora_merge(unet_t m) { return guarded(m, [&] { shim::lora_merge(*m); }); }
 
 double unet_train_flops(unet_t m, int n, int height, int width, int text_len) {
   if (!m || n <= 0 || height <= 0 || width <= 0 || text_len <= 0) return 0;

@@ -136,7 +136,7 @@ unet_adamw_params unet_adamw_default_params(void);
 int unet_adamw_step(unet_t m, const unet_adamw_params *p, double *grad_norm);
 
 /* The AdamW state, for checkpoints: *exp_avg and *exp_avg_sq receive the flat first and second moments
- * [*n] (same layout as unet_param_buffer; allocated and zero-filled here if no step was taken yet), *step
+ * [*n] (the layout of unet_param_buffer, or of unet_lora_param_buffer with LoRA; allocated and zero-filled here if no step was taken yet), *step
  * the number of steps taken (the bias correction's count). The buffers are owned by the handle and stay
  * valid for its lifetime; the caller may read or overwrite them between steps. CPU only. Any output
  * pointer may be NULL. */
@@ -144,6 +144,76 @@ int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, u
 
 /* Sets the step count a resumed run continues from (the next unet_adamw_step takes step + 1). */
 int unet_adamw_set_step(unet_t m, uint64_t step);
+
+/* ---- LoRA ----
+ * Low-rank adapters on Linear layers, as peft adds them for diffusers: an adapted layer computes
+ * W x + b + (alpha / rank) * up(down(x)), down [rank, in], up [out, rank]. Once enabled, the adapters are
+ * the model's trainable parameters: the base is frozen, unet_backward_mse fills the adapters' gradients
+ * only, and unet_zero_grad, unet_adamw_step and unet_adamw_state act on the adapters' flat buffers
+ * (unet_lora_param_buffer's layout). unet_param_buffer, unet_grad_buffer and unet_param_at keep meaning
+ * the base's. With the adapters switched off (unet_lora_set_active 0) the model is the base UNet: the
+ * reference of a LoRA DPO run, in the same memory; such a forward records no graph and leaves the one
+ * kept by the last forward with the adapters on, so policy and reference can alternate within a step. */
+
+#define UNET_LORA_MAX_RANK 1024
+
+typedef enum {
+  UNET_LORA_INIT_GAUSSIAN = 0, /* down ~ N(0, 1/rank), up = 0: peft's "gaussian", what diffusers' DPO script uses */
+  UNET_LORA_INIT_KAIMING = 1   /* down ~ U(-1/sqrt(in), 1/sqrt(in)), up = 0: peft's default */
+} unet_lora_init;
+
+typedef struct {
+  int rank;                    /* 1..UNET_LORA_MAX_RANK */
+  double alpha;                /* the adapters' output is scaled by alpha / rank; 0 means alpha = rank */
+  const char *const *targets;  /* module names: a Linear layer is adapted if its diffusers name is a target or
+                                  ends in "." + a target (peft's rule); read during the call only */
+  size_t num_targets;          /* 0: diffusers' to_q, to_k, to_v, to_out.0 */
+  unet_lora_init init;
+  uint64_t seed;               /* of the initialisation */
+} unet_lora_params;
+
+unet_lora_params unet_lora_default_params(void);
+
+/* Adds adapters to every Linear layer a target names (a target naming none is refused, by name) and
+ * freezes the base; resets the optimizer state. Once per model. */
+int unet_lora_enable(unet_t m, const unet_lora_params *p);
+
+/* Whether the adapters take part in the forward (1 after unet_lora_enable). */
+int unet_lora_set_active(unet_t m, int active);
+
+typedef struct {
+  size_t num_modules;  /* adapted Linear layers; 0 when LoRA is not enabled */
+  size_t num_params;   /* adapter elements: sum of rank * (in + out) */
+  size_t num_tensors;  /* 2 * num_modules: down then up of each module, in the base's state-dict order */
+  int rank;
+  double alpha;
+} unet_lora_info;
+
+void unet_lora_get_info(unet_t m, unet_lora_info *info);
+
+/* The adapters' parameters and gradients as flat float32 buffers (as unet_param_buffer is for the base);
+ * valid until unet_lora_merge or unet_free. NULL, with unet_last_error saying why, without LoRA. */
+float *unet_lora_param_buffer(unet_t m, size_t *n);
+float *unet_lora_grad_buffer(unet_t m, size_t *n);
+
+/* Adapter tensor i (0 <= i < num_tensors): its name in diffusers' LoRA file ("unet.<module>.lora.down.weight",
+ * "unet.<module>.lora.up.weight"), element offset in the flat buffers, and shape. Strings owned by the handle. */
+int unet_lora_param_at(unet_t m, size_t i, const char **name, size_t *offset, int *ndim, int64_t shape[8]);
+
+/* Reads every adapter from a safetensors file of those names (F32, F16 or BF16), as it is: the file's up
+ * weights are taken to be at this model's alpha (a diffusers file means alpha = rank). A missing,
+ * mis-shaped or unexpected tensor is refused by name and nothing is changed. */
+int unet_lora_load(unet_t m, const char *path);
+
+/* Writes the adapters to `path` (F32, temporary name, fsync, rename). With fold, the up weights are
+ * multiplied by alpha / rank, so the file is what diffusers' save_lora_weights writes and
+ * pipe.load_lora_weights reads (implied alpha = rank); without, they are written as they are, with
+ * lora_rank and lora_alpha in the metadata (exact resume). *bytes_out (may be NULL) gets the size. */
+int unet_lora_save(unet_t m, const char *path, int fold, uint64_t *bytes_out);
+
+/* Folds the adapters into the base weights (W += alpha / rank * up @ down) and removes them: the model is
+ * a plain UNet again, whose weights unet_save and unet_param_buffer give. */
+int unet_lora_merge(unet_t m);
 
 /* Analytic FLOPs of one Diffusion-DPO training step over n images of height x width latents with
  * text_len text tokens: 4x the forward (policy forward, backward ~2x forward, reference forward).

@@ -749,6 +749,78 @@ static void keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint
   assert_int_equal(job_spec_keep_best_lower("train/loss", NULL), -1);
 }
 
+/* train.lora: each bound refused by name, and the reference weights refused together with LoRA. */
+static void validate_refuses_each_bad_lora_value(void **state) {
+  (void)state;
+  static const struct {
+    const char *key, *value, *key2, *value2, *prefix;
+  } cases[] = {
+      {"train.lora.rank", "1025", NULL, NULL, "train.lora.rank:"},
+      {"train.lora.alpha", "-1", "train.lora.rank", "4", "train.lora.alpha:"},
+      {"train.lora.alpha", "1e7", "train.lora.rank", "4", "train.lora.alpha:"},
+      {"train.lora.alpha", "8", NULL, NULL, "train.lora:"}, /* set while LoRA is off */
+      {"train.lora.target_modules", "to_q", NULL, NULL, "train.lora:"},
+      {"train.lora.init", "zeros", "train.lora.rank", "4", "train.lora.init:"},
+      {"train.lora.target_modules", "to_q,../x", "train.lora.rank", "4", "train.lora.target_modules[1]:"},
+      {"train.lora.target_modules", ".to_q", "train.lora.rank", "4", "train.lora.target_modules[0]:"},
+      {"train.lora.target_modules", "to_q,to_q", "train.lora.rank", "4", "train.lora.target_modules[1]:"},
+      {"train.lora.target_modules", "to..q", "train.lora.rank", "4", "train.lora.target_modules[0]:"},
+      {"model.reference_weights", "/w/ref.safetensors", "train.lora.rank", "4", "model.reference_weights:"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    Dpod__V1__JobSpec *saved = spec;
+    spec = job_spec_new();
+    set_ok(cases[i].key, cases[i].value);
+    if (cases[i].key2) set_ok(cases[i].key2, cases[i].value2);
+    refused_validate(0, cases[i].prefix);
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    spec = saved;
+  }
+  /* Thirty-three targets are too many; thirty-two pass. */
+  char list[33 * 8] = "";
+  for (int i = 0; i < 33; i++) snprintf(list + strlen(list), sizeof list - strlen(list), "%sm%d", i ? "," : "", i);
+  set_ok("train.lora.rank", "1024");
+  set_ok("train.lora.target_modules", list);
+  refused_validate(0, "train.lora.target_modules:");
+  *strrchr(list, ',') = '\0';
+  set_ok("train.lora.target_modules", list);
+  set_ok("train.lora.alpha", "0.5");
+  set_ok("train.lora.init", "kaiming");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  assert_int_equal(spec->train->lora->n_target_modules, 32);
+  /* Non-finite alpha, which only the wire can carry. */
+  spec->train->lora->alpha = NAN;
+  refused_validate(0, "train.lora.alpha:");
+}
+
+/* target_modules is a list: YAML flow or block sequences, a comma list in --set, written back as a list. */
+static void lora_target_modules_read_as_lists_and_write_back(void **state) {
+  (void)state;
+  assert_int_equal(parse("train:\n  lora:\n    rank: 8\n    alpha: 16\n    target_modules:\n      - to_q\n"
+                         "      - to_out.0\n"),
+                   0);
+  assert_int_equal(spec->train->lora->n_target_modules, 2);
+  assert_string_equal(spec->train->lora->target_modules[1], "to_out.0");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_int_equal(back->train->lora->rank, 8);
+  assert_true(back->train->lora->alpha == 16);
+  assert_int_equal(back->train->lora->n_target_modules, 2);
+  assert_string_equal(back->train->lora->target_modules[0], "to_q");
+  assert_string_equal(back->train->lora->target_modules[1], "to_out.0");
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+  /* --set replaces the list; spaces around entries are dropped; "" empties it. */
+  set_ok("train.lora.target_modules", " to_k , to_v,ff.net.2");
+  assert_int_equal(spec->train->lora->n_target_modules, 3);
+  assert_string_equal(spec->train->lora->target_modules[0], "to_k");
+  assert_string_equal(spec->train->lora->target_modules[2], "ff.net.2");
+  set_ok("train.lora.target_modules", "");
+  assert_int_equal(spec->train->lora->n_target_modules, 0);
+  refused_set("train.lora.target_modules", "to_q,,to_v", "train.lora.target_modules");
+  refused_yaml("train:\n  lora:\n    target_modules: [to_q, [x]]\n", "train.lora.target_modules");
+  refused_yaml("train:\n  lora:\n    target_modules: {a: b}\n", "train.lora.target_modules");
+}
+
 static void names_of_states_and_objectives(void **state) {
   (void)state;
   assert_string_equal(job_state_name(DPOD__V1__JOB_STATE__JOB_STATE_RUNNING), "running");
@@ -808,6 +880,8 @@ int main(int argc, char **argv) {
       T(names_of_states_and_objectives),
       T(chain_after_and_references_are_parsed_bounded_and_written_back),
       T(keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint),
+      T(validate_refuses_each_bad_lora_value),
+      T(lora_target_modules_read_as_lists_and_write_back),
   };
   return CMOCKA_MAIN("job_spec", tests, NULL, NULL);
 }

@@ -262,6 +262,34 @@ static void prune_keeps_the_best_by_its_evaluation_besides_the_newest(void **sta
   assert_false(checkpoint_exists(70));
 }
 
+/* A LoRA checkpoint holds the adapters in place of the full weights; one with neither is refused. */
+static void lora_checkpoint_verifies_and_one_without_weights_does_not(void **state) {
+  (void)state;
+  char partial[1024], dir[1024], err[512];
+  for (uint32_t step = 1; step <= 2; step++) {
+    assert_int_equal(ckpt_begin(run_dir, step, err, sizeof err), 0);
+    ckpt_dir(run_dir, step, 1, partial, sizeof partial);
+    if (step == 1) {
+      write_file(partial, CKPT_LORA_WEIGHTS, "adapters, folded");
+      write_file(partial, CKPT_LORA_STATE, "adapters as trained");
+    }
+    write_file(partial, CKPT_OPTIMIZER, "adam moments");
+    ckpt_rank_state st = {.world_size = 1, .rank = 0, .step = step, .data_position = step * 8ull, .seed = 42};
+    assert_int_equal(ckpt_write_rank_state(partial, &st, err, sizeof err), 0);
+    assert_int_equal(ckpt_commit(run_dir, step, 1, NULL, err, sizeof err), 0);
+  }
+  uint32_t step = 0;
+  ckpt_dir(run_dir, 1, 0, dir, sizeof dir);
+  if (ckpt_verify(dir, &step, err, sizeof err) != 0) fail_msg("%s", err);
+  assert_int_equal(step, 1);
+  ckpt_dir(run_dir, 2, 0, dir, sizeof dir);
+  assert_int_equal(ckpt_verify(dir, &step, err, sizeof err), DPOD_EFORMAT);
+  assert_non_null(strstr(err, CKPT_LORA_WEIGHTS));
+  char found[1024];
+  assert_int_equal(ckpt_find_latest(run_dir, &step, found, sizeof found), 1);
+  assert_int_equal(step, 1);
+}
+
 #define CASE(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 int main(int argc, char **argv) {
   const struct CMUnitTest all[] = {
@@ -269,6 +297,7 @@ int main(int argc, char **argv) {
       CASE(checkpoint_without_marker_is_never_used),   CASE(missing_file_or_rank_is_refused),
       CASE(prune_keeps_the_newest),
       CASE(prune_keeps_the_best_by_its_evaluation_besides_the_newest),
+      CASE(lora_checkpoint_verifies_and_one_without_weights_does_not),
   };
   return CMOCKA_MAIN("checkpoint", all, NULL, NULL);
 }

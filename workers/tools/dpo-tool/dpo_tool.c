@@ -1,7 +1,8 @@
 /* dpo-tool: the offline companion of dpo-worker.
  *
  *   dpo-tool inspect FILE.safetensors
- *   dpo-tool forward --config C --weights W --inputs I --out O [--threads N]
+ *   dpo-tool forward --config C --weights W [--lora L] --inputs I --out O [--threads N]
+ *   dpo-tool merge-lora BASE LORA OUT [--config C]   (tool_lora.h)
  *   dpo-tool diff A.safetensors B.safetensors [--atol X]
  *   dpo-tool import | synth | sample ...   (preference datasets and sampling: tool_data.h)
  *
@@ -19,6 +20,7 @@
 #include "dpod_error.h"
 #include "safetensors.h"
 #include "tool_data.h"
+#include "tool_lora.h"
 #include "unet_shim.h"
 
 typedef struct {
@@ -35,13 +37,15 @@ static int cmd_diff(int argc, char **argv);
 static const dpo_tool_command commands[] = {
     {"inspect", cmd_inspect, "FILE.safetensors",
      "list tensors (name, dtype, shape), the parameter count and the header metadata"},
-    {"forward", cmd_forward, "--config C --weights W --inputs I --out O [--threads N]",
-     "run the UNet on I's `sample`, `timestep`, `encoder_hidden_states` (SDXL: +`text_embeds`, `time_ids`); write O"},
+    {"forward", cmd_forward, "--config C --weights W [--lora L] --inputs I --out O [--threads N]",
+     "run the UNet (with L's LoRA adapters) on I's `sample`, `timestep`, `encoder_hidden_states` (SDXL: +`text_embeds`, "
+     "`time_ids`); write O"},
     {"diff", cmd_diff, "A.safetensors B.safetensors [--atol X]",
      "largest absolute difference per tensor; exit 1 if names or shapes differ or a difference > X (0)"},
     {"import", tool_import_main, TOOL_IMPORT_ARGS, TOOL_IMPORT_SUMMARY},
     {"synth", tool_synth_main, TOOL_SYNTH_ARGS, TOOL_SYNTH_SUMMARY},
     {"sample", tool_sample_main, TOOL_SAMPLE_ARGS, TOOL_SAMPLE_SUMMARY},
+    {"merge-lora", tool_merge_lora_main, TOOL_MERGE_LORA_ARGS, TOOL_MERGE_LORA_SUMMARY},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -164,14 +168,15 @@ static int cmd_forward(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'}, {"weights", required_argument, NULL, 'w'},
       {"inputs", required_argument, NULL, 'i'}, {"out", required_argument, NULL, 'o'},
       {"threads", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
+      {"lora", required_argument, NULL, 'l'},     {NULL, 0, NULL, 0},
   };
-  const char *config = NULL, *weights = NULL, *inputs = NULL, *outp = NULL;
+  const char *config = NULL, *weights = NULL, *inputs = NULL, *outp = NULL, *lora = NULL;
   int threads = 0;
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "c:w:i:o:t:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:w:i:o:t:l:h", opts, NULL)) != -1) {
     switch (c) {
+      case 'l': lora = optarg; break;
       case 'c': config = optarg; break;
       case 'w': weights = optarg; break;
       case 'i': inputs = optarg; break;
@@ -217,6 +222,7 @@ static int cmd_forward(int argc, char **argv) {
     fprintf(stderr, "dpo-tool forward: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
     goto fail;
   }
+  if (lora && tool_lora_attach(m, lora, "dpo-tool forward") != 0) goto fail;
   if ((rc = st_open(inputs, &in, err, sizeof err)) != 0) {
     fprintf(stderr, "dpo-tool forward: %s (%s)\n", err, dpod_err_name(rc));
     goto fail;
