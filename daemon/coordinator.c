@@ -16,6 +16,7 @@
 #include "dpod_log.h"
 #include "job_queue.h"
 #include "job_spec.h"
+#include "model_source.h"
 #include "report_journal.h"
 
 #define COORD_REPORT_MAX_EVENTS 1024  /* a report holds at most this many (the reporter sends 256) */
@@ -657,8 +658,7 @@ static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err,
   const Dpod__V1__ModelSpec *m = spec->model;
   int status;
   if ((status = coord_check_path("model.config", m->config, false, err, errlen)) != 0 ||
-      (status = coord_check_path("model.weights", m->weights, false, err, errlen)) != 0 ||
-      (status = coord_check_path("model.reference_weights", m->reference_weights, false, err, errlen)) != 0 ||
+      (status = model_spec_check(m, err, errlen)) != 0 || /* weights: a file or a model folder */
       (status = coord_check_path("model.scheduler_config", m->scheduler_config, false, err, errlen)) != 0)
     return status;
   if (strncmp(spec->data->dataset, "builtin:", 8) == 0) return 0;

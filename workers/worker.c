@@ -33,6 +33,8 @@
 #include "rng.h"
 #include "schedule.h"
 #include "loss.h"
+#include "model_dir.h"
+#include "model_unet.h"
 #include "lr_schedule.h"
 #include "sampler.h"
 #include "dpod_error.h"
@@ -48,9 +50,8 @@
 #include "synth.h"
 #include "unet_shim.h"
 
-/* Bounds on the text files a job names: a spec, a model or scheduler config. */
+/* Bound on the spec file (the model's files are bounded in model_source.h). */
 #define WORKER_SPEC_MAX ((size_t)1 << 20)
-#define WORKER_CONFIG_MAX ((size_t)1 << 20)
 
 /* Parameters are broadcast and gradients all-reduced in calls of at most this many floats (64 MiB): few,
  * large calls, each well under MPI's int count (an SDXL-sized UNet has 2.6e9 parameters).
@@ -200,6 +201,7 @@ typedef struct {
   float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
   float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
   int64_t *t_int;
+  char *sched_json;          /* the scheduler config trained with, written into every checkpoint */
   reporter *rep;
 } trainer;
 
@@ -221,7 +223,8 @@ static void *alloc_array(size_t count, size_t size) {
   return p;
 }
 
-static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec, const char *weights) {
+static unet_t build_unet(const char *config_text, const char *config_name, const Dpod__V1__JobSpec *spec,
+                         const model_source *weights) {
   unet_params p = unet_default_params();
   p.threads = (int)spec->threads_per_rank;
   p.seed = spec->train->seed;
@@ -230,12 +233,12 @@ static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec,
   int rc = unet_create(config_text, &p, &m, err, sizeof err);
   /* Out of memory or libtorch failing is this run's trouble; anything else is the model's. */
   int bad_input = rc != DPOD_ENOMEM && rc != DPOD_ETORCH;
-  if (rc && bad_input) worker_die_input("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
-  if (rc) worker_die("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
-  if (weights && *weights) {
-    rc = unet_load_weights(m, weights);
-    if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", unet_last_error(m));
-    if (rc) worker_die("%s", unet_last_error(m));
+  if (rc && bad_input) worker_die_input("model config %s: %s", config_name, err);
+  if (rc) worker_die("model config %s: %s", config_name, err);
+  if (weights) {
+    rc = model_unet_load(m, weights, err, sizeof err);
+    if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", err);
+    if (rc) worker_die("%s", err);
   }
   return m;
 }
@@ -247,13 +250,27 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->dpo = spec->train->objective == DPOD__V1__OBJECTIVE__OBJECTIVE_DPO;
   char err[1024];
 
-  /* Model and reference. */
-  char *config_text = NULL;
-  if (*spec->model->config) {
-    if (dpod_read_file(spec->model->config, WORKER_CONFIG_MAX, &config_text, NULL, err, sizeof err) != 0)
-      worker_die_input("model.config %s", err);
+  /* Model and reference: files, sharded checkpoints or model folders (proto/spec/model_source.h), whose
+   * configs must agree with model.config and with each other. */
+  const Dpod__V1__ModelSpec *ms = spec->model;
+  model_source *src = alloc_array(2, sizeof *src); /* policy, reference */
+  const model_source *policy_src = NULL, *ref_src = NULL;
+  if (*ms->weights) {
+    if (model_source_resolve("model.weights", ms->weights, ms->variant, &src[0], err, sizeof err) != 0)
+      worker_die_input("%s", err);
+    policy_src = &src[0];
   }
-  tr->policy = build_unet(config_text, spec, spec->model->weights);
+  if (*ms->reference_weights) {
+    if (model_source_resolve("model.reference_weights", ms->reference_weights, ms->variant, &src[1], err, sizeof err) != 0)
+      worker_die_input("%s", err);
+    ref_src = &src[1];
+  }
+  char *config_text = NULL;
+  const char *config_name = "(built-in)";
+  int crc = model_spec_config(ms, policy_src, ref_src, &config_text, &config_name, err, sizeof err);
+  if (crc == DPOD_ENOMEM) worker_die("%s", err);
+  if (crc != 0) worker_die_input("%s", err);
+  tr->policy = build_unet(config_text, config_name, spec, policy_src);
   unet_get_info(tr->policy, &tr->info);
   /* The dataset carries no pooled embeddings or time ids yet, and the shim refuses a step without them. */
   if (tr->info.text_embeds_dim > 0)
@@ -266,8 +283,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
    * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
   bcast_floats(params, nparam, "the initial weights");
   if (tr->dpo) {
-    const char *ref_weights = *spec->model->reference_weights ? spec->model->reference_weights : NULL;
-    tr->ref = build_unet(config_text, spec, ref_weights);
+    const char *ref_weights = ref_src ? ref_src->weights : NULL;
+    tr->ref = build_unet(config_text, config_name, spec, ref_src);
     if (!ref_weights && unet_copy_weights(tr->ref, tr->policy) != 0) worker_die("%s", unet_last_error(tr->ref));
     if (ref_weights) {
       size_t n = 0;
@@ -279,17 +296,18 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   }
   free(config_text);
 
-  /* Noise schedule. */
-  if (*spec->model->scheduler_config) {
-    char *json = NULL;
-    if (dpod_read_file(spec->model->scheduler_config, WORKER_CONFIG_MAX, &json, NULL, err, sizeof err) != 0)
-      worker_die_input("model.scheduler_config %s", err);
-    if (dpo_schedule_from_json(&tr->sched, json, err, sizeof err) != 0)
-      worker_die_input("%s: %s", spec->model->scheduler_config, err);
-    free(json);
-  } else if (dpo_schedule_default(&tr->sched) != 0) {
+  /* Noise schedule: model.scheduler_config, else the policy folder's, else SD 1.5's. */
+  const char *sched_path = NULL;
+  if (model_scheduler_config(ms->scheduler_config, policy_src, &tr->sched_json, &sched_path, err, sizeof err) != 0)
+    worker_die_input("model.scheduler_config %s", err);
+  if (tr->sched_json) {
+    if (dpo_schedule_from_json(&tr->sched, tr->sched_json, err, sizeof err) != 0)
+      worker_die_input("%s: %s", sched_path, err);
+    if (!*ms->scheduler_config && g_rank == 0) log_info("noise schedule from %s", sched_path);
+  } else if (dpo_schedule_default(&tr->sched) != 0 || !(tr->sched_json = strdup(model_default_scheduler_json))) {
     worker_die("out of memory");
   }
+  free(src);
 
   /* Data. */
   const Dpod__V1__DataSpec *d = spec->data;
@@ -508,6 +526,9 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
     if (unet_save(tr->policy, partial, NULL) != 0) worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
     heartbeat(tr, step, "checkpoint");
     save_optimizer(tr, partial);
+    /* The schedule too, so that the checkpoint names a complete model folder (model_source.h). */
+    if (ckpt_write_text(partial, DIFFUSERS_SCHEDULER_CONFIG_NAME, tr->sched_json, err, sizeof err) != 0)
+      worker_die("%s", err);
     heartbeat(tr, step, "checkpoint");
   }
   ckpt_rank_state st = {.world_size = (uint32_t)g_world,
@@ -868,6 +889,7 @@ static void trainer_free(trainer *tr) {
   free(tr->pred);
   free(tr->batch_pairs);
   free(tr->batch_keys);
+  free(tr->sched_json);
   dataset_free(&tr->val);
   synth_task_free(&tr->task);
 }
