@@ -200,6 +200,10 @@ typedef struct {
   /* Micro-batch buffers: up to 2B images (winners then losers). */
   float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
   float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
+  /* SDXL's added conditioning (text_time), NULL for models without it: */
+  float *pooled;             /* [2B, text_embeds_dim]: pooled prompt embeddings, winners then losers */
+  float *time_ids;           /* [2B, 6] */
+  unet_added_cond added;     /* points at the two above */
   int64_t *t_int;
   char *sched_json;          /* the scheduler config trained with, written into every checkpoint */
   reporter *rep;
@@ -272,10 +276,11 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (crc != 0) worker_die_input("%s", err);
   tr->policy = build_unet(config_text, config_name, spec, policy_src);
   unet_get_info(tr->policy, &tr->info);
-  /* The dataset carries no pooled embeddings or time ids yet, and the shim refuses a step without them. */
-  if (tr->info.text_embeds_dim > 0)
-    worker_die_input("model config %s: SDXL's added conditioning (addition_embed_type \"text_time\": text_embeds, "
-                     "time_ids) is not supported in training yet", spec->model->config);
+  /* SDXL's added conditioning takes pooled prompt embeddings (the dataset must store them) and six time
+   * ids per image (the dataset's, else the reference script's default). */
+  if (tr->info.text_embeds_dim > 0 && tr->info.num_time_ids != DATASET_NUM_TIME_IDS)
+    worker_die_input("model config %s: the added conditioning takes %d time ids; the dataset format has %d",
+                     config_name, tr->info.num_time_ids, DATASET_NUM_TIME_IDS);
   size_t nparam = 0;
   float *params = unet_param_buffer(tr->policy, &nparam);
   if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");
@@ -321,7 +326,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
                                  .height = tr->info.sample_size,
                                  .width = tr->info.sample_size,
                                  .embed_dim = tr->info.cross_attention_dim,
-                                 .mode_noise = 0.3};
+                                 .mode_noise = 0.3,
+                                 .pooled_dim = tr->info.text_embeds_dim};
     if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
     /* Held-out pairs: the same prompts and modes, fresh samples around them. */
     dp.held_out = 1;
@@ -333,6 +339,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
     op.channels = tr->info.in_channels;
     op.height = op.width = tr->info.sample_size;
     op.embed_dim = tr->info.cross_attention_dim;
+    op.pooled_dim = tr->info.text_embeds_dim;
     if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die_input("data.dataset: %s", err);
     if (evaluate) {
       op.split = d->validation_split;
@@ -346,6 +353,16 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   }
   if (d->caption_dropout > 0 && !tr->data.has_empty_prompt)
     worker_die_input("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
+  if (tr->info.text_embeds_dim > 0) {
+    float *probe = alloc_array((size_t)tr->info.text_embeds_dim, sizeof(float));
+    if (d->caption_dropout > 0 && dataset_copy_empty_pooled(&tr->data, probe) != 0)
+      worker_die_input("data.caption_dropout is %g but the dataset stores no pooled embedding of the empty prompt",
+                       d->caption_dropout);
+    free(probe);
+    if (tr->task.prompts > 0 && tr->train->eval_samples > 0)
+      worker_die_input("train.eval_samples: sampling an SDXL-shaped model (added conditioning) in evaluations is not "
+                       "supported; set it to 0");
+  }
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
@@ -378,6 +395,12 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->mse_policy = alloc_array(n, sizeof(float));
   tr->mse_ref = alloc_array(n, sizeof(float));
   tr->grad_mse = alloc_array(n, sizeof(float));
+  if (tr->info.text_embeds_dim > 0) {
+    tr->pooled = alloc_array(n * (size_t)tr->info.text_embeds_dim, sizeof(float));
+    tr->time_ids = alloc_array(n * DATASET_NUM_TIME_IDS, sizeof(float));
+    tr->added.text_embeds = tr->pooled;
+    tr->added.time_ids = tr->time_ids;
+  }
   tr->batch_pairs = alloc_array(b, sizeof(size_t));
   tr->batch_keys = alloc_array(b, sizeof(uint64_t));
 }
@@ -389,11 +412,12 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
                        int b) {
   const int T = tr->sched.num_train_timesteps;
   const double dropout = ds == &tr->data ? tr->spec->data->caption_dropout : 0.0;
+  const size_t P = (size_t)tr->info.text_embeds_dim;
+  /* [winners; losers], the prompt (and its pooled embedding) repeated for both; copies, not views:
+   * on-disk latents may be F16. */
+  if (dataset_fill_batch(ds, pairs, b, tr->x0, tr->ehs, tr->pooled, tr->time_ids) != 0)
+    worker_die("filling a batch: a pair out of range");
   for (int i = 0; i < b; i++) {
-    /* Copies, not views: on-disk latents may be F16. */
-    dataset_copy_pair(ds, pairs[i], tr->x0 + (size_t)i * tr->img, tr->x0 + (size_t)(b + i) * tr->img);
-    dataset_copy_prompt(ds, pairs[i], tr->ehs + (size_t)i * tr->emb);
-
     dpo_rng r;
     dpo_rng_seed(&r, seed, keys[i]);
     int64_t t = dpo_rng_below(&r, (uint32_t)T);
@@ -408,8 +432,14 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
       }
     }
     /* Drawn last, so enabling dropout leaves every other number of the stream as it was. */
-    if (dropout > 0 && dpo_rng_uniform(&r) < dropout) dataset_copy_empty_prompt(ds, tr->ehs + (size_t)i * tr->emb);
-    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
+    if (dropout > 0 && dpo_rng_uniform(&r) < dropout) {
+      dataset_copy_empty_prompt(ds, tr->ehs + (size_t)i * tr->emb);
+      memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
+      if (tr->pooled) {
+        dataset_copy_empty_pooled(ds, tr->pooled + (size_t)i * P);
+        memcpy(tr->pooled + (size_t)(b + i) * P, tr->pooled + (size_t)i * P, sizeof(float) * P);
+      }
+    }
     memcpy(tr->noise + (size_t)(b + i) * tr->img, e, sizeof(float) * tr->img);
     tr->t_int[i] = tr->t_int[b + i] = t;
   }
@@ -435,12 +465,13 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
   const double scale = 1.0 / (double)tr->global_batch;
   /* sft trains on the winners only: rows 0..B-1. */
   int n = tr->dpo ? 2 * b : b;
-  if (unet_forward_mse(tr->policy, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_policy,
-                       NULL) != 0)
+  const unet_added_cond *added = tr->pooled ? &tr->added : NULL;
+  if (unet_forward_mse_added(tr->policy, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->target,
+                             tr->mse_policy, NULL) != 0)
     worker_die("policy forward: %s", unet_last_error(tr->policy));
   if (tr->dpo) {
-    if (unet_forward_mse(tr->ref, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_ref,
-                         NULL) != 0)
+    if (unet_forward_mse_added(tr->ref, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->target,
+                               tr->mse_ref, NULL) != 0)
       worker_die("reference forward: %s", unet_last_error(tr->ref));
     dpo_loss(b, tr->mse_policy, tr->mse_ref, tr->train->beta, scale, sums, NULL, tr->grad_mse);
   } else {
@@ -623,10 +654,11 @@ static void pred_mse(const trainer *tr, int n, float *mse) {
 static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *keys, int k, dpo_loss_sums *sums) {
   const int h = tr->val.height, w = tr->val.width, L = tr->val.text_len;
   fill_pairs(tr, &tr->val, pairs, keys, tr->train->seed ^ EVAL_PAIR_SALT, k);
-  if (unet_forward(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
+  const unet_added_cond *added = tr->pooled ? &tr->added : NULL;
+  if (unet_forward_added(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->pred) != 0)
     worker_die("evaluation forward: %s", unet_last_error(tr->policy));
   pred_mse(tr, 2 * k, tr->mse_policy);
-  if (unet_forward(tr->ref, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
+  if (unet_forward_added(tr->ref, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->pred) != 0)
     worker_die("evaluation forward: %s", unet_last_error(tr->ref));
   pred_mse(tr, 2 * k, tr->mse_ref);
   dpo_loss(k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
@@ -890,6 +922,8 @@ static void trainer_free(trainer *tr) {
   free(tr->batch_pairs);
   free(tr->batch_keys);
   free(tr->sched_json);
+  free(tr->pooled);
+  free(tr->time_ids);
   dataset_free(&tr->val);
   synth_task_free(&tr->task);
 }

@@ -22,7 +22,8 @@ int tool_export_main(int argc, char **argv); /* tool_export.c, torch-free too */
 /* One-line argument synopses and summaries, for dpo-tool's command table. */
 #define TOOL_IMPORT_ARGS                                                                                   \
   "--latents F.safetensors... --embeddings F.safetensors... --pairs train.jsonl [--validation val.jsonl] " \
-  "--out DIR [--dtype f16|f32] [--shard-pairs N] [--skip-missing]"
+  "--out DIR [--pooled F.safetensors...] [--time-ids F.safetensors...] [--dtype f16|f32] [--shard-pairs N] "     \
+  "[--skip-missing]"
 #define TOOL_IMPORT_SUMMARY "build a preference dataset from Pick-a-Pic-style pairs and precomputed latents/embeddings"
 #define TOOL_SYNTH_ARGS                                                                                 \
   "--out DIR [--config config.json] [--prompts P] [--base-per-prompt K] [--train-pairs N] "            \
