@@ -36,6 +36,25 @@ static int join(char *out, const char *dir, const char *name, const char *key, c
   return 0;
 }
 
+/* The folder the files of a model folder must resolve into, symbolic links followed: the folder itself,
+ * or, inside a Hugging Face cache (.../models--ORG--NAME/snapshots/REV/...), the model's cache folder,
+ * whose snapshots link every file into its blobs/. Whoever made a folder cannot make a job read some
+ * other file of its user's through a link. */
+static void trust_root(const char *dir, char *root, size_t len) {
+  const char *snap = strstr(dir, "/snapshots/");
+  if (snap && snap > dir) snprintf(root, len, "%.*s", (int)(snap - dir), dir);
+  else snprintf(root, len, "%s", dir);
+}
+
+static int inside(const char *key, const char *file, const char *root, char *err, size_t errlen) {
+  int r = dpod_path_inside(file, root);
+  if (r == 1) return 0;
+  if (r == 0)
+    return dpod_errf(err, errlen, DPOD_EACCESS, "%s: %s: a symbolic link leading outside the model folder %s", key,
+                     file, root);
+  return dpod_errf(err, errlen, r, "%s: %s: cannot resolve", key, file);
+}
+
 static int readable(const char *key, const char *path, char *err, size_t errlen) {
   if (access(path, R_OK) != 0) return dpod_errf(err, errlen, DPOD_EACCESS, "%s: %s: %s", key, path, strerror(errno));
   return 0;
@@ -94,6 +113,11 @@ int model_source_resolve(const char *key, const char *path, const char *variant,
   }
   if ((status = readable(key, out->config, err, errlen)) != 0 || (status = readable(key, out->weights, err, errlen)) != 0)
     return status;
+  char root[MODEL_PATH_MAX];
+  trust_root(path, root, sizeof root);
+  if ((status = inside(key, out->config, root, err, errlen)) != 0 ||
+      (status = inside(key, out->weights, root, err, errlen)) != 0)
+    return status;
 
   /* The schedule the weights were trained with: a dpod checkpoint carries it inside the UNet folder, a
    * pipeline beside it. */
@@ -109,7 +133,12 @@ int model_source_resolve(const char *key, const char *path, const char *variant,
     else
       snprintf(out->scheduler, sizeof out->scheduler, "%s", probe);
     if (!is_regular(out->scheduler)) snprintf(out->scheduler, sizeof out->scheduler, "%s", probe);
+    /* Beside the UNet folder: inside the pipeline folder (or cache) it belongs to. */
+    char parent[MODEL_PATH_MAX + 8];
+    snprintf(parent, sizeof parent, "%s/..", dir);
+    trust_root(parent, root, sizeof root);
   }
+  if (*out->scheduler && (status = inside(key, out->scheduler, root, err, errlen)) != 0) return status;
   return 0;
 }
 
@@ -156,6 +185,9 @@ int model_index_load(const char *index_path, model_index *idx, char *err, size_t
   const char *slash = strrchr(index_path, '/');
   int dir_len = slash ? (int)(slash - index_path) : 1;
   const char *dir = slash ? index_path : ".";
+  char index_dir[MODEL_PATH_MAX], trusted[MODEL_PATH_MAX];
+  snprintf(index_dir, sizeof index_dir, "%.*s", dir_len, dir);
+  trust_root(index_dir, trusted, sizeof trusted);
   const cJSON *e;
   cJSON_ArrayForEach(e, map) {
     const char *file = cJSON_IsString(e) ? e->valuestring : NULL;
@@ -187,6 +219,7 @@ int model_index_load(const char *index_path, model_index *idx, char *err, size_t
                            index_path, file, e->string);
         goto fail;
       }
+      if ((status = inside(index_path, idx->shards[s], trusted, err, errlen)) != 0) goto fail;
     }
     if (!(idx->names[idx->count] = strdup(e->string))) goto oom;
     idx->shard_of[idx->count++] = s;

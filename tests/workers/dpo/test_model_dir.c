@@ -231,6 +231,54 @@ static void what_is_not_a_model_folder_is_refused_by_name(void **state) {
   assert_err_has("nothing-here");
 }
 
+/* A link inside a model folder must stay inside it, except that a Hugging Face cache's snapshots link into
+ * the same model's blobs/. */
+static void links_leaving_the_model_folder_are_refused_but_the_hf_cache_works(void **state) {
+  (void)state;
+  char src[1024];
+  fixture(src, sizeof src, "tiny-sd/unet.safetensors");
+  mkdir_in("elsewhere");
+  copy_in(src, "elsewhere/weights.safetensors");
+  mkdir_in("m");
+  fixture(src, sizeof src, "tiny-sd/config.json");
+  copy_in(src, "m/config.json");
+  assert_int_equal(symlink(in("elsewhere/weights.safetensors"), in("m/diffusion_pytorch_model.safetensors")), 0);
+  model_source s;
+  assert_int_equal(model_source_resolve("model.weights", in("m"), "", &s, err, sizeof err), DPOD_EACCESS);
+  assert_err_has("a symbolic link leading outside the model folder");
+  /* The same link in a cache layout: models--o--n/snapshots/REV/ -> models--o--n/blobs/. */
+  const char *cache = "hub/models--o--n";
+  char rel[256];
+  snprintf(rel, sizeof rel, "%s/blobs", cache);
+  mkdir_in(rel);
+  snprintf(rel, sizeof rel, "%s/blobs/0123abcd", cache);
+  fixture(src, sizeof src, "tiny-sd/unet.safetensors");
+  copy_in(src, rel);
+  snprintf(rel, sizeof rel, "%s/blobs/4567cdef", cache);
+  fixture(src, sizeof src, "tiny-sd/config.json");
+  copy_in(src, rel);
+  snprintf(rel, sizeof rel, "%s/snapshots/rev1/unet", cache);
+  mkdir_in(rel);
+  assert_int_equal(symlink("../../../blobs/0123abcd", in("hub/models--o--n/snapshots/rev1/unet/diffusion_pytorch_model.safetensors")), 0);
+  assert_int_equal(symlink("../../../blobs/4567cdef", in("hub/models--o--n/snapshots/rev1/unet/config.json")), 0);
+  if (model_source_resolve("model.weights", in("hub/models--o--n/snapshots/rev1"), "", &s, err, sizeof err) != 0)
+    fail_msg("%s", err);
+  assert_string_equal(s.unet_dir, in("hub/models--o--n/snapshots/rev1/unet"));
+  /* A shard linked out of its index's folder is refused too. */
+  param_table t;
+  table_open(&t);
+  mkdir_in("sh");
+  write_tensors(&t, 0, 10, "sh/a.safetensors", ST_F32);
+  write_tensors(&t, 10, t.n, "elsewhere/b.safetensors", ST_F32);
+  assert_int_equal(symlink(in("elsewhere/b.safetensors"), in("sh/b.safetensors")), 0);
+  write_index(&t, 10, "sh/x.index.json", "a.safetensors", "b.safetensors", "");
+  model_index idx;
+  assert_int_equal(model_index_load(in("sh/x.index.json"), &idx, err, sizeof err), DPOD_EACCESS);
+  assert_err_has("b.safetensors: a symbolic link leading outside");
+  model_index_free(&idx);
+  table_close(&t);
+}
+
 static void sharded_weights_read_as_the_single_file_does(void **state) {
   (void)state;
   param_table t;
@@ -527,6 +575,7 @@ int main(int argc, char **argv) {
       CASE(variant_names_its_file_and_a_missing_one_is_named),
       CASE(what_is_not_a_model_folder_is_refused_by_name),
       CASE(sharded_weights_read_as_the_single_file_does),
+      CASE(links_leaving_the_model_folder_are_refused_but_the_hf_cache_works),
       CASE(an_index_that_disagrees_with_its_shards_is_refused_by_tensor),
       CASE(missing_unexpected_and_misshaped_tensors_are_named_and_nothing_changes),
       CASE(configs_agree_up_to_provenance_keys),
