@@ -29,8 +29,8 @@ expect_failure "$id" "act_fn"
 
 # An SDXL config (text_time added conditioning) on a dataset without pooled prompt embeddings: refused,
 # naming what is missing.
-"$TOOL_BIN" synth --out "$T/synth-xl" --config "$DPOD_FIXTURES/tiny-sdxl/config.json" --train-pairs 8 \
-  --validation-pairs 2 --text-len 5 >/dev/null || it_fail "dpo-tool synth failed"
+"$TOOL_BIN" synth --out "$T/synth-xl" --embed-dim 32 --train-pairs 8 --validation-pairs 2 --text-len 5 >/dev/null ||
+  it_fail "dpo-tool synth failed"
 id=$(it_submit "$EX" --set model.config="$DPOD_FIXTURES/tiny-sdxl/config.json" --set data.dataset="$T/synth-xl" \
   --name sdxl-config)
 expect_failure "$id" "synth-xl/manifest.json: .*needs pooled prompt embeddings of width 16"

@@ -833,6 +833,43 @@ static void import_takes_pooled_embeddings_and_time_ids(void **state) {
   assert_int_equal(tool_import_main(15, argv), 1);
 }
 
+/* For an SDXL-shaped model synth adds pooled embeddings, from a stream of their own: the rest of the task
+ * is the same numbers with or without them. */
+static void synth_with_pooled_embeddings_changes_nothing_else(void **state) {
+  (void)state;
+  synth_params p = synth_default_params();
+  p.train_pairs = 16;
+  p.validation_pairs = 4;
+  char err[512];
+  assert_int_equal(synth_generate(&p, in_tmp("plain"), NULL, err, sizeof err), 0);
+  p.pooled_dim = 16;
+  assert_int_equal(synth_generate(&p, in_tmp("xl"), NULL, err, sizeof err), 0);
+  dataset_open_params op = dataset_open_default_params();
+  dpo_dataset a, b;
+  assert_int_equal(dataset_open(in_tmp("plain"), &op, &a, err, sizeof err), 0);
+  op.pooled_dim = 16;
+  if (dataset_open(in_tmp("xl"), &op, &b, err, sizeof err) != 0) fail_msg("%s", err);
+  size_t img = dataset_image_size(&a), emb = dataset_prompt_size(&a);
+  float *wa = malloc(img * sizeof(float)), *wb = malloc(img * sizeof(float));
+  float *ea = malloc(emb * sizeof(float)), *eb = malloc(emb * sizeof(float)), pa[16], pb[16];
+  for (size_t i = 0; i < a.num_pairs; i++) {
+    assert_int_equal(dataset_copy_pair(&a, i, wa, NULL), 0);
+    assert_int_equal(dataset_copy_pair(&b, i, wb, NULL), 0);
+    assert_memory_equal(wa, wb, img * sizeof(float));
+    assert_int_equal(dataset_copy_prompt(&a, i, ea), 0);
+    assert_int_equal(dataset_copy_prompt(&b, i, eb), 0);
+    assert_memory_equal(ea, eb, emb * sizeof(float));
+  }
+  assert_int_equal(dataset_copy_pooled_row(&b, 0, pa), 0);
+  assert_int_equal(dataset_copy_pooled_row(&b, 1, pb), 0);
+  assert_true(memcmp(pa, pb, sizeof pa) != 0);
+  assert_int_equal(dataset_copy_empty_pooled(&b, pa), 0);
+  assert_int_equal(dataset_copy_pooled_row(&a, 0, pa), DPOD_ENOENT);
+  free(wa), free(wb), free(ea), free(eb);
+  dataset_free(&a);
+  dataset_free(&b);
+}
+
 static void import_fails_on_a_missing_latent_unless_told_to_skip(void **state) {
   (void)state;
   write_import_inputs();
@@ -1054,6 +1091,7 @@ int main(int argc, char **argv) {
       CASE(without_stored_time_ids_a_batch_gets_the_reference_default),
       CASE(a_dataset_lacking_what_the_model_needs_is_refused_naming_it),
       CASE(import_takes_pooled_embeddings_and_time_ids),
+      CASE(synth_with_pooled_embeddings_changes_nothing_else),
       CASE(ddim_timesteps_match_diffusers_leading_spacing),
       CASE(ddim_endpoint_matches_gaussian_closed_form),
       CASE(ddim_v_prediction_reaches_the_same_endpoint),

@@ -630,6 +630,18 @@ static int synth_from_config(const char *path, synth_params *p) {
   } else {
     fprintf(stderr, "dpo-tool synth: %s: needs integer in_channels, sample_size and cross_attention_dim\n", path);
   }
+  /* SDXL's text_time added conditioning takes pooled embeddings: their width is what the projection takes
+   * besides the six time ids' embeddings. */
+  const cJSON *add = cJSON_GetObjectItemCaseSensitive(j, "addition_embed_type");
+  if (ok && cJSON_IsString(add) && strcmp(add->valuestring, "text_time") == 0) {
+    const cJSON *proj = cJSON_GetObjectItemCaseSensitive(j, "projection_class_embeddings_input_dim");
+    const cJSON *tdim = cJSON_GetObjectItemCaseSensitive(j, "addition_time_embed_dim");
+    ok = cJSON_IsNumber(proj) && cJSON_IsNumber(tdim) && tdim->valueint > 0 && proj->valueint > 6 * tdim->valueint;
+    if (ok) p->pooled_dim = proj->valueint - 6 * tdim->valueint;
+    else
+      fprintf(stderr, "dpo-tool synth: %s: text_time needs projection_class_embeddings_input_dim > 6 x "
+              "addition_time_embed_dim\n", path);
+  }
   cJSON_Delete(j);
   return ok ? 0 : -1;
 }
