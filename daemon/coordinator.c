@@ -17,6 +17,7 @@
 #include "job_chain.h"
 #include "job_queue.h"
 #include "job_spec.h"
+#include "model_source.h"
 #include "report_journal.h"
 #include "run_dir.h"
 
@@ -752,8 +753,7 @@ static int coord_check_spec(coord *co, const Dpod__V1__JobSpec *spec, char *err,
   const Dpod__V1__ModelSpec *m = spec->model;
   int status;
   if ((status = coord_check_path("model.config", m->config, false, err, errlen)) != 0 ||
-      (status = coord_check_path("model.weights", m->weights, false, err, errlen)) != 0 ||
-      (status = coord_check_path("model.reference_weights", m->reference_weights, false, err, errlen)) != 0 ||
+      (status = model_spec_check(m, err, errlen)) != 0 || /* weights: a file or a model folder */
       (status = coord_check_path("model.scheduler_config", m->scheduler_config, false, err, errlen)) != 0)
     return status;
   if ((status = job_chain_check(co->store, spec, err, errlen)) != 0) return status;

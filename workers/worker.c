@@ -33,6 +33,8 @@
 #include "rng.h"
 #include "schedule.h"
 #include "loss.h"
+#include "model_dir.h"
+#include "model_unet.h"
 #include "lr_schedule.h"
 #include "sampler.h"
 #include "dpod_error.h"
@@ -50,9 +52,8 @@
 #include "unet_shim.h"
 #include "unet_version.h"
 
-/* Bounds on the text files a job names: a spec, a model or scheduler config. */
+/* Bound on the spec file (the model's files are bounded in model_source.h). */
 #define WORKER_SPEC_MAX ((size_t)1 << 20)
-#define WORKER_CONFIG_MAX ((size_t)1 << 20)
 
 /* Parameters are broadcast and gradients all-reduced in calls of at most this many floats (64 MiB): few,
  * large calls, each well under MPI's int count (an SDXL-sized UNet has 2.6e9 parameters).
@@ -208,7 +209,12 @@ typedef struct {
   /* Micro-batch buffers: up to 2B images (winners then losers). */
   float *x0, *noise, *x_t, *target, *ehs, *timesteps, *mse_policy, *mse_ref, *grad_mse;
   float *pred;               /* [2B, C, H, W]: predictions of an evaluation forward */
+  /* SDXL's added conditioning (text_time), NULL for models without it: */
+  float *pooled;             /* [2B, text_embeds_dim]: pooled prompt embeddings, winners then losers */
+  float *time_ids;           /* [2B, 6] */
+  unet_added_cond added;     /* points at the two above */
   int64_t *t_int;
+  char *sched_json;          /* the scheduler config trained with, written into every checkpoint */
   reporter *rep;
   char dataset_hash[80];     /* rank 0: SHA-256 of the dataset's manifest ("" for the built-in set) */
   Dpod__V1__EvalMetrics last_eval;  /* rank 0: the newest evaluation, for the checkpoint of its step */
@@ -235,7 +241,8 @@ static void *alloc_array(size_t count, size_t size) {
   return p;
 }
 
-static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec, const char *weights) {
+static unet_t build_unet(const char *config_text, const char *config_name, const Dpod__V1__JobSpec *spec,
+                         const model_source *weights) {
   unet_params p = unet_default_params();
   p.threads = (int)spec->threads_per_rank;
   p.seed = spec->train->seed;
@@ -244,12 +251,12 @@ static unet_t build_unet(const char *config_text, const Dpod__V1__JobSpec *spec,
   int rc = unet_create(config_text, &p, &m, err, sizeof err);
   /* Out of memory or libtorch failing is this run's trouble; anything else is the model's. */
   int bad_input = rc != DPOD_ENOMEM && rc != DPOD_ETORCH;
-  if (rc && bad_input) worker_die_input("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
-  if (rc) worker_die("model config %s: %s", *spec->model->config ? spec->model->config : "(built-in)", err);
-  if (weights && *weights) {
-    rc = unet_load_weights(m, weights);
-    if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", unet_last_error(m));
-    if (rc) worker_die("%s", unet_last_error(m));
+  if (rc && bad_input) worker_die_input("model config %s: %s", config_name, err);
+  if (rc) worker_die("model config %s: %s", config_name, err);
+  if (weights) {
+    rc = model_unet_load(m, weights, err, sizeof err);
+    if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", err);
+    if (rc) worker_die("%s", err);
   }
   return m;
 }
@@ -282,8 +289,9 @@ static int lora_setup(unet_t policy, const Dpod__V1__JobSpec *spec) {
 static void reference_forward(trainer *tr, int n, int h, int w, int L, float *mse, float *out) {
   unet_t m = tr->lora ? tr->policy : tr->ref;
   if (tr->lora && unet_lora_set_active(m, 0) != 0) worker_die("adapters off: %s", unet_last_error(m));
-  int rc = mse ? unet_forward_mse(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, mse, NULL)
-               : unet_forward(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, out);
+  const unet_added_cond *added = tr->pooled ? &tr->added : NULL;
+  int rc = mse ? unet_forward_mse_added(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->target, mse, NULL)
+               : unet_forward_added(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, out);
   if (rc != 0) worker_die("reference forward: %s", unet_last_error(m));
   if (tr->lora && unet_lora_set_active(m, 1) != 0) worker_die("adapters on: %s", unet_last_error(m));
 }
@@ -299,18 +307,33 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (g_rank == 0 && provenance_dataset_hash(spec, tr->dataset_hash, sizeof tr->dataset_hash, err, sizeof err) != 0)
     worker_die_input("data.dataset: %s", err);
 
-  /* Model and reference. */
-  char *config_text = NULL;
-  if (*spec->model->config) {
-    if (dpod_read_file(spec->model->config, WORKER_CONFIG_MAX, &config_text, NULL, err, sizeof err) != 0)
-      worker_die_input("model.config %s", err);
+  /* Model and reference: files, sharded checkpoints or model folders (proto/spec/model_source.h), whose
+   * configs must agree with model.config and with each other. */
+  const Dpod__V1__ModelSpec *ms = spec->model;
+  model_source *src = alloc_array(2, sizeof *src); /* policy, reference */
+  const model_source *policy_src = NULL, *ref_src = NULL;
+  if (*ms->weights) {
+    if (model_source_resolve("model.weights", ms->weights, ms->variant, &src[0], err, sizeof err) != 0)
+      worker_die_input("%s", err);
+    policy_src = &src[0];
   }
-  tr->policy = build_unet(config_text, spec, spec->model->weights);
+  if (*ms->reference_weights) {
+    if (model_source_resolve("model.reference_weights", ms->reference_weights, ms->variant, &src[1], err, sizeof err) != 0)
+      worker_die_input("%s", err);
+    ref_src = &src[1];
+  }
+  char *config_text = NULL;
+  const char *config_name = "(built-in)";
+  int crc = model_spec_config(ms, policy_src, ref_src, &config_text, &config_name, err, sizeof err);
+  if (crc == DPOD_ENOMEM) worker_die("%s", err);
+  if (crc != 0) worker_die_input("%s", err);
+  tr->policy = build_unet(config_text, config_name, spec, policy_src);
   unet_get_info(tr->policy, &tr->info);
-  /* The dataset carries no pooled embeddings or time ids yet, and the shim refuses a step without them. */
-  if (tr->info.text_embeds_dim > 0)
-    worker_die_input("model config %s: SDXL's added conditioning (addition_embed_type \"text_time\": text_embeds, "
-                     "time_ids) is not supported in training yet", spec->model->config);
+  /* SDXL's added conditioning takes pooled prompt embeddings (the dataset must store them) and six time
+   * ids per image (the dataset's, else the reference script's default). */
+  if (tr->info.text_embeds_dim > 0 && tr->info.num_time_ids != DATASET_NUM_TIME_IDS)
+    worker_die_input("model config %s: the added conditioning takes %d time ids; the dataset format has %d",
+                     config_name, tr->info.num_time_ids, DATASET_NUM_TIME_IDS);
   size_t nparam = 0;
   float *params = unet_param_buffer(tr->policy, &nparam);
   if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");
@@ -319,8 +342,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   bcast_floats(params, nparam, "the initial weights");
   tr->lora = lora_setup(tr->policy, spec);
   if (tr->dpo && !tr->lora) {
-    const char *ref_weights = *spec->model->reference_weights ? spec->model->reference_weights : NULL;
-    tr->ref = build_unet(config_text, spec, ref_weights);
+    const char *ref_weights = ref_src ? ref_src->weights : NULL;
+    tr->ref = build_unet(config_text, config_name, spec, ref_src);
     if (!ref_weights && unet_copy_weights(tr->ref, tr->policy) != 0) worker_die("%s", unet_last_error(tr->ref));
     if (ref_weights) {
       size_t n = 0;
@@ -332,17 +355,18 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   }
   free(config_text);
 
-  /* Noise schedule. */
-  if (*spec->model->scheduler_config) {
-    char *json = NULL;
-    if (dpod_read_file(spec->model->scheduler_config, WORKER_CONFIG_MAX, &json, NULL, err, sizeof err) != 0)
-      worker_die_input("model.scheduler_config %s", err);
-    if (dpo_schedule_from_json(&tr->sched, json, err, sizeof err) != 0)
-      worker_die_input("%s: %s", spec->model->scheduler_config, err);
-    free(json);
-  } else if (dpo_schedule_default(&tr->sched) != 0) {
+  /* Noise schedule: model.scheduler_config, else the policy folder's, else SD 1.5's. */
+  const char *sched_path = NULL;
+  if (model_scheduler_config(ms->scheduler_config, policy_src, &tr->sched_json, &sched_path, err, sizeof err) != 0)
+    worker_die_input("model.scheduler_config %s", err);
+  if (tr->sched_json) {
+    if (dpo_schedule_from_json(&tr->sched, tr->sched_json, err, sizeof err) != 0)
+      worker_die_input("%s: %s", sched_path, err);
+    if (!*ms->scheduler_config && g_rank == 0) log_info("noise schedule from %s", sched_path);
+  } else if (dpo_schedule_default(&tr->sched) != 0 || !(tr->sched_json = strdup(model_default_scheduler_json))) {
     worker_die("out of memory");
   }
+  free(src);
 
   /* Data. */
   const Dpod__V1__DataSpec *d = spec->data;
@@ -356,7 +380,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
                                  .height = tr->info.sample_size,
                                  .width = tr->info.sample_size,
                                  .embed_dim = tr->info.cross_attention_dim,
-                                 .mode_noise = 0.3};
+                                 .mode_noise = 0.3,
+                                 .pooled_dim = tr->info.text_embeds_dim};
     if (dataset_builtin(&dp, &tr->data, err, sizeof err) != 0) worker_die("%s", err);
     /* Held-out pairs: the same prompts and modes, fresh samples around them. */
     dp.held_out = 1;
@@ -368,6 +393,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
     op.channels = tr->info.in_channels;
     op.height = op.width = tr->info.sample_size;
     op.embed_dim = tr->info.cross_attention_dim;
+    op.pooled_dim = tr->info.text_embeds_dim;
     if (dataset_open(d->dataset, &op, &tr->data, err, sizeof err) != 0) worker_die_input("data.dataset: %s", err);
     if (evaluate) {
       op.split = d->validation_split;
@@ -381,6 +407,16 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   }
   if (d->caption_dropout > 0 && !tr->data.has_empty_prompt)
     worker_die_input("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
+  if (tr->info.text_embeds_dim > 0) {
+    float *probe = alloc_array((size_t)tr->info.text_embeds_dim, sizeof(float));
+    if (d->caption_dropout > 0 && dataset_copy_empty_pooled(&tr->data, probe) != 0)
+      worker_die_input("data.caption_dropout is %g but the dataset stores no pooled embedding of the empty prompt",
+                       d->caption_dropout);
+    free(probe);
+    if (tr->task.prompts > 0 && tr->train->eval_samples > 0)
+      worker_die_input("train.eval_samples: sampling an SDXL-shaped model (added conditioning) in evaluations is not "
+                       "supported; set it to 0");
+  }
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
 
@@ -413,6 +449,12 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->mse_policy = alloc_array(n, sizeof(float));
   tr->mse_ref = alloc_array(n, sizeof(float));
   tr->grad_mse = alloc_array(n, sizeof(float));
+  if (tr->info.text_embeds_dim > 0) {
+    tr->pooled = alloc_array(n * (size_t)tr->info.text_embeds_dim, sizeof(float));
+    tr->time_ids = alloc_array(n * DATASET_NUM_TIME_IDS, sizeof(float));
+    tr->added.text_embeds = tr->pooled;
+    tr->added.time_ids = tr->time_ids;
+  }
   tr->batch_pairs = alloc_array(b, sizeof(size_t));
   tr->batch_keys = alloc_array(b, sizeof(uint64_t));
 }
@@ -424,11 +466,12 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
                        int b) {
   const int T = tr->sched.num_train_timesteps;
   const double dropout = ds == &tr->data ? tr->spec->data->caption_dropout : 0.0;
+  const size_t P = (size_t)tr->info.text_embeds_dim;
+  /* [winners; losers], the prompt (and its pooled embedding) repeated for both; copies, not views:
+   * on-disk latents may be F16. */
+  if (dataset_fill_batch(ds, pairs, b, tr->x0, tr->ehs, tr->pooled, tr->time_ids) != 0)
+    worker_die("filling a batch: a pair out of range");
   for (int i = 0; i < b; i++) {
-    /* Copies, not views: on-disk latents may be F16. */
-    dataset_copy_pair(ds, pairs[i], tr->x0 + (size_t)i * tr->img, tr->x0 + (size_t)(b + i) * tr->img);
-    dataset_copy_prompt(ds, pairs[i], tr->ehs + (size_t)i * tr->emb);
-
     dpo_rng r;
     dpo_rng_seed(&r, seed, keys[i]);
     int64_t t = dpo_rng_below(&r, (uint32_t)T);
@@ -443,8 +486,14 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
       }
     }
     /* Drawn last, so enabling dropout leaves every other number of the stream as it was. */
-    if (dropout > 0 && dpo_rng_uniform(&r) < dropout) dataset_copy_empty_prompt(ds, tr->ehs + (size_t)i * tr->emb);
-    memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
+    if (dropout > 0 && dpo_rng_uniform(&r) < dropout) {
+      dataset_copy_empty_prompt(ds, tr->ehs + (size_t)i * tr->emb);
+      memcpy(tr->ehs + (size_t)(b + i) * tr->emb, tr->ehs + (size_t)i * tr->emb, sizeof(float) * tr->emb);
+      if (tr->pooled) {
+        dataset_copy_empty_pooled(ds, tr->pooled + (size_t)i * P);
+        memcpy(tr->pooled + (size_t)(b + i) * P, tr->pooled + (size_t)i * P, sizeof(float) * P);
+      }
+    }
     memcpy(tr->noise + (size_t)(b + i) * tr->img, e, sizeof(float) * tr->img);
     tr->t_int[i] = tr->t_int[b + i] = t;
   }
@@ -470,8 +519,9 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
   const double scale = 1.0 / (double)tr->global_batch;
   /* sft trains on the winners only: rows 0..B-1. */
   int n = tr->dpo ? 2 * b : b;
-  if (unet_forward_mse(tr->policy, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->target, tr->mse_policy,
-                       NULL) != 0)
+  const unet_added_cond *added = tr->pooled ? &tr->added : NULL;
+  if (unet_forward_mse_added(tr->policy, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->target,
+                             tr->mse_policy, NULL) != 0)
     worker_die("policy forward: %s", unet_last_error(tr->policy));
   if (tr->dpo) {
     reference_forward(tr, n, h, w, L, tr->mse_ref, NULL);
@@ -576,6 +626,9 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
     const Dpod__V1__EvalMetrics *eval = tr->have_eval && tr->last_eval.step == step ? &tr->last_eval : NULL;
     if (provenance_write(partial, step, tr->spec, tr->dataset_hash, unet_torch_version(), eval, err, sizeof err) != 0)
       worker_die("%s", err);
+    /* The schedule too, so that the checkpoint names a complete model folder (model_source.h). */
+    if (ckpt_write_text(partial, DIFFUSERS_SCHEDULER_CONFIG_NAME, tr->sched_json, err, sizeof err) != 0)
+      worker_die("%s", err);
     heartbeat(tr, step, "checkpoint");
   }
   ckpt_rank_state st = {.world_size = (uint32_t)g_world,
@@ -675,7 +728,8 @@ static void pred_mse(const trainer *tr, int n, float *mse) {
 static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *keys, int k, dpo_loss_sums *sums) {
   const int h = tr->val.height, w = tr->val.width, L = tr->val.text_len;
   fill_pairs(tr, &tr->val, pairs, keys, tr->train->seed ^ EVAL_PAIR_SALT, k);
-  if (unet_forward(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, tr->pred) != 0)
+  const unet_added_cond *added = tr->pooled ? &tr->added : NULL;
+  if (unet_forward_added(tr->policy, 2 * k, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, tr->pred) != 0)
     worker_die("evaluation forward: %s", unet_last_error(tr->policy));
   pred_mse(tr, 2 * k, tr->mse_policy);
   reference_forward(tr, 2 * k, h, w, L, NULL, tr->pred);
@@ -962,6 +1016,9 @@ static void trainer_free(trainer *tr) {
   free(tr->pred);
   free(tr->batch_pairs);
   free(tr->batch_keys);
+  free(tr->sched_json);
+  free(tr->pooled);
+  free(tr->time_ids);
   dataset_free(&tr->val);
   synth_task_free(&tr->task);
 }

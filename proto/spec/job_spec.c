@@ -1030,6 +1030,16 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
     if ((status = js_check_text(paths[i].key, paths[i].value ? paths[i].value : "", JS_PATH_MAX, err, errlen)) != 0)
       return status;
 
+  /* A variant is part of a file name in a model folder: a word, never a path. */
+  const char *variant = m->variant ? m->variant : "";
+  if (strlen(variant) > 32) return js_errf(err, errlen, "model.variant: at most 32 characters (got %zu)", strlen(variant));
+  for (size_t i = 0; variant[i]; i++)
+    if (!isalnum((unsigned char)variant[i]) && variant[i] != '_' && variant[i] != '-')
+      return js_errf(err, errlen, "model.variant: only letters, digits, '_' and '-' (byte %zu is not)", i);
+  if (*variant && !(m->weights && *m->weights) && !(m->reference_weights && *m->reference_weights))
+    return js_errf(err, errlen, "model.variant: \"%s\" selects weights in a model folder, but neither model.weights "
+                   "nor model.reference_weights is set", variant);
+
   const char *ds = d->dataset ? d->dataset : "";
   int builtin = strcmp(ds, "builtin:synthetic") == 0;
   if (!*ds) return js_errf(err, errlen, "data.dataset: must be \"builtin:synthetic\" or a path (got an empty string)");

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Bad input reaches the worker (a corrupt weights file, an unsupported model config, an SDXL config the
-# training cannot feed yet, a directory that is no dataset): the job ends FAILED with a reason that
+# Bad input reaches the worker (a corrupt weights file, an unsupported model config, an SDXL config on a
+# dataset without pooled embeddings, a directory that is no dataset): the job ends FAILED with a reason that
 # names the problem, and dpod keeps serving with every earlier job intact.
 source "$(dirname "$0")/lib.sh"
 it_start_dpod
@@ -27,9 +27,13 @@ sed 's/"act_fn": "silu"/"act_fn": "gelu"/' "$DPOD_FIXTURES/tiny-sd/config.json" 
 id=$(it_submit "$EX" --set model.config="$T/config.json" --name bad-config)
 expect_failure "$id" "act_fn"
 
-# An SDXL config (text_time added conditioning) the dataset cannot feed yet: refused, naming it.
-id=$(it_submit "$EX" --set model.config="$DPOD_FIXTURES/tiny-sdxl/config.json" --name sdxl-config)
-expect_failure "$id" "text_time.*not supported in training yet"
+# An SDXL config (text_time added conditioning) on a dataset without pooled prompt embeddings: refused,
+# naming what is missing.
+"$TOOL_BIN" synth --out "$T/synth-xl" --embed-dim 32 --train-pairs 8 --validation-pairs 2 --text-len 5 >/dev/null ||
+  it_fail "dpo-tool synth failed"
+id=$(it_submit "$EX" --set model.config="$DPOD_FIXTURES/tiny-sdxl/config.json" --set data.dataset="$T/synth-xl" \
+  --name sdxl-config)
+expect_failure "$id" "synth-xl/manifest.json: .*needs pooled prompt embeddings of width 16"
 
 # A dataset that is not there is refused at submission, by name; a directory that is no dataset fails
 # the job, naming what is missing.

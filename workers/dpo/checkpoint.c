@@ -34,6 +34,13 @@ static int write_atomic(const char *path, const void *data, size_t len, char *er
   return dpod_write_file_atomic(path, data, len, DPOD_WRITE_NO_DIR_SYNC, err, errlen);
 }
 
+int ckpt_write_text(const char *partial_dir, const char *name, const char *text, char *err, size_t errlen) {
+  if (!name || !*name || strchr(name, '/')) return dpod_errf(err, errlen, DPOD_EINVAL, "checkpoint file: not a plain name");
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", partial_dir, name);
+  return write_atomic(path, text, strlen(text), err, errlen);
+}
+
 static void remove_tree(const char *path) {
   DIR *d = opendir(path);
   if (d) {

@@ -4,6 +4,7 @@
  *   diffusion_pytorch_model.safetensors, config.json   rank 0: the policy, loadable by diffusers
  *   (with LoRA instead: pytorch_lora_weights.safetensors and lora_adapters.safetensors, the adapters)
  *   optimizer.safetensors                              rank 0: AdamW moments and step count
+ *   scheduler_config.json                              rank 0: the noise schedule trained with
  *   rank-NNNNN.json                                    every rank: world size, rank, step, data position
  *   dpod_provenance.json                               rank 0: versions, spec, dataset hash, the step's
  *                                                      evaluation (workers/provenance.h)
@@ -45,6 +46,10 @@ void ckpt_dir(const char *run_dir, uint32_t step, int partial, char *buf, size_t
 /* Rank 0, before anyone writes: an empty RUN_DIR/checkpoints/step-NNNNNN.partial/ (a stale one from a
  * crash is removed first). */
 int ckpt_begin(const char *run_dir, uint32_t step, char *err, size_t errlen);
+
+/* Rank 0: writes a text file `name` (a plain name: the scheduler config) into the partial directory, like
+ * every other file of it (temporary name, fsync, rename); ckpt_commit then records it. */
+int ckpt_write_text(const char *partial_dir, const char *name, const char *text, char *err, size_t errlen);
 
 /* Every rank: writes its record into the partial directory (temporary name, fsync, rename). */
 int ckpt_write_rank_state(const char *partial_dir, const ckpt_rank_state *st, char *err, size_t errlen);

@@ -34,6 +34,15 @@ int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err,
   ds->num_prompts = p->prompts;
   size_t img = dataset_image_size(ds);
   size_t emb = (size_t)ds->text_len * ds->embed_dim;
+  if (p->pooled_dim < 0 || p->pooled_dim > (1 << 20)) {
+    snprintf(err, errlen, "builtin dataset: pooled_dim %d is out of range", p->pooled_dim);
+    return DPOD_EINVAL;
+  }
+  ds->pooled_dim = p->pooled_dim;
+  if (p->pooled_dim > 0 && !(ds->pooled = malloc(sizeof(float) * (size_t)p->pooled_dim * ds->num_prompts))) {
+    snprintf(err, errlen, "builtin dataset: out of memory");
+    return DPOD_ENOMEM;
+  }
   float *modes = malloc(sizeof(float) * img * 2 * ds->num_prompts);
   ds->latents = malloc(sizeof(float) * img * 2 * ds->num_pairs);
   ds->prompt_of = malloc(sizeof(uint32_t) * ds->num_pairs);
@@ -47,6 +56,10 @@ int dataset_builtin(const dataset_builtin_params *p, dpo_dataset *ds, char *err,
   dpo_rng r;
   dpo_rng_seed(&r, p->seed, DPO_STREAM_EMBEDDINGS);
   dpo_rng_fill_normal(&r, ds->embeddings, emb * ds->num_prompts);
+  if (ds->pooled) {
+    dpo_rng_seed(&r, p->seed, DPO_STREAM_POOLED);
+    dpo_rng_fill_normal(&r, ds->pooled, (size_t)ds->pooled_dim * ds->num_prompts);
+  }
   dpo_rng_seed(&r, p->seed, DPO_STREAM_MODES);
   dpo_rng_fill_normal(&r, modes, img * 2 * ds->num_prompts);
   /* Held-out sets use their own stream: fresh samples around the same modes. */
@@ -73,6 +86,7 @@ typedef struct {
   char *path;
   const unsigned char *winner, *loser;  /* [count, C, H, W] in the latent dtype */
   const unsigned char *prompt;          /* [count] I32 or I64 */
+  const unsigned char *tw, *tl;         /* [count, 6] F32 time ids (winner's or the pair's; loser's), or NULL */
   st_dtype prompt_dtype;
   size_t first, count;                  /* pairs [first, first + count) of the split */
 } ds_shard_;
@@ -80,6 +94,7 @@ typedef struct {
 typedef struct {
   st_file *f;
   const unsigned char *emb;             /* [count, L, D] in the embedding dtype */
+  const unsigned char *pooled;          /* [count, P] in the embedding dtype, or NULL */
   size_t first, count;
 } ds_prompt_shard_;
 
@@ -91,6 +106,7 @@ struct dataset_store_ {
   size_t npshards;
   st_file *empty_f;
   const unsigned char *empty;           /* [L, D] in the embedding dtype, or NULL */
+  const unsigned char *empty_pooled;    /* [P] in the embedding dtype, or NULL */
 };
 
 static void ds_store_free_(struct dataset_store_ *s) {
@@ -112,8 +128,9 @@ void dataset_free(dpo_dataset *ds) {
   free(ds->prompt_of);
   free(ds->embeddings);
   free(ds->empty_prompt);
+  free(ds->pooled);
   ds_store_free_(ds->store_);
-  ds->latents = ds->embeddings = ds->empty_prompt = NULL;
+  ds->latents = ds->embeddings = ds->empty_prompt = ds->pooled = NULL;
   ds->prompt_of = NULL;
   ds->store_ = NULL;
 }
@@ -266,6 +283,18 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
     ps->emb = t->data;
     ps->first = first;
     ps->count = (size_t)c;
+    if (ds->pooled_dim > 0) {
+      int64_t pdims[2] = {c, ds->pooled_dim};
+      if ((rc = ds_expect_tensor_(ps->f, path, "pooled", st->embed_dtype, 2, pdims, &t, err, errlen)) != 0) return rc;
+      ps->pooled = t->data;
+      float v;
+      size_t np = (size_t)c * (size_t)ds->pooled_dim;
+      size_t e = check_values ? ds_first_nonfinite_(st->embed_dtype, ps->pooled, np, &v) : np;
+      if (e < np)
+        return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: record %zu (prompt %zu): 'pooled' holds %g at element %zu",
+                        path, e / (size_t)ds->pooled_dim, first + e / (size_t)ds->pooled_dim, v,
+                        e % (size_t)ds->pooled_dim);
+    }
     if (check_values) {
       for (size_t r = 0; r < ps->count; r++) {
         float v;
@@ -296,6 +325,15 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
     if (e < emb)
       return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: 'embedding' holds %g at element %zu", path, v, e);
     st->empty = t->data;
+    if (ds->pooled_dim > 0) {
+      int64_t pdims[1] = {ds->pooled_dim};
+      if ((rc = ds_expect_tensor_(st->empty_f, path, "pooled", st->embed_dtype, 1, pdims, &t, err, errlen)) != 0)
+        return rc;
+      e = ds_first_nonfinite_(st->embed_dtype, t->data, (size_t)ds->pooled_dim, &v);
+      if (e < (size_t)ds->pooled_dim)
+        return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: 'pooled' holds %g at element %zu", path, v, e);
+      st->empty_pooled = t->data;
+    }
     ds->has_empty_prompt = 1;
   }
   return 0;
@@ -352,6 +390,26 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     s->loser = tl->data;
     s->prompt = tp->data;
     s->prompt_dtype = pd;
+    if (ds->time_ids != DATASET_TIME_IDS_DEFAULT) {
+      int image = ds->time_ids == DATASET_TIME_IDS_IMAGE;
+      const st_tensor *ttw = NULL, *ttl = NULL;
+      int64_t tdims[2] = {c, DATASET_NUM_TIME_IDS};
+      if ((rc = ds_expect_tensor_(s->f, path, image ? "winner_time_ids" : "time_ids", ST_F32, 2, tdims, &ttw, err,
+                                  errlen)) != 0 ||
+          (image && (rc = ds_expect_tensor_(s->f, path, "loser_time_ids", ST_F32, 2, tdims, &ttl, err, errlen)) != 0))
+        return rc;
+      s->tw = ttw->data;
+      s->tl = image ? ttl->data : NULL;
+      for (int k = 0; k < (image ? 2 : 1); k++) {
+        float v;
+        size_t nt = (size_t)c * DATASET_NUM_TIME_IDS;
+        size_t e = ds_first_nonfinite_(ST_F32, k ? s->tl : s->tw, nt, &v);
+        if (e < nt)
+          return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: record %zu (pair %zu of '%s'): '%s' holds %g", path,
+                          e / DATASET_NUM_TIME_IDS, first + e / DATASET_NUM_TIME_IDS, split,
+                          k ? "loser_time_ids" : image ? "winner_time_ids" : "time_ids", v);
+      }
+    }
     s->first = first;
     s->count = (size_t)c;
     for (size_t r = 0; r < s->count; r++) {
@@ -440,6 +498,35 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
   ds->width = (int)dims[2];
   ds->text_len = (int)L;
   ds->embed_dim = (int)D;
+  /* SDXL's added conditioning: optional, and then checked like everything else. */
+  if (cJSON_GetObjectItemCaseSensitive(m, "pooled_dim")) {
+    int64_t P;
+    if (ds_json_int_(m, "pooled_dim", 1, 1 << 20, &P) != 0) {
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'pooled_dim' must be a positive integer", mpath);
+      goto fail;
+    }
+    ds->pooled_dim = (int)P;
+  }
+  const cJSON *tid = cJSON_GetObjectItemCaseSensitive(m, "time_ids");
+  if (tid) {
+    if (cJSON_IsString(tid) && strcmp(tid->valuestring, "pair") == 0) ds->time_ids = DATASET_TIME_IDS_PAIR;
+    else if (cJSON_IsString(tid) && strcmp(tid->valuestring, "image") == 0) ds->time_ids = DATASET_TIME_IDS_IMAGE;
+    else {
+      rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'time_ids' must be \"pair\" or \"image\"", mpath);
+      goto fail;
+    }
+  }
+  if (p->pooled_dim > 0 && ds->pooled_dim == 0) {
+    rc = dpod_errf(err, errlen, DPOD_EINVAL, "%s: the model's added conditioning (SDXL's text_time) needs pooled "
+                  "prompt embeddings of width %d, and the dataset stores none ('pooled_dim' missing: re-import with "
+                  "--pooled)", mpath, p->pooled_dim);
+    goto fail;
+  }
+  if (p->pooled_dim > 0 && ds->pooled_dim != p->pooled_dim) {
+    rc = dpod_errf(err, errlen, DPOD_ESHAPE, "%s: pooled prompt embeddings are %d wide, the model's added "
+                  "conditioning takes %d", mpath, ds->pooled_dim, p->pooled_dim);
+    goto fail;
+  }
   if ((p->channels && p->channels != ds->channels) || (p->height && p->height != ds->height) ||
       (p->width && p->width != ds->width)) {
     rc = dpod_errf(err, errlen, DPOD_ESHAPE, "%s: latents are [%d, %d, %d], the model expects [%d, %d, %d]", mpath,
@@ -500,6 +587,17 @@ uint32_t dataset_prompt_index(const dpo_dataset *ds, size_t i) {
   return (uint32_t)ds_prompt_at_(s, r);
 }
 
+/* The prompt shard holding prompt-table row `prompt`. */
+static const ds_prompt_shard_ *ds_find_prompt_shard_(const struct dataset_store_ *st, uint32_t prompt) {
+  size_t lo = 0, hi = st->npshards;
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (st->pshards[mid].first <= prompt) lo = mid;
+    else hi = mid;
+  }
+  return &st->pshards[lo];
+}
+
 int dataset_copy_prompt_row(const dpo_dataset *ds, uint32_t prompt, float *emb) {
   if (prompt >= ds->num_prompts) return DPOD_EINVAL;
   size_t n = dataset_prompt_size(ds);
@@ -508,13 +606,7 @@ int dataset_copy_prompt_row(const dpo_dataset *ds, uint32_t prompt, float *emb) 
     return 0;
   }
   const struct dataset_store_ *st = ds->store_;
-  size_t lo = 0, hi = st->npshards;
-  while (hi - lo > 1) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (st->pshards[mid].first <= prompt) lo = mid;
-    else hi = mid;
-  }
-  const ds_prompt_shard_ *ps = &st->pshards[lo];
+  const ds_prompt_shard_ *ps = ds_find_prompt_shard_(st, prompt);
   ds_load_(st->embed_dtype, ps->emb + (prompt - ps->first) * n * st_dtype_size(st->embed_dtype), n, emb);
   return 0;
 }
@@ -529,6 +621,65 @@ int dataset_copy_empty_prompt(const dpo_dataset *ds, float *emb) {
   size_t n = dataset_prompt_size(ds);
   if (!ds->store_) memcpy(emb, ds->empty_prompt, n * sizeof(float));
   else ds_load_(ds->store_->embed_dtype, ds->store_->empty, n, emb);
+  return 0;
+}
+
+int dataset_copy_pooled_row(const dpo_dataset *ds, uint32_t prompt, float *out) {
+  if (ds->pooled_dim <= 0) return DPOD_ENOENT;
+  if (prompt >= ds->num_prompts) return DPOD_EINVAL;
+  size_t P = (size_t)ds->pooled_dim;
+  if (!ds->store_) {
+    memcpy(out, ds->pooled + (size_t)prompt * P, P * sizeof(float));
+    return 0;
+  }
+  const struct dataset_store_ *st = ds->store_;
+  const ds_prompt_shard_ *ps = ds_find_prompt_shard_(st, prompt);
+  ds_load_(st->embed_dtype, ps->pooled + (prompt - ps->first) * P * st_dtype_size(st->embed_dtype), P, out);
+  return 0;
+}
+
+int dataset_copy_empty_pooled(const dpo_dataset *ds, float *out) {
+  if (ds->pooled_dim <= 0 || !ds->has_empty_prompt || !ds->store_ || !ds->store_->empty_pooled) return DPOD_ENOENT;
+  ds_load_(ds->store_->embed_dtype, ds->store_->empty_pooled, (size_t)ds->pooled_dim, out);
+  return 0;
+}
+
+int dataset_copy_time_ids(const dpo_dataset *ds, size_t i, float *w, float *l) {
+  if (i >= ds->num_pairs) return DPOD_EINVAL;
+  const size_t bytes = DATASET_NUM_TIME_IDS * sizeof(float);
+  if (ds->time_ids == DATASET_TIME_IDS_DEFAULT || !ds->store_) {
+    /* The reference script's: original and target size the training resolution, no crop. */
+    const float h = 8.0f * (float)ds->height, wd = 8.0f * (float)ds->width;
+    const float def[DATASET_NUM_TIME_IDS] = {h, wd, 0.0f, 0.0f, h, wd};
+    if (w) memcpy(w, def, bytes);
+    if (l) memcpy(l, def, bytes);
+    return 0;
+  }
+  size_t r;
+  const ds_shard_ *s = ds_find_shard_(ds->store_, i, &r);
+  if (w) memcpy(w, s->tw + r * bytes, bytes);
+  if (l) memcpy(l, (s->tl ? s->tl : s->tw) + r * bytes, bytes);
+  return 0;
+}
+
+int dataset_fill_batch(const dpo_dataset *ds, const size_t *pairs, int b, float *x0, float *ehs, float *pooled,
+                       float *time_ids) {
+  const size_t img = dataset_image_size(ds), emb = dataset_prompt_size(ds), P = (size_t)ds->pooled_dim;
+  const size_t T = DATASET_NUM_TIME_IDS;
+  if (pooled && P == 0) return DPOD_ENOENT;
+  for (int i = 0; i < b; i++) {
+    const size_t wi = (size_t)i, li = (size_t)(b + i);
+    int rc = dataset_copy_pair(ds, pairs[i], x0 + wi * img, x0 + li * img);
+    if (rc) return rc;
+    uint32_t prompt = dataset_prompt_index(ds, pairs[i]);
+    dataset_copy_prompt_row(ds, prompt, ehs + wi * emb);
+    memcpy(ehs + li * emb, ehs + wi * emb, emb * sizeof(float));
+    if (pooled) {
+      dataset_copy_pooled_row(ds, prompt, pooled + wi * P);
+      memcpy(pooled + li * P, pooled + wi * P, P * sizeof(float));
+    }
+    if (time_ids) dataset_copy_time_ids(ds, pairs[i], time_ids + wi * T, time_ids + li * T);
+  }
   return 0;
 }
 

@@ -13,17 +13,29 @@
 
 struct dataset_store_;
 
+/* SDXL's six time ids per image: original size (h, w), crop top-left (y, x), target size (h, w), pixels. */
+#define DATASET_NUM_TIME_IDS 6
+enum {
+  DATASET_TIME_IDS_DEFAULT = 0, /* none stored: [8H, 8W, 0, 0, 8H, 8W] for H x W latents */
+  DATASET_TIME_IDS_PAIR = 1,    /* one row per pair, shared by winner and loser */
+  DATASET_TIME_IDS_IMAGE = 2,   /* one row per image */
+};
+
 typedef struct {
   int channels, height, width;  /* latent shape of one image */
   int text_len, embed_dim;      /* prompt embedding shape */
   size_t num_pairs;             /* pairs in the opened split */
   size_t num_prompts;           /* rows of the prompt table (shared by every split) */
   int has_empty_prompt;         /* an empty-prompt embedding is stored (caption dropout, guidance) */
+  int pooled_dim;               /* width of the pooled prompt embeddings stored with every prompt (SDXL's
+                                   text_embeds); 0: none */
+  int time_ids;                 /* DATASET_TIME_IDS_*: how SDXL's time ids are stored */
   /* Built-in datasets only (NULL for on-disk ones): */
   float *latents;               /* [num_pairs, 2, C, H, W]: winner, then loser; owned */
   uint32_t *prompt_of;          /* [num_pairs]; owned */
   float *embeddings;            /* [num_prompts, text_len, embed_dim]; owned */
   float *empty_prompt;          /* [text_len, embed_dim] or NULL; owned */
+  float *pooled;                /* [num_prompts, pooled_dim] or NULL; owned */
   /* On-disk datasets only: the mapped shards. Private to dataset.c. */
   struct dataset_store_ *store_;
 } dpo_dataset;
@@ -33,6 +45,7 @@ typedef struct {
   uint64_t seed;
   int channels, height, width, embed_dim;  /* from the model config */
   double mode_noise;                       /* spread of samples around their mode pattern (0.3) */
+  int pooled_dim;                          /* > 0: also pooled embeddings N(0, 1) of this width (SDXL) */
   int held_out;                            /* draw a held-out set: same prompts and modes, new samples */
 } dataset_builtin_params;
 
@@ -46,6 +59,8 @@ typedef struct {
   /* Expected shapes from the model config; 0 accepts what the dataset holds. */
   int channels, height, width;  /* latent C, H, W */
   int embed_dim;                /* cross_attention_dim */
+  int pooled_dim;               /* > 0: the model needs pooled embeddings of this width (text_embeds_dim);
+                                   a dataset without them, or with another width, is refused */
   /* Scan every latent and embedding for NaN / Inf at open (cost: one read of the split). */
   int check_values;
 } dataset_open_params;
@@ -82,6 +97,22 @@ int dataset_copy_prompt(const dpo_dataset *ds, size_t i, float *emb);
 int dataset_copy_prompt_row(const dpo_dataset *ds, uint32_t prompt, float *emb);
 /* Copies the empty-prompt embedding into emb [text_len, embed_dim]; DPOD_ENOENT if there is none. */
 int dataset_copy_empty_prompt(const dpo_dataset *ds, float *emb);
+
+/* Copies the pooled embedding of prompt-table row `prompt` into out [pooled_dim]; DPOD_ENOENT without
+ * pooled embeddings. */
+int dataset_copy_pooled_row(const dpo_dataset *ds, uint32_t prompt, float *out);
+/* The empty prompt's pooled embedding into out [pooled_dim]; DPOD_ENOENT if either is absent. */
+int dataset_copy_empty_pooled(const dpo_dataset *ds, float *out);
+/* Pair i's time ids for its winner and loser, w and l each [6] (either may be NULL): stored, or the
+ * default [8H, 8W, 0, 0, 8H, 8W] (the reference script's, res = 8x the latent size). */
+int dataset_copy_time_ids(const dpo_dataset *ds, size_t i, float *w, float *l);
+
+/* A DPO micro-batch of the b pairs `pairs` as the reference script builds it: winners in rows 0..b-1,
+ * losers in rows b..2b-1, the prompt's embedding (and pooled embedding) repeated for both:
+ * x0 [2b, C, H, W], ehs [2b, L, D], pooled [2b, pooled_dim] (NULL to skip), time_ids [2b, 6] (NULL to
+ * skip). Returns 0, or DPOD_EINVAL for a pair out of range, DPOD_ENOENT for pooled without any. */
+int dataset_fill_batch(const dpo_dataset *ds, const size_t *pairs, int b, float *x0, float *ehs, float *pooled,
+                       float *time_ids);
 
 /* Zero-copy views for built-in datasets, valid while the dataset lives; NULL for on-disk datasets (use
  * the copy functions, which also convert F16). */

@@ -16,12 +16,14 @@
 #include <unistd.h>
 
 #include "dpod_error.h"
+#include "dataset.h"
 #include "dpod_file.h"
 
 typedef struct {
   char *name;
   unsigned char *winner, *loser;  /* [shard_pairs, C, H, W] in latent_dtype */
   int32_t *prompt;                /* [shard_pairs] */
+  float *tw, *tl;                 /* [shard_pairs, 6] time ids (tl per image only), or NULL */
   size_t buffered;                /* records in the buffers */
   size_t total;                   /* records in the split so far */
   cJSON *shards;                  /* [{"file", "pairs"}] */
@@ -37,6 +39,8 @@ struct pref_writer {
   size_t prompts_buffered, prompts_total;
   cJSON *prompt_shards;
   unsigned char *empty;           /* [L, D] in embed_dtype, or NULL */
+  unsigned char *pooled;          /* [shard_prompts, P] in embed_dtype, or NULL */
+  unsigned char *empty_pooled;    /* [P] in embed_dtype, or NULL */
   uint32_t max_prompt;            /* largest prompt index of any pair, +1 (0: no pairs) */
   cJSON *info;
   char last_error[512];
@@ -77,7 +81,8 @@ int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer *
   *out = NULL;
   if (p->channels <= 0 || p->height <= 0 || p->width <= 0 || p->text_len <= 0 || p->embed_dim <= 0 ||
       p->shard_pairs == 0 || p->shard_prompts == 0 || !pref_valid_dtype_(p->latent_dtype) ||
-      !pref_valid_dtype_(p->embed_dtype)) {
+      !pref_valid_dtype_(p->embed_dtype) || p->pooled_dim < 0 || p->pooled_dim > (1 << 20) || p->time_ids < 0 ||
+      p->time_ids > DATASET_TIME_IDS_IMAGE) {
     snprintf(err, errlen, "%s: the latent and embedding shapes and shard sizes must be > 0, dtypes F16 or F32",
              dir);
     return DPOD_EINVAL;
@@ -99,7 +104,9 @@ int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer *
   w->prompts = malloc(p->shard_prompts * w->emb * st_dtype_size(p->embed_dtype));
   w->prompt_shards = cJSON_CreateArray();
   w->info = cJSON_CreateObject();
-  if (!w->dir || !w->prompts || !w->prompt_shards || !w->info) goto oom;
+  if (p->pooled_dim > 0)
+    w->pooled = malloc(p->shard_prompts * (size_t)p->pooled_dim * st_dtype_size(p->embed_dtype));
+  if (!w->dir || !w->prompts || !w->prompt_shards || !w->info || (p->pooled_dim > 0 && !w->pooled)) goto oom;
   *out = w;
   return 0;
 oom:
@@ -115,10 +122,14 @@ void pref_writer_free(pref_writer *w) {
     free(w->splits[i].winner);
     free(w->splits[i].loser);
     free(w->splits[i].prompt);
+    free(w->splits[i].tw);
+    free(w->splits[i].tl);
     cJSON_Delete(w->splits[i].shards);
   }
   free(w->prompts);
   free(w->empty);
+  free(w->pooled);
+  free(w->empty_pooled);
   cJSON_Delete(w->prompt_shards);
   cJSON_Delete(w->info);
   free(w->dir);
@@ -141,7 +152,9 @@ static int pref_flush_prompts_(pref_writer *w, char *err, size_t errlen) {
   st_writer *sw = st_writer_new();
   int64_t shape[3] = {(int64_t)w->prompts_buffered, w->p.text_len, w->p.embed_dim};
   int rc = DPOD_ENOMEM;
-  if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 3, shape, w->prompts) != 0) {
+  int64_t pshape[2] = {(int64_t)w->prompts_buffered, w->p.pooled_dim};
+  if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 3, shape, w->prompts) != 0 ||
+      (w->pooled && st_writer_add(sw, "pooled", w->p.embed_dtype, 2, pshape, w->pooled) != 0)) {
     snprintf(err, errlen, "%s: out of memory", path);
     goto done;
   }
@@ -157,12 +170,22 @@ done:
   return rc;
 }
 
-int pref_writer_add_prompt(pref_writer *w, const float *emb) {
+int pref_writer_add_prompt(pref_writer *w, const float *emb) { return pref_writer_add_prompt_pooled(w, emb, NULL); }
+
+int pref_writer_add_prompt_pooled(pref_writer *w, const float *emb, const float *pooled) {
+  if (!pooled != !w->pooled)
+    return pref_fail_(w, DPOD_EINVAL, w->pooled ? "this dataset stores pooled embeddings: every prompt needs one"
+                                                : "this dataset stores no pooled embeddings (pooled_dim 0)");
   int rc = pref_check_finite_(w, "prompt embedding", emb, w->emb);
   if (rc) return rc;
+  if (pooled && (rc = pref_check_finite_(w, "pooled prompt embedding", pooled, (size_t)w->p.pooled_dim)) != 0)
+    return rc;
   if (w->prompts_total >= UINT32_MAX) return pref_fail_(w, DPOD_EINVAL, "too many prompts");
   size_t esz = st_dtype_size(w->p.embed_dtype);
   pref_store_(w->p.embed_dtype, emb, w->emb, w->prompts + w->prompts_buffered * w->emb * esz);
+  if (pooled)
+    pref_store_(w->p.embed_dtype, pooled, (size_t)w->p.pooled_dim,
+                w->pooled + w->prompts_buffered * (size_t)w->p.pooled_dim * esz);
   w->prompts_buffered++;
   w->prompts_total++;
   if (w->prompts_buffered == w->p.shard_prompts) {
@@ -173,11 +196,23 @@ int pref_writer_add_prompt(pref_writer *w, const float *emb) {
 }
 
 int pref_writer_set_empty_prompt(pref_writer *w, const float *emb) {
+  return pref_writer_set_empty_prompt_pooled(w, emb, NULL);
+}
+
+int pref_writer_set_empty_prompt_pooled(pref_writer *w, const float *emb, const float *pooled) {
+  if (!pooled != !w->pooled)
+    return pref_fail_(w, DPOD_EINVAL, w->pooled ? "this dataset stores pooled embeddings: the empty prompt needs one"
+                                                : "this dataset stores no pooled embeddings (pooled_dim 0)");
   int rc = pref_check_finite_(w, "empty-prompt embedding", emb, w->emb);
   if (rc) return rc;
-  if (!w->empty && !(w->empty = malloc(w->emb * st_dtype_size(w->p.embed_dtype))))
+  if (pooled && (rc = pref_check_finite_(w, "empty prompt's pooled embedding", pooled, (size_t)w->p.pooled_dim)) != 0)
+    return rc;
+  size_t esz = st_dtype_size(w->p.embed_dtype);
+  if (!w->empty && !(w->empty = malloc(w->emb * esz))) return pref_fail_(w, DPOD_ENOMEM, "out of memory");
+  if (pooled && !w->empty_pooled && !(w->empty_pooled = malloc((size_t)w->p.pooled_dim * esz)))
     return pref_fail_(w, DPOD_ENOMEM, "out of memory");
   pref_store_(w->p.embed_dtype, emb, w->emb, w->empty);
+  if (pooled) pref_store_(w->p.embed_dtype, pooled, (size_t)w->p.pooled_dim, w->empty_pooled);
   return 0;
 }
 
@@ -199,11 +234,17 @@ static pref_split_ *pref_split_get_(pref_writer *w, const char *name) {
   s->loser = malloc(w->p.shard_pairs * w->img * lsz);
   s->prompt = malloc(w->p.shard_pairs * sizeof(int32_t));
   s->shards = cJSON_CreateArray();
-  if (!s->name || !s->winner || !s->loser || !s->prompt || !s->shards) {
+  size_t tbytes = w->p.shard_pairs * DATASET_NUM_TIME_IDS * sizeof(float);
+  if (w->p.time_ids != DATASET_TIME_IDS_DEFAULT) s->tw = malloc(tbytes);
+  if (w->p.time_ids == DATASET_TIME_IDS_IMAGE) s->tl = malloc(tbytes);
+  if (!s->name || !s->winner || !s->loser || !s->prompt || !s->shards ||
+      (w->p.time_ids != DATASET_TIME_IDS_DEFAULT && !s->tw) || (w->p.time_ids == DATASET_TIME_IDS_IMAGE && !s->tl)) {
     free(s->name);
     free(s->winner);
     free(s->loser);
     free(s->prompt);
+    free(s->tw);
+    free(s->tl);
     cJSON_Delete(s->shards);
     memset(s, 0, sizeof *s);
     return NULL;
@@ -221,10 +262,13 @@ static int pref_flush_split_(pref_writer *w, pref_split_ *s, char *err, size_t e
   st_writer *sw = st_writer_new();
   int64_t shape[4] = {(int64_t)s->buffered, w->p.channels, w->p.height, w->p.width};
   int64_t pshape[1] = {(int64_t)s->buffered};
+  int64_t tshape[2] = {(int64_t)s->buffered, DATASET_NUM_TIME_IDS};
   int rc = DPOD_ENOMEM;
   if (!sw || st_writer_add(sw, "winner", w->p.latent_dtype, 4, shape, s->winner) != 0 ||
       st_writer_add(sw, "loser", w->p.latent_dtype, 4, shape, s->loser) != 0 ||
-      st_writer_add(sw, "prompt", ST_I32, 1, pshape, s->prompt) != 0) {
+      st_writer_add(sw, "prompt", ST_I32, 1, pshape, s->prompt) != 0 ||
+      (s->tw && st_writer_add(sw, s->tl ? "winner_time_ids" : "time_ids", ST_F32, 2, tshape, s->tw) != 0) ||
+      (s->tl && st_writer_add(sw, "loser_time_ids", ST_F32, 2, tshape, s->tl) != 0)) {
     snprintf(err, errlen, "%s: out of memory", path);
     goto done;
   }
@@ -243,12 +287,25 @@ done:
 
 int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner, const float *loser,
                          uint32_t prompt) {
+  return pref_writer_add_pair_time_ids(w, split, winner, loser, prompt, NULL, NULL);
+}
+
+int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float *winner, const float *loser,
+                                  uint32_t prompt, const float *tw, const float *tl) {
+  const int mode = w->p.time_ids;
+  if ((mode == DATASET_TIME_IDS_DEFAULT) != !tw || (mode == DATASET_TIME_IDS_IMAGE && !tl))
+    return pref_fail_(w, DPOD_EINVAL, "%s", mode == DATASET_TIME_IDS_DEFAULT ? "this dataset stores no time ids"
+                                            : mode == DATASET_TIME_IDS_PAIR ? "this dataset stores time ids per pair: every pair needs them"
+                                                                             : "this dataset stores time ids per image: every pair needs both");
   if (!pref_valid_split_name_(split))
     return pref_fail_(w, DPOD_EINVAL, "split name '%s' is not [a-z0-9_]{1,32}", split ? split : "(null)");
   if (prompt > INT32_MAX) return pref_fail_(w, DPOD_EINVAL, "prompt index %u is out of range", prompt);
   int rc;
   if ((rc = pref_check_finite_(w, "winner latent", winner, w->img)) != 0) return rc;
   if ((rc = pref_check_finite_(w, "loser latent", loser, w->img)) != 0) return rc;
+  if (tw && (rc = pref_check_finite_(w, "time ids", tw, DATASET_NUM_TIME_IDS)) != 0) return rc;
+  if (mode == DATASET_TIME_IDS_IMAGE && (rc = pref_check_finite_(w, "loser time ids", tl, DATASET_NUM_TIME_IDS)) != 0)
+    return rc;
   pref_split_ *s = pref_split_get_(w, split);
   if (!s) return pref_fail_(w, DPOD_ENOMEM, "split '%s': out of memory or more than %d splits", split,
                             PREF_MAX_SPLITS);
@@ -256,6 +313,8 @@ int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner,
   pref_store_(w->p.latent_dtype, winner, w->img, s->winner + s->buffered * w->img * lsz);
   pref_store_(w->p.latent_dtype, loser, w->img, s->loser + s->buffered * w->img * lsz);
   s->prompt[s->buffered] = (int32_t)prompt;
+  if (s->tw) memcpy(s->tw + s->buffered * DATASET_NUM_TIME_IDS, tw, DATASET_NUM_TIME_IDS * sizeof(float));
+  if (s->tl) memcpy(s->tl + s->buffered * DATASET_NUM_TIME_IDS, tl, DATASET_NUM_TIME_IDS * sizeof(float));
   s->buffered++;
   s->total++;
   if (prompt + 1 > w->max_prompt) w->max_prompt = prompt + 1;
@@ -304,8 +363,9 @@ int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", w->dir, PREF_EMPTY_PROMPT_FILE);
     st_writer *sw = st_writer_new();
-    int64_t shape[2] = {w->p.text_len, w->p.embed_dim};
-    if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 2, shape, w->empty) != 0) {
+    int64_t shape[2] = {w->p.text_len, w->p.embed_dim}, pshape[1] = {w->p.pooled_dim};
+    if (!sw || st_writer_add(sw, "embedding", w->p.embed_dtype, 2, shape, w->empty) != 0 ||
+        (w->empty_pooled && st_writer_add(sw, "pooled", w->p.embed_dtype, 1, pshape, w->empty_pooled) != 0)) {
       st_writer_free(sw);
       snprintf(err, errlen, "%s: out of memory", path);
       rc = DPOD_ENOMEM;
@@ -327,6 +387,9 @@ int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {
   cJSON_AddNumberToObject(m, "text_len", w->p.text_len);
   cJSON_AddNumberToObject(m, "embed_dim", w->p.embed_dim);
   cJSON_AddStringToObject(m, "embed_dtype", st_dtype_name(w->p.embed_dtype));
+  if (w->p.pooled_dim > 0) cJSON_AddNumberToObject(m, "pooled_dim", w->p.pooled_dim);
+  if (w->p.time_ids != DATASET_TIME_IDS_DEFAULT)
+    cJSON_AddStringToObject(m, "time_ids", w->p.time_ids == DATASET_TIME_IDS_PAIR ? "pair" : "image");
   cJSON *prompts = cJSON_AddObjectToObject(m, "prompts");
   if (!prompts) goto oom;
   cJSON_AddNumberToObject(prompts, "count", (double)w->prompts_total);

@@ -7,6 +7,9 @@
  *   prompts-00000.safetensors      embedding [n, text_len, embed_dim]
  *   empty_prompt.safetensors       embedding [text_len, embed_dim]            (optional)
  *   <split>-00000.safetensors      winner [n, C, H, W], loser [n, C, H, W], prompt I32 [n]
+ * SDXL's added conditioning, when the params ask for it: `pooled` [n, P] beside each prompt shard's
+ * embeddings (and [P] in the empty prompt's file); per-pair `time_ids` F32 [n, 6] or per-image
+ * `winner_time_ids` and `loser_time_ids` F32 [n, 6] in the pair shards.
  */
 #ifndef DPOD_PREF_FORMAT_H
 #define DPOD_PREF_FORMAT_H
@@ -30,6 +33,8 @@ typedef struct {
   st_dtype embed_dtype;         /* ST_F16 (default) or ST_F32 */
   size_t shard_pairs;           /* pairs per shard (1024) */
   size_t shard_prompts;         /* prompts per prompt shard (4096) */
+  int pooled_dim;               /* > 0: every prompt also stores a pooled embedding [pooled_dim] (SDXL) */
+  int time_ids;                 /* DATASET_TIME_IDS_* (dataset.h): none, one row [6] per pair, or per image */
 } pref_writer_params;
 
 /* Shape 0, F16, 1024 pairs and 4096 prompts per shard. */
@@ -47,10 +52,18 @@ int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer *
 int pref_writer_add_prompt(pref_writer *w, const float *emb);
 /* Sets the empty-prompt embedding emb [text_len, embed_dim] (for caption dropout and guidance). */
 int pref_writer_set_empty_prompt(pref_writer *w, const float *emb);
+/* The same with the pooled embedding pooled [pooled_dim], which a dataset with pooled_dim > 0 needs
+ * (the plain calls are refused there). */
+int pref_writer_add_prompt_pooled(pref_writer *w, const float *emb, const float *pooled);
+int pref_writer_set_empty_prompt_pooled(pref_writer *w, const float *emb, const float *pooled);
 /* Appends a pair to `split` (a name of [a-z0-9_]): winner and loser each [C, H, W]. The prompt index
  * must name a prompt added by the time pref_writer_finish() runs. Non-finite values are refused. */
 int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner, const float *loser,
                          uint32_t prompt);
+/* pref_writer_add_pair with time ids: tw [6] for the pair (time_ids per pair; tl ignored), or tw and tl
+ * [6] for winner and loser (per image). Required when the params store time ids, refused otherwise. */
+int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float *winner, const float *loser,
+                                  uint32_t prompt, const float *tw, const float *tl);
 /* A free-form entry of the manifest's "info" object (provenance, counts); the value is copied. */
 int pref_writer_set_info_string(pref_writer *w, const char *key, const char *value);
 int pref_writer_set_info_number(pref_writer *w, const char *key, double value);

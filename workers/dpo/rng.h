@@ -29,5 +29,7 @@ enum {
   DPO_STREAM_SHUFFLE = 4,    /* the sampler's epoch shuffles: 4 + epoch */
   DPO_STREAM_HELD_OUT = 5,   /* the built-in dataset's held-out pairs */
 };
+/* The built-in dataset's pooled prompt embeddings (SDXL): far from the shuffle's 4 + epoch. */
+#define DPO_STREAM_POOLED 0x706f6f6c6564ull
 
 #endif

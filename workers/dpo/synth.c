@@ -19,6 +19,7 @@ enum {
   SYNTH_STREAM_BASE = 105,
   SYNTH_STREAM_TRAIN = 106,
   SYNTH_STREAM_VALIDATION = 107,
+  SYNTH_STREAM_POOLED = 108,
 };
 
 synth_params synth_default_params(void) {
@@ -202,16 +203,35 @@ int synth_generate(const synth_params *p, const char *dir, synth_summary *summar
   wp.text_len = p->text_len;
   wp.embed_dim = p->embed_dim;
   wp.latent_dtype = wp.embed_dtype = p->dtype;
+  wp.pooled_dim = p->pooled_dim > 0 ? p->pooled_dim : 0;
   if ((rc = pref_writer_open(dir, &wp, &w, err, errlen)) != 0) goto done;
+  /* Pooled embeddings from a stream of their own: the rest of the task is the same with or without. */
+  float *pooled = NULL;
+  dpo_rng rp;
+  if (wp.pooled_dim > 0) {
+    if (!(pooled = malloc(sizeof(float) * (size_t)wp.pooled_dim))) {
+      rc = DPOD_ENOMEM;
+      snprintf(err, errlen, "synth: out of memory");
+      goto done;
+    }
+    dpo_rng_seed(&rp, p->seed, SYNTH_STREAM_POOLED);
+  }
 
   dpo_rng_seed(&r, p->seed, SYNTH_STREAM_EMBEDDINGS);
   for (uint32_t i = 0; i < p->prompts; i++) {
     dpo_rng_fill_normal(&r, e, emb);
-    if ((rc = pref_writer_add_prompt(w, e)) != 0) goto writer_error;
+    if (pooled) dpo_rng_fill_normal(&rp, pooled, (size_t)wp.pooled_dim);
+    if ((rc = pref_writer_add_prompt_pooled(w, e, pooled)) != 0) {
+      free(pooled);
+      goto writer_error;
+    }
   }
   dpo_rng_seed(&r, p->seed, SYNTH_STREAM_EMPTY);
   dpo_rng_fill_normal(&r, e, emb);
-  if ((rc = pref_writer_set_empty_prompt(w, e)) != 0) goto writer_error;
+  if (pooled) dpo_rng_fill_normal(&rp, pooled, (size_t)wp.pooled_dim);
+  rc = pref_writer_set_empty_prompt_pooled(w, e, pooled);
+  free(pooled);
+  if (rc != 0) goto writer_error;
 
   /* Base samples, prompt-major so each prompt's samples are contiguous. */
   dpo_rng_seed(&r, p->seed, SYNTH_STREAM_BASE);

@@ -38,6 +38,8 @@ typedef struct {
   double reward_scale;           /* Bradley-Terry temperature of the reward (0.5) */
   uint64_t seed;                 /* (1234) */
   st_dtype dtype;                /* stored latents and embeddings: ST_F32 (default) or ST_F16 */
+  int pooled_dim;                /* > 0: also N(0, I) pooled prompt embeddings of this width, for an
+                                    SDXL-shaped model (0) */
 } synth_params;
 
 synth_params synth_default_params(void);

@@ -552,6 +552,27 @@ static void absolute_paths_join_relative_ones_onto_the_base(void **state) {
   assert_string_equal(spec->data->dataset, "/w/data/pairs");
 }
 
+/* model.variant is part of a file name: a bounded word, and only with weights to apply it to. */
+static void validate_bounds_model_variant(void **state) {
+  (void)state;
+  set_ok("model.variant", "fp16");
+  refused_validate(0, "model.variant:"); /* no weights named */
+  set_ok("model.weights", "/models/sdxl");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  set_ok("model.weights", "");
+  set_ok("model.reference_weights", "/models/sdxl");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  set_ok("model.variant", "non_ema-2");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  static const char *bad[] = {"../x", "fp16/..", "a.b", "fp 16", "123456789012345678901234567890123"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    set_ok("model.variant", bad[i]);
+    refused_validate(0, "model.variant:");
+  }
+  set_ok("model.variant", "12345678901234567890123456789012"); /* 32: the most */
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+}
+
 static void validate_refuses_long_name(void **state) {
   (void)state;
   char name[130];
@@ -868,6 +889,7 @@ int main(int argc, char **argv) {
       T(validate_refuses_warmup_fraction_one),
       T(validate_refuses_each_bad_value),
       T(validate_refuses_long_name),
+      T(validate_bounds_model_variant),
       T(validate_refuses_non_finite_numbers_and_overflowing_products),
       T(absolute_paths_join_relative_ones_onto_the_base),
       T(validate_refuses_strings_that_are_not_utf8),

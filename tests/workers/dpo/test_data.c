@@ -643,6 +643,233 @@ static void import_drops_ties_and_stores_the_winner_first(void **state) {
   dataset_free(&ds);
 }
 
+/* ---- SDXL's added conditioning: pooled embeddings and time ids ------------------------------------ */
+
+enum { TP = 7 };
+static float pooled_value(size_t p, size_t k) { return (float)(0.25 * (double)k + (double)p); }
+static void time_ids_of(size_t pair, int loser, float *t) {
+  const float v[6] = {1024, 768, (float)pair, (float)(2 * pair), 1024, 1024};
+  memcpy(t, v, sizeof v);
+  if (loser) t[0] = 512; /* the loser's original size differs: per-image ids */
+}
+
+/* `pairs` train pairs over 3 prompts with pooled embeddings [TP], an empty prompt with its pooled one,
+ * and time ids stored per `mode` (DATASET_TIME_IDS_*). */
+static const char *write_sdxl(const char *name, int mode, int pooled, size_t pairs) {
+  const char *dir = in_tmp(name);
+  pref_writer_params p = pref_writer_default_params();
+  p.channels = TC, p.height = TH, p.width = TW, p.text_len = TL, p.embed_dim = TD;
+  p.latent_dtype = p.embed_dtype = ST_F32;
+  p.shard_pairs = 4;
+  p.shard_prompts = 2;
+  p.pooled_dim = pooled ? TP : 0;
+  p.time_ids = mode;
+  pref_writer *w;
+  char err[512];
+  assert_int_equal(pref_writer_open(dir, &p, &w, err, sizeof err), 0);
+  float a[TIMG], b[TIMG], e[TEMB], pe[TP], tw[6], tl[6];
+  for (uint32_t q = 0; q < 3; q++) {
+    for (size_t k = 0; k < TEMB; k++) e[k] = prompt_value(q, k);
+    for (size_t k = 0; k < TP; k++) pe[k] = pooled_value(q, k);
+    if (pooled) {
+      /* The plain call is refused in a dataset that stores pooled embeddings. */
+      assert_int_equal(pref_writer_add_prompt(w, e), DPOD_EINVAL);
+      assert_int_equal(pref_writer_add_prompt_pooled(w, e, pe), 0);
+    } else {
+      assert_int_equal(pref_writer_add_prompt(w, e), 0);
+    }
+  }
+  for (size_t k = 0; k < TEMB; k++) e[k] = -1;
+  for (size_t k = 0; k < TP; k++) pe[k] = -2;
+  assert_int_equal(pooled ? pref_writer_set_empty_prompt_pooled(w, e, pe) : pref_writer_set_empty_prompt(w, e), 0);
+  for (size_t i = 0; i < pairs; i++) {
+    for (size_t j = 0; j < TIMG; j++) a[j] = winner_value(i, j), b[j] = loser_value(i, j);
+    time_ids_of(i, 0, tw);
+    time_ids_of(i, 1, tl);
+    uint32_t q = (uint32_t)(i % 3);
+    if (mode == DATASET_TIME_IDS_DEFAULT) {
+      assert_int_equal(pref_writer_add_pair(w, "train", a, b, q), 0);
+    } else {
+      assert_int_equal(pref_writer_add_pair(w, "train", a, b, q), DPOD_EINVAL); /* time ids are required */
+      assert_int_equal(pref_writer_add_pair_time_ids(w, "train", a, b, q, tw, tl), 0);
+    }
+  }
+  assert_int_equal(pref_writer_finish(w, err, sizeof err), 0);
+  return dir;
+}
+
+static dataset_open_params sdxl_params(void) {
+  dataset_open_params op = dataset_open_default_params();
+  op.channels = TC, op.height = TH, op.width = TW, op.embed_dim = TD, op.pooled_dim = TP;
+  return op;
+}
+
+static void sdxl_dataset_round_trips_pooled_embeddings_and_time_ids(void **state) {
+  (void)state;
+  for (int mode = DATASET_TIME_IDS_PAIR; mode <= DATASET_TIME_IDS_IMAGE; mode++) {
+    const char *dir = write_sdxl(mode == DATASET_TIME_IDS_PAIR ? "xl-pair" : "xl-image", mode, 1, 6);
+    dataset_open_params op = sdxl_params();
+    dpo_dataset ds;
+    char err[1024];
+    if (dataset_open(dir, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(ds.pooled_dim, TP);
+    assert_int_equal(ds.time_ids, mode);
+    /* The batch: [winners; losers], text and pooled embeddings repeated, time ids per image or pair. */
+    const size_t pairs[2] = {4, 2};
+    float x0[2 * 2 * TIMG], ehs[2 * 2 * TEMB], pooled[2 * 2 * TP], tids[2 * 2 * 6], want[6];
+    assert_int_equal(dataset_fill_batch(&ds, pairs, 2, x0, ehs, pooled, tids), 0);
+    for (int i = 0; i < 2; i++) {
+      size_t q = pairs[i] % 3;
+      for (int side = 0; side < 2; side++) {
+        size_t row = (size_t)(side * 2 + i);
+        assert_true(x0[row * TIMG + 5] == (side ? loser_value(pairs[i], 5) : winner_value(pairs[i], 5)));
+        assert_true(ehs[row * TEMB + 3] == prompt_value(q, 3));
+        for (size_t k = 0; k < TP; k++) assert_true(pooled[row * TP + k] == pooled_value(q, k));
+        time_ids_of(pairs[i], side && mode == DATASET_TIME_IDS_IMAGE, want);
+        assert_memory_equal(tids + row * 6, want, sizeof want);
+      }
+    }
+    float pe[TP];
+    assert_int_equal(dataset_copy_empty_pooled(&ds, pe), 0);
+    assert_true(pe[0] == -2 && pe[TP - 1] == -2);
+    dataset_free(&ds);
+  }
+}
+
+static void without_stored_time_ids_a_batch_gets_the_reference_default(void **state) {
+  (void)state;
+  const char *dir = write_sdxl("xl-default", DATASET_TIME_IDS_DEFAULT, 1, 4);
+  dataset_open_params op = sdxl_params();
+  dpo_dataset ds;
+  char err[1024];
+  if (dataset_open(dir, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
+  float w[6], l[6];
+  assert_int_equal(dataset_copy_time_ids(&ds, 3, w, l), 0);
+  /* [res, res, 0, 0, res, res] with res = 8x the latent size (TH x TW = 3 x 2). */
+  const float want[6] = {8 * TH, 8 * TW, 0, 0, 8 * TH, 8 * TW};
+  assert_memory_equal(w, want, sizeof want);
+  assert_memory_equal(l, want, sizeof want);
+  dataset_free(&ds);
+}
+
+static void a_dataset_lacking_what_the_model_needs_is_refused_naming_it(void **state) {
+  (void)state;
+  const char *plain = write_sdxl("xl-none", DATASET_TIME_IDS_DEFAULT, 0, 4);
+  dataset_open_params op = sdxl_params();
+  dpo_dataset ds;
+  char err[1024] = "";
+  assert_int_equal(dataset_open(plain, &op, &ds, err, sizeof err), DPOD_EINVAL);
+  if (!strstr(err, "pooled prompt embeddings") || !strstr(err, "manifest.json")) fail_msg("%s", err);
+  /* The same dataset is fine for a model without added conditioning. */
+  op.pooled_dim = 0;
+  assert_int_equal(dataset_open(plain, &op, &ds, err, sizeof err), 0);
+  dataset_free(&ds);
+  /* Another width is refused naming both. */
+  const char *xl = write_sdxl("xl-width", DATASET_TIME_IDS_PAIR, 1, 4);
+  op.pooled_dim = TP + 1;
+  assert_int_equal(dataset_open(xl, &op, &ds, err, sizeof err), DPOD_ESHAPE);
+  if (!strstr(err, "7 wide") || !strstr(err, "takes 8")) fail_msg("%s", err);
+  /* A shard that lost its time ids is refused naming the shard and the tensor. */
+  char path[600];
+  cJSON *m = manifest_load(xl, path);
+  cJSON_ReplaceItemInObjectCaseSensitive(m, "time_ids", cJSON_CreateString("image"));
+  char *text = cJSON_Print(m);
+  write_text(path, text);
+  free(text);
+  cJSON_Delete(m);
+  op.pooled_dim = TP;
+  assert_int_equal(dataset_open(xl, &op, &ds, err, sizeof err), DPOD_EFORMAT);
+  if (!strstr(err, "train-00000.safetensors: no tensor 'winner_time_ids'")) fail_msg("%s", err);
+}
+
+static void import_takes_pooled_embeddings_and_time_ids(void **state) {
+  (void)state;
+  write_import_inputs();
+  /* Pooled embeddings per caption ([P] and [1, P]), time ids per image. */
+  static float pcat[5], pdog[5], pempty[5], t[6][6];
+  for (int k = 0; k < 5; k++) pcat[k] = 10, pdog[k] = 20, pempty[k] = 5;
+  st_writer *w = st_writer_new();
+  int64_t s1[1] = {5}, s2[2] = {1, 5}, s6[1] = {6};
+  assert_int_equal(st_writer_add(w, "a cat", ST_F32, 1, s1, pcat), 0);
+  assert_int_equal(st_writer_add(w, "a dog", ST_F32, 2, s2, pdog), 0);
+  char err[512];
+  assert_int_equal(st_writer_write(w, in_tmp("pooled-partial.safetensors"), NULL, err, sizeof err), 0);
+  assert_int_equal(st_writer_add(w, "", ST_F32, 1, s1, pempty), 0);
+  assert_int_equal(st_writer_write(w, in_tmp("pooled.safetensors"), NULL, err, sizeof err), 0);
+  st_writer_free(w);
+  w = st_writer_new();
+  char names[6][8];
+  for (int i = 0; i < 6; i++) {
+    snprintf(names[i], sizeof names[i], "img_%c", 'a' + i);
+    for (int k = 0; k < 6; k++) t[i][k] = (float)(100 * (i + 1) + k);
+    assert_int_equal(st_writer_add(w, names[i], ST_F32, 1, s6, t[i]), 0);
+  }
+  assert_int_equal(st_writer_write(w, in_tmp("time_ids.safetensors"), NULL, err, sizeof err), 0);
+  st_writer_free(w);
+
+  const char *out = in_tmp("imported-xl");
+  char *argv[] = {"import", "--latents", (char *)in_tmp("latents.safetensors"), "--embeddings",
+                  (char *)in_tmp("embeddings.safetensors"), "--pooled", (char *)in_tmp("pooled.safetensors"),
+                  "--time-ids", (char *)in_tmp("time_ids.safetensors"), "--pairs", (char *)in_tmp("train.jsonl"),
+                  "--out", (char *)out, "--dtype", "f32", NULL};
+  assert_int_equal(tool_import_main(15, argv), 0);
+  dataset_open_params op = dataset_open_default_params();
+  op.pooled_dim = 5;
+  dpo_dataset ds;
+  if (dataset_open(out, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
+  assert_int_equal(ds.time_ids, DATASET_TIME_IDS_IMAGE);
+  /* Pair 1 is "a dog", c vs d with label_0 = 0: stored d first, and its time ids with it. */
+  float pe[5], tw[6], tl[6];
+  assert_int_equal(dataset_copy_pooled_row(&ds, dataset_prompt_index(&ds, 1), pe), 0);
+  assert_true(pe[0] == 20 && pe[4] == 20);
+  assert_int_equal(dataset_copy_time_ids(&ds, 1, tw, tl), 0);
+  assert_memory_equal(tw, t[3], sizeof tw);
+  assert_memory_equal(tl, t[2], sizeof tl);
+  assert_int_equal(dataset_copy_empty_pooled(&ds, pe), 0);
+  assert_true(pe[0] == 5);
+  dataset_free(&ds);
+  /* Without the empty caption's pooled embedding the import says so. */
+  argv[6] = (char *)in_tmp("pooled-partial.safetensors");
+  assert_int_equal(tool_import_main(15, argv), 1);
+}
+
+/* For an SDXL-shaped model synth adds pooled embeddings, from a stream of their own: the rest of the task
+ * is the same numbers with or without them. */
+static void synth_with_pooled_embeddings_changes_nothing_else(void **state) {
+  (void)state;
+  synth_params p = synth_default_params();
+  p.train_pairs = 16;
+  p.validation_pairs = 4;
+  char err[512];
+  assert_int_equal(synth_generate(&p, in_tmp("plain"), NULL, err, sizeof err), 0);
+  p.pooled_dim = 16;
+  assert_int_equal(synth_generate(&p, in_tmp("xl"), NULL, err, sizeof err), 0);
+  dataset_open_params op = dataset_open_default_params();
+  dpo_dataset a, b;
+  assert_int_equal(dataset_open(in_tmp("plain"), &op, &a, err, sizeof err), 0);
+  op.pooled_dim = 16;
+  if (dataset_open(in_tmp("xl"), &op, &b, err, sizeof err) != 0) fail_msg("%s", err);
+  size_t img = dataset_image_size(&a), emb = dataset_prompt_size(&a);
+  float *wa = malloc(img * sizeof(float)), *wb = malloc(img * sizeof(float));
+  float *ea = malloc(emb * sizeof(float)), *eb = malloc(emb * sizeof(float)), pa[16], pb[16];
+  for (size_t i = 0; i < a.num_pairs; i++) {
+    assert_int_equal(dataset_copy_pair(&a, i, wa, NULL), 0);
+    assert_int_equal(dataset_copy_pair(&b, i, wb, NULL), 0);
+    assert_memory_equal(wa, wb, img * sizeof(float));
+    assert_int_equal(dataset_copy_prompt(&a, i, ea), 0);
+    assert_int_equal(dataset_copy_prompt(&b, i, eb), 0);
+    assert_memory_equal(ea, eb, emb * sizeof(float));
+  }
+  assert_int_equal(dataset_copy_pooled_row(&b, 0, pa), 0);
+  assert_int_equal(dataset_copy_pooled_row(&b, 1, pb), 0);
+  assert_true(memcmp(pa, pb, sizeof pa) != 0);
+  assert_int_equal(dataset_copy_empty_pooled(&b, pa), 0);
+  assert_int_equal(dataset_copy_pooled_row(&a, 0, pa), DPOD_ENOENT);
+  free(wa), free(wb), free(ea), free(eb);
+  dataset_free(&a);
+  dataset_free(&b);
+}
+
 static void import_fails_on_a_missing_latent_unless_told_to_skip(void **state) {
   (void)state;
   write_import_inputs();
@@ -860,6 +1087,11 @@ int main(int argc, char **argv) {
       CASE(synth_tool_writes_all_splits),
       CASE(import_drops_ties_and_stores_the_winner_first),
       CASE(import_fails_on_a_missing_latent_unless_told_to_skip),
+      CASE(sdxl_dataset_round_trips_pooled_embeddings_and_time_ids),
+      CASE(without_stored_time_ids_a_batch_gets_the_reference_default),
+      CASE(a_dataset_lacking_what_the_model_needs_is_refused_naming_it),
+      CASE(import_takes_pooled_embeddings_and_time_ids),
+      CASE(synth_with_pooled_embeddings_changes_nothing_else),
       CASE(ddim_timesteps_match_diffusers_leading_spacing),
       CASE(ddim_endpoint_matches_gaussian_closed_form),
       CASE(ddim_v_prediction_reaches_the_same_endpoint),

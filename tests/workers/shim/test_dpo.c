@@ -2,9 +2,14 @@
  * per-sample losses, the inside term, the loss and implicit accuracy, and then every parameter gradient
  * after back-propagating dpo_loss()'s d loss / d mse through unet_backward_mse. On tiny-sd, and on
  * tiny-sdxl as the script's SDXL branch runs it (pooled embeddings and time ids repeated for the
- * winner/loser batch like the text). */
+ * winner/loser batch like the text), also with the batch built the way dpo-worker builds it: from a
+ * preference dataset holding the pairs, their prompts' embeddings and pooled embeddings and the per-pair
+ * time ids, through dataset_fill_batch and the schedule's forward noising. */
 #include <cjson/cJSON.h>
 
+#include "dataset.h"
+#include "pref_format.h"
+#include "schedule.h"
 #include "loss.h"
 #include "tensor_test_util.h"
 #include "cmocka_main.h"
@@ -45,8 +50,79 @@ static double check_output(const char *outputs, const char *name, const float *g
   return d;
 }
 
+/* The fixture's batch as dpo-worker builds it: the two pairs (winner, loser, prompt embedding, pooled
+ * embedding, time ids) written as a preference dataset, opened with the model's shapes, the
+ * [winners; losers] batch filled by dataset_fill_batch, checked against the script's `_cat` tensors,
+ * and noised by the schedule of `sched_path` with the fixture's noise and timesteps. Returns x_t
+ * [NSAMP, PER] and the batch's ehs, pooled embeddings and time ids (caller frees). */
+static float *batch_from_dataset(const char *inputs, const char *sched_path, const unet_info *info, float **ehs_out,
+                                 float **pooled_out, float **time_ids_out) {
+  char tmp[256], err[1024];
+  if (test_mkdtemp(tmp, sizeof tmp, "dpod-dpo-data") != 0) fail_msg("mkdtemp");
+  size_t n;
+  float *lw = tu_load(inputs, "latents_w", &n), *ll = tu_load(inputs, "latents_l", &n);
+  float *e = tu_load(inputs, "encoder_hidden_states", &n);
+  const int D = info->cross_attention_dim, L = (int)(n / (NPAIRS * (size_t)D)), P = info->text_embeds_dim;
+  float *te = tu_load(inputs, "text_embeds", &n), *ti = tu_load(inputs, "time_ids", &n);
+  pref_writer_params wp = pref_writer_default_params();
+  wp.channels = 4, wp.height = 8, wp.width = 8, wp.text_len = L, wp.embed_dim = D;
+  wp.latent_dtype = wp.embed_dtype = ST_F32;
+  wp.pooled_dim = P;
+  wp.time_ids = DATASET_TIME_IDS_PAIR;
+  pref_writer *w = NULL;
+  if (pref_writer_open(tmp, &wp, &w, err, sizeof err) != 0) fail_msg("%s", err);
+  for (int i = 0; i < NPAIRS; i++) {
+    if (pref_writer_add_prompt_pooled(w, e + (size_t)i * L * D, te + (size_t)i * P) != 0 ||
+        pref_writer_add_pair_time_ids(w, "train", lw + (size_t)i * PER, ll + (size_t)i * PER, (uint32_t)i,
+                                      ti + (size_t)i * 6, NULL) != 0)
+      fail_msg("%s", pref_writer_last_error(w));
+  }
+  if (pref_writer_finish(w, err, sizeof err) != 0) fail_msg("%s", err);
+  dataset_open_params op = dataset_open_default_params();
+  op.channels = 4, op.height = op.width = 8, op.embed_dim = D, op.pooled_dim = P;
+  dpo_dataset ds;
+  if (dataset_open(tmp, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
+
+  const size_t pairs[NPAIRS] = {0, 1};
+  float *x0 = calloc(NSAMP * PER, sizeof(float)), *ehs = calloc((size_t)NSAMP * L * D, sizeof(float));
+  float *pooled = calloc((size_t)NSAMP * P, sizeof(float)), *tids = calloc(NSAMP * 6, sizeof(float));
+  assert_int_equal(dataset_fill_batch(&ds, pairs, NPAIRS, x0, ehs, pooled, tids), 0);
+  static const char *names[] = {"latents_cat", "encoder_hidden_states_cat", "text_embeds_cat", "time_ids_cat"};
+  const float *got[] = {x0, ehs, pooled, tids};
+  for (int k = 0; k < 4; k++) {
+    float *want = tu_load(inputs, names[k], &n);
+    if (memcmp(got[k], want, n * sizeof(float)) != 0) fail_msg("the dataset's batch differs from the script's %s", names[k]);
+    free(want);
+  }
+
+  char *json = tu_read_text(sched_path);
+  dpo_schedule s;
+  if (dpo_schedule_from_json(&s, json, err, sizeof err) != 0) fail_msg("%s: %s", sched_path, err);
+  free(json);
+  float *noise = tu_load(inputs, "noise_cat", &n), *t = tu_load(inputs, "timesteps_cat", &n);
+  int64_t t_int[NSAMP];
+  for (int i = 0; i < NSAMP; i++) t_int[i] = (int64_t)t[i];
+  float *x_t = calloc(NSAMP * PER, sizeof(float)), *target = calloc(NSAMP * PER, sizeof(float));
+  dpo_add_noise(&s, NSAMP, PER, x0, noise, t_int, x_t, target);
+  float *want = tu_load(inputs, "noisy_latents", &n);
+  tu_assert_close("noisy latents from the dataset vs the script's", x_t, want, n, 1e-5);
+  tu_assert_close("epsilon target vs the script's noise", target, noise, n, 0);
+  printf("batch from a dataset: latents, text, pooled embeddings and time ids as the script's; noisy latents "
+         "within %.3g\n", tu_max_abs_diff(x_t, want, n, NULL));
+  free(want), free(noise), free(t), free(target), free(x0), free(lw), free(ll), free(e), free(te), free(ti);
+  dpo_schedule_free(&s);
+  dataset_free(&ds);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+  assert_int_equal(system(cmd), 0);
+  *ehs_out = ehs;
+  *pooled_out = pooled;
+  *time_ids_out = tids;
+  return x_t;
+}
+
 /* One DPO step on fixture `dir`'s `folder`, whose UNet has `ntensors` parameter tensors. */
-static void check_dpo_folder(const char *dir, const char *folder, size_t ntensors) {
+static void check_dpo_folder_(const char *dir, const char *folder, size_t ntensors, int from_dataset) {
   char rel[256];
 #define F(name) (snprintf(rel, sizeof rel, "%s/%s", folder, name), tu_fixture(dir, rel))
   unet_t policy = load_model(dir, tu_fixture(dir, "unet.safetensors"));
@@ -69,7 +145,13 @@ static void check_dpo_folder(const char *dir, const char *folder, size_t ntensor
   /* SDXL: the pooled embeddings and time ids of the [winners; losers] batch. */
   unet_added_cond added = {NULL, NULL};
   float *text_embeds = NULL, *time_ids = NULL;
-  if (info.text_embeds_dim > 0) {
+  if (from_dataset) {
+    free(x);
+    free(ehs);
+    x = batch_from_dataset(inputs, F("scheduler/scheduler_config.json"), &info, &ehs, &text_embeds, &time_ids);
+    added.text_embeds = text_embeds;
+    added.time_ids = time_ids;
+  } else if (info.text_embeds_dim > 0) {
     added.text_embeds = text_embeds = tu_load(inputs, "text_embeds_cat", &n);
     assert_int_equal(n, NSAMP * (size_t)info.text_embeds_dim);
     added.time_ids = time_ids = tu_load(inputs, "time_ids_cat", &n);
@@ -181,6 +263,10 @@ static void check_dpo_folder(const char *dir, const char *folder, size_t ntensor
 #undef F
 }
 
+static void check_dpo_folder(const char *dir, const char *folder, size_t ntensors) {
+  check_dpo_folder_(dir, folder, ntensors, 0);
+}
+
 static void dpo_unsaturated_matches_reference(void **state) {
   (void)state;
   check_dpo_folder("tiny-sd", "dpo_unsaturated", 208);
@@ -190,6 +276,13 @@ static void dpo_unsaturated_matches_reference(void **state) {
 static void sdxl_dpo_unsaturated_matches_reference(void **state) {
   (void)state;
   check_dpo_folder("tiny-sdxl", "dpo_unsaturated", 428);
+}
+
+/* One training step on tiny-sdxl as dpo-worker takes it, from a preference dataset with pooled
+ * embeddings and per-pair time ids: the same predictions, losses, loss and every gradient. */
+static void sdxl_dpo_step_from_a_dataset_matches_reference(void **state) {
+  (void)state;
+  check_dpo_folder_("tiny-sdxl", "dpo_unsaturated", 428, 1);
 }
 
 /* The attention backward on ATen's matmul gives the same gradients (see shim.forward's aten case). */
@@ -210,6 +303,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(dpo_unsaturated_matches_reference),
       cmocka_unit_test(dpo_ref_equals_policy_matches_reference),
       cmocka_unit_test(sdxl_dpo_unsaturated_matches_reference),
+      cmocka_unit_test(sdxl_dpo_step_from_a_dataset_matches_reference),
       /* last: it switches this process to ATen's matmul */
       cmocka_unit_test(dpo_unsaturated_matches_reference_on_aten_matmul),
   };

@@ -18,6 +18,7 @@
 #include "blas_select.h"
 #include "dpod_file.h"
 #include "dpod_error.h"
+#include "model_unet.h"
 #include "safetensors.h"
 #include "tool_data.h"
 #include "tool_lora.h"
@@ -37,7 +38,7 @@ static int cmd_diff(int argc, char **argv);
 static const dpo_tool_command commands[] = {
     {"inspect", cmd_inspect, "FILE.safetensors",
      "list tensors (name, dtype, shape), the parameter count and the header metadata"},
-    {"forward", cmd_forward, "--config C --weights W [--lora L] --inputs I --out O [--threads N]",
+    {"forward", cmd_forward, "[--config C] --weights FILE|INDEX|FOLDER [--lora L] --inputs I --out O [--threads N]",
      "run the UNet (with L's LoRA adapters) on I's `sample`, `timestep`, `encoder_hidden_states` (SDXL: +`text_embeds`, "
      "`time_ids`); write O"},
     {"diff", cmd_diff, "A.safetensors B.safetensors [--atol X]",
@@ -46,6 +47,7 @@ static const dpo_tool_command commands[] = {
     {"synth", tool_synth_main, TOOL_SYNTH_ARGS, TOOL_SYNTH_SUMMARY},
     {"sample", tool_sample_main, TOOL_SAMPLE_ARGS, TOOL_SAMPLE_SUMMARY},
     {"merge-lora", tool_merge_lora_main, TOOL_MERGE_LORA_ARGS, TOOL_MERGE_LORA_SUMMARY},
+    {"export", tool_export_main, TOOL_EXPORT_ARGS, TOOL_EXPORT_SUMMARY},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -195,31 +197,51 @@ static int cmd_forward(int argc, char **argv) {
       default: command_usage(self, stderr); return 2;
     }
   }
-  if (optind != argc || !config || !weights || !inputs || !outp) {
+  if (optind != argc || !weights || !inputs || !outp) {
     if (optind != argc) fprintf(stderr, "dpo-tool forward: unexpected argument '%s'\n", argv[optind]);
-    else fprintf(stderr, "dpo-tool forward: --config, --weights, --inputs and --out are required\n");
+    else fprintf(stderr, "dpo-tool forward: --weights, --inputs and --out are required\n");
     command_usage(self, stderr);
     return 2;
   }
 
-  int status = 1;
-  char err[1024];
+  int status = 1, rc;
+  char err[2048];
   char *cfg = NULL;
   unet_t m = NULL;
   st_file *in = NULL;
   float *x = NULL, *t = NULL, *e = NULL, *y = NULL, *text_embeds = NULL, *time_ids = NULL;
   st_writer *w = NULL;
 
-  if (!(cfg = read_text(config, "config"))) goto fail;
-  unet_params p = unet_default_params();
-  p.threads = threads;
-  int rc = unet_create(cfg, &p, &m, err, sizeof err);
-  if (rc != 0) {
-    fprintf(stderr, "dpo-tool forward: %s: %s (%s)\n", config, err, dpod_err_name(rc));
+  /* --weights: a file, a sharded checkpoint's index or a model folder, whose config.json stands in for
+   * --config (and must agree with it when both are given). */
+  model_source src;
+  if ((rc = model_source_resolve("--weights", weights, "", &src, err, sizeof err)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s\n", err);
     goto fail;
   }
-  if ((rc = unet_load_weights(m, weights)) != 0) {
-    fprintf(stderr, "dpo-tool forward: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
+  if (!config && !*src.config) {
+    fprintf(stderr, "dpo-tool forward: --config is required when --weights is a file\n");
+    goto fail;
+  }
+  if (!(cfg = read_text(config ? config : src.config, "config"))) goto fail;
+  if (config && *src.config) {
+    char *folder_cfg = read_text(src.config, "config");
+    rc = folder_cfg ? model_config_agree(cfg, config, folder_cfg, src.config, err, sizeof err) : DPOD_EIO;
+    free(folder_cfg);
+    if (rc != 0) {
+      if (rc != DPOD_EIO) fprintf(stderr, "dpo-tool forward: %s\n", err);
+      goto fail;
+    }
+  }
+  unet_params p = unet_default_params();
+  p.threads = threads;
+  rc = unet_create(cfg, &p, &m, err, sizeof err);
+  if (rc != 0) {
+    fprintf(stderr, "dpo-tool forward: %s: %s (%s)\n", config ? config : src.config, err, dpod_err_name(rc));
+    goto fail;
+  }
+  if ((rc = model_unet_load(m, &src, err, sizeof err)) != 0) {
+    fprintf(stderr, "dpo-tool forward: %s (%s)\n", err, dpod_err_name(rc));
     goto fail;
   }
   if (lora && tool_lora_attach(m, lora, "dpo-tool forward") != 0) goto fail;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dataset.h"
 #include "dpod_error.h"
 #include "pref_format.h"
 #include "safetensors.h"
@@ -117,6 +118,10 @@ typedef struct {
   st_file *files[IMPORT_MAX_FILES];
   int nfiles;
   name_table latents, embeddings;  /* name -> const st_tensor * */
+  name_table pooled, time_ids;     /* SDXL: caption -> pooled embedding, image uid -> its 6 time ids */
+  int has_pooled, has_time_ids;    /* --pooled / --time-ids given */
+  int P;                           /* pooled width, fixed by the first one */
+  float *pe, *tw, *tl;             /* conversion buffers for those */
   name_table captions;             /* caption -> prompt index + 1 (as a pointer-sized integer) */
   char **captions_owned;           /* the captions table's keys */
   size_t ncaptions, capcaptions;
@@ -236,6 +241,46 @@ static int import_embedding(importer *im, const char *where, const char *caption
   return 0;
 }
 
+/* A vector [n] or [1, n] of table t named `key` as float32 into out, its width fixed by *width (0: set it
+ * from this one). `what` names it in messages. Same returns as above. */
+static int import_vector(const name_table *t, const char *where, const char *what, const char *key, int *width,
+                         float **out) {
+  const st_tensor *x = name_table_get(t, key);
+  if (!x) return 1;
+  int64_t n = x->ndim == 1 ? x->shape[0] : x->ndim == 2 && x->shape[0] == 1 ? x->shape[1] : -1;
+  if (!is_float_dtype(x->dtype) || n < 1 || n > 1 << 20) {
+    fprintf(stderr, "dpo-tool import: %s: %s '%s' is %s with %d dims, expected a float vector\n", where, what, key,
+            st_dtype_name(x->dtype), x->ndim);
+    return -1;
+  }
+  if (!*width) {
+    *width = (int)n;
+    if (!(*out = malloc(sizeof(float) * (size_t)n))) {
+      fprintf(stderr, "dpo-tool import: out of memory\n");
+      return -1;
+    }
+  }
+  if (n != *width) {
+    fprintf(stderr, "dpo-tool import: %s: %s '%s' has %lld values, expected %d\n", where, what, key, (long long)n, *width);
+    return -1;
+  }
+  st_to_f32(x, *out);
+  for (int64_t i = 0; i < n; i++)
+    if (!isfinite((*out)[i])) {
+      fprintf(stderr, "dpo-tool import: %s: %s '%s' holds %g at element %lld\n", where, what, key, (*out)[i], (long long)i);
+      return -1;
+    }
+  return 0;
+}
+
+/* Both images' time ids into im->tw and im->tl: 0, 1 missing, -1 error. */
+static int import_time_ids(importer *im, const char *where, const char *win, const char *lose) {
+  int six = DATASET_NUM_TIME_IDS, r;
+  /* The width is preset, so the buffers (allocated up front) are never replaced. */
+  if ((r = import_vector(&im->time_ids, where, "time ids of image", win, &six, &im->tw)) != 0) return r;
+  return import_vector(&im->time_ids, where, "time ids of image", lose, &six, &im->tl);
+}
+
 static const char *json_str(const cJSON *o, const char *key) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
   return cJSON_IsString(j) ? j->valuestring : NULL;
@@ -256,6 +301,19 @@ static int import_pair(importer *im, const char *where, const char *split, const
     c->missing++;
     return 1;
   }
+  if (im->has_time_ids) {
+    int rt = import_time_ids(im, where, win, lose);
+    if (rt < 0) return -1;
+    if (rt == 1) {
+      if (!im->skip_missing) {
+        fprintf(stderr, "dpo-tool import: %s: no time ids for image '%s' or '%s' in the --time-ids files\n", where, win,
+                lose);
+        return -1;
+      }
+      c->missing++;
+      return 1;
+    }
+  }
   uintptr_t idx = (uintptr_t)name_table_get(&im->captions, caption);
   if (!idx) {
     int re = import_embedding(im, where, caption);
@@ -269,6 +327,19 @@ static int import_pair(importer *im, const char *where, const char *split, const
       c->missing++;
       return 1;
     }
+    if (im->has_pooled) {
+      int rp = import_vector(&im->pooled, where, "pooled embedding of caption", caption, &im->P, &im->pe);
+      if (rp < 0) return -1;
+      if (rp == 1) {
+        if (!im->skip_missing) {
+          fprintf(stderr, "dpo-tool import: %s: no pooled embedding for caption \"%s\" in the --pooled files\n", where,
+                  caption);
+          return -1;
+        }
+        c->missing++;
+        return 1;
+      }
+    }
     if (!im->out) {
       pref_writer_params wp = *im->wp;
       wp.channels = im->C;
@@ -276,6 +347,8 @@ static int import_pair(importer *im, const char *where, const char *split, const
       wp.width = im->W;
       wp.text_len = im->L;
       wp.embed_dim = im->D;
+      wp.pooled_dim = im->has_pooled ? im->P : 0;
+      wp.time_ids = im->has_time_ids ? DATASET_TIME_IDS_IMAGE : DATASET_TIME_IDS_DEFAULT;
       char err[1024];
       int rc = pref_writer_open(im->outdir, &wp, &im->out, err, sizeof err);
       if (rc) {
@@ -283,7 +356,7 @@ static int import_pair(importer *im, const char *where, const char *split, const
         return -1;
       }
     }
-    if (pref_writer_add_prompt(im->out, im->e) != 0) {
+    if (pref_writer_add_prompt_pooled(im->out, im->e, im->has_pooled ? im->pe : NULL) != 0) {
       fprintf(stderr, "dpo-tool import: %s: caption \"%s\": %s\n", where, caption, pref_writer_last_error(im->out));
       return -1;
     }
@@ -309,7 +382,8 @@ static int import_pair(importer *im, const char *where, const char *split, const
       return -1;
     }
   }
-  if (pref_writer_add_pair(im->out, split, im->w, im->l, (uint32_t)(idx - 1)) != 0) {
+  if (pref_writer_add_pair_time_ids(im->out, split, im->w, im->l, (uint32_t)(idx - 1), im->has_time_ids ? im->tw : NULL,
+                                    im->has_time_ids ? im->tl : NULL) != 0) {
     fprintf(stderr, "dpo-tool import: %s: %s\n", where, pref_writer_last_error(im->out));
     return -1;
   }
@@ -383,10 +457,11 @@ int tool_import_main(int argc, char **argv) {
       {"pairs", required_argument, NULL, 'p'},      {"validation", required_argument, NULL, 'v'},
       {"out", required_argument, NULL, 'o'},        {"dtype", required_argument, NULL, 'd'},
       {"shard-pairs", required_argument, NULL, 's'}, {"skip-missing", no_argument, NULL, 'k'},
+      {"pooled", required_argument, NULL, 'P'},     {"time-ids", required_argument, NULL, 'T'},
       {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
   };
-  const char *lat[IMPORT_MAX_FILES], *emb[IMPORT_MAX_FILES];
-  int nlat = 0, nemb = 0;
+  const char *lat[IMPORT_MAX_FILES], *emb[IMPORT_MAX_FILES], *pool[IMPORT_MAX_FILES], *tids[IMPORT_MAX_FILES];
+  int nlat = 0, nemb = 0, npool = 0, ntids = 0;
   const char *pairs = NULL, *val = NULL, *outdir = NULL;
   pref_writer_params wp = pref_writer_default_params();
   importer im;
@@ -403,6 +478,15 @@ int tool_import_main(int argc, char **argv) {
         }
         if (c == 'l') lat[nlat++] = optarg;
         else emb[nemb++] = optarg;
+        break;
+      case 'P':
+      case 'T':
+        if (npool + ntids == IMPORT_MAX_FILES / 2) {
+          fprintf(stderr, "dpo-tool import: too many input files\n");
+          return 2;
+        }
+        if (c == 'P') pool[npool++] = optarg;
+        else tids[ntids++] = optarg;
         break;
       case 'p': pairs = optarg; break;
       case 'v': val = optarg; break;
@@ -437,6 +521,17 @@ int tool_import_main(int argc, char **argv) {
     if (import_map(&im, lat[i], &im.latents) != 0) goto done;
   for (int i = 0; i < nemb; i++)
     if (import_map(&im, emb[i], &im.embeddings) != 0) goto done;
+  for (int i = 0; i < npool; i++)
+    if (import_map(&im, pool[i], &im.pooled) != 0) goto done;
+  for (int i = 0; i < ntids; i++)
+    if (import_map(&im, tids[i], &im.time_ids) != 0) goto done;
+  im.has_pooled = npool > 0;
+  im.has_time_ids = ntids > 0;
+  if (im.has_time_ids && (!(im.tw = malloc(sizeof(float) * DATASET_NUM_TIME_IDS)) ||
+                          !(im.tl = malloc(sizeof(float) * DATASET_NUM_TIME_IDS)))) {
+    fprintf(stderr, "dpo-tool import: out of memory\n");
+    goto done;
+  }
   if (import_jsonl(&im, pairs, "train", &tc) != 0) goto done;
   if (!im.out) {
     fprintf(stderr, "dpo-tool import: %s: no usable pair (%zu lines, %zu ties, %zu missing)\n", pairs, tc.lines,
@@ -449,7 +544,14 @@ int tool_import_main(int argc, char **argv) {
   if (name_table_get(&im.embeddings, "")) {
     int re = import_embedding(&im, "the embedding of \"\"", "");
     if (re < 0) goto done;
-    if (pref_writer_set_empty_prompt(im.out, im.e) != 0) {
+    if (im.has_pooled) {
+      int rp = import_vector(&im.pooled, "the pooled embedding of \"\"", "pooled embedding of caption", "", &im.P, &im.pe);
+      if (rp != 0) {
+        if (rp == 1) fprintf(stderr, "dpo-tool import: the embeddings hold the empty caption \"\" but the --pooled files do not\n");
+        goto done;
+      }
+    }
+    if (pref_writer_set_empty_prompt_pooled(im.out, im.e, im.has_pooled ? im.pe : NULL) != 0) {
       fprintf(stderr, "dpo-tool import: the empty prompt: %s\n", pref_writer_last_error(im.out));
       goto done;
     }
@@ -477,8 +579,11 @@ int tool_import_main(int argc, char **argv) {
   if (val)
     printf("validation: %zu pairs kept, %zu ties dropped, %zu swapped, %zu skipped as missing\n", vc.kept, vc.ties,
            vc.flipped, vc.missing);
-  printf("%u prompts, latents [%d, %d, %d] %s, embeddings [%d, %d], empty prompt %s -> %s\n", im.prompts, im.C, im.H,
-         im.W, st_dtype_name(wp.latent_dtype), im.L, im.D, has_empty ? "yes" : "no", outdir);
+  printf("%u prompts, latents [%d, %d, %d] %s, embeddings [%d, %d], empty prompt %s", im.prompts, im.C, im.H, im.W,
+         st_dtype_name(wp.latent_dtype), im.L, im.D, has_empty ? "yes" : "no");
+  if (im.has_pooled) printf(", pooled embeddings [%d]", im.P);
+  if (im.has_time_ids) printf(", time ids per image");
+  printf(" -> %s\n", outdir);
   status = 0;
 done:
   pref_writer_free(im.out);
@@ -488,6 +593,11 @@ done:
   name_table_free(&im.latents);
   name_table_free(&im.embeddings);
   name_table_free(&im.captions);
+  name_table_free(&im.pooled);
+  name_table_free(&im.time_ids);
+  free(im.pe);
+  free(im.tw);
+  free(im.tl);
   free(im.w);
   free(im.l);
   free(im.e);
@@ -519,6 +629,18 @@ static int synth_from_config(const char *path, synth_params *p) {
     p->embed_dim = d->valueint;
   } else {
     fprintf(stderr, "dpo-tool synth: %s: needs integer in_channels, sample_size and cross_attention_dim\n", path);
+  }
+  /* SDXL's text_time added conditioning takes pooled embeddings: their width is what the projection takes
+   * besides the six time ids' embeddings. */
+  const cJSON *add = cJSON_GetObjectItemCaseSensitive(j, "addition_embed_type");
+  if (ok && cJSON_IsString(add) && strcmp(add->valuestring, "text_time") == 0) {
+    const cJSON *proj = cJSON_GetObjectItemCaseSensitive(j, "projection_class_embeddings_input_dim");
+    const cJSON *tdim = cJSON_GetObjectItemCaseSensitive(j, "addition_time_embed_dim");
+    ok = cJSON_IsNumber(proj) && cJSON_IsNumber(tdim) && tdim->valueint > 0 && proj->valueint > 6 * tdim->valueint;
+    if (ok) p->pooled_dim = proj->valueint - 6 * tdim->valueint;
+    else
+      fprintf(stderr, "dpo-tool synth: %s: text_time needs projection_class_embeddings_input_dim > 6 x "
+              "addition_time_embed_dim\n", path);
   }
   cJSON_Delete(j);
   return ok ? 0 : -1;
