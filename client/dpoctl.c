@@ -1483,11 +1483,9 @@ typedef struct {
 
 static void logs_print(const logs_opts *o, const Dpod__V1__LogLine *l) {
   if (o->jsonl) {
-    cJSON *j = fmt_message_json(&l->base);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    char *text = pb_json_print(&l->base, 0); /* protobuf's JSON mapping: the offset a string */
     if (text) puts(text);
     cJSON_free(text);
-    cJSON_Delete(j);
     return;
   }
   const char *stream = l->stream ? l->stream : "";

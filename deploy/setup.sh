@@ -26,10 +26,9 @@ DPOD_PACKAGES=(
   clang libclang-rt-14-dev # the libFuzzer targets (tests/fuzz/run.sh): clang and its fuzzer/sanitizer runtimes
   systemd # systemd-analyze checks the service unit in a test
   openssl sqlite3 # the access-control test makes certificates and reads the database
-  python3-protobuf python3-grpcio # the JSON mapping's oracle: grpcio and MessageToJson (tests/proto/spec, tests/client)
+  python3-protobuf python3-grpcio # the JSON mapping's oracle (grpcio, MessageToJson); the TensorBoard files' own reader
   groff-base man-db # the man pages are rendered (groff) and found by man after cmake --install
   slurmctld slurmd slurm-client munge libpmix-dev # the Slurm launcher's tests run a private cluster
-  python3-protobuf # the TensorBoard test reads the event files back with a reader of its own
 )
 
 # dpod_phase_begin TEXT: starts a phase's line ("dpod: TEXT ..."), left open for its result.

@@ -1254,6 +1254,8 @@ static void logs_of_every_attempt_in_order_or_one_alone(void **state) {
   req.has_after_offset = 1;
   req.after_offset = all[0].offset;
   assert_int_equal(logs_read(d, &req, got, 32, NULL), 8);
+}
+
 static int delete_job(daemon_fx *d, uint64_t id, int remove_run_dir) {
   Dpod__V1__DeleteJobRequest req = DPOD__V1__DELETE_JOB_REQUEST__INIT;
   req.has_job_id = req.has_remove_run_dir = 1;
