@@ -31,6 +31,7 @@
 #include "dpod_file.h"
 #include "report_journal.h"
 #include "rpc_client.h"
+#include "tb_seen.h"
 
 #ifndef DPOD_BIN
 #error "DPOD_BIN must name the dpod binary"
@@ -531,8 +532,9 @@ static int report_attempt(daemon_fx *d, uint64_t id, const char *secret, uint32_
   pev[0] = &wev[0];
   for (int i = 0; i < n_steps; i++) {
     m[i] = (Dpod__V1__StepMetrics)DPOD__V1__STEP_METRICS__INIT;
-    m[i].has_step = 1;
+    m[i].has_step = m[i].has_loss = 1;
     m[i].step = steps[i];
+    m[i].loss = 1.0 / steps[i];
     wev[i + 1] = (Dpod__V1__WorkerEvent)DPOD__V1__WORKER_EVENT__INIT;
     wev[i + 1].event_case = DPOD__V1__WORKER_EVENT__EVENT_METRICS;
     wev[i + 1].metrics = &m[i];
@@ -869,8 +871,9 @@ static void job_that_ends_while_dpod_is_down_is_recorded_with_its_journal(void *
   size_t lens[3];
   for (int i = 0; i < 3; i++) {
     if (i < 2) {
-      m[i].has_step = 1;
+      m[i].has_step = m[i].has_loss = 1;
       m[i].step = (uint32_t)i + 2;
+      m[i].loss = 1.0 / (i + 2);
       ev[i].event_case = DPOD__V1__WORKER_EVENT__EVENT_METRICS;
       ev[i].metrics = &m[i];
     } else {
@@ -903,9 +906,39 @@ static void job_that_ends_while_dpod_is_down_is_recorded_with_its_journal(void *
   assert_false(file_exists(journal)); /* read, then removed */
   Dpod__V1__JobEvent *evs[32];
   int n = watch_all(d, id, 0, evs, 32), metrics = 0;
-  for (int i = 0; i < n; i++) metrics += evs[i]->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS;
+  uint64_t last_recorded = 0; /* the seq of the last event TensorBoard's files get */
+  for (int i = 0; i < n; i++) {
+    metrics += evs[i]->event_case == DPOD__V1__JOB_EVENT__EVENT_METRICS;
+    if (evs[i]->event_case != DPOD__V1__JOB_EVENT__EVENT_STATE) last_recorded = evs[i]->seq;
+  }
   free_events(evs, n);
   assert_int_equal(metrics, 3); /* steps 1, 2, 3: each once */
+
+  /* The TensorBoard files, from two dpods (the second wrote what the journal held), hold each once
+   * too. The writer runs behind the loop: wait until a file reaches the last event that has a record. */
+  char tb[PATH_MAX * 2];
+  run_file(d, id, "tensorboard", tb, sizeof tb);
+  uint64_t written = 0;
+  for (int i = 0; i < 200 && written < last_recorded; i++, sleep_ms(25)) {
+    DIR *dir = opendir(tb);
+    struct dirent *de;
+    while (dir && (de = readdir(dir))) {
+      char file[PATH_MAX * 3];
+      snprintf(file, sizeof file, "%s/%s", tb, de->d_name);
+      tb_file_info info;
+      if (de->d_name[0] != '.' && tb_file_scan(file, &info, err, sizeof err) == 0 && info.max_seq > written)
+        written = info.max_seq;
+    }
+    if (dir) closedir(dir);
+  }
+  assert_int_equal(written, last_recorded);
+  tb_seen seen;
+  tb_seen_read(tb, &seen);
+  tb_seen_assert_steps_once(&seen, 3);
+  for (unsigned s = 1; s <= 3; s++) assert_float_equal(seen.loss_value[s], 1.0 / s, 1e-6);
+  assert_int_equal(seen.checkpoints, 1);
+  assert_int_equal(seen.attempts, 1);
+  assert_int_equal(seen.exits, 1);
 }
 
 /* Drain: running jobs checkpoint and end PREEMPTED, new ones are refused and health says NOT_SERVING,

@@ -24,9 +24,8 @@
 #include "job_store.h"
 #include "store_fixture.h"
 #include "tb_file.h"
+#include "tb_seen.h"
 #include "tb_writer.h"
-
-#define MAX_STEP 64
 
 typedef struct {
   store_fixture st;
@@ -96,79 +95,6 @@ static void append_attempt(fixture *f, uint64_t id, unsigned attempt, int64_t en
   append(f, id, &ev);
 }
 
-/* What the files of a tensorboard directory hold, each file's records checked. */
-typedef struct {
-  unsigned files, versions, summaries;
-  unsigned loss[MAX_STEP + 1]; /* train/loss values seen per step */
-  unsigned evals, checkpoints, attempts, exits;
-  uint64_t max_seq;
-  int seq_repeated;
-} tb_seen;
-
-static void read_dir(const char *dir, tb_seen *seen) {
-  memset(seen, 0, sizeof *seen);
-  DIR *d = opendir(dir);
-  assert_non_null(d);
-  uint64_t seqs[1024];
-  size_t n_seqs = 0;
-  struct dirent *de;
-  while ((de = readdir(d))) {
-    if (de->d_name[0] == '.') continue;
-    assert_true(strncmp(de->d_name, "events.out.tfevents.", 20) == 0);
-    char path[PATH_MAX + 300], err[256];
-    snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    char *buf;
-    size_t len;
-    assert_int_equal(dpod_read_file(path, 0, &buf, &len, err, sizeof err), 0);
-    seen->files++;
-    size_t off = 0;
-    const unsigned char *data;
-    size_t dl;
-    for (bool first = true;; first = false) {
-      tfrecord_status st = tfrecord_next((unsigned char *)buf, len, &off, TB_RECORD_MAX, &data, &dl);
-      if (st == TFRECORD_END) break;
-      assert_int_equal(st, TFRECORD_OK);
-      Dpod__Tb__Event *ev = dpod__tb__event__unpack(NULL, dl, data);
-      assert_non_null(ev);
-      if (first) {
-        assert_int_equal(ev->what_case, DPOD__TB__EVENT__WHAT_FILE_VERSION);
-        assert_string_equal(ev->file_version, "brain.Event:2");
-        seen->versions++;
-      } else {
-        assert_int_equal(ev->what_case, DPOD__TB__EVENT__WHAT_SUMMARY);
-        assert_true(ev->has_dpod_seq);
-        for (size_t i = 0; i < n_seqs; i++) seen->seq_repeated |= seqs[i] == ev->dpod_seq;
-        assert_true(n_seqs < 1024);
-        seqs[n_seqs++] = ev->dpod_seq;
-        if (ev->dpod_seq > seen->max_seq) seen->max_seq = ev->dpod_seq;
-        seen->summaries++;
-        assert_true(ev->step >= 0 && ev->step <= MAX_STEP);
-        for (size_t i = 0; i < ev->summary->n_value; i++) {
-          const char *tag = ev->summary->value[i]->tag;
-          if (strcmp(tag, "train/loss") == 0) {
-            seen->loss[ev->step]++;
-            assert_float_equal(ev->summary->value[i]->simple_value, 1.0 / (double)ev->step, 1e-6);
-          }
-          seen->evals += strcmp(tag, "eval/implicit_acc") == 0;
-          seen->checkpoints += strcmp(tag, "checkpoint/size_mb") == 0;
-          seen->attempts += strcmp(tag, "attempt/number") == 0;
-          seen->exits += strcmp(tag, "attempt/exit_code") == 0;
-        }
-      }
-      dpod__tb__event__free_unpacked(ev, NULL);
-    }
-    free(buf);
-  }
-  closedir(d);
-}
-
-static void assert_steps_once(const tb_seen *seen, unsigned last) {
-  for (unsigned s = 1; s <= MAX_STEP; s++) {
-    if (seen->loss[s] != (s <= last ? 1u : 0u)) fail_msg("step %u seen %u times (steps 1..%u expected once)", s, seen->loss[s], last);
-  }
-  assert_false(seen->seq_repeated);
-}
-
 static tb_writer *start_writer(fixture *f) {
   tb_writer *w = NULL;
   char err[256];
@@ -205,10 +131,10 @@ static void every_kind_of_event_is_written_under_its_tag(void **state) {
   tb_writer_flush(w);
   tb_writer_stop(w);
   tb_seen seen;
-  read_dir(f->tb, &seen);
+  tb_seen_read(f->tb, &seen);
   assert_int_equal(seen.files, 1);
   assert_int_equal(seen.versions, 1);
-  assert_steps_once(&seen, 3);
+  tb_seen_assert_steps_once(&seen, 3);
   assert_int_equal(seen.evals, 1);
   assert_int_equal(seen.checkpoints, 1);
   assert_int_equal(seen.attempts, 1);
@@ -264,8 +190,8 @@ static void a_restarted_writer_goes_on_after_its_last_record(void **state) {
   tb_writer_flush(w);
   tb_writer_stop(w);
   tb_seen seen;
-  read_dir(f->tb, &seen);
-  assert_steps_once(&seen, 5);
+  tb_seen_read(f->tb, &seen);
+  tb_seen_assert_steps_once(&seen, 5);
   /* Events stored while no writer ran, then a new writer: a second file, nothing twice. */
   for (unsigned s = 6; s <= 8; s++) append_metrics(f, id, s);
   w = start_writer(f);
@@ -274,15 +200,16 @@ static void a_restarted_writer_goes_on_after_its_last_record(void **state) {
   tb_writer_notify(w, id);
   tb_writer_flush(w);
   tb_writer_stop(w);
-  read_dir(f->tb, &seen);
+  tb_seen_read(f->tb, &seen);
   assert_int_equal(seen.files, 2);
   assert_int_equal(seen.versions, 2);
-  assert_steps_once(&seen, 9);
+  tb_seen_assert_steps_once(&seen, 9);
+  for (unsigned s = 1; s <= 9; s++) assert_float_equal(seen.loss_value[s], 1.0 / s, 1e-6);
   /* A writer with nothing new writes no file at all. */
   w = start_writer(f);
   tb_writer_flush(w);
   tb_writer_stop(w);
-  read_dir(f->tb, &seen);
+  tb_seen_read(f->tb, &seen);
   assert_int_equal(seen.files, 2);
 }
 
@@ -315,9 +242,9 @@ static void a_torn_last_record_is_cut_off_and_written_again(void **state) {
   assert_int_equal(info.tail, TFRECORD_END);
   assert_int_equal(info.good_len, info.file_len);
   tb_seen seen;
-  read_dir(f->tb, &seen);
+  tb_seen_read(f->tb, &seen);
   assert_int_equal(seen.files, 2);
-  assert_steps_once(&seen, 4);
+  tb_seen_assert_steps_once(&seen, 4);
 }
 
 int main(int argc, char **argv) {
