@@ -57,4 +57,9 @@ tail -n 2 "$T/logs.txt" | cmp -s - "$T/tail.txt" || it_fail "--tail 2 is not the
 # The daemon's record agrees with the stream.
 [ "$(it_job_field "$id" .last_metrics.step)" = "$STEPS" ] || it_fail "GetJob last_metrics.step is wrong"
 [ "$(it_job_field "$id" .last_seq)" = "$n" ] || it_fail "GetJob last_seq differs from the stream"
+# The diagnostics the worker adds to each step: a share in [0, 1], and the drift as policy - reference MSE.
+it_job_field "$id" '.last_metrics | (.saturated_share | tonumber) as $s | (.drift | tonumber) as $d |
+    ((.policy_mse | tonumber) - (.ref_mse | tonumber)) as $want |
+    $s >= 0 and $s <= 1 and (($d - $want) | fabs) <= 1e-12 * ([1, ($want | fabs)] | max)' | grep -qx true ||
+  it_fail "GetJob last_metrics lacks a sound saturated_share and drift: $(it_job_field "$id" .last_metrics)"
 echo "PASS: job $id, $n events, checkpoint $dir"
