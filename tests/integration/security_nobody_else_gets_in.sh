@@ -58,8 +58,10 @@ spec=$(cd "$T" && "$DPOCTL_BIN" submit "$EX" --set model.config=./config.json --
 echo "$spec" | grep -q "config: \"$T/config.json\"" || it_fail "the relative path was not made absolute: $spec"
 out=$("$DPOCTL_BIN" submit "$EX" --set data.dataset="$T/no-such-dataset" 2>&1) && it_fail "a missing dataset was accepted"
 echo "$out" | grep -q "data.dataset: $T/no-such-dataset: No such file" || it_fail "the refusal does not name it: $out"
-out=$("$DPOCTL_BIN" submit "$EX" --set model.weights="$T" 2>&1) && it_fail "a directory was accepted as weights"
-echo "$out" | grep -q "model.weights: $T: not a regular file" || it_fail "the refusal does not name it: $out"
+# A directory is taken as a model folder; one that holds no weights (only a config.json here) is refused.
+out=$("$DPOCTL_BIN" submit "$EX" --set model.weights="$T" 2>&1) && it_fail "a directory without weights was accepted"
+echo "$out" | grep -q "model.weights: $T holds neither diffusion_pytorch_model.safetensors" ||
+  it_fail "the refusal does not name it: $out"
 out=$("$DPOCTL_BIN" submit "$EX" --set threads_per_rank=1000 2>&1) && it_fail "1000 threads per rank were accepted"
 echo "$out" | grep -q "threads_per_rank: .* at most $(nproc) CPU" || it_fail "the refusal does not say why: $out"
 out=$("$DPOCTL_BIN" submit "$EX" --name "$(printf 'bad\xffname')" 2>&1) && it_fail "a name that is not UTF-8 was accepted"
