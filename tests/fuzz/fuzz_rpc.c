@@ -603,6 +603,18 @@ static void write_seeds(const char *dir) {
   seed_add(f, "/GetJob", &get.base, NULL, 0);
   fclose(f);
 
+  /* DeleteJob: refused while the job is queued, then (cancelled) forgotten with its run directory. */
+  Dpod__V1__DeleteJobRequest del = DPOD__V1__DELETE_JOB_REQUEST__INIT;
+  del.has_job_id = 1, del.job_id = 1;
+  del.has_remove_run_dir = 1, del.remove_run_dir = 1;
+  f = seed_open(dir, "submit-delete-cancel-delete");
+  seed_add(f, "/SubmitJob", &submit.base, NULL, 0);
+  seed_add(f, "/DeleteJob", &del.base, NULL, 0);
+  seed_add(f, "/CancelJob", &cancel.base, NULL, 0);
+  seed_add(f, "/DeleteJob", &del.base, NULL, 0);
+  seed_add(f, "/GetJob", &get.base, NULL, 0);
+  fclose(f);
+
   train.steps = 0; /* refused by validation */
   f = seed_open(dir, "submit-invalid-spec");
   seed_add(f, "/SubmitJob", &submit.base, NULL, 0);
