@@ -9,8 +9,15 @@
 # Both jobs go through dpod and dpoctl like any user job. Each phase prints one line, as the set-up's do
 # (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
 # whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
-# they were not).
+# they were not). With --lora, job 2 trains LoRA adapters on job 1's model (deploy/examples/demo-lora.yaml)
+# instead of every weight, its reference being that model with the adapters off.
 set -euo pipefail
+dpo_job=demo-dpo.yaml dpo_what=""
+case "${1:-}" in
+  --lora) dpo_job=demo-lora.yaml dpo_what=" with LoRA" ;;
+  "") ;;
+  *) echo "usage: bash deploy/demo.sh [--lora]" >&2; exit 2 ;;
+esac
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
 
@@ -60,7 +67,7 @@ submit_and_watch "2/4 pretraining the reference: sft on the base samples" "$EXAM
 sft=$JOB_ID
 ckpt=$("$DPOCTL" get "$sft" --json | jq -r .last_checkpoint.path)
 
-submit_and_watch "3/4 Diffusion-DPO from job $sft's checkpoint on 2 MPI ranks" "$EXAMPLES/demo-dpo.yaml" \
+submit_and_watch "3/4 Diffusion-DPO$dpo_what from job $sft's checkpoint on 2 MPI ranks" "$EXAMPLES/$dpo_job" \
   --set data.dataset="$data" --set model.weights="$ckpt/diffusion_pytorch_model.safetensors"
 dpo=$JOB_ID
 
