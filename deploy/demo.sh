@@ -9,8 +9,15 @@
 # Both jobs go through dpod and dpoctl like any user job. Each phase prints one line, as the set-up's do
 # (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
 # whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
-# they were not).
+# they were not). With --lora, job 2 trains LoRA adapters on job 1's model (deploy/examples/demo-lora.yaml)
+# instead of every weight, its reference being that model with the adapters off.
 set -euo pipefail
+dpo_job=demo-dpo.yaml dpo_what=""
+case "${1:-}" in
+  --lora) dpo_job=demo-lora.yaml dpo_what=" with LoRA" ;;
+  "") ;;
+  *) echo "usage: bash deploy/demo.sh [--lora]" >&2; exit 2 ;;
+esac
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
 
@@ -59,10 +66,10 @@ watch_phase() {
 # checkpoint (`job:ID`), which dpod resolves when it starts it.
 submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data"
 sft=$JOB_ID
-submit "$EXAMPLES/demo-dpo.yaml" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft"
+submit "$EXAMPLES/$dpo_job" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft"
 dpo=$JOB_ID
 watch_phase "2/4 pretraining the reference: sft on the base samples" "$sft"
-watch_phase "3/4 Diffusion-DPO from job $sft's checkpoint on 2 MPI ranks" "$dpo"
+watch_phase "3/4 Diffusion-DPO$dpo_what from job $sft's checkpoint on 2 MPI ranks" "$dpo"
 
 echo "dpod: 4/4 reference vs DPO (job $dpo, evaluated on held-out pairs and DDIM samples)"
 # Targets (issue 4): the reference near 50%, DPO at 90% or more, distance no worse than 1.5x.

@@ -3,7 +3,7 @@
 # Source it (`source deploy/completion/dpoctl.bash`); `cmake --install` puts it where bash-completion
 # finds it (share/bash-completion/completions/dpoctl).
 
-_dpoctl_commands="submit list get checkpoints watch metrics cancel delete restart health drain undrain status help"
+_dpoctl_commands="submit list get checkpoints watch logs metrics cancel delete restart health drain undrain status help"
 
 # The options of a command, as its --help lists them.
 _dpoctl_options() {
@@ -13,6 +13,7 @@ _dpoctl_options() {
     get | checkpoints) echo "-o --output --json --addr --help" ;;
     watch) echo "--after-seq --events-jsonl --no-progress --retries --addr --help" ;;
     metrics) echo "--format --addr --help" ;;
+    logs) echo "-f --follow --rank --attempt --tail --after-offset --jsonl --retries --addr --help" ;;
     cancel) echo "--wait --addr --help" ;;
     delete) echo "--run-dir --addr --help" ;;
     restart | drain | undrain) echo "--addr --help" ;;
@@ -75,7 +76,8 @@ _dpoctl() {
       ;;
     -o | --output) COMPREPLY=($(compgen -W "table json yaml" -- "$cur")); return 0 ;;
     --format) COMPREPLY=($(compgen -W "csv jsonl" -- "$cur")); return 0 ;;
-    --set | --name | --limit | --after-seq | --retries | --service | --addr) COMPREPLY=(); return 0 ;;
+    --set | --name | --limit | --after-seq | --retries | --service | --addr | --rank | --attempt | --tail | --after-offset)
+      COMPREPLY=(); return 0 ;;
   esac
   if [[ "$cur" == -* ]]; then
     COMPREPLY=($(compgen -W "$(_dpoctl_options "$cmd")" -- "$cur"))
@@ -84,7 +86,7 @@ _dpoctl() {
   case "$cmd" in
     submit) COMPREPLY=($(compgen -f -X '!*.yaml' -- "$cur") $(compgen -f -X '!*.yml' -- "$cur") $(compgen -d -- "$cur")) ;;
     help) COMPREPLY=($(compgen -W "$_dpoctl_commands" -- "$cur")) ;;
-    get | checkpoints | watch | metrics | cancel | delete | restart)
+    get | checkpoints | watch | logs | metrics | cancel | delete | restart)
       COMPREPLY=($(compgen -W "$(_dpoctl_jobs)" -- "$cur"))
       ;;
     *) COMPREPLY=() ;;

@@ -1,4 +1,5 @@
 #include "model_source.h"
+#include "job_spec.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -330,7 +331,10 @@ static int check_one(const char *key, const char *path, const char *variant, mod
 
 int model_spec_check(const Dpod__V1__ModelSpec *m, char *err, size_t errlen) {
   const char *variant = m->variant ? m->variant : "";
-  int has_p = m->weights && *m->weights, has_r = m->reference_weights && *m->reference_weights;
+  /* A job:ID reference is another job's checkpoint, checked when the job starts (daemon/job_chain.c). */
+  int has_p = m->weights && *m->weights && strncmp(m->weights, JOB_SPEC_REF_PREFIX, strlen(JOB_SPEC_REF_PREFIX)) != 0;
+  int has_r = m->reference_weights && *m->reference_weights &&
+              strncmp(m->reference_weights, JOB_SPEC_REF_PREFIX, strlen(JOB_SPEC_REF_PREFIX)) != 0;
   model_source *src = calloc(2, sizeof *src);
   if (!src) return dpod_errf(err, errlen, DPOD_ENOMEM, "out of memory");
   int status = 0;

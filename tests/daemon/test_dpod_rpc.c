@@ -1347,6 +1347,7 @@ static void delete_refuses_unfinished_jobs_and_forgets_finished_ones(void **stat
 static uint64_t submit_chained(daemon_fx *d, const char *name, const uint64_t *after, size_t n_after,
                                const char *weights) {
   Dpod__V1__JobSpec *spec = job_spec_new();
+  free(spec->name); /* job_spec_new() fills in a copy of the default */
   spec->name = strdup(name);
   spec->has_max_restarts = 1;
   spec->max_restarts = 0;
@@ -1355,7 +1356,10 @@ static uint64_t submit_chained(daemon_fx *d, const char *name, const uint64_t *a
     memcpy(spec->after, after, n_after * sizeof *after);
     spec->n_after = n_after;
   }
-  if (weights) spec->model->weights = strdup(weights);
+  if (weights) {
+    free(spec->model->weights);
+    spec->model->weights = strdup(weights);
+  }
   Dpod__V1__SubmitJobRequest req = DPOD__V1__SUBMIT_JOB_REQUEST__INIT;
   req.spec = spec;
   ProtobufCMessage *resp = NULL;

@@ -40,7 +40,7 @@ refused --set model.weights="$T/src/diffusion_pytorch_model.safetensors.index.js
 id=$(it_submit "$EX" --set model.weights="$T/pipe" --set model.reference_weights="$T/pipe/unet" \
   --set model.variant=fp16 --set train.steps=2 --name pipeline)
 "$DPOCTL_BIN" watch "$id" >/dev/null 2>&1 || it_fail "the pipeline job did not succeed"
-grep -q "noise schedule from $T/pipe/scheduler/scheduler_config.json" "$IT_JOBS/$id/job.log" ||
+grep -q "noise schedule from $T/pipe/scheduler/scheduler_config.json" "$IT_JOBS/$id/attempt-1.log" ||
   it_fail "the job did not take the pipeline's schedule"
 ckpt=$(ls -d "$IT_JOBS/$id"/checkpoints/step-* | tail -n 1)
 cmp -s "$ckpt/scheduler_config.json" "$T/src/scheduler_config.json" || it_fail "the checkpoint does not carry the schedule"
