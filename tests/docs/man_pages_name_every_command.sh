@@ -16,8 +16,11 @@ for page in "$man/dpoctl.1" "$man/dpod.1" "$man/dpo-tool.1"; do
   echo "$text" | grep -q "^NAME" || fail "$page renders no NAME section"
 done
 
-# A command's entry: a .TP paragraph tag that starts with it in bold.
-has_entry() { grep -Eq "^(\\\\fB$2\\\\fR|\\.B $2\$)" "$1"; }
+# A command's entry: a .TP paragraph tag that starts with it in bold (a '-' in it written as roff's \-).
+has_entry() {
+  set -- "$1" "$(echo "$2" | sed 's/-/\\\\-/g')"
+  grep -Eq "^(\\\\fB$2\\\\fR|\\.B $2\$)" "$1"
+}
 
 cmds=$("$dpoctl" --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && NF { print $1 }')
 [ -n "$cmds" ] || fail "dpoctl --help lists no commands"
