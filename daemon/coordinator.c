@@ -401,6 +401,13 @@ static void coord_failure_reason(coord *co, const char *run_dir, const launch_ex
   }
 }
 
+/* Whether the job's last step has a complete checkpoint: what every successful worker writes last. */
+static bool coord_has_final_checkpoint(const Dpod__V1__Job *job) {
+  char path[PATH_MAX];
+  int n = snprintf(path, sizeof path, "%s/checkpoints/step-%06u/COMPLETE", job->run_dir, job->spec->train->steps);
+  return n > 0 && (size_t)n < sizeof path && access(path, F_OK) == 0;
+}
+
 /* Holds a job out of the queue until `delay_ms` from now (its restart backoff). */
 static void coord_hold(coord *co, uint64_t id, unsigned ranks, uint64_t delay_ms);
 
@@ -438,6 +445,13 @@ static void coord_attempt_ended(coord *co, const Dpod__V1__Job *job, coord_job *
   } else if (j && j->fail_reason[0]) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
     snprintf(attempt_reason, sizeof attempt_reason, "%s", j->fail_reason);
+  } else if (ex->recorded && !ex->term_signal && ex->exit_status == WORKER_EXIT_OK &&
+             launch_backend_exit0_unproven(co->backend) && !coord_has_final_checkpoint(job)) {
+    /* srun says 0 although no rank ran: a failed attempt, restarted like any other. */
+    state = DPOD__V1__JOB_STATE__JOB_STATE_FAILED;
+    snprintf(attempt_reason, sizeof attempt_reason,
+             "exit status 0 but no final checkpoint (step %u): the ranks did not run to the end; see attempt-%u.log",
+             job->spec->train->steps, attempt);
   } else if (ex->recorded && !ex->term_signal && ex->exit_status == WORKER_EXIT_OK) {
     state = DPOD__V1__JOB_STATE__JOB_STATE_SUCCEEDED;
     snprintf(attempt_reason, sizeof attempt_reason, "succeeded");

@@ -80,6 +80,7 @@ int launch_recover(launch_backend *b, const char *handle, const char *run_dir, l
 
 int launch_backend_requeues(const launch_backend *b) { return b->ops->requeues; }
 int launch_backend_takes_resources(const launch_backend *b) { return b->ops->resources; }
+int launch_backend_exit0_unproven(const launch_backend *b) { return b->ops->exit0_unproven; }
 
 void launch_set_scheduler_cbs(launch_backend *b, launch_status_cb status, launch_requeue_cb requeue) {
   b->status_cb = status;

@@ -147,6 +147,9 @@ const char *launch_backend_name(const launch_backend *b);
 int launch_backend_requeues(const launch_backend *b);
 /* Whether the backend takes launch_resources (partition, GPUs, nodes...); one that does not refuses them. */
 int launch_backend_takes_resources(const launch_backend *b);
+/* Whether an attempt's exit status 0 alone does not show that its ranks ran to the end (srun: 0 even
+ * when no task could be launched); the caller then looks for the final checkpoint as well. */
+int launch_backend_exit0_unproven(const launch_backend *b);
 /* Ranks that may run at once. */
 unsigned launch_capacity(const launch_backend *b);
 /* The most intra-op threads one rank may ask for: the CPUs a rank can have where it runs. */

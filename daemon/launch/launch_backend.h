@@ -9,6 +9,8 @@ typedef struct {
   const char *name; /* handle prefix */
   int requeues;     /* 1: its scheduler may run an attempt again by itself (launch_requeue_cb) */
   int resources;    /* 1: it takes a request's launch_resources (a batch scheduler's placement) */
+  int exit0_unproven; /* 1: exit status 0 does not prove the ranks ran (srun exits 0 when it could not
+                       * launch them), so success also needs the final checkpoint */
   int (*start)(launch_backend *b, const launch_request *req, launch_run **out, char *handle, char *err,
                size_t errlen);
   int (*stop)(launch_run *r, launch_stop_mode how, int *signalled);

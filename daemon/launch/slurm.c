@@ -627,6 +627,7 @@ static const launch_backend_ops slurm_ops = {
     .name = "slurm",
     .requeues = 1,
     .resources = 1,
+    .exit0_unproven = 1,
     .start = slurm_start_,
     .stop = slurm_stop_,
     .detach = slurm_detach_,

@@ -4,7 +4,8 @@
 # (the batch script checkpoints and requeues itself) both resume as a new attempt of the same job and
 # end with weights bit-identical to an uninterrupted run; a cancel through dpod and one through scancel
 # both end CANCELLED with nothing left running; a job Slurm cannot start shows Slurm's reason; dpod
-# killed while a job runs adopts it; a job that ends while dpod is down is recorded from its exit record.
+# killed while a job runs adopts it; a job that ends while dpod is down is recorded from its exit record;
+# srun that could not launch the ranks (and exits 0) makes a failed attempt, not a success.
 source "$(dirname "$0")/lib.sh"
 source "$DPOD_SOURCE_DIR/tests/slurm/slurm_fixture.sh"
 IT_CLEANUP+=('slurm_down "$T/slurm"')
@@ -125,4 +126,14 @@ for _ in $(seq 1 600); do [ -f "$IT_JOBS/$h/attempt-1.exit" ] && break; sleep 0.
 it_start_dpod "${DPOD_ARGS[@]}"
 it_wait_state "$h" succeeded 60
 it_check_steps_once "$h" 16
+# 9. srun that cannot launch the ranks exits 0 (Slurm 22.05): without its final checkpoint that attempt
+# failed, and is not taken for success. A directory in the way of the next step's PMIx directory makes
+# the launch fail.
+last=$(squeue --me --states=all --noheader --format=%i | sort -n | tail -n 1)
+mkdir -p "$T/slurm/tmp/spmix_appdir_$(id -u)_$((last + 1)).0"
+k=$(it_submit "$EX" --set train.steps=2 --set max_restarts=0 --name unlaunched)
+it_wait_state "$k" failed 60
+it_job_field "$k" .reason | grep -q "exit status 0 but no final checkpoint" ||
+  it_fail "job $k's reason does not say why it failed: $(it_job_field "$k" .reason)"
+grep -q "launch failed" "$IT_JOBS/$k/attempt-1.log" || it_fail "the attempt's log does not show srun's failure"
 echo "PASS: Slurm jobs run, requeue and resume bit-exactly, cancel cleanly, show Slurm's reason, and survive dpod"

@@ -48,7 +48,9 @@ slurm_nodes_up() {
 slurm_up() {
   local d=$1 cpus=${2:-$(nproc)} nodes=${3:-1} host
   host=$(hostname -s)
-  mkdir -p "$d/munge" "$d/ctld" "$d/slurmd" "$d/log"
+  # tmp: TmpFS, where Slurm's PMIx plugin makes its per-step directories (spmix_appdir_UID_JOB.STEP):
+  # in /tmp they would outlive a cluster killed mid-job and make the next one's job 1 fail to launch.
+  mkdir -p "$d/munge" "$d/ctld" "$d/slurmd" "$d/log" "$d/tmp"
   chmod 700 "$d/munge"
   dd if=/dev/urandom of="$d/munge/munge.key" bs=1024 count=1 status=none
   chmod 400 "$d/munge/munge.key"
@@ -74,6 +76,7 @@ TaskPlugin=task/none
 MpiDefault=none
 StateSaveLocation=$d/ctld
 SlurmdSpoolDir=$d/slurmd
+TmpFS=$d/tmp
 SlurmctldPidFile=$d/slurmctld.pid
 SlurmdPidFile=$d/slurmd.pid
 SlurmctldLogFile=$d/log/slurmctld.log
@@ -106,11 +109,11 @@ CONF
   export SLURM_CONF="$d/slurm.conf"
   slurmctld -c || { echo "slurm_fixture: slurmctld did not start" >&2; return 1; }
   if [ "$nodes" -gt 1 ]; then
-    # The nodes share one /tmp, where Slurm's PMIx plugin makes per-step directories that would clash:
+    # The nodes share one file system, where the PMIx plugin's per-step directories would clash:
     # each slurmd gets a copy of the configuration whose TmpFS is its own.
     while read -r name addr pid; do
       mkdir -p "$d/slurmd-$name" "$d/tmp-$name"
-      { cat "$SLURM_CONF"; echo "TmpFS=$d/tmp-$name"; } >"$d/slurm-$name.conf"
+      sed "s|^TmpFS=.*|TmpFS=$d/tmp-$name|" "$SLURM_CONF" >"$d/slurm-$name.conf"
       nsenter -t "$pid" -n -u slurmd -c -f "$d/slurm-$name.conf" -N "$name" ||
         { echo "slurm_fixture: slurmd $name did not start" >&2; return 1; }
     done <"$d/nodes"
