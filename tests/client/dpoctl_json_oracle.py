@@ -5,33 +5,15 @@ and `watch --events-jsonl` must print. The values must be equal and the fields i
 
 usage: dpoctl_json_oracle.py DESCRIPTOR_SET DPOCTL ADDR"""
 import json
-import math
+import os
 import subprocess
 import sys
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 
-
-def message_class(pool, name):
-    desc = pool.FindMessageTypeByName(name)
-    try:
-        return message_factory.GetMessageClass(desc)
-    except AttributeError:  # protobuf before 4.22
-        return message_factory.MessageFactory(pool).GetPrototype(desc)
-
-
-def same(a, b):
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
-            not isinstance(a, bool) and not isinstance(b, bool) and (a == b or (math.isnan(a) and math.isnan(b)))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto", "spec"))
+from pb_json_same import load_pool, message_class, same  # noqa: E402
 
 
 def to_json(m):
@@ -40,12 +22,7 @@ def to_json(m):
 
 def main():
     desc_path, dpoctl, addr = sys.argv[1:4]
-    fds = descriptor_pb2.FileDescriptorSet()
-    with open(desc_path, "rb") as f:
-        fds.ParseFromString(f.read())
-    pool = descriptor_pool.DescriptorPool()
-    for fd in fds.file:
-        pool.Add(fd)
+    pool = load_pool(desc_path)
     M = lambda name: message_class(pool, "dpod.v1." + name)
     channel = grpc.insecure_channel(addr)
     grpc.channel_ready_future(channel).result(timeout=10)

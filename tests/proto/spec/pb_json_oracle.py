@@ -7,33 +7,17 @@ same order.
 usage: pb_json_oracle.py DESCRIPTOR_SET CASES_DIR"""
 import glob
 import json
-import math
 import os
 import sys
 
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 
-
-def same(a, b):
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
-            not isinstance(a, bool) and not isinstance(b, bool) and (a == b or (math.isnan(a) and math.isnan(b)))
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    return a == b
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pb_json_same import load_pool, message_class, same  # noqa: E402
 
 
 def main():
-    fds = descriptor_pb2.FileDescriptorSet()
-    with open(sys.argv[1], "rb") as f:
-        fds.ParseFromString(f.read())
-    pool = descriptor_pool.DescriptorPool()
-    for fd in fds.file:
-        pool.Add(fd)
+    pool = load_pool(sys.argv[1])
     cases = sorted(glob.glob(os.path.join(sys.argv[2], "*.type")))
     if not cases:
         print("FAIL: no cases in", sys.argv[2])
@@ -43,10 +27,7 @@ def main():
         base = case[:-len(".type")]
         with open(case) as f:
             type_name = f.read().strip()
-        try:
-            cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(type_name))
-        except AttributeError:  # protobuf before 4.22
-            cls = message_factory.MessageFactory(pool).GetPrototype(pool.FindMessageTypeByName(type_name))
+        cls = message_class(pool, type_name)
         msg = cls()
         with open(base + ".bin", "rb") as f:
             msg.ParseFromString(f.read())
