@@ -42,15 +42,25 @@ ap.add_argument("--steps", type=int, default=20)  # >= 1
 ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--beta", type=float, default=5000.0)  # train.py --beta_dpo default
+ap.add_argument("--gradient-checkpointing", action="store_true",
+                help="unet.enable_gradient_checkpointing(), as train.py --gradient_checkpointing does")
 args = ap.parse_args()
 # Debian's torch does its GEMMs in OpenBLAS (pthread build), whose pool torch.set_num_threads
 # does not govern: pin it too, before torch loads it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
-from diffusers.models.attention_processor import Attention  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+    import torch.nn.functional as F  # noqa: E402
+    from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
+    from diffusers.models.attention_processor import Attention  # noqa: E402
+except ImportError as e:
+    # A benchmark, not a test: where torch or diffusers is missing there is nothing to set beside dpod.
+    print(f"shape={args.shape} not measured ({e.name or e} is not importable; see deploy/bench/README.md)")
+    sys.exit(0)
 
 torch.set_num_threads(args.threads)
 torch.set_flush_denormal(True)
@@ -98,6 +108,8 @@ if isinstance(cfg, str):
 torch.manual_seed(0)
 unet = UNet2DConditionModel.from_config(cfg).train()
 ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+if args.gradient_checkpointing:
+    unet.enable_gradient_checkpointing()
 optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
 # SD1.5 noise schedule
 scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -154,4 +166,7 @@ print(f"shape={args.shape} ms/step={dt * 1e3:.2f} samples/s={2 * P / dt:.2f} "
       f"GFLOP/s={step_flops / dt / 1e9:.2f} FLOPs/step={step_flops} (fwd={fwd_flops} x4) "
       f"min_ms={min(times) * 1e3:.2f} median_ms={sorted(times)[len(times) // 2] * 1e3:.2f} "
       f"threads={torch.get_num_threads()} steps={args.steps} warmup={args.warmup} "
-      f"loss={loss:.4f} torch={torch.__version__}")
+      f"loss={loss:.4f} torch={torch.__version__} "
+      f"gradient_checkpointing={int(args.gradient_checkpointing)} "
+      # ru_maxrss is in KiB on Linux: the process's peak resident memory, the interpreter included.
+      f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
