@@ -24,6 +24,7 @@
 
 #include "dataset.h"
 #include "dpod_file.h"
+#include "pref_format.h"
 #include "rng.h"
 #include "safetensors.h"
 #include "tool_data.h"
@@ -89,23 +90,12 @@ enum { IMG = 4 * 8 * 8, P = 16 };
 static const char *SCHED = "{\"num_train_timesteps\": 10, \"beta_start\": 0.2, \"beta_end\": 0.5, "
                            "\"beta_schedule\": \"linear\", \"prediction_type\": \"epsilon\"}";
 
-static void sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward(void **state) {
-  (void)state;
-  const char *data = make_dataset();
-  const char *ckpt = make_checkpoint("ckpt", tu_fixture("tiny-sdxl", "unet.safetensors"));
-  write_text(in_tmp("sched.json"), SCHED);
-  const char *sched = in_tmp("sched.json");
-  size_t n, n2;
-  /* 3 prompts x 2, guidance 1 and 3. */
-  float *g1 = run_sample(ckpt, data, in_tmp("g1.safetensors"), &n, "--steps", "1", "--guidance", "1", "--seed", "7",
-                         "--prompts", "3", "--per-prompt", "2", "--scheduler-config", sched, "--batch", "4", NULL);
-  float *g3 = run_sample(ckpt, data, in_tmp("g3.safetensors"), &n2, "--steps", "1", "--guidance", "3", "--seed", "7",
-                         "--prompts", "3", "--per-prompt", "2", "--scheduler-config", sched, "--batch", "4", NULL);
-  assert_int_equal(n, 6);
-  assert_int_equal(n2, 6);
-
-  /* The same independently: the model, x_T from stream (seed, j), prompts in order of first appearance,
-   * the default time ids [res, res, 0, 0, res, res] with res = 8 x 8. */
+/* Checks one-step samples g1 (guidance 1) and g3 (guidance 3) of split 'validation' of dataset `data`
+ * against the same computed here: x_T from stream (seed, j), a direct unet_forward_added of sample j on
+ * prompt prompts[j] with time ids tids[j] (the unconditional rows: the empty prompt, its pooled
+ * embedding, the same time ids), and the DDIM step in float64 with SCHED's alphas_cumprod. */
+static void expect_one_step(const char *data, const uint32_t *prompts, size_t n, const float *tids, uint64_t seed,
+                            const float *g1, const float *g3) {
   char err[1024];
   char *cfg = read_text(tu_fixture("tiny-sdxl", "config.json"));
   unet_params up = unet_default_params();
@@ -120,8 +110,70 @@ static void sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward(void *
   op.pooled_dim = P;
   dpo_dataset ds;
   if (dataset_open(data, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
-  const size_t L = (size_t)ds.text_len, E = dataset_prompt_size(&ds);
-  uint32_t prompts[3];
+  const size_t E = dataset_prompt_size(&ds), R = 2 * n;
+  /* Rows 0..n-1 conditional, n..2n-1 unconditional. */
+  float *x = malloc(sizeof(float) * R * IMG), *ehs = malloc(sizeof(float) * R * E), *eps = malloc(sizeof(float) * R * IMG);
+  float *pooled = malloc(sizeof(float) * R * P), *rt = malloc(sizeof(float) * R * 6), *t = malloc(sizeof(float) * R);
+  for (size_t j = 0; j < n; j++) {
+    dpo_rng r;
+    dpo_rng_seed(&r, seed, j);
+    dpo_rng_fill_normal(&r, x + j * IMG, IMG);
+    memcpy(x + (n + j) * IMG, x + j * IMG, sizeof(float) * IMG);
+    assert_int_equal(dataset_copy_prompt_row(&ds, prompts[j], ehs + j * E), 0);
+    assert_int_equal(dataset_copy_empty_prompt(&ds, ehs + (n + j) * E), 0);
+    assert_int_equal(dataset_copy_pooled_row(&ds, prompts[j], pooled + j * P), 0);
+    assert_int_equal(dataset_copy_empty_pooled(&ds, pooled + (n + j) * P), 0);
+    memcpy(rt + j * 6, tids + j * 6, sizeof(float) * 6);
+    memcpy(rt + (n + j) * 6, tids + j * 6, sizeof(float) * 6);
+    t[j] = t[n + j] = 1;
+  }
+  unet_added_cond added = {.text_embeds = pooled, .time_ids = rt};
+  if (unet_forward_added(m, (int)R, 8, 8, ds.text_len, x, t, ehs, &added, eps) != 0) fail_msg("%s", unet_last_error(m));
+  /* alphas_cumprod of betas linspace(0.2, 0.5, 10): a_0 = 0.8, a_1 = 0.8 (1 - (0.2 + 0.3 / 9)). */
+  const double a1 = 0.8 * (1 - (0.2 + 0.3 / 9)), a0 = 0.8;
+  double worst1 = 0, worst3 = 0, moved = 0;
+  for (size_t j = 0; j < n * IMG; j++) {
+    double xt = x[j];
+    for (int g = 1; g <= 3; g += 2) {
+      double e = g == 1 ? eps[j] : eps[n * IMG + j] + 3.0 * (eps[j] - eps[n * IMG + j]);
+      double x0 = (xt - sqrt(1 - a1) * e) / sqrt(a1);
+      double want = sqrt(a0) * x0 + sqrt(1 - a0) * e;
+      if (g == 1) worst1 = fmax(worst1, fabs(want - g1[j])), moved = fmax(moved, fabs(want - xt));
+      else worst3 = fmax(worst3, fabs(want - g3[j]));
+    }
+  }
+  if (worst1 > 1e-5 || worst3 > 1e-5)
+    fail_msg("one DDIM step differs from a direct forward by %g (guidance 1), %g (3)", worst1, worst3);
+  assert_true(moved > 1e-2); /* the step does move x: the comparison can tell */
+  assert_true(max_abs_diff(g1, g3, n * IMG) > 1e-3);
+  free(x), free(ehs), free(eps), free(pooled), free(rt), free(t);
+  dataset_free(&ds);
+  unet_free(m);
+}
+
+static void sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward(void **state) {
+  (void)state;
+  const char *data = make_dataset();
+  const char *ckpt = make_checkpoint("ckpt", tu_fixture("tiny-sdxl", "unet.safetensors"));
+  write_text(in_tmp("sched.json"), SCHED);
+  const char *sched = in_tmp("sched.json");
+  size_t n, n2;
+  /* 3 prompts x 2, guidance 1 and 3. */
+  float *g1 = run_sample(ckpt, data, in_tmp("g1.safetensors"), &n, "--steps", "1", "--guidance", "1", "--seed", "7",
+                         "--prompts", "3", "--per-prompt", "2", "--scheduler-config", sched, "--batch", "4", NULL);
+  float *g3 = run_sample(ckpt, data, in_tmp("g3.safetensors"), &n2, "--steps", "1", "--guidance", "3", "--seed", "7",
+                         "--prompts", "3", "--per-prompt", "2", "--scheduler-config", sched, "--batch", "4", NULL);
+  assert_int_equal(n, 6);
+  assert_int_equal(n2, 6);
+  /* Prompts in order of first appearance in the split, each twice; synth stores no time ids, so every
+   * sample gets the default [res, res, 0, 0, res, res], res = 8 x 8. */
+  dataset_open_params op = dataset_open_default_params();
+  op.split = "validation";
+  op.pooled_dim = P;
+  dpo_dataset ds;
+  char err[1024];
+  if (dataset_open(data, &op, &ds, err, sizeof err) != 0) fail_msg("%s", err);
+  uint32_t prompts[6];
   size_t np = 0;
   for (size_t i = 0; i < ds.num_pairs && np < 3; i++) {
     uint32_t p = dataset_prompt_index(&ds, i);
@@ -129,42 +181,15 @@ static void sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward(void *
     for (size_t k = 0; k < np; k++) seen |= prompts[k] == p;
     if (!seen) prompts[np++] = p;
   }
+  dataset_free(&ds);
   assert_int_equal(np, 3);
-  /* Rows 0..5 conditional, rows 6..11 unconditional (empty prompt, its pooled embedding, same time ids). */
-  float *x = malloc(sizeof(float) * 12 * IMG), *ehs = malloc(sizeof(float) * 12 * E);
-  float pooled[12 * P], tids[12 * 6], t[12], *eps = malloc(sizeof(float) * 12 * IMG);
+  float tids[6 * 6];
   for (size_t j = 0; j < 6; j++) {
-    dpo_rng r;
-    dpo_rng_seed(&r, 7, j);
-    dpo_rng_fill_normal(&r, x + j * IMG, IMG);
-    memcpy(x + (6 + j) * IMG, x + j * IMG, sizeof(float) * IMG);
-    assert_int_equal(dataset_copy_prompt_row(&ds, prompts[j % 3], ehs + j * E), 0);
-    assert_int_equal(dataset_copy_empty_prompt(&ds, ehs + (6 + j) * E), 0);
-    assert_int_equal(dataset_copy_pooled_row(&ds, prompts[j % 3], pooled + j * P), 0);
-    assert_int_equal(dataset_copy_empty_pooled(&ds, pooled + (6 + j) * P), 0);
+    prompts[j] = prompts[j % 3];
     const float def[6] = {64, 64, 0, 0, 64, 64};
     memcpy(tids + j * 6, def, sizeof def);
-    memcpy(tids + (6 + j) * 6, def, sizeof def);
-    t[j] = t[6 + j] = 1;
   }
-  unet_added_cond added = {.text_embeds = pooled, .time_ids = tids};
-  if (unet_forward_added(m, 12, 8, 8, (int)L, x, t, ehs, &added, eps) != 0) fail_msg("%s", unet_last_error(m));
-  /* alphas_cumprod of betas linspace(0.2, 0.5, 10): a_0 = 0.8, a_1 = 0.8 (1 - (0.2 + 0.3 / 9)). */
-  const double a1 = 0.8 * (1 - (0.2 + 0.3 / 9)), a0 = 0.8;
-  double worst1 = 0, worst3 = 0, moved = 0;
-  for (size_t j = 0; j < 6 * IMG; j++) {
-    double xt = x[j];
-    for (int g = 1; g <= 3; g += 2) {
-      double e = g == 1 ? eps[j] : eps[6 * IMG + j] + 3.0 * (eps[j] - eps[6 * IMG + j]);
-      double x0 = (xt - sqrt(1 - a1) * e) / sqrt(a1);
-      double want = sqrt(a0) * x0 + sqrt(1 - a0) * e;
-      if (g == 1) worst1 = fmax(worst1, fabs(want - g1[j])), moved = fmax(moved, fabs(want - xt));
-      else worst3 = fmax(worst3, fabs(want - g3[j]));
-    }
-  }
-  if (worst1 > 1e-5 || worst3 > 1e-5) fail_msg("one DDIM step differs from a direct forward by %g (guidance 1), %g (3)", worst1, worst3);
-  assert_true(moved > 1e-2); /* the step does move x: the comparison can tell */
-  assert_true(max_abs_diff(g1, g3, 6 * IMG) > 1e-3);
+  expect_one_step(data, prompts, 6, tids, 7, g1, g3);
 
   /* Deterministic, and independent of the batch it was computed in. */
   float *again = run_sample(ckpt, data, in_tmp("again.safetensors"), &n, "--steps", "1", "--guidance", "3", "--seed",
@@ -180,9 +205,57 @@ static void sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward(void *
   again = run_sample(ckpt, data, in_tmp("full.safetensors"), &n, "--seed", "7", "--prompts", "3", NULL);
   for (size_t j = 0; j < n * IMG; j++) assert_true(isfinite(again[j]));
   free(again);
-  free(x), free(ehs), free(eps), free(g1), free(g3);
-  dataset_free(&ds);
-  unet_free(m);
+  free(g1), free(g3);
+}
+
+/* A dataset that stores time ids per pair: each prompt's samples take those of its first pair in the
+ * split. Prompt rows: N(0, 1) text [5, 32] and pooled [16] embeddings; the empty prompt's too. */
+static void sdxl_sample_takes_the_datasets_own_time_ids(void **state) {
+  (void)state;
+  const char *data = in_tmp("xl-tids");
+  pref_writer_params wp = pref_writer_default_params();
+  wp.channels = 4, wp.height = wp.width = 8, wp.text_len = 5, wp.embed_dim = 32;
+  wp.latent_dtype = wp.embed_dtype = ST_F32;
+  wp.pooled_dim = P;
+  wp.time_ids = DATASET_TIME_IDS_PAIR;
+  pref_writer *w;
+  char err[1024];
+  if (pref_writer_open(data, &wp, &w, err, sizeof err) != 0) fail_msg("%s", err);
+  float e[5 * 32], pe[P], a[IMG], b[IMG];
+  dpo_rng r;
+  dpo_rng_seed(&r, 21, 0);
+  for (int q = 0; q < 3; q++) {
+    dpo_rng_fill_normal(&r, e, 5 * 32);
+    dpo_rng_fill_normal(&r, pe, P);
+    assert_int_equal(q < 2 ? pref_writer_add_prompt_pooled(w, e, pe) : pref_writer_set_empty_prompt_pooled(w, e, pe), 0);
+  }
+  /* Pairs of prompts 1, 0, 1: the samples are of prompt 1 (pair 0's time ids), then 0 (pair 1's). */
+  const uint32_t pair_prompt[3] = {1, 0, 1};
+  float tids[3][6];
+  for (int i = 0; i < 3; i++) {
+    const float v[6] = {512.0f + 64 * i, 768, 8.0f * i, 16, 1024, 1024};
+    memcpy(tids[i], v, sizeof v);
+    dpo_rng_fill_normal(&r, a, IMG);
+    dpo_rng_fill_normal(&r, b, IMG);
+    assert_int_equal(pref_writer_add_pair_time_ids(w, "validation", a, b, pair_prompt[i], tids[i], NULL), 0);
+  }
+  if (pref_writer_finish(w, err, sizeof err) != 0) fail_msg("%s", err);
+  const char *ckpt = make_checkpoint("ckpt", tu_fixture("tiny-sdxl", "unet.safetensors"));
+  write_text(in_tmp("sched.json"), SCHED);
+  const char *sched = in_tmp("sched.json");
+  size_t n, n2;
+  float *g1 = run_sample(ckpt, data, in_tmp("g1.safetensors"), &n, "--steps", "1", "--guidance", "1", "--seed", "5",
+                         "--scheduler-config", sched, NULL);
+  float *g3 = run_sample(ckpt, data, in_tmp("g3.safetensors"), &n2, "--steps", "1", "--guidance", "3", "--seed", "5",
+                         "--scheduler-config", sched, NULL);
+  assert_int_equal(n, 2);
+  assert_int_equal(n2, 2);
+  const uint32_t prompts[2] = {1, 0};
+  float want[2 * 6];
+  memcpy(want, tids[0], sizeof tids[0]);
+  memcpy(want + 6, tids[1], sizeof tids[1]);
+  expect_one_step(data, prompts, 2, want, 5, g1, g3);
+  free(g1), free(g3);
 }
 
 /* A LoRA file for tiny-sdxl: rank-2 adapters on every attention's to_q, to_k, to_v and to_out.0, the
@@ -276,6 +349,7 @@ static void sdxl_sample_refuses_a_dataset_without_pooled_embeddings(void **state
 int main(int argc, char **argv) {
   const struct CMUnitTest all[] = {
       TC_CASE(sdxl_sample_is_deterministic_and_one_step_is_a_direct_forward),
+      TC_CASE(sdxl_sample_takes_the_datasets_own_time_ids),
       TC_CASE(sdxl_lora_sample_is_the_base_at_zero_and_the_merged_weights_otherwise),
       TC_CASE(sdxl_sample_refuses_a_dataset_without_pooled_embeddings),
   };
