@@ -781,7 +781,10 @@ static void eval_samples(trainer *tr, double *preferred, double *distance, doubl
         worker_die("evaluation sampling: the dataset has no pooled embedding of prompt %u", prompts[i]);
       memcpy(time_ids + (size_t)i * DATASET_NUM_TIME_IDS, def, sizeof def);
     }
-    if (guided && dataset_copy_empty_pooled(&tr->val, uncond_pooled) != 0) guided = 0;
+    if (guided && dataset_copy_empty_pooled(&tr->val, uncond_pooled) != 0) {
+      log_warn("evaluation sampling without guidance: the dataset has no pooled embedding of the empty prompt");
+      guided = 0;
+    }
     added.text_embeds = pooled;
     added.uncond_text_embeds = uncond_pooled;
     added.time_ids = time_ids;
