@@ -413,9 +413,6 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
       worker_die_input("data.caption_dropout is %g but the dataset stores no pooled embedding of the empty prompt",
                        d->caption_dropout);
     free(probe);
-    if (tr->task.prompts > 0 && tr->train->eval_samples > 0)
-      worker_die_input("train.eval_samples: sampling an SDXL-shaped model (added conditioning) in evaluations is not "
-                       "supported; set it to 0");
   }
   tr->img = dataset_image_size(&tr->data);
   tr->emb = (size_t)tr->data.text_len * tr->data.embed_dim;
@@ -737,9 +734,12 @@ static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *k
   dpo_loss(k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
 }
 
-static int eval_model(void *ctx, int n, const float *x_t, const float *t, const float *ehs, float *out) {
+static int eval_model(void *ctx, int n, const float *x_t, const float *t, const float *ehs, const float *text_embeds,
+                      const float *time_ids, float *out) {
   trainer *tr = ctx;
-  return unet_forward(tr->policy, n, tr->data.height, tr->data.width, tr->data.text_len, x_t, t, ehs, out);
+  unet_added_cond added = {.text_embeds = text_embeds, .time_ids = time_ids};
+  return unet_forward_added(tr->policy, n, tr->data.height, tr->data.width, tr->data.text_len, x_t, t, ehs,
+                            text_embeds ? &added : NULL, out);
 }
 
 /* Samples this rank's share of eval_samples latents with DDIM and scores them against the synthetic
@@ -765,10 +765,37 @@ static void eval_samples(trainer *tr, double *preferred, double *distance, doubl
   dp.steps = (int)tr->train->eval_sample_steps;
   dp.guidance = tr->train->eval_guidance;
   int guided = dp.guidance > 1 && dataset_copy_empty_prompt(&tr->val, uncond) == 0;
+  /* SDXL: the prompts' pooled embeddings (the empty prompt's for guidance's unconditional rows) and the
+   * reference script's default time ids [res, res, 0, 0, res, res], res = 8 x the latent size. */
+  const size_t P = (size_t)tr->info.text_embeds_dim;
+  ddim_added added = {.pooled = P};
+  float *pooled = NULL, *uncond_pooled = NULL, *time_ids = NULL;
+  if (P > 0) {
+    pooled = alloc_array(mine * P, sizeof(float));
+    uncond_pooled = alloc_array(P, sizeof(float));
+    time_ids = alloc_array((size_t)mine * DATASET_NUM_TIME_IDS, sizeof(float));
+    const float rh = 8.0f * (float)tr->val.height, rw = 8.0f * (float)tr->val.width;
+    const float def[DATASET_NUM_TIME_IDS] = {rh, rw, 0, 0, rh, rw};
+    for (i = 0; i < mine; i++) {
+      if (dataset_copy_pooled_row(&tr->val, prompts[i], pooled + (size_t)i * P) != 0)
+        worker_die("evaluation sampling: the dataset has no pooled embedding of prompt %u", prompts[i]);
+      memcpy(time_ids + (size_t)i * DATASET_NUM_TIME_IDS, def, sizeof def);
+    }
+    if (guided && dataset_copy_empty_pooled(&tr->val, uncond_pooled) != 0) {
+      log_warn("evaluation sampling without guidance: the dataset has no pooled embedding of the empty prompt");
+      guided = 0;
+    }
+    added.text_embeds = pooled;
+    added.uncond_text_embeds = uncond_pooled;
+    added.time_ids = time_ids;
+  }
   char err[512];
-  if (ddim_sample(&tr->sched, &dp, eval_model, tr, (int)mine, tr->img, tr->emb, ehs, guided ? uncond : NULL, x, err,
-                  sizeof err) != 0)
+  if (ddim_sample_added(&tr->sched, &dp, eval_model, tr, (int)mine, tr->img, tr->emb, ehs, guided ? uncond : NULL,
+                        P > 0 ? &added : NULL, x, err, sizeof err) != 0)
     worker_die("evaluation sampling: %s", err);
+  free(pooled);
+  free(uncond_pooled);
+  free(time_ids);
   synth_eval ev;
   if (synth_evaluate(&tr->task, mine, x, prompts, &ev) != 0) worker_die("evaluation: prompt out of range");
   *preferred += ev.preferred_rate * (double)ev.samples;

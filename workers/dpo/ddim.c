@@ -32,10 +32,39 @@ int ddim_timesteps(const dpo_schedule *s, const ddim_params *p, int64_t *out) {
   return 0;
 }
 
+/* A model without added conditioning behind the added-conditioning callback. */
+typedef struct {
+  ddim_model_fn fn;
+  void *ctx;
+} plain_model;
+
+static int plain_model_call(void *ctx, int n, const float *x_t, const float *t, const float *ehs,
+                            const float *text_embeds, const float *time_ids, float *out) {
+  (void)text_embeds;
+  (void)time_ids;
+  const plain_model *pm = ctx;
+  return pm->fn(pm->ctx, n, x_t, t, ehs, out);
+}
+
 int ddim_sample(const dpo_schedule *s, const ddim_params *p, ddim_model_fn model, void *ctx, int n, size_t img,
                 size_t emb, const float *ehs, const float *uncond, float *x, char *err, size_t errlen) {
+  plain_model pm = {.fn = model, .ctx = ctx};
+  return ddim_sample_added(s, p, plain_model_call, &pm, n, img, emb, ehs, uncond, NULL, x, err, errlen);
+}
+
+int ddim_sample_added(const dpo_schedule *s, const ddim_params *p, ddim_model_added_fn model, void *ctx, int n,
+                      size_t img, size_t emb, const float *ehs, const float *uncond, const ddim_added *added, float *x,
+                      char *err, size_t errlen) {
   if (n <= 0 || img == 0 || emb == 0) {
     snprintf(err, errlen, "ddim: n, image and embedding sizes must be > 0");
+    return DPOD_EINVAL;
+  }
+  if (added && (added->pooled == 0 || !added->text_embeds || !added->time_ids)) {
+    snprintf(err, errlen, "ddim: the added conditioning needs pooled embeddings and time ids");
+    return DPOD_EINVAL;
+  }
+  if (added && uncond && p->guidance > 1.0 && !added->uncond_text_embeds) {
+    snprintf(err, errlen, "ddim: guidance with added conditioning needs the empty prompt's pooled embedding");
     return DPOD_EINVAL;
   }
   int64_t *ts = malloc(sizeof(int64_t) * (size_t)(p->steps > 0 ? p->steps : 1));
@@ -55,9 +84,25 @@ int ddim_sample(const dpo_schedule *s, const ddim_params *p, ddim_model_fn model
   int rc = DPOD_ENOMEM;
   float *xin = malloc(sizeof(float) * (size_t)rows * img), *tin = malloc(sizeof(float) * (size_t)rows);
   float *ein = malloc(sizeof(float) * (size_t)rows * emb), *out = malloc(sizeof(float) * (size_t)rows * img);
-  if (!xin || !tin || !ein || !out) {
+  /* The added conditioning in the rows' layout: [uncond; cond] like ein, time ids repeated. */
+  const size_t P = added ? added->pooled : 0, NT = 6;
+  float *pin = NULL, *tid = NULL;
+  if (added && cfg) {
+    pin = malloc(sizeof(float) * (size_t)rows * P);
+    tid = malloc(sizeof(float) * (size_t)rows * NT);
+  }
+  if (!xin || !tin || !ein || !out || (added && cfg && (!pin || !tid))) {
     snprintf(err, errlen, "ddim: out of memory");
     goto done;
+  }
+  const float *pooled_rows = added ? added->text_embeds : NULL, *tid_rows = added ? added->time_ids : NULL;
+  if (added && cfg) {
+    for (int i = 0; i < n; i++) memcpy(pin + (size_t)i * P, added->uncond_text_embeds, sizeof(float) * P);
+    memcpy(pin + (size_t)n * P, added->text_embeds, sizeof(float) * (size_t)n * P);
+    memcpy(tid, added->time_ids, sizeof(float) * (size_t)n * NT);
+    memcpy(tid + (size_t)n * NT, added->time_ids, sizeof(float) * (size_t)n * NT);
+    pooled_rows = pin;
+    tid_rows = tid;
   }
   if (cfg) {
     for (int i = 0; i < n; i++) memcpy(ein + (size_t)i * emb, uncond, sizeof(float) * emb);
@@ -71,7 +116,7 @@ int ddim_sample(const dpo_schedule *s, const ddim_params *p, ddim_model_fn model
     for (int r = 0; r < rows; r++) tin[r] = (float)t;
     memcpy(xin, x, sizeof(float) * nimg);
     if (cfg) memcpy(xin + nimg, x, sizeof(float) * nimg);
-    if ((rc = model(ctx, rows, xin, tin, ein, out)) != 0) {
+    if ((rc = model(ctx, rows, xin, tin, ein, pooled_rows, tid_rows, out)) != 0) {
       snprintf(err, errlen, "ddim: the model failed at step %d of %d (t = %lld)", k + 1, p->steps, (long long)t);
       goto done;
     }
@@ -101,5 +146,7 @@ done:
   free(tin);
   free(ein);
   free(out);
+  free(pin);
+  free(tid);
   return rc;
 }

@@ -38,4 +38,26 @@ int ddim_timesteps(const dpo_schedule *s, const ddim_params *p, int64_t *out);
 int ddim_sample(const dpo_schedule *s, const ddim_params *p, ddim_model_fn model, void *ctx, int n, size_t img,
                 size_t emb, const float *ehs, const float *uncond, float *x, char *err, size_t errlen);
 
+/* SDXL's added conditioning (addition_embed_type "text_time"), per sample. With guidance the
+ * unconditional rows get the empty prompt's pooled embedding and the same time ids as their conditional
+ * rows, as diffusers' SDXL pipeline does when no negative sizes are given. */
+typedef struct {
+  size_t pooled;                    /* width P of a pooled embedding (> 0) */
+  const float *text_embeds;         /* [n, P]: the prompts' pooled embeddings */
+  const float *uncond_text_embeds;  /* [P]: the empty prompt's; required when guidance applies */
+  const float *time_ids;            /* [n, 6]: original size (h, w), crop top-left (y, x), target size (h, w) */
+} ddim_added;
+
+/* The model with added conditioning: as ddim_model_fn, and text_embeds [n, P], time_ids [n, 6] (both
+ * NULL when the sampler was given none). */
+typedef int (*ddim_model_added_fn)(void *ctx, int n, const float *x_t, const float *t, const float *ehs,
+                                   const float *text_embeds, const float *time_ids, float *out);
+
+/* ddim_sample with the added conditioning `added` (NULL: none) passed to the model row by row, laid out
+ * like ehs ([uncond; cond] with guidance). DPOD_EINVAL if guidance applies and added has no
+ * uncond_text_embeds. */
+int ddim_sample_added(const dpo_schedule *s, const ddim_params *p, ddim_model_added_fn model, void *ctx, int n,
+                      size_t img, size_t emb, const float *ehs, const float *uncond, const ddim_added *added, float *x,
+                      char *err, size_t errlen);
+
 #endif

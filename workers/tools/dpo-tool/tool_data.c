@@ -132,6 +132,10 @@ typedef struct {
   const pref_writer_params *wp;
   const char *outdir;
   int skip_missing;
+  /* Time ids given on the pairs' JSONL lines (see import_line_time_ids): the form of the first labelled
+   * line, which every other line must share, and where that line is. */
+  int line_form;                   /* -1 undecided, else DATASET_TIME_IDS_* */
+  char line_form_where[4200];
 } importer;
 
 typedef struct {
@@ -286,9 +290,77 @@ static const char *json_str(const cJSON *o, const char *key) {
   return cJSON_IsString(j) ? j->valuestring : NULL;
 }
 
-/* Adds one labelled pair: 0 added, 1 skipped as missing (counted), -1 error (reported). */
+/* The JSON array `key` of a pairs line as exactly six finite numbers (float32-representable) into out. */
+static int json_time_ids(const cJSON *row, const char *where, const char *key, float *out) {
+  const cJSON *a = cJSON_GetObjectItemCaseSensitive(row, key);
+  if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != DATASET_NUM_TIME_IDS) {
+    fprintf(stderr, "dpo-tool import: %s: '%s' must be an array of %d numbers (original h, w, crop top, left, "
+            "target h, w)\n", where, key, DATASET_NUM_TIME_IDS);
+    return -1;
+  }
+  int k = 0;
+  for (const cJSON *v = a->child; v; v = v->next, k++) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || fabs(v->valuedouble) > 3.4e38) {
+      fprintf(stderr, "dpo-tool import: %s: '%s' element %d is not a finite number\n", where, key, k);
+      return -1;
+    }
+    out[k] = (float)v->valuedouble;
+  }
+  return 0;
+}
+
+/* SDXL time ids on a pairs line: "time_ids" [6] for the pair (winner and loser alike), or
+ * "image_0_time_ids" and "image_1_time_ids" [6] per image (swapped with their images when label_0 is 0).
+ * One form for the whole import, fixed by the first labelled line, and not together with --time-ids
+ * files (which source would win is not obvious). *tw and *tl get the winner's and loser's rows (tl = tw
+ * per pair), or NULL when the lines carry none. Returns 0 or -1 (reported). */
+static int import_line_time_ids(importer *im, const cJSON *row, const char *where, int image0_wins, float *t0,
+                                float *t1, const float **tw, const float **tl) {
+  static const char *const PAIR = "time_ids", *const IMG0 = "image_0_time_ids", *const IMG1 = "image_1_time_ids";
+  int has_pair = cJSON_GetObjectItemCaseSensitive(row, PAIR) != NULL;
+  int has0 = cJSON_GetObjectItemCaseSensitive(row, IMG0) != NULL, has1 = cJSON_GetObjectItemCaseSensitive(row, IMG1) != NULL;
+  *tw = *tl = NULL;
+  if ((has_pair || has0 || has1) && im->has_time_ids) {
+    fprintf(stderr, "dpo-tool import: %s: the line carries '%s' and --time-ids files were given: take the time ids "
+            "from one source\n", where, has_pair ? PAIR : has0 ? IMG0 : IMG1);
+    return -1;
+  }
+  if (has_pair && (has0 || has1)) {
+    fprintf(stderr, "dpo-tool import: %s: the line carries both '%s' (per pair) and '%s' (per image): use one form\n",
+            where, PAIR, has0 ? IMG0 : IMG1);
+    return -1;
+  }
+  if (has0 != has1) {
+    fprintf(stderr, "dpo-tool import: %s: the line carries '%s' but no '%s'\n", where, has0 ? IMG0 : IMG1,
+            has0 ? IMG1 : IMG0);
+    return -1;
+  }
+  int form = has_pair ? DATASET_TIME_IDS_PAIR : has0 ? DATASET_TIME_IDS_IMAGE : DATASET_TIME_IDS_DEFAULT;
+  if (im->line_form < 0) {
+    im->line_form = form;
+    snprintf(im->line_form_where, sizeof im->line_form_where, "%s", where);
+  } else if (form != im->line_form) {
+    static const char *const what[] = {"no time ids", "'time_ids' (per pair)", "'image_0_time_ids' and "
+                                       "'image_1_time_ids' (per image)"};
+    fprintf(stderr, "dpo-tool import: %s: the line carries %s but %s, the first labelled line, carries %s: every "
+            "line must give its time ids the same way\n", where, what[form], im->line_form_where, what[im->line_form]);
+    return -1;
+  }
+  if (form == DATASET_TIME_IDS_PAIR) {
+    if (json_time_ids(row, where, PAIR, t0) != 0) return -1;
+    *tw = *tl = t0;
+  } else if (form == DATASET_TIME_IDS_IMAGE) {
+    if (json_time_ids(row, where, IMG0, t0) != 0 || json_time_ids(row, where, IMG1, t1) != 0) return -1;
+    *tw = image0_wins ? t0 : t1;
+    *tl = image0_wins ? t1 : t0;
+  }
+  return 0;
+}
+
+/* Adds one labelled pair: 0 added, 1 skipped as missing (counted), -1 error (reported). line_tw and
+ * line_tl: the time ids the JSONL line gave (NULL: none, or they come from --time-ids files). */
 static int import_pair(importer *im, const char *where, const char *split, const char *caption, const char *win,
-                       const char *lose, import_counts *c) {
+                       const char *lose, const float *line_tw, const float *line_tl, import_counts *c) {
   int rw, rl = 0;
   if ((rw = import_latent(im, where, win, 0)) < 0) return -1;
   if (rw == 0 && (rl = import_latent(im, where, lose, 1)) < 0) return -1;
@@ -313,7 +385,11 @@ static int import_pair(importer *im, const char *where, const char *split, const
       c->missing++;
       return 1;
     }
+  } else if (line_tw) {
+    memcpy(im->tw, line_tw, sizeof(float) * DATASET_NUM_TIME_IDS);
+    memcpy(im->tl, line_tl, sizeof(float) * DATASET_NUM_TIME_IDS);
   }
+  const int form = im->has_time_ids ? DATASET_TIME_IDS_IMAGE : im->line_form > 0 ? im->line_form : DATASET_TIME_IDS_DEFAULT;
   uintptr_t idx = (uintptr_t)name_table_get(&im->captions, caption);
   if (!idx) {
     int re = import_embedding(im, where, caption);
@@ -348,7 +424,7 @@ static int import_pair(importer *im, const char *where, const char *split, const
       wp.text_len = im->L;
       wp.embed_dim = im->D;
       wp.pooled_dim = im->has_pooled ? im->P : 0;
-      wp.time_ids = im->has_time_ids ? DATASET_TIME_IDS_IMAGE : DATASET_TIME_IDS_DEFAULT;
+      wp.time_ids = form;
       char err[1024];
       int rc = pref_writer_open(im->outdir, &wp, &im->out, err, sizeof err);
       if (rc) {
@@ -382,8 +458,8 @@ static int import_pair(importer *im, const char *where, const char *split, const
       return -1;
     }
   }
-  if (pref_writer_add_pair_time_ids(im->out, split, im->w, im->l, (uint32_t)(idx - 1), im->has_time_ids ? im->tw : NULL,
-                                    im->has_time_ids ? im->tl : NULL) != 0) {
+  if (pref_writer_add_pair_time_ids(im->out, split, im->w, im->l, (uint32_t)(idx - 1), form ? im->tw : NULL,
+                                    form ? im->tl : NULL) != 0) {
     fprintf(stderr, "dpo-tool import: %s: %s\n", where, pref_writer_last_error(im->out));
     return -1;
   }
@@ -436,7 +512,13 @@ static int import_jsonl(importer *im, const char *path, const char *split, impor
       goto done;
     }
     const char *win = label == 1 ? u0 : u1, *lose = label == 1 ? u1 : u0;
-    int r = import_pair(im, where, split, caption, win, lose, c);
+    float t0[DATASET_NUM_TIME_IDS], t1[DATASET_NUM_TIME_IDS];
+    const float *ltw, *ltl;
+    if (import_line_time_ids(im, row, where, label == 1, t0, t1, &ltw, &ltl) != 0) {
+      cJSON_Delete(row);
+      goto done;
+    }
+    int r = import_pair(im, where, split, caption, win, lose, ltw, ltl, c);
     cJSON_Delete(row);
     if (r < 0) goto done;
     c->flipped += r == 0 && label == 0;
@@ -527,8 +609,8 @@ int tool_import_main(int argc, char **argv) {
     if (import_map(&im, tids[i], &im.time_ids) != 0) goto done;
   im.has_pooled = npool > 0;
   im.has_time_ids = ntids > 0;
-  if (im.has_time_ids && (!(im.tw = malloc(sizeof(float) * DATASET_NUM_TIME_IDS)) ||
-                          !(im.tl = malloc(sizeof(float) * DATASET_NUM_TIME_IDS)))) {
+  im.line_form = -1;
+  if (!(im.tw = malloc(sizeof(float) * DATASET_NUM_TIME_IDS)) || !(im.tl = malloc(sizeof(float) * DATASET_NUM_TIME_IDS))) {
     fprintf(stderr, "dpo-tool import: out of memory\n");
     goto done;
   }
@@ -583,6 +665,8 @@ int tool_import_main(int argc, char **argv) {
          st_dtype_name(wp.latent_dtype), im.L, im.D, has_empty ? "yes" : "no");
   if (im.has_pooled) printf(", pooled embeddings [%d]", im.P);
   if (im.has_time_ids) printf(", time ids per image");
+  else if (im.line_form == DATASET_TIME_IDS_PAIR) printf(", time ids per pair (from the pairs files)");
+  else if (im.line_form == DATASET_TIME_IDS_IMAGE) printf(", time ids per image (from the pairs files)");
   printf(" -> %s\n", outdir);
   status = 0;
 done:

@@ -32,7 +32,8 @@ int tool_export_main(int argc, char **argv); /* tool_export.c, torch-free too */
 #define TOOL_SYNTH_SUMMARY "write the synthetic two-mode preference task (base samples, train, validation)"
 #define TOOL_SAMPLE_ARGS                                                                                \
   "--checkpoint DIR --dataset DIR --out latents.safetensors [--split validation] [--prompts N] "        \
-  "[--per-prompt K] [--steps 20] [--guidance 3] [--seed S] [--scheduler-config F] [--batch B] [--threads N]"
+  "[--per-prompt K] [--steps 20] [--guidance 3] [--seed S] [--scheduler-config F] [--lora L] [--batch B] "    \
+  "[--threads N]"
 #define TOOL_SAMPLE_SUMMARY "DDIM-sample a checkpoint on a dataset's prompts; score them if the dataset is synth"
 
 #define TOOL_EXPORT_ARGS "CHECKPOINT OUT [--variant fp16] [--pipeline]"

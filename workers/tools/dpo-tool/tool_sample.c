@@ -22,6 +22,7 @@
 #include "safetensors.h"
 #include "synth.h"
 #include "tool_data.h"
+#include "tool_lora.h"
 #include "unet_shim.h"
 
 /* The text of a config file, or NULL after saying why. */
@@ -39,13 +40,17 @@ typedef struct {
   int h, w, L;
 } sample_ctx;
 
-static int sample_unet_eps(void *ctx, int n, const float *x_t, const float *t, const float *ehs, float *out) {
+/* The UNet as the sampler's model; SDXL-shaped configs get the added conditioning the sampler passes. */
+static int sample_unet_eps(void *ctx, int n, const float *x_t, const float *t, const float *ehs,
+                           const float *text_embeds, const float *time_ids, float *out) {
   sample_ctx *c = ctx;
-  return unet_forward(c->m, n, c->h, c->w, c->L, x_t, t, ehs, out);
+  unet_added_cond added = {.text_embeds = text_embeds, .time_ids = time_ids};
+  return unet_forward_added(c->m, n, c->h, c->w, c->L, x_t, t, ehs, text_embeds ? &added : NULL, out);
 }
 
 int tool_sample_main(int argc, char **argv) {
-  enum { O_CKPT = 1, O_DATA, O_OUT, O_SPLIT, O_PROMPTS, O_PER, O_STEPS, O_GUID, O_SEED, O_SCHED, O_BATCH, O_THREADS };
+  enum { O_CKPT = 1, O_DATA, O_OUT, O_SPLIT, O_PROMPTS, O_PER, O_STEPS, O_GUID, O_SEED, O_SCHED, O_BATCH, O_THREADS,
+         O_LORA };
   static const struct option opts[] = {
       {"checkpoint", required_argument, NULL, O_CKPT}, {"dataset", required_argument, NULL, O_DATA},
       {"out", required_argument, NULL, O_OUT},         {"split", required_argument, NULL, O_SPLIT},
@@ -53,9 +58,10 @@ int tool_sample_main(int argc, char **argv) {
       {"steps", required_argument, NULL, O_STEPS},     {"guidance", required_argument, NULL, O_GUID},
       {"seed", required_argument, NULL, O_SEED},       {"scheduler-config", required_argument, NULL, O_SCHED},
       {"batch", required_argument, NULL, O_BATCH},     {"threads", required_argument, NULL, O_THREADS},
-      {"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0},
+      {"lora", required_argument, NULL, O_LORA},       {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
   };
-  const char *ckpt = NULL, *data = NULL, *outp = NULL, *split = "validation", *sched_path = NULL;
+  const char *ckpt = NULL, *data = NULL, *outp = NULL, *split = "validation", *sched_path = NULL, *lora = NULL;
   uint64_t nprompts = 16, per = 1, seed = 0, batch = 8, threads = 0, v;
   ddim_params dp = ddim_default_params();
   optind = 0; /* 0, not 1: a full reset of GNU getopt, as these may run more than once per process */
@@ -67,6 +73,7 @@ int tool_sample_main(int argc, char **argv) {
       case O_OUT: outp = optarg; break;
       case O_SPLIT: split = optarg; break;
       case O_SCHED: sched_path = optarg; break;
+      case O_LORA: lora = optarg; break;
       case O_PROMPTS:
         if (tool_parse_u64("sample", "--prompts", optarg, 1, 1u << 24, &nprompts)) return 2;
         break;
@@ -119,7 +126,7 @@ int tool_sample_main(int argc, char **argv) {
   int have_task = 0;
   uint32_t *prompt_of = NULL;
   unsigned char *seen = NULL;
-  float *x = NULL, *ehs = NULL, *uncond = NULL;
+  float *x = NULL, *ehs = NULL, *uncond = NULL, *pooled = NULL, *uncond_pooled = NULL, *time_ids = NULL;
   st_writer *w = NULL;
 
   /* The model. */
@@ -132,7 +139,13 @@ int tool_sample_main(int argc, char **argv) {
     goto fail;
   }
   snprintf(path, sizeof path, "%s/%s", ckpt, DIFFUSERS_WEIGHTS_NAME);
-  if ((rc = unet_load_weights(m, path)) != 0 || (rc = unet_freeze(m)) != 0) {
+  if ((rc = unet_load_weights(m, path)) != 0) {
+    fprintf(stderr, "dpo-tool sample: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
+    goto fail;
+  }
+  /* The adapters as `dpo-tool forward --lora` applies them, then frozen with the rest. */
+  if (lora && tool_lora_attach(m, lora, "dpo-tool sample") != 0) goto fail;
+  if ((rc = unet_freeze(m)) != 0) {
     fprintf(stderr, "dpo-tool sample: %s (%s)\n", unet_last_error(m), dpod_err_name(rc));
     goto fail;
   }
@@ -161,6 +174,7 @@ int tool_sample_main(int argc, char **argv) {
   op.channels = info.in_channels;
   op.height = op.width = info.sample_size;
   op.embed_dim = info.cross_attention_dim;
+  op.pooled_dim = info.text_embeds_dim; /* an SDXL-shaped model needs pooled embeddings: refused without */
   op.check_values = 0; /* only the prompts are read: they are checked at open regardless */
   if ((rc = dataset_open(data, &op, &ds, err, sizeof err)) != 0) {
     fprintf(stderr, "dpo-tool sample: %s (%s)\n", err, dpod_err_name(rc));
@@ -204,12 +218,54 @@ int tool_sample_main(int argc, char **argv) {
   } else if (dp.guidance > 1) {
     fprintf(stderr, "dpo-tool sample: %s has no empty-prompt embedding: sampling without guidance\n", data);
   }
+  /* SDXL's added conditioning: each prompt's pooled embedding (the empty prompt's for the unconditional
+   * rows) and the default time ids [res, res, 0, 0, res, res], res = 8 x the latent size, or the
+   * dataset's own: those of the first pair of the prompt in the split, its winner's. */
+  ddim_added added = {0};
+  const size_t P = (size_t)info.text_embeds_dim;
+  if (P > 0) {
+    pooled = malloc(sizeof(float) * n * P);
+    time_ids = malloc(sizeof(float) * n * DATASET_NUM_TIME_IDS);
+    if (!pooled || !time_ids) goto oom;
+    size_t *first = malloc(sizeof(size_t) * np);
+    if (!first) goto oom;
+    size_t found = 0;
+    for (size_t i = 0; i < ds.num_pairs && found < np; i++) {
+      uint32_t p = dataset_prompt_index(&ds, i);
+      if (seen[p] == 1) {
+        for (size_t k = 0; k < np; k++)
+          if (prompt_of[k] == p) first[k] = i;
+        seen[p] = 2;
+        found++;
+      }
+    }
+    for (size_t j = 0; j < n; j++) {
+      dataset_copy_pooled_row(&ds, prompt_of[j], pooled + j * P);
+      dataset_copy_time_ids(&ds, first[j % np], time_ids + j * DATASET_NUM_TIME_IDS, NULL);
+    }
+    free(first);
+    if (uncond) {
+      if (!(uncond_pooled = malloc(sizeof(float) * P))) goto oom;
+      if (dataset_copy_empty_pooled(&ds, uncond_pooled) != 0) {
+        fprintf(stderr, "dpo-tool sample: %s has an empty-prompt embedding but no pooled one: sampling without "
+                "guidance\n", data);
+        free(uncond);
+        uncond = NULL;
+      }
+    }
+    added = (ddim_added){.pooled = P, .text_embeds = pooled, .uncond_text_embeds = uncond_pooled, .time_ids = time_ids};
+  }
 
   sample_ctx ctx = {.m = m, .h = ds.height, .w = ds.width, .L = ds.text_len};
   for (size_t j0 = 0; j0 < n; j0 += batch) {
     int b = (int)(n - j0 < batch ? n - j0 : batch);
-    if ((rc = ddim_sample(&sched, &dp, sample_unet_eps, &ctx, b, img, emb, ehs + j0 * emb, uncond, x + j0 * img, err,
-                          sizeof err)) != 0) {
+    ddim_added part = added;
+    if (P > 0) {
+      part.text_embeds = pooled + j0 * P;
+      part.time_ids = time_ids + j0 * DATASET_NUM_TIME_IDS;
+    }
+    if ((rc = ddim_sample_added(&sched, &dp, sample_unet_eps, &ctx, b, img, emb, ehs + j0 * emb, uncond,
+                                P > 0 ? &part : NULL, x + j0 * img, err, sizeof err)) != 0) {
       fprintf(stderr, "dpo-tool sample: %s: %s (%s)\n", err, unet_last_error(m), dpod_err_name(rc));
       goto fail;
     }
@@ -238,6 +294,7 @@ int tool_sample_main(int argc, char **argv) {
   st_writer_set_metadata(w, "dataset", data);
   st_writer_set_metadata(w, "split", split);
   st_writer_set_metadata(w, "checkpoint", ckpt);
+  if (lora) st_writer_set_metadata(w, "lora", lora);
   snprintf(num, sizeof num, "%d", dp.steps);
   st_writer_set_metadata(w, "steps", num);
   snprintf(num, sizeof num, "%g", uncond ? dp.guidance : 1.0);
@@ -268,6 +325,9 @@ fail:
   free(x);
   free(ehs);
   free(uncond);
+  free(pooled);
+  free(uncond_pooled);
+  free(time_ids);
   free(prompt_of);
   free(seen);
   synth_task_free(&task);
