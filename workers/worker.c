@@ -35,6 +35,7 @@
 #include "loss.h"
 #include "model_dir.h"
 #include "model_unet.h"
+#include "posterior.h"
 #include "lr_schedule.h"
 #include "sampler.h"
 #include "dpod_error.h"
@@ -199,6 +200,7 @@ typedef struct {
   synth_task task;           /* the synthetic task's ground truth; task.prompts 0 for other data */
   dpo_sampler sampler;
   int dpo;                   /* objective is dpo (else sft) */
+  int draw_latents;          /* training latents drawn from the dataset's VAE posteriors (data.latents) */
   size_t img;                /* floats per latent image */
   size_t emb;                /* floats per prompt embedding */
   uint64_t global_batch;     /* pairs per optimizer step over all ranks */
@@ -294,6 +296,22 @@ static void reference_forward(trainer *tr, int n, int h, int w, int L, float *ms
                : unet_forward_added(m, n, h, w, L, tr->x_t, tr->timesteps, tr->ehs, added, out);
   if (rc != 0) worker_die("reference forward: %s", unet_last_error(m));
   if (tr->lora && unet_lora_set_active(m, 1) != 0) worker_die("adapters on: %s", unet_last_error(m));
+}
+
+/* Whether training draws its latents from the dataset's posteriors: data.latents and data.random_flip
+ * against what the dataset stores (job_spec_validate has refused the combinations no dataset allows). */
+static int worker_latent_source(const Dpod__V1__DataSpec *d, const dpo_dataset *ds) {
+  const int want = d->latents;
+  if (want == DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_SAMPLE && !ds->posterior)
+    worker_die_input("data.latents is sample but %s stores no VAE posteriors (dpo-tool import --posteriors)", d->dataset);
+  if (d->random_flip && !ds->posterior_flipped)
+    worker_die_input("data.random_flip needs the flipped images' posteriors and %s stores none (dpo-tool import "
+                     "--flipped-posteriors)", d->dataset);
+  int draw = ds->posterior && want != DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_FROZEN;
+  if (g_rank == 0 && ds->posterior)
+    log_info("latents: %s%s", draw ? "drawn from the VAE posteriors every step" : "frozen (data.latents: frozen)",
+             d->random_flip ? ", each image flipped with probability 1/2" : "");
+  return draw;
 }
 
 static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
@@ -405,6 +423,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
         worker_die("%s", err);
     }
   }
+  tr->draw_latents = worker_latent_source(d, &tr->data);
   if (d->caption_dropout > 0 && !tr->data.has_empty_prompt)
     worker_die_input("data.caption_dropout is %g but the dataset stores no empty-prompt embedding", d->caption_dropout);
   if (tr->info.text_embeds_dim > 0) {
@@ -468,6 +487,11 @@ static void fill_pairs(trainer *tr, const dpo_dataset *ds, const size_t *pairs, 
    * on-disk latents may be F16. */
   if (dataset_fill_batch(ds, pairs, b, tr->x0, tr->ehs, tr->pooled, tr->time_ids) != 0)
     worker_die("filling a batch: a pair out of range");
+  /* Training latents drawn as the reference scripts draw them (posterior.h); evaluations keep the frozen
+   * ones (the posterior's mean without frozen latents), so every evaluation sees the same inputs. */
+  if (ds == &tr->data && tr->draw_latents &&
+      posterior_fill_batch(ds, pairs, keys, b, seed, tr->spec->data->random_flip, tr->x0) != 0)
+    worker_die("filling a batch: drawing latents from the posteriors failed");
   for (int i = 0; i < b; i++) {
     dpo_rng r;
     dpo_rng_seed(&r, seed, keys[i]);

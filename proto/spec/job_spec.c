@@ -1055,6 +1055,14 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
       0)
     return status;
   js_double_in("data.caption_dropout", d->caption_dropout, 0.0, 1.0, "a probability from 0 to 1");
+  if (!protobuf_c_enum_descriptor_get_value(&dpod__v1__latent_source__descriptor, d->latents))
+    return js_errf(err, errlen, "data.latents: unknown value %d (expected auto, frozen or sample)", (int)d->latents);
+  if (builtin && (d->random_flip || d->latents == DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_SAMPLE))
+    return js_errf(err, errlen, "data.%s: builtin:synthetic stores no VAE posteriors to draw from (a dataset directory "
+                   "with posteriors does)", d->random_flip ? "random_flip" : "latents");
+  if (d->random_flip && d->latents == DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_FROZEN)
+    return js_errf(err, errlen, "data.random_flip: flips images by drawing from their flipped posteriors, which "
+                   "data.latents: frozen does not do (use auto or sample)");
 
   js_uint_in("train.steps", t->steps, 1, JS_STEPS_MAX);
   js_uint_in("train.batch_size", t->batch_size, 1, JS_BATCH_MAX);

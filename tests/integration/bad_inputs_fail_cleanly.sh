@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bad input reaches the worker (a corrupt weights file, an unsupported model config, an SDXL config on a
 # dataset without pooled embeddings, a directory that is no dataset): the job ends FAILED with a reason that
-# names the problem, and dpod keeps serving with every earlier job intact.
+# names the problem, and dpod keeps serving with every earlier job intact. Also drawn latents or random
+# flips (data.latents, data.random_flip) on a dataset without VAE posteriors.
 source "$(dirname "$0")/lib.sh"
 it_start_dpod
 EX="$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml"
@@ -47,6 +48,13 @@ mkdir "$T/not-a-dataset"
 id=$(it_submit "$EX" --set data.dataset="$T/not-a-dataset" --name no-data)
 expect_failure "$id" "not-a-dataset/manifest.json"
 
+# Drawn latents and random flips on a dataset that stores no VAE posteriors: refused, naming the field.
+"$TOOL_BIN" synth --out "$T/synth-plain" --train-pairs 8 --validation-pairs 0 >/dev/null || it_fail "dpo-tool synth failed"
+id=$(it_submit "$EX" --set data.dataset="$T/synth-plain" --set data.random_flip=true --name flip-no-posteriors)
+expect_failure "$id" "data.random_flip needs the flipped images' posteriors and .*synth-plain stores none"
+id=$(it_submit "$EX" --set data.dataset="$T/synth-plain" --set data.latents=sample --name sample-no-posteriors)
+expect_failure "$id" "data.latents is sample but .*synth-plain stores no VAE posteriors"
+
 # Weights for another shape: refused by tensor name.
 "$DPOCTL_BIN" submit "$EX" --dry-run >/dev/null
 id=$(it_submit "$EX" --set model.weights="$DPOD_FIXTURES/tiny-sd/inputs.safetensors" --name wrong-tensors)
@@ -54,5 +62,5 @@ expect_failure "$id" "conv_in|missing|unexpected|sample"
 
 "$DPOCTL_BIN" health >/dev/null || it_fail "dpod stopped serving"
 [ "$(it_job_state "$good")" = succeeded ] || it_fail "the earlier job's record changed"
-[ "$("$DPOCTL_BIN" list --json | jq length)" = 6 ] || it_fail "jobs went missing from the list"
+[ "$("$DPOCTL_BIN" list --json | jq length)" = 8 ] || it_fail "jobs went missing from the list"
 echo "PASS: each bad input failed its job with a reason that names it; dpod kept serving"

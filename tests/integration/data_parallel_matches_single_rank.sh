@@ -6,7 +6,9 @@
 # must past 2^31 elements. With --lora, the same for LoRA adapters on to_q, to_v, to_out.0 and ff.net.2:
 # only their gradients are all-reduced. Its lr is 3e-5: AdamW turns a rounding difference in a tiny
 # gradient into a step difference of up to lr, so the tolerance means something only while lr x steps is
-# near it; a different batch still moves the adapters by 1e-4.
+# near it; a different batch still moves the adapters by 1e-4. With --posterior, on a synthetic dataset
+# storing VAE posteriors (and flipped ones), latents drawn and flipped every step: the draws are keyed by
+# the pair's position, so every layout draws the same ones; and a run on the frozen latents differs.
 source "$(dirname "$0")/lib.sh"
 
 weights_file=diffusion_pytorch_model.safetensors
@@ -15,12 +17,18 @@ if [ "${1:-}" = --lora ]; then
   weights_file=lora_adapters.safetensors
   lora=(--set train.learning_rate=3e-5 --set train.lora.rank=4 --set train.lora.target_modules=to_q,to_v,to_out.0,ff.net.2)
 fi
+post=()
+if [ "${1:-}" = --posterior ]; then
+  "$TOOL_BIN" synth --out "$T/post" --prompts 4 --base-per-prompt 1 --train-pairs 32 --validation-pairs 0 \
+    --posterior-logvar -2 >/dev/null || it_fail "dpo-tool synth --posterior-logvar failed"
+  post=(--set data.dataset="$T/post" --set data.random_flip=true)
+fi
 
 spec() {  # spec NAME --set ... : a YAML job file for a standalone run
   local name=$1
   shift
   "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=3 \
-    --set train.checkpoint_every=0 --set train.learning_rate=1e-5 --set data.pairs=32 "${lora[@]}" "$@" >"$T/$name.yaml" \
+    --set train.checkpoint_every=0 --set train.learning_rate=1e-5 --set data.pairs=32 "${lora[@]}" "${post[@]}" "$@" >"$T/$name.yaml" \
     || it_fail "dpoctl --dry-run failed for $name"
 }
 run() {  # run NAME RANKS
@@ -38,6 +46,15 @@ run one 1
 run two 2
 DPOD_MPI_CHUNK_FLOATS=1000 run accum 2
 run other_batch 1
+if [ ${#post[@]} -gt 0 ]; then
+  spec frozen --set ranks=1 --set train.batch_size=4 --set data.random_flip=false --set data.latents=frozen
+  run frozen 1
+  grep -q "latents: drawn from the VAE posteriors every step, each image flipped" "$T/two.log" \
+    || it_fail "the run did not draw its latents from the posteriors"
+  if "$TOOL_BIN" diff "$(weights one)" "$(weights frozen)" --atol 1e-5; then
+    it_fail "training on the frozen latents gives the same weights: the draws changed nothing"
+  fi
+fi
 grep -q "calls of at most 1000 floats" "$T/accum.log" || it_fail "the accumulation run did not take DPOD_MPI_CHUNK_FLOATS"
 # to_q, to_v, to_out.0 of the 8 attentions (4 transformer blocks) and their 4 feed-forward outputs ff.net.2.
 if [ ${#lora[@]} -gt 0 ] && ! grep -q "LoRA rank 4, alpha 4: 28 adapted layers" "$T/one.log"; then
@@ -58,4 +75,4 @@ for r in two accum; do
   awk -v a="$(loss one)" -v b="$(loss $r)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-3 * a) }' \
     || it_fail "the reported loss of $r ($(loss $r)) differs from one rank's ($(loss one))"
 done
-echo "PASS: 1x4, 2x2 and 2x1x2 agree within 1e-5 ${lora[*]}"
+echo "PASS: 1x4, 2x2 and 2x1x2 agree within 1e-5 ${lora[*]} ${1:-}"

@@ -3,7 +3,9 @@
 # bit-identical weights and optimizer state (same ranks, CPU). With --lora, the same for LoRA adapters
 # (rank 4, alpha 8, so the diffusers file folds a scale of 2 into the up weights): both adapter files and
 # the optimizer state, and the checkpoint holds the adapters only, under the names and shapes diffusers'
-# save_lora_weights writes (those of ../shared/fixtures/tiny-sd/lora, the same UNet shape).
+# save_lora_weights writes (those of ../shared/fixtures/tiny-sd/lora, the same UNet shape). With
+# --posterior, on a synthetic dataset storing VAE posteriors (and flipped ones): every step draws fresh
+# latents and flips, keyed by the pair's position, and the resumed run draws the same ones.
 source "$(dirname "$0")/lib.sh"
 
 files=(diffusion_pytorch_model.safetensors optimizer.safetensors)
@@ -12,9 +14,15 @@ if [ "${1:-}" = --lora ]; then
   files=(pytorch_lora_weights.safetensors lora_adapters.safetensors optimizer.safetensors)
   lora=(--set train.lora.rank=4 --set train.lora.alpha=8 --set train.learning_rate=1e-3)
 fi
+post=()
+if [ "${1:-}" = --posterior ]; then
+  "$TOOL_BIN" synth --out "$T/post" --prompts 4 --base-per-prompt 1 --train-pairs 64 --validation-pairs 0 \
+    --posterior-logvar -2 >/dev/null || it_fail "dpo-tool synth --posterior-logvar failed"
+  post=(--set data.dataset="$T/post" --set data.random_flip=true)
+fi
 "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=8 \
   --set train.checkpoint_every=4 --set train.keep_last=3 --set train.batch_size=8 --set data.pairs=64 \
-  --set train.learning_rate=1e-4 "${lora[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
+  --set train.learning_rate=1e-4 "${lora[@]}" "${post[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
 
 run_job() {  # run_job RUN_DIR: a 2-rank job in a session of its own; returns mpirun's status
   mkdir -p "$1/tmp"
@@ -62,4 +70,8 @@ if [ ${#lora[@]} -gt 0 ]; then
     || it_fail "the checkpoint's LoRA file differs in names or shapes from diffusers' save_lora_weights"
   [ "$(names "$ck/pytorch_lora_weights.safetensors" | wc -l)" = 64 ] || it_fail "the LoRA file does not hold 64 tensors"
 fi
-echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]}"
+if [ ${#post[@]} -gt 0 ]; then
+  grep -q "latents: drawn from the VAE posteriors every step, each image flipped with probability 1/2" "$T/straight.log" \
+    || it_fail "the run did not draw its latents from the posteriors"
+fi
+echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]} ${1:-}"

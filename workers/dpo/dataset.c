@@ -87,6 +87,7 @@ typedef struct {
   const unsigned char *winner, *loser;  /* [count, C, H, W] in the latent dtype */
   const unsigned char *prompt;          /* [count] I32 or I64 */
   const unsigned char *tw, *tl;         /* [count, 6] F32 time ids (winner's or the pair's; loser's), or NULL */
+  const unsigned char *post[2][PREF_POST_KINDS]; /* [count, C, H, W] posteriors in the latent dtype, or NULL */
   st_dtype prompt_dtype;
   size_t first, count;                  /* pairs [first, first + count) of the split */
 } ds_shard_;
@@ -339,6 +340,52 @@ static int ds_open_prompts_(const char *dir, const cJSON *m, const char *mpath, 
   return 0;
 }
 
+/* The posterior tensors of pair shard s (records first .. first + count - 1 of the split): present with
+ * the manifest's dtype and shape when the manifest announces them, absent when it does not (a shard with
+ * flipped posteriors and no unflipped ones, or any the manifest does not name, is malformed), means
+ * finite and logvars never NaN (check_values). */
+static int ds_open_posteriors_(ds_shard_ *s, const char *path, const char *split, size_t first, size_t count,
+                               const struct dataset_store_ *st, const dpo_dataset *ds, int check_values, char *err,
+                               size_t errlen) {
+  const int kinds = !ds->posterior ? 0 : ds->posterior_flipped ? PREF_POST_KINDS : 2;
+  const int64_t dims[4] = {(int64_t)count, ds->channels, ds->height, ds->width};
+  const size_t img = dataset_image_size(ds), lsz = st_dtype_size(st->latent_dtype);
+  for (int k = 0; k < 2 * PREF_POST_KINDS; k++) {
+    const int side = k % 2, kind = k / 2;
+    const char *name = pref_posterior_tensor(side, kind);
+    if (kind >= kinds) {
+      if (st_find(s->f, name))
+        return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: holds '%s' but the manifest announces no %s", path, name,
+                         !ds->posterior ? "posteriors ('posterior' missing)" : "flipped posteriors (posterior.flipped "
+                         "is false)");
+      continue;
+    }
+    const st_tensor *t;
+    int rc = ds_expect_tensor_(s->f, path, name, st->latent_dtype, 4, dims, &t, err, errlen);
+    if (rc) return rc;
+    s->post[side][kind] = t->data;
+    if (!check_values) continue;
+    for (size_t r = 0; r < count; r++) {
+      const unsigned char *x = s->post[side][kind] + r * img * lsz;
+      float v = 0;
+      size_t e = img;
+      if (kind & 1) { /* a logvar: +-inf is clamped at use, NaN is refused */
+        for (size_t j = 0; j < img && e == img; j++) {
+          float y;
+          ds_load_(st->latent_dtype, x + j * lsz, 1, &y);
+          if (isnan(y)) e = j, v = y;
+        }
+      } else {
+        e = ds_first_nonfinite_(st->latent_dtype, x, img, &v);
+      }
+      if (e < img)
+        return dpod_errf(err, errlen, DPOD_ENUMERIC, "%s: record %zu (pair %zu of '%s'): '%s' holds %g at element %zu",
+                         path, r, first + r, split, name, v, e);
+    }
+  }
+  return 0;
+}
+
 static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, const char *split,
                           struct dataset_store_ *st, dpo_dataset *ds, int check_values, char *err,
                           size_t errlen) {
@@ -378,16 +425,18 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
     int rc = ds_open_shard_(dir, file, path, sizeof path, &s->f, err, errlen);
     if (rc) return rc;
     if (!(s->path = strdup(path))) return dpod_errf(err, errlen, DPOD_ENOMEM, "%s: out of memory", path);
-    const st_tensor *tw, *tl, *tp;
+    const st_tensor *tw = NULL, *tl = NULL, *tp;
     int64_t dims[4] = {c, ds->channels, ds->height, ds->width};
-    if ((rc = ds_expect_tensor_(s->f, path, "winner", st->latent_dtype, 4, dims, &tw, err, errlen)) != 0 ||
-        (rc = ds_expect_tensor_(s->f, path, "loser", st->latent_dtype, 4, dims, &tl, err, errlen)) != 0)
+    if (!ds->posterior_only &&
+        ((rc = ds_expect_tensor_(s->f, path, "winner", st->latent_dtype, 4, dims, &tw, err, errlen)) != 0 ||
+         (rc = ds_expect_tensor_(s->f, path, "loser", st->latent_dtype, 4, dims, &tl, err, errlen)) != 0))
       return rc;
+    if ((rc = ds_open_posteriors_(s, path, split, first, (size_t)c, st, ds, check_values, err, errlen)) != 0) return rc;
     tp = st_find(s->f, "prompt");
     st_dtype pd = tp && tp->dtype == ST_I64 ? ST_I64 : ST_I32;
     if ((rc = ds_expect_tensor_(s->f, path, "prompt", pd, 1, dims, &tp, err, errlen)) != 0) return rc;
-    s->winner = tw->data;
-    s->loser = tl->data;
+    s->winner = tw ? tw->data : NULL;
+    s->loser = tl ? tl->data : NULL;
     s->prompt = tp->data;
     s->prompt_dtype = pd;
     if (ds->time_ids != DATASET_TIME_IDS_DEFAULT) {
@@ -417,7 +466,7 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
       if (p < 0 || (uint64_t)p >= ds->num_prompts)
         return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: record %zu (pair %zu of '%s'): prompt index %lld is out "
                         "of range [0, %zu)", path, r, first + r, split, (long long)p, ds->num_prompts);
-      if (!check_values) continue;
+      if (!check_values || ds->posterior_only) continue;
       for (int k = 0; k < 2; k++) {
         const unsigned char *x = (k ? s->loser : s->winner) + r * img * lsz;
         float v;
@@ -432,6 +481,30 @@ static int ds_open_split_(const char *dir, const cJSON *m, const char *mpath, co
   if (first != ds->num_pairs)
     return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: the shards of split '%s' hold %zu pairs, its 'pairs' says %zu",
                     mpath, split, first, ds->num_pairs);
+  return 0;
+}
+
+/* The manifest's optional "posterior": {"scaling_factor", "flipped", "frozen_latents"} (version 2). */
+static int ds_parse_posterior_(const cJSON *m, const char *mpath, int64_t version, dpo_dataset *ds, char *err,
+                               size_t errlen) {
+  const cJSON *po = cJSON_GetObjectItemCaseSensitive(m, "posterior");
+  if (!po) return 0;
+  if (version < PREF_FORMAT_VERSION_POSTERIOR)
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'posterior' needs format version %d (the manifest says %lld)",
+                     mpath, PREF_FORMAT_VERSION_POSTERIOR, (long long)version);
+  const cJSON *sf = cJSON_GetObjectItemCaseSensitive(po, "scaling_factor");
+  if (!cJSON_IsObject(po) || !cJSON_IsNumber(sf) || !(sf->valuedouble > 0 && sf->valuedouble <= 100))
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'posterior' needs a 'scaling_factor' in (0, 100] (the VAE's: "
+                     "0.18215 for SD 1.x, 0.13025 for SDXL)", mpath);
+  const cJSON *fl = cJSON_GetObjectItemCaseSensitive(po, "flipped");
+  const cJSON *fz = cJSON_GetObjectItemCaseSensitive(po, "frozen_latents");
+  if ((fl && !cJSON_IsBool(fl)) || (fz && !cJSON_IsBool(fz)))
+    return dpod_errf(err, errlen, DPOD_EFORMAT, "%s: 'posterior.flipped' and 'posterior.frozen_latents' must be true "
+                     "or false", mpath);
+  ds->posterior = 1;
+  ds->scaling_factor = sf->valuedouble;
+  ds->posterior_flipped = cJSON_IsTrue(fl);
+  ds->posterior_only = fz && cJSON_IsFalse(fz);
   return 0;
 }
 
@@ -464,9 +537,9 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
     rc = dpod_errf(err, errlen, DPOD_EFORMAT, "%s: not a %s manifest", mpath, PREF_FORMAT_NAME);
     goto fail;
   }
-  if (version != PREF_FORMAT_VERSION) {
-    rc = dpod_errf(err, errlen, DPOD_EUNSUPPORTED, "%s: format version %lld, this build reads %d", mpath,
-                  (long long)version, PREF_FORMAT_VERSION);
+  if (version != PREF_FORMAT_VERSION && version != PREF_FORMAT_VERSION_POSTERIOR) {
+    rc = dpod_errf(err, errlen, DPOD_EUNSUPPORTED, "%s: format version %lld, this build reads %d and %d", mpath,
+                  (long long)version, PREF_FORMAT_VERSION, PREF_FORMAT_VERSION_POSTERIOR);
     goto fail;
   }
   struct dataset_store_ *st = ds->store_ = calloc(1, sizeof *st);
@@ -516,6 +589,7 @@ int dataset_open(const char *dir, const dataset_open_params *p, dpo_dataset *ds,
       goto fail;
     }
   }
+  if ((rc = ds_parse_posterior_(m, mpath, version, ds, err, errlen)) != 0) goto fail;
   if (p->pooled_dim > 0 && ds->pooled_dim == 0) {
     rc = dpod_errf(err, errlen, DPOD_EINVAL, "%s: the model's added conditioning (SDXL's text_time) needs pooled "
                   "prompt embeddings of width %d, and the dataset stores none ('pooled_dim' missing: re-import with "
@@ -574,8 +648,30 @@ int dataset_copy_pair(const dpo_dataset *ds, size_t i, float *w, float *l) {
   size_t r;
   const ds_shard_ *s = ds_find_shard_(ds->store_, i, &r);
   size_t bytes = img * st_dtype_size(ds->store_->latent_dtype);
+  if (ds->posterior_only) {
+    /* No frozen latents: the posterior's mode, scaled as a drawn latent would be. */
+    for (int k = 0; k < 2; k++) {
+      float *out = k ? l : w;
+      if (!out) continue;
+      ds_load_(ds->store_->latent_dtype, s->post[k][PREF_POST_MEAN] + r * bytes, img, out);
+      for (size_t j = 0; j < img; j++) out[j] = (float)(out[j] * ds->scaling_factor);
+    }
+    return 0;
+  }
   if (w) ds_load_(ds->store_->latent_dtype, s->winner + r * bytes, img, w);
   if (l) ds_load_(ds->store_->latent_dtype, s->loser + r * bytes, img, l);
+  return 0;
+}
+
+int dataset_copy_posterior(const dpo_dataset *ds, size_t i, int loser, int flipped, float *mean, float *logvar) {
+  if (i >= ds->num_pairs) return DPOD_EINVAL;
+  if (!ds->posterior || !ds->store_ || (flipped && !ds->posterior_flipped)) return DPOD_ENOENT;
+  size_t r, img = dataset_image_size(ds);
+  const ds_shard_ *s = ds_find_shard_(ds->store_, i, &r);
+  const size_t bytes = img * st_dtype_size(ds->store_->latent_dtype);
+  const int side = loser != 0, k = flipped ? PREF_POST_FLIP_MEAN : PREF_POST_MEAN;
+  if (mean) ds_load_(ds->store_->latent_dtype, s->post[side][k] + r * bytes, img, mean);
+  if (logvar) ds_load_(ds->store_->latent_dtype, s->post[side][k + 1] + r * bytes, img, logvar);
   return 0;
 }
 

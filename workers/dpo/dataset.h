@@ -30,6 +30,11 @@ typedef struct {
   int pooled_dim;               /* width of the pooled prompt embeddings stored with every prompt (SDXL's
                                    text_embeds); 0: none */
   int time_ids;                 /* DATASET_TIME_IDS_*: how SDXL's time ids are stored */
+  /* VAE posteriors (format version 2, docs/dataset-format.md), on-disk datasets only: */
+  int posterior;                /* every image stores diffusers' latent_dist (mean, logvar [C, H, W]) */
+  int posterior_flipped;        /* ... and that of its horizontally flipped image */
+  int posterior_only;           /* no frozen latents: dataset_copy_pair gives mean x scaling_factor */
+  double scaling_factor;        /* the VAE's, which every drawn latent is multiplied by */
   /* Built-in datasets only (NULL for on-disk ones): */
   float *latents;               /* [num_pairs, 2, C, H, W]: winner, then loser; owned */
   uint32_t *prompt_of;          /* [num_pairs]; owned */
@@ -91,6 +96,10 @@ static inline size_t dataset_prompt_size(const dpo_dataset *ds) {
 int dataset_copy_pair(const dpo_dataset *ds, size_t i, float *w, float *l);
 /* Pair i's prompt index, in [0, num_prompts). */
 uint32_t dataset_prompt_index(const dpo_dataset *ds, size_t i);
+/* Copies the posterior of pair i's winner (loser 0) or loser (loser 1), of the flipped image if `flipped`:
+ * mean and logvar [C, H, W] each, as stored (logvar not clamped); either may be NULL. DPOD_ENOENT if the
+ * dataset stores no such posterior, DPOD_EINVAL if i is out of range. */
+int dataset_copy_posterior(const dpo_dataset *ds, size_t i, int loser, int flipped, float *mean, float *logvar);
 /* Copies pair i's prompt embedding as float32 into emb [text_len, embed_dim]. */
 int dataset_copy_prompt(const dpo_dataset *ds, size_t i, float *emb);
 /* Copies row `prompt` of the prompt table into emb [text_len, embed_dim]. */

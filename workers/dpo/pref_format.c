@@ -24,6 +24,7 @@ typedef struct {
   unsigned char *winner, *loser;  /* [shard_pairs, C, H, W] in latent_dtype */
   int32_t *prompt;                /* [shard_pairs] */
   float *tw, *tl;                 /* [shard_pairs, 6] time ids (tl per image only), or NULL */
+  unsigned char *post[2][PREF_POST_KINDS]; /* [shard_pairs, C, H, W] posteriors in latent_dtype, or NULL */
   size_t buffered;                /* records in the buffers */
   size_t total;                   /* records in the split so far */
   cJSON *shards;                  /* [{"file", "pairs"}] */
@@ -76,15 +77,27 @@ const char *pref_writer_last_error(const pref_writer *w) { return w ? w->last_er
 
 static int pref_valid_dtype_(st_dtype d) { return d == ST_F16 || d == ST_F32; }
 
+/* Flipped posteriors without unflipped ones, or neither latents nor posteriors, make no dataset. */
+static int pref_bad_posterior_params_(const pref_writer_params *p) {
+  if (!p->posterior) return p->posterior_flipped || p->posterior_only;
+  return !(p->scaling_factor > 0 && p->scaling_factor <= 100);
+}
+
+/* The posterior arrays a pair of this writer carries: kinds 0..n-1. */
+static int pref_post_kinds_(const pref_writer *w) {
+  return !w->p.posterior ? 0 : w->p.posterior_flipped ? PREF_POST_KINDS : 2;
+}
+
 int pref_writer_open(const char *dir, const pref_writer_params *p, pref_writer **out, char *err,
                      size_t errlen) {
   *out = NULL;
   if (p->channels <= 0 || p->height <= 0 || p->width <= 0 || p->text_len <= 0 || p->embed_dim <= 0 ||
       p->shard_pairs == 0 || p->shard_prompts == 0 || !pref_valid_dtype_(p->latent_dtype) ||
       !pref_valid_dtype_(p->embed_dtype) || p->pooled_dim < 0 || p->pooled_dim > (1 << 20) || p->time_ids < 0 ||
-      p->time_ids > DATASET_TIME_IDS_IMAGE) {
-    snprintf(err, errlen, "%s: the latent and embedding shapes and shard sizes must be > 0, dtypes F16 or F32",
-             dir);
+      p->time_ids > DATASET_TIME_IDS_IMAGE || pref_bad_posterior_params_(p)) {
+    snprintf(err, errlen, "%s: the latent and embedding shapes and shard sizes must be > 0, dtypes F16 or F32%s",
+             dir, pref_bad_posterior_params_(p) ? "; flipped or posterior-only datasets need posteriors, and "
+                                                   "posteriors a scaling factor in (0, 100]" : "");
     return DPOD_EINVAL;
   }
   int rc = dpod_mkdirs(dir, 0777, 0, err, errlen);
@@ -124,6 +137,7 @@ void pref_writer_free(pref_writer *w) {
     free(w->splits[i].prompt);
     free(w->splits[i].tw);
     free(w->splits[i].tl);
+    for (int k = 0; k < 2 * PREF_POST_KINDS; k++) free(w->splits[i].post[k / PREF_POST_KINDS][k % PREF_POST_KINDS]);
     cJSON_Delete(w->splits[i].shards);
   }
   free(w->prompts);
@@ -237,7 +251,10 @@ static pref_split_ *pref_split_get_(pref_writer *w, const char *name) {
   size_t tbytes = w->p.shard_pairs * DATASET_NUM_TIME_IDS * sizeof(float);
   if (w->p.time_ids != DATASET_TIME_IDS_DEFAULT) s->tw = malloc(tbytes);
   if (w->p.time_ids == DATASET_TIME_IDS_IMAGE) s->tl = malloc(tbytes);
-  if (!s->name || !s->winner || !s->loser || !s->prompt || !s->shards ||
+  int post_ok = 1;
+  for (int k = 0; k < 2 * pref_post_kinds_(w); k++)
+    post_ok &= (s->post[k & 1][k >> 1] = malloc(w->p.shard_pairs * w->img * lsz)) != NULL;
+  if (!post_ok || !s->name || !s->winner || !s->loser || !s->prompt || !s->shards ||
       (w->p.time_ids != DATASET_TIME_IDS_DEFAULT && !s->tw) || (w->p.time_ids == DATASET_TIME_IDS_IMAGE && !s->tl)) {
     free(s->name);
     free(s->winner);
@@ -245,6 +262,7 @@ static pref_split_ *pref_split_get_(pref_writer *w, const char *name) {
     free(s->prompt);
     free(s->tw);
     free(s->tl);
+    for (int k = 0; k < 2 * PREF_POST_KINDS; k++) free(s->post[k / PREF_POST_KINDS][k % PREF_POST_KINDS]);
     cJSON_Delete(s->shards);
     memset(s, 0, sizeof *s);
     return NULL;
@@ -264,8 +282,13 @@ static int pref_flush_split_(pref_writer *w, pref_split_ *s, char *err, size_t e
   int64_t pshape[1] = {(int64_t)s->buffered};
   int64_t tshape[2] = {(int64_t)s->buffered, DATASET_NUM_TIME_IDS};
   int rc = DPOD_ENOMEM;
-  if (!sw || st_writer_add(sw, "winner", w->p.latent_dtype, 4, shape, s->winner) != 0 ||
-      st_writer_add(sw, "loser", w->p.latent_dtype, 4, shape, s->loser) != 0 ||
+  int post_rc = 0;
+  for (int k = 0; sw && k < 2 * pref_post_kinds_(w); k++)
+    post_rc |= st_writer_add(sw, pref_posterior_tensor(k & 1, k >> 1), w->p.latent_dtype, 4, shape,
+                             s->post[k & 1][k >> 1]);
+  if (!sw || post_rc != 0 ||
+      (!w->p.posterior_only && (st_writer_add(sw, "winner", w->p.latent_dtype, 4, shape, s->winner) != 0 ||
+                                st_writer_add(sw, "loser", w->p.latent_dtype, 4, shape, s->loser) != 0)) ||
       st_writer_add(sw, "prompt", ST_I32, 1, pshape, s->prompt) != 0 ||
       (s->tw && st_writer_add(sw, s->tl ? "winner_time_ids" : "time_ids", ST_F32, 2, tshape, s->tw) != 0) ||
       (s->tl && st_writer_add(sw, "loser_time_ids", ST_F32, 2, tshape, s->tl) != 0)) {
@@ -292,6 +315,45 @@ int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner,
 
 int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float *winner, const float *loser,
                                   uint32_t prompt, const float *tw, const float *tl) {
+  return pref_writer_add_pair_posterior(w, split, winner, loser, prompt, tw, tl, NULL, NULL);
+}
+
+/* The posterior arrays of one image, in kind order, or a message in w. */
+static int pref_check_posterior_(pref_writer *w, int loser, const pref_posterior *q, const float *arr[PREF_POST_KINDS]) {
+  const int kinds = pref_post_kinds_(w);
+  arr[0] = q ? q->mean : NULL;
+  arr[1] = q ? q->logvar : NULL;
+  arr[2] = q ? q->flip_mean : NULL;
+  arr[3] = q ? q->flip_logvar : NULL;
+  for (int k = 0; k < PREF_POST_KINDS; k++) {
+    const char *name = pref_posterior_tensor(loser, k);
+    if (k < kinds && !arr[k])
+      return pref_fail_(w, DPOD_EINVAL, "this dataset stores %sposteriors: every pair needs '%s'",
+                        w->p.posterior_flipped ? "unflipped and flipped " : "", name);
+    if (k >= kinds && arr[k])
+      return pref_fail_(w, DPOD_EINVAL, "this dataset stores no %s ('%s' given)",
+                        k < 2 ? "posteriors" : "flipped posteriors", name);
+    if (!arr[k]) continue;
+    for (size_t i = 0; i < w->img; i++) {
+      float v = arr[k][i];
+      /* A logvar of +-inf is clamped at use; NaN is nowhere meaningful. */
+      if (k & 1 ? isnan(v) : !isfinite(v))
+        return pref_fail_(w, DPOD_ENUMERIC, "'%s' holds %g at element %zu", name, v, i);
+    }
+  }
+  return 0;
+}
+
+int pref_writer_add_pair_posterior(pref_writer *w, const char *split, const float *winner, const float *loser,
+                                   uint32_t prompt, const float *tw, const float *tl, const pref_posterior *pw,
+                                   const pref_posterior *pl) {
+  if (!winner != !loser || !winner != !!w->p.posterior_only)
+    return pref_fail_(w, DPOD_EINVAL, "%s", w->p.posterior_only ? "this dataset stores posteriors only: no frozen latents"
+                                                                  : "every pair needs its winner and loser latents");
+  const float *post[2][PREF_POST_KINDS];
+  int rc;
+  if ((rc = pref_check_posterior_(w, 0, pw, post[0])) != 0 || (rc = pref_check_posterior_(w, 1, pl, post[1])) != 0)
+    return rc;
   const int mode = w->p.time_ids;
   if ((mode == DATASET_TIME_IDS_DEFAULT) != !tw || (mode == DATASET_TIME_IDS_IMAGE && !tl))
     return pref_fail_(w, DPOD_EINVAL, "%s", mode == DATASET_TIME_IDS_DEFAULT ? "this dataset stores no time ids"
@@ -300,9 +362,8 @@ int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float
   if (!pref_valid_split_name_(split))
     return pref_fail_(w, DPOD_EINVAL, "split name '%s' is not [a-z0-9_]{1,32}", split ? split : "(null)");
   if (prompt > INT32_MAX) return pref_fail_(w, DPOD_EINVAL, "prompt index %u is out of range", prompt);
-  int rc;
-  if ((rc = pref_check_finite_(w, "winner latent", winner, w->img)) != 0) return rc;
-  if ((rc = pref_check_finite_(w, "loser latent", loser, w->img)) != 0) return rc;
+  if (winner && (rc = pref_check_finite_(w, "winner latent", winner, w->img)) != 0) return rc;
+  if (loser && (rc = pref_check_finite_(w, "loser latent", loser, w->img)) != 0) return rc;
   if (tw && (rc = pref_check_finite_(w, "time ids", tw, DATASET_NUM_TIME_IDS)) != 0) return rc;
   if (mode == DATASET_TIME_IDS_IMAGE && (rc = pref_check_finite_(w, "loser time ids", tl, DATASET_NUM_TIME_IDS)) != 0)
     return rc;
@@ -310,8 +371,10 @@ int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float
   if (!s) return pref_fail_(w, DPOD_ENOMEM, "split '%s': out of memory or more than %d splits", split,
                             PREF_MAX_SPLITS);
   size_t lsz = st_dtype_size(w->p.latent_dtype);
-  pref_store_(w->p.latent_dtype, winner, w->img, s->winner + s->buffered * w->img * lsz);
-  pref_store_(w->p.latent_dtype, loser, w->img, s->loser + s->buffered * w->img * lsz);
+  if (winner) pref_store_(w->p.latent_dtype, winner, w->img, s->winner + s->buffered * w->img * lsz);
+  if (loser) pref_store_(w->p.latent_dtype, loser, w->img, s->loser + s->buffered * w->img * lsz);
+  for (int k = 0; k < 2 * pref_post_kinds_(w); k++)
+    pref_store_(w->p.latent_dtype, post[k & 1][k >> 1], w->img, s->post[k & 1][k >> 1] + s->buffered * w->img * lsz);
   s->prompt[s->buffered] = (int32_t)prompt;
   if (s->tw) memcpy(s->tw + s->buffered * DATASET_NUM_TIME_IDS, tw, DATASET_NUM_TIME_IDS * sizeof(float));
   if (s->tl) memcpy(s->tl + s->buffered * DATASET_NUM_TIME_IDS, tl, DATASET_NUM_TIME_IDS * sizeof(float));
@@ -380,7 +443,7 @@ int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {
   m = cJSON_CreateObject();
   if (!m) goto oom;
   cJSON_AddStringToObject(m, "format", PREF_FORMAT_NAME);
-  cJSON_AddNumberToObject(m, "version", PREF_FORMAT_VERSION);
+  cJSON_AddNumberToObject(m, "version", w->p.posterior ? PREF_FORMAT_VERSION_POSTERIOR : PREF_FORMAT_VERSION);
   int shape[3] = {w->p.channels, w->p.height, w->p.width};
   cJSON_AddItemToObject(m, "latent_shape", cJSON_CreateIntArray(shape, 3));
   cJSON_AddStringToObject(m, "latent_dtype", st_dtype_name(w->p.latent_dtype));
@@ -390,6 +453,13 @@ int pref_writer_finish(pref_writer *w, char *err, size_t errlen) {
   if (w->p.pooled_dim > 0) cJSON_AddNumberToObject(m, "pooled_dim", w->p.pooled_dim);
   if (w->p.time_ids != DATASET_TIME_IDS_DEFAULT)
     cJSON_AddStringToObject(m, "time_ids", w->p.time_ids == DATASET_TIME_IDS_PAIR ? "pair" : "image");
+  if (w->p.posterior) {
+    cJSON *po = cJSON_AddObjectToObject(m, "posterior");
+    if (!po) goto oom;
+    cJSON_AddNumberToObject(po, "scaling_factor", w->p.scaling_factor);
+    cJSON_AddBoolToObject(po, "flipped", w->p.posterior_flipped != 0);
+    cJSON_AddBoolToObject(po, "frozen_latents", !w->p.posterior_only);
+  }
   cJSON *prompts = cJSON_AddObjectToObject(m, "prompts");
   if (!prompts) goto oom;
   cJSON_AddNumberToObject(prompts, "count", (double)w->prompts_total);

@@ -22,6 +22,8 @@
 
 #define PREF_FORMAT_NAME "dpod-preference"
 #define PREF_FORMAT_VERSION 1
+/* Datasets with VAE posteriors are version 2; those without stay version 1 (older readers keep reading them). */
+#define PREF_FORMAT_VERSION_POSTERIOR 2
 #define PREF_MANIFEST "manifest.json"
 #define PREF_EMPTY_PROMPT_FILE "empty_prompt.safetensors"
 #define PREF_MAX_SPLITS 8
@@ -35,10 +37,31 @@ typedef struct {
   size_t shard_prompts;         /* prompts per prompt shard (4096) */
   int pooled_dim;               /* > 0: every prompt also stores a pooled embedding [pooled_dim] (SDXL) */
   int time_ids;                 /* DATASET_TIME_IDS_* (dataset.h): none, one row [6] per pair, or per image */
+  /* VAE posteriors (diffusers' latent_dist: mean and logvar [C, H, W] per image), docs/dataset-format.md: */
+  int posterior;                /* 1: every image also stores its posterior */
+  int posterior_flipped;        /* 1: ... and the posterior of its horizontally flipped image (needs posterior) */
+  int posterior_only;           /* 1: no frozen latents ('winner', 'loser'); readers use mean x scaling_factor */
+  double scaling_factor;        /* the VAE's (0.18215 SD 1.x, 0.13025 SDXL); in (0, 100] with posterior */
 } pref_writer_params;
+
+/* One image's posterior for pref_writer_add_pair_posterior: each array [C, H, W]; the flipped ones are
+ * the posterior of the horizontally flipped image (NULL unless the dataset stores them). */
+typedef struct {
+  const float *mean, *logvar;
+  const float *flip_mean, *flip_logvar;
+} pref_posterior;
 
 /* Shape 0, F16, 1024 pairs and 4096 prompts per shard. */
 pref_writer_params pref_writer_default_params(void);
+
+/* The pair shards' posterior tensors: image 0 (winner) or 1 (loser), k = PREF_POST_MEAN ... */
+enum { PREF_POST_MEAN = 0, PREF_POST_LOGVAR = 1, PREF_POST_FLIP_MEAN = 2, PREF_POST_FLIP_LOGVAR = 3, PREF_POST_KINDS = 4 };
+static inline const char *pref_posterior_tensor(int loser, int k) {
+  static const char *const names[2][PREF_POST_KINDS] = {
+      {"winner_mean", "winner_logvar", "winner_flip_mean", "winner_flip_logvar"},
+      {"loser_mean", "loser_logvar", "loser_flip_mean", "loser_flip_logvar"}};
+  return names[loser != 0][k];
+}
 
 typedef struct pref_writer pref_writer;
 
@@ -64,6 +87,13 @@ int pref_writer_add_pair(pref_writer *w, const char *split, const float *winner,
  * [6] for winner and loser (per image). Required when the params store time ids, refused otherwise. */
 int pref_writer_add_pair_time_ids(pref_writer *w, const char *split, const float *winner, const float *loser,
                                   uint32_t prompt, const float *tw, const float *tl);
+/* pref_writer_add_pair_time_ids with the posteriors pw and pl of winner and loser, required when the
+ * params store posteriors (and refused otherwise). winner and loser (the frozen latents) are NULL with
+ * posterior_only. Means must be finite; a logvar may hold +-inf (the reader clamps it to [-30, 20], as
+ * diffusers does), never NaN. */
+int pref_writer_add_pair_posterior(pref_writer *w, const char *split, const float *winner, const float *loser,
+                                   uint32_t prompt, const float *tw, const float *tl, const pref_posterior *pw,
+                                   const pref_posterior *pl);
 /* A free-form entry of the manifest's "info" object (provenance, counts); the value is copied. */
 int pref_writer_set_info_string(pref_writer *w, const char *key, const char *value);
 int pref_writer_set_info_number(pref_writer *w, const char *key, double value);

@@ -37,6 +37,7 @@ synth_params synth_default_params(void) {
   p.reward_scale = 0.5;
   p.seed = 1234;
   p.dtype = ST_F32;
+  p.posterior_logvar = -6;
   return p;
 }
 
@@ -144,8 +145,31 @@ static int synth_draw_(const synth_task *t, dpo_rng *r, uint32_t prompt, float *
   return k;
 }
 
+#define SYNTH_SCALING_FACTOR 0.18215
+
+/* Adds a pair; with posteriors (post: scratch [2, 4, C, H, W], else NULL) each image's stored posterior
+ * has the latent / scaling factor as its mean, logvar `logvar`, and its mirror image along W flipped. */
+static int synth_add_(const synth_task *t, pref_writer *w, const char *split, const float *win, const float *lose,
+                      uint32_t prompt, float *post, double logvar) {
+  if (!post) return pref_writer_add_pair(w, split, win, lose, prompt);
+  const size_t img = synth_img_(t), W = (size_t)t->width;
+  pref_posterior q[2];
+  for (int s = 0; s < 2; s++) {
+    const float *x = s ? lose : win;
+    float *m = post + (size_t)s * 4 * img, *lv = m + img, *fm = lv + img, *flv = fm + img;
+    for (size_t j = 0; j < img; j++) {
+      m[j] = (float)(x[j] / SYNTH_SCALING_FACTOR);
+      lv[j] = flv[j] = (float)logvar;
+    }
+    for (size_t j = 0; j < img; j++) fm[j] = m[j - j % W + (W - 1 - j % W)];
+    q[s] = (pref_posterior){m, lv, fm, flv};
+  }
+  return pref_writer_add_pair_posterior(w, split, win, lose, prompt, NULL, NULL, &q[0], &q[1]);
+}
+
 static int synth_pairs_(const synth_task *t, pref_writer *w, const char *split, uint32_t n, dpo_rng *r,
-                        float *a, float *b, synth_summary *sum, char *err, size_t errlen) {
+                        float *a, float *b, synth_summary *sum, float *post, double logvar, char *err,
+                        size_t errlen) {
   for (uint32_t i = 0; i < n; i++) {
     uint32_t prompt = i % t->prompts;
     int ka = synth_draw_(t, r, prompt, a), kb = synth_draw_(t, r, prompt, b);
@@ -157,7 +181,7 @@ static int synth_pairs_(const synth_task *t, pref_writer *w, const char *split, 
       sum->train_expected_mislabelled += 1.0 / (1.0 + exp(fabs(diff)));
       sum->train_cross_mode += ka != kb;
     }
-    int rc = pref_writer_add_pair(w, split, a_wins ? a : b, a_wins ? b : a, prompt);
+    int rc = synth_add_(t, w, split, a_wins ? a : b, a_wins ? b : a, prompt, post, logvar);
     if (rc) {
       snprintf(err, errlen, "split %s pair %u: %s", split, i, pref_writer_last_error(w));
       return rc;
@@ -169,9 +193,10 @@ static int synth_pairs_(const synth_task *t, pref_writer *w, const char *split, 
 int synth_generate(const synth_params *p, const char *dir, synth_summary *summary, char *err, size_t errlen) {
   if (p->prompts == 0 || p->base_per_prompt == 0 || p->train_pairs == 0 || p->channels <= 0 || p->height <= 0 ||
       p->width <= 0 || p->text_len <= 0 || p->embed_dim <= 0 || !(p->mode_noise >= 0) || !(p->reward_scale >= 0) ||
-      (p->dtype != ST_F32 && p->dtype != ST_F16)) {
+      (p->dtype != ST_F32 && p->dtype != ST_F16) ||
+      (p->posterior && !(p->posterior_logvar >= -30 && p->posterior_logvar <= 20))) {
     snprintf(err, errlen, "synth: prompts, base samples, train pairs and shapes must be > 0, noise and reward "
-             "scale >= 0, dtype F16 or F32");
+             "scale >= 0, dtype F16 or F32, posterior logvar in [-30, 20]");
     return DPOD_EINVAL;
   }
   synth_summary sum_local;
@@ -184,9 +209,10 @@ int synth_generate(const synth_params *p, const char *dir, synth_summary *summar
   pref_writer *w = NULL;
   st_writer *sw = NULL;
   float *e = malloc(sizeof(float) * emb), *a = malloc(sizeof(float) * img), *b = malloc(sizeof(float) * img);
+  float *post = p->posterior ? malloc(sizeof(float) * img * 8) : NULL;
   t.modes = malloc(sizeof(float) * img * 2 * p->prompts);
   t.preferred = malloc(sizeof(int32_t) * p->prompts);
-  if (!e || !a || !b || !t.modes || !t.preferred) {
+  if (!e || !a || !b || !t.modes || !t.preferred || (p->posterior && !post)) {
     snprintf(err, errlen, "synth: out of memory");
     goto done;
   }
@@ -204,6 +230,8 @@ int synth_generate(const synth_params *p, const char *dir, synth_summary *summar
   wp.embed_dim = p->embed_dim;
   wp.latent_dtype = wp.embed_dtype = p->dtype;
   wp.pooled_dim = p->pooled_dim > 0 ? p->pooled_dim : 0;
+  wp.posterior = wp.posterior_flipped = p->posterior != 0;
+  wp.scaling_factor = SYNTH_SCALING_FACTOR;
   if ((rc = pref_writer_open(dir, &wp, &w, err, errlen)) != 0) goto done;
   /* Pooled embeddings from a stream of their own: the rest of the task is the same with or without. */
   float *pooled = NULL;
@@ -238,16 +266,17 @@ int synth_generate(const synth_params *p, const char *dir, synth_summary *summar
   for (uint32_t i = 0; i < p->prompts; i++) {
     for (uint32_t k = 0; k < p->base_per_prompt; k++) {
       synth_draw_(&t, &r, i, a);
-      if ((rc = pref_writer_add_pair(w, "base", a, a, i)) != 0) goto writer_error;
+      if ((rc = synth_add_(&t, w, "base", a, a, i, post, p->posterior_logvar)) != 0) goto writer_error;
       sum->base_samples++;
     }
   }
   dpo_rng_seed(&r, p->seed, SYNTH_STREAM_TRAIN);
-  if ((rc = synth_pairs_(&t, w, "train", p->train_pairs, &r, a, b, sum, err, errlen)) != 0) goto done;
+  if ((rc = synth_pairs_(&t, w, "train", p->train_pairs, &r, a, b, sum, post, p->posterior_logvar, err, errlen)) != 0) goto done;
   sum->train_pairs = p->train_pairs;
   dpo_rng_seed(&r, p->seed, SYNTH_STREAM_VALIDATION);
   if (p->validation_pairs &&
-      (rc = synth_pairs_(&t, w, "validation", p->validation_pairs, &r, a, b, sum, err, errlen)) != 0)
+      (rc = synth_pairs_(&t, w, "validation", p->validation_pairs, &r, a, b, sum, post, p->posterior_logvar, err,
+                                                   errlen)) != 0)
     goto done;
   sum->validation_pairs = p->validation_pairs;
 
@@ -290,5 +319,6 @@ done:
   free(e);
   free(a);
   free(b);
+  free(post);
   return rc;
 }

@@ -40,6 +40,12 @@ typedef struct {
   st_dtype dtype;                /* stored latents and embeddings: ST_F32 (default) or ST_F16 */
   int pooled_dim;                /* > 0: also N(0, I) pooled prompt embeddings of this width, for an
                                     SDXL-shaped model (0) */
+  int posterior;                 /* 1: also store VAE-style posteriors of every image (format version 2):
+                                    mean = latent / 0.18215 (SD 1.x's scaling factor), logvar
+                                    posterior_logvar everywhere, and flipped ones (the mean mirrored along
+                                    W), so a trainer drawing latents sees each image with noise
+                                    0.18215 exp(posterior_logvar / 2) around it (0) */
+  double posterior_logvar;       /* in [-30, 20] (-6: about 0.009 around each latent) */
 } synth_params;
 
 synth_params synth_default_params(void);

@@ -857,6 +857,32 @@ static void names_of_states_and_objectives(void **state) {
   assert_int_equal(job_state_parse("nope", &s), DPOD_EINVAL);
 }
 
+/* data.latents and data.random_flip (posterior datasets): spelled as enums and booleans, refused where
+ * there is nothing to draw from or drawing is switched off, each by name. */
+static void validate_bounds_latents_and_random_flip(void **state) {
+  (void)state;
+  assert_true(!spec->data->random_flip);
+  assert_int_equal(spec->data->latents, DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_AUTO);
+  refused_yaml("data: {latents: vae}\n", "data.latents");
+  refused_yaml("data: {random_flip: 2}\n", "data.random_flip");
+  set_ok("data.latents", "sample");
+  refused_validate(0, "data.latents:"); /* builtin:synthetic has no posteriors */
+  set_ok("data.latents", "auto");
+  set_ok("data.random_flip", "true");
+  refused_validate(0, "data.random_flip:");
+  set_ok("data.dataset", "/data/pairs");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  set_ok("data.latents", "frozen");
+  refused_validate(0, "data.random_flip:");
+  assert_err_has("frozen");
+  set_ok("data.latents", "LATENT_SOURCE_SAMPLE");
+  assert_int_equal(spec->data->latents, DPOD__V1__LATENT_SOURCE__LATENT_SOURCE_SAMPLE);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  /* What the wire can carry but a job file cannot spell. */
+  spec->data->latents = (Dpod__V1__LatentSource)7;
+  refused_validate(0, "data.latents:");
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(int argc, char **argv) {
@@ -890,6 +916,7 @@ int main(int argc, char **argv) {
       T(validate_refuses_each_bad_value),
       T(validate_refuses_long_name),
       T(validate_bounds_model_variant),
+      T(validate_bounds_latents_and_random_flip),
       T(validate_refuses_non_finite_numbers_and_overflowing_products),
       T(absolute_paths_join_relative_ones_onto_the_base),
       T(validate_refuses_strings_that_are_not_utf8),

@@ -136,6 +136,10 @@ typedef struct {
    * line, which every other line must share, and where that line is. */
   int line_form;                   /* -1 undecided, else DATASET_TIME_IDS_* */
   char line_form_where[4200];
+  /* VAE posteriors: image uid -> diffusers' latent_dist.parameters [2C, H, W] (mean; logvar). */
+  name_table post, post_flip;      /* --posteriors, --flipped-posteriors */
+  int has_post, has_post_flip, posterior_only; /* posterior_only: no --latents */
+  float *pbuf;                     /* [2 images][PREF_POST_KINDS][C, H, W] */
 } importer;
 
 typedef struct {
@@ -309,6 +313,72 @@ static int json_time_ids(const cJSON *row, const char *where, const char *key, f
   return 0;
 }
 
+/* Image uid's posterior in table t (`what` names its option) into im->pbuf at `slot` (mean, then logvar
+ * [C, H, W] each): a float tensor [2C, H, W] or [1, 2C, H, W], diffusers' `latent_dist.parameters`
+ * (mean in the first C channels, logvar in the rest). Without --latents the first one fixes the shape.
+ * Returns 1 if absent, 0 on success, -1 on a bad tensor (reported). */
+static int import_posterior(importer *im, const char *where, const name_table *t, const char *what, const char *uid,
+                            int slot) {
+  const st_tensor *x = name_table_get(t, uid);
+  if (!x) return 1;
+  const int lead = x->ndim == 4 && x->shape[0] == 1;
+  const int64_t *s = x->shape + lead;
+  if (!is_float_dtype(x->dtype) || x->ndim - lead != 3 || s[0] < 2 || s[0] % 2 || s[0] > 8192 || s[1] < 1 ||
+      s[2] < 1 || s[1] > 65536 || s[2] > 65536) {
+    fprintf(stderr, "dpo-tool import: %s: %s of image '%s' is %s with %d dims, expected a float [2C, H, W] (mean, "
+            "then logvar: diffusers' latent_dist.parameters)\n", where, what, uid, st_dtype_name(x->dtype), x->ndim);
+    return -1;
+  }
+  if (!im->C) {
+    im->C = (int)s[0] / 2;
+    im->H = (int)s[1];
+    im->W = (int)s[2];
+  }
+  if (s[0] != 2 * (int64_t)im->C || s[1] != im->H || s[2] != im->W) {
+    fprintf(stderr, "dpo-tool import: %s: %s of image '%s' is [%lld, %lld, %lld], expected [%d, %d, %d] (twice the "
+            "latent channels)\n", where, what, uid, (long long)s[0], (long long)s[1], (long long)s[2], 2 * im->C, im->H,
+            im->W);
+    return -1;
+  }
+  const size_t img = (size_t)im->C * im->H * im->W;
+  if (!im->pbuf && !(im->pbuf = malloc(sizeof(float) * img * 2 * PREF_POST_KINDS))) {
+    fprintf(stderr, "dpo-tool import: out of memory\n");
+    return -1;
+  }
+  float *both = im->pbuf + (size_t)slot * img;
+  st_to_f32(x, both);
+  for (size_t i = 0; i < 2 * img; i++)
+    if (i < img ? !isfinite(both[i]) : isnan(both[i])) {
+      fprintf(stderr, "dpo-tool import: %s: %s of image '%s' holds %g at element %zu (of its %s)\n", where, what,
+              uid, both[i], i % img, i < img ? "mean" : "logvar");
+      return -1;
+    }
+  return 0;
+}
+
+/* Both images' posteriors (and flipped ones) into im->pbuf, q[2] pointing at them: 0, 1 missing with
+ * --skip-missing (counted by the caller), -1 error (reported, a missing one without --skip-missing too). */
+static int import_posteriors(importer *im, const char *where, const char *win, const char *lose, pref_posterior q[2]) {
+  for (int k = 0; k < 2 * (1 + im->has_post_flip); k++) {
+    const int side = k & 1, f = k >> 1;
+    const char *uid = side ? lose : win, *opt = f ? "--flipped-posteriors" : "--posteriors";
+    int r = import_posterior(im, where, f ? &im->post_flip : &im->post, opt + 2, uid, side * PREF_POST_KINDS + 2 * f);
+    if (r < 0) return -1;
+    if (r == 1 && im->skip_missing) return 1;
+    if (r == 1) {
+      fprintf(stderr, "dpo-tool import: %s: no posterior of image '%s' in the %s files (--skip-missing skips such "
+              "pairs)\n", where, uid, opt);
+      return -1;
+    }
+  }
+  const size_t img = (size_t)im->C * im->H * im->W;
+  for (int side = 0; side < 2; side++) {
+    float *b = im->pbuf + (size_t)side * PREF_POST_KINDS * img;
+    q[side] = (pref_posterior){b, b + img, im->has_post_flip ? b + 2 * img : NULL, im->has_post_flip ? b + 3 * img : NULL};
+  }
+  return 0;
+}
+
 /* SDXL time ids on a pairs line: "time_ids" [6] for the pair (winner and loser alike), or
  * "image_0_time_ids" and "image_1_time_ids" [6] per image (swapped with their images when label_0 is 0).
  * One form for the whole import, fixed by the first labelled line, and not together with --time-ids
@@ -361,9 +431,9 @@ static int import_line_time_ids(importer *im, const cJSON *row, const char *wher
  * line_tl: the time ids the JSONL line gave (NULL: none, or they come from --time-ids files). */
 static int import_pair(importer *im, const char *where, const char *split, const char *caption, const char *win,
                        const char *lose, const float *line_tw, const float *line_tl, import_counts *c) {
-  int rw, rl = 0;
-  if ((rw = import_latent(im, where, win, 0)) < 0) return -1;
-  if (rw == 0 && (rl = import_latent(im, where, lose, 1)) < 0) return -1;
+  int rw = 0, rl = 0;
+  if (!im->posterior_only && (rw = import_latent(im, where, win, 0)) < 0) return -1;
+  if (!im->posterior_only && rw == 0 && (rl = import_latent(im, where, lose, 1)) < 0) return -1;
   if (rw == 1 || rl == 1) {
     if (!im->skip_missing) {
       fprintf(stderr, "dpo-tool import: %s: no latent named '%s' in the --latents files (--skip-missing skips "
@@ -372,6 +442,12 @@ static int import_pair(importer *im, const char *where, const char *split, const
     }
     c->missing++;
     return 1;
+  }
+  pref_posterior post[2];
+  int rq = im->has_post ? import_posteriors(im, where, win, lose, post) : 0;
+  if (rq != 0) {
+    c->missing += rq == 1;
+    return rq;
   }
   if (im->has_time_ids) {
     int rt = import_time_ids(im, where, win, lose);
@@ -425,6 +501,9 @@ static int import_pair(importer *im, const char *where, const char *split, const
       wp.embed_dim = im->D;
       wp.pooled_dim = im->has_pooled ? im->P : 0;
       wp.time_ids = form;
+      wp.posterior = im->has_post;
+      wp.posterior_flipped = im->has_post_flip;
+      wp.posterior_only = im->posterior_only;
       char err[1024];
       int rc = pref_writer_open(im->outdir, &wp, &im->out, err, sizeof err);
       if (rc) {
@@ -458,8 +537,10 @@ static int import_pair(importer *im, const char *where, const char *split, const
       return -1;
     }
   }
-  if (pref_writer_add_pair_time_ids(im->out, split, im->w, im->l, (uint32_t)(idx - 1), form ? im->tw : NULL,
-                                    form ? im->tl : NULL) != 0) {
+  if (pref_writer_add_pair_posterior(im->out, split, im->posterior_only ? NULL : im->w, im->posterior_only ? NULL : im->l,
+                                     (uint32_t)(idx - 1), form ? im->tw : NULL,
+                                     form ? im->tl : NULL, im->has_post ? &post[0] : NULL,
+                                     im->has_post ? &post[1] : NULL) != 0) {
     fprintf(stderr, "dpo-tool import: %s: %s\n", where, pref_writer_last_error(im->out));
     return -1;
   }
@@ -540,10 +621,14 @@ int tool_import_main(int argc, char **argv) {
       {"out", required_argument, NULL, 'o'},        {"dtype", required_argument, NULL, 'd'},
       {"shard-pairs", required_argument, NULL, 's'}, {"skip-missing", no_argument, NULL, 'k'},
       {"pooled", required_argument, NULL, 'P'},     {"time-ids", required_argument, NULL, 'T'},
+      {"posteriors", required_argument, NULL, 'Q'}, {"flipped-posteriors", required_argument, NULL, 'F'},
+      {"scaling-factor", required_argument, NULL, 'S'},
       {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
   };
   const char *lat[IMPORT_MAX_FILES], *emb[IMPORT_MAX_FILES], *pool[IMPORT_MAX_FILES], *tids[IMPORT_MAX_FILES];
   int nlat = 0, nemb = 0, npool = 0, ntids = 0;
+  const char *posts[IMPORT_MAX_FILES], *flips[IMPORT_MAX_FILES];
+  int npost = 0, nflip = 0;
   const char *pairs = NULL, *val = NULL, *outdir = NULL;
   pref_writer_params wp = pref_writer_default_params();
   importer im;
@@ -570,6 +655,23 @@ int tool_import_main(int argc, char **argv) {
         if (c == 'P') pool[npool++] = optarg;
         else tids[ntids++] = optarg;
         break;
+      case 'Q':
+      case 'F':
+        if (npost + nflip == IMPORT_MAX_FILES / 2) {
+          fprintf(stderr, "dpo-tool import: too many input files\n");
+          return 2;
+        }
+        if (c == 'Q') posts[npost++] = optarg;
+        else flips[nflip++] = optarg;
+        break;
+      case 'S':
+        if (parse_double("import", "--scaling-factor", optarg, 0, &wp.scaling_factor) != 0) return 2;
+        if (!(wp.scaling_factor > 0 && wp.scaling_factor <= 100)) {
+          fprintf(stderr, "dpo-tool import: --scaling-factor wants the VAE's, in (0, 100] (0.18215 for SD 1.x, "
+                  "0.13025 for SDXL), got '%s'\n", optarg);
+          return 2;
+        }
+        break;
       case 'p': pairs = optarg; break;
       case 'v': val = optarg; break;
       case 'o': outdir = optarg; break;
@@ -588,9 +690,15 @@ int tool_import_main(int argc, char **argv) {
       default: fprintf(stderr, "usage: dpo-tool import %s\n", TOOL_IMPORT_ARGS); return 2;
     }
   }
-  if (optind != argc || !nlat || !nemb || !pairs || !outdir) {
+  if (optind != argc || (!nlat && !npost) || !nemb || !pairs || !outdir || (nflip && !npost) ||
+      (npost && !wp.scaling_factor)) {
     if (optind != argc) fprintf(stderr, "dpo-tool import: unexpected argument '%s'\n", argv[optind]);
-    else fprintf(stderr, "dpo-tool import: --latents, --embeddings, --pairs and --out are required\n");
+    else if (nflip && !npost)
+      fprintf(stderr, "dpo-tool import: --flipped-posteriors needs --posteriors (of the unflipped images)\n");
+    else if (npost && !wp.scaling_factor)
+      fprintf(stderr, "dpo-tool import: --posteriors needs --scaling-factor, the VAE's (0.18215 for SD 1.x, 0.13025 "
+              "for SDXL)\n");
+    else fprintf(stderr, "dpo-tool import: --latents (or --posteriors), --embeddings, --pairs and --out are required\n");
     fprintf(stderr, "usage: dpo-tool import %s\n", TOOL_IMPORT_ARGS);
     return 2;
   }
@@ -607,6 +715,13 @@ int tool_import_main(int argc, char **argv) {
     if (import_map(&im, pool[i], &im.pooled) != 0) goto done;
   for (int i = 0; i < ntids; i++)
     if (import_map(&im, tids[i], &im.time_ids) != 0) goto done;
+  for (int i = 0; i < npost; i++)
+    if (import_map(&im, posts[i], &im.post) != 0) goto done;
+  for (int i = 0; i < nflip; i++)
+    if (import_map(&im, flips[i], &im.post_flip) != 0) goto done;
+  im.has_post = npost > 0;
+  im.has_post_flip = nflip > 0;
+  im.posterior_only = nlat == 0;
   im.has_pooled = npool > 0;
   im.has_time_ids = ntids > 0;
   im.line_form = -1;
@@ -667,6 +782,9 @@ int tool_import_main(int argc, char **argv) {
   if (im.has_time_ids) printf(", time ids per image");
   else if (im.line_form == DATASET_TIME_IDS_PAIR) printf(", time ids per pair (from the pairs files)");
   else if (im.line_form == DATASET_TIME_IDS_IMAGE) printf(", time ids per image (from the pairs files)");
+  if (im.has_post)
+    printf(", VAE posteriors%s (scaling factor %g)%s", im.has_post_flip ? " and flipped ones" : "", wp.scaling_factor,
+           im.posterior_only ? " and no frozen latents" : "");
   printf(" -> %s\n", outdir);
   status = 0;
 done:
@@ -679,6 +797,9 @@ done:
   name_table_free(&im.captions);
   name_table_free(&im.pooled);
   name_table_free(&im.time_ids);
+  name_table_free(&im.post);
+  name_table_free(&im.post_flip);
+  free(im.pbuf);
   free(im.pe);
   free(im.tw);
   free(im.tl);
@@ -732,7 +853,7 @@ static int synth_from_config(const char *path, synth_params *p) {
 
 int tool_synth_main(int argc, char **argv) {
   enum { O_OUT = 1, O_CONFIG, O_PROMPTS, O_BASE, O_TRAIN, O_VAL, O_SHAPE, O_TEXT, O_EMBED, O_NOISE, O_REWARD, O_SEED,
-         O_DTYPE };
+         O_DTYPE, O_POSTERIOR };
   static const struct option opts[] = {
       {"out", required_argument, NULL, O_OUT},           {"config", required_argument, NULL, O_CONFIG},
       {"prompts", required_argument, NULL, O_PROMPTS},   {"base-per-prompt", required_argument, NULL, O_BASE},
@@ -741,6 +862,7 @@ int tool_synth_main(int argc, char **argv) {
       {"embed-dim", required_argument, NULL, O_EMBED},   {"mode-noise", required_argument, NULL, O_NOISE},
       {"reward-scale", required_argument, NULL, O_REWARD}, {"seed", required_argument, NULL, O_SEED},
       {"dtype", required_argument, NULL, O_DTYPE},       {"help", no_argument, NULL, 'h'},
+      {"posterior-logvar", required_argument, NULL, O_POSTERIOR},
       {NULL, 0, NULL, 0},
   };
   synth_params p = synth_default_params();
@@ -788,6 +910,14 @@ int tool_synth_main(int argc, char **argv) {
         break;
       case O_DTYPE:
         if (parse_dtype("synth", optarg, &p.dtype)) return 2;
+        break;
+      case O_POSTERIOR:
+        if (parse_double("synth", "--posterior-logvar", optarg, -30, &p.posterior_logvar)) return 2;
+        if (p.posterior_logvar > 20) {
+          fprintf(stderr, "dpo-tool synth: --posterior-logvar wants a number in [-30, 20], got '%s'\n", optarg);
+          return 2;
+        }
+        p.posterior = 1;
         break;
       case 'h': printf("usage: dpo-tool synth %s\n  %s\n", TOOL_SYNTH_ARGS, TOOL_SYNTH_SUMMARY); return 0;
       default: fprintf(stderr, "usage: dpo-tool synth %s\n", TOOL_SYNTH_ARGS); return 2;

@@ -23,12 +23,12 @@ int tool_export_main(int argc, char **argv); /* tool_export.c, torch-free too */
 #define TOOL_IMPORT_ARGS                                                                                   \
   "--latents F.safetensors... --embeddings F.safetensors... --pairs train.jsonl [--validation val.jsonl] " \
   "--out DIR [--pooled F.safetensors...] [--time-ids F.safetensors...] [--dtype f16|f32] [--shard-pairs N] "     \
-  "[--skip-missing]"
+  "[--skip-missing] [--posteriors F.safetensors... --scaling-factor S [--flipped-posteriors F.safetensors...]]"
 #define TOOL_IMPORT_SUMMARY "build a preference dataset from Pick-a-Pic-style pairs and precomputed latents/embeddings"
 #define TOOL_SYNTH_ARGS                                                                                 \
   "--out DIR [--config config.json] [--prompts P] [--base-per-prompt K] [--train-pairs N] "            \
   "[--validation-pairs N] [--latent-shape CxHxW] [--text-len L] [--embed-dim D] [--mode-noise S] "     \
-  "[--reward-scale S] [--seed S] [--dtype f32|f16]"
+  "[--reward-scale S] [--seed S] [--dtype f32|f16] [--posterior-logvar L]"
 #define TOOL_SYNTH_SUMMARY "write the synthetic two-mode preference task (base samples, train, validation)"
 #define TOOL_SAMPLE_ARGS                                                                                \
   "--checkpoint DIR --dataset DIR --out latents.safetensors [--split validation] [--prompts N] "        \
