@@ -12,9 +12,16 @@ if [ "${1:-}" = --lora ]; then
   files=(pytorch_lora_weights.safetensors lora_adapters.safetensors optimizer.safetensors)
   lora=(--set train.lora.rank=4 --set train.lora.alpha=8 --set train.learning_rate=1e-3)
 fi
+# With --adafactor: Adafactor's factored moments and step count (its beta2 schedule) resume exactly too,
+# under a cosine schedule with warmup that crosses the resume point, and the hinge loss.
+optim=()
+if [ "${1:-}" = --adafactor ]; then
+  optim=(--set train.optimizer=adafactor --set train.lr_scheduler=cosine --set train.warmup_steps=3
+        --set train.loss=hinge)
+fi
 "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=8 \
   --set train.checkpoint_every=4 --set train.keep_last=3 --set train.batch_size=8 --set data.pairs=64 \
-  --set train.learning_rate=1e-4 "${lora[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
+  --set train.learning_rate=1e-4 "${lora[@]}" "${optim[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
 
 run_job() {  # run_job RUN_DIR: a 2-rank job in a session of its own; returns mpirun's status
   mkdir -p "$1/tmp"
@@ -62,4 +69,10 @@ if [ ${#lora[@]} -gt 0 ]; then
     || it_fail "the checkpoint's LoRA file differs in names or shapes from diffusers' save_lora_weights"
   [ "$(names "$ck/pytorch_lora_weights.safetensors" | wc -l)" = 64 ] || it_fail "the LoRA file does not hold 64 tensors"
 fi
-echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]}"
+if [ "${1:-}" = --adafactor ]; then
+  grep -q "hinge loss, beta 5000, cosine lr .*, adafactor," "$T/straight.log" \
+    || it_fail "the run did not train with hinge, cosine and adafactor: $(grep -m1 training "$T/straight.log")"
+  "$TOOL_BIN" inspect "$T/straight/checkpoints/step-000008/optimizer.safetensors" | grep -q dpod-adafactor \
+    || it_fail "optimizer.safetensors does not hold Adafactor's state"
+fi
+echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]} ${optim[*]}"
