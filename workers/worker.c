@@ -206,6 +206,9 @@ typedef struct {
   uint64_t global_batch;     /* pairs per optimizer step over all ranks */
   double peak_lr;
   uint32_t warmup_steps;
+  dpo_loss_kind loss;        /* train.loss */
+  dpo_lr_kind lr_kind;       /* train.lr_scheduler */
+  unet_adafactor_t adafactor; /* train.optimizer adafactor; NULL: AdamW (its state is in the policy) */
   size_t *batch_pairs;       /* [B]: the pairs of the micro-batch being filled */
   uint64_t *batch_keys;      /* [B]: their RNG keys */
   /* Micro-batch buffers: up to 2B images (winners then losers). */
@@ -452,6 +455,12 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   tr->warmup_steps = tr->train->warmup_fraction > 0
                          ? (uint32_t)llround(tr->train->warmup_fraction * tr->train->steps)
                          : tr->train->warmup_steps;
+  /* job_spec_validate has checked the names; their indexes are the enums' values (job_spec.h). */
+  tr->loss = (dpo_loss_kind)job_spec_loss_index(tr->train->loss);
+  tr->lr_kind = (dpo_lr_kind)job_spec_lr_scheduler_index(tr->train->lr_scheduler);
+  if (job_spec_optimizer_index(tr->train->optimizer) == 1 &&
+      unet_adafactor_new(tr->policy, &tr->adafactor, err, sizeof err) != 0)
+    worker_die("train.optimizer adafactor: %s", err);
 
   size_t n = 2 * (size_t)b;
   tr->x0 = alloc_array(n * tr->img, sizeof(float));
@@ -546,7 +555,7 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
     worker_die("policy forward: %s", unet_last_error(tr->policy));
   if (tr->dpo) {
     reference_forward(tr, n, h, w, L, tr->mse_ref, NULL);
-    dpo_loss(b, tr->mse_policy, tr->mse_ref, tr->train->beta, scale, sums, NULL, tr->grad_mse);
+    dpo_pref_loss(tr->loss, b, tr->mse_policy, tr->mse_ref, tr->train->beta, scale, sums, NULL, tr->grad_mse);
   } else {
     sft_loss(b, tr->mse_policy, NULL, scale, sums, tr->grad_mse);
   }
@@ -600,23 +609,33 @@ static void report_pruned(uint32_t step, const char *dir, void *arg) {
   report(tr, &ev);
 }
 
-/* Writes optimizer.safetensors: the AdamW moments over the flat parameter buffer and the step count. */
+/* The optimizer's state as ckpt_optimizer describes it: AdamW's moments over the flat parameter buffer,
+ * or Adafactor's factored moments; the buffers are the optimizer's own. */
+static void optimizer_state(trainer *tr, ckpt_optimizer *o) {
+  memset(o, 0, sizeof *o);
+  if (tr->adafactor) {
+    o->format = "dpod-adafactor";
+    o->num_tensors = 1;
+    o->names[0] = "state";
+    if (unet_adafactor_state(tr->adafactor, &o->data[0], &o->numel[0], &o->step) != 0)
+      worker_die("%s", unet_adafactor_last_error(tr->adafactor));
+    return;
+  }
+  o->format = "dpod-adamw";
+  o->num_tensors = 2;
+  o->names[0] = "exp_avg";
+  o->names[1] = "exp_avg_sq";
+  if (unet_adamw_state(tr->policy, &o->data[0], &o->data[1], &o->numel[0], &o->step) != 0)
+    worker_die("%s", unet_last_error(tr->policy));
+  o->numel[1] = o->numel[0];
+}
+
+/* Writes optimizer.safetensors: the optimizer's state and its step count. */
 static void save_optimizer(trainer *tr, const char *dir) {
-  float *m = NULL, *v = NULL;
-  size_t n = 0;
-  uint64_t adam_step = 0;
-  if (unet_adamw_state(tr->policy, &m, &v, &n, &adam_step) != 0) worker_die("%s", unet_last_error(tr->policy));
-  char path[4200], step_text[32], err[512];
-  snprintf(path, sizeof path, "%s/%s", dir, CKPT_OPTIMIZER);
-  snprintf(step_text, sizeof step_text, "%llu", (unsigned long long)adam_step);
-  int64_t shape[1] = {(int64_t)n};
-  st_writer *w = st_writer_new();
-  if (!w || st_writer_add(w, "exp_avg", ST_F32, 1, shape, m) != 0 ||
-      st_writer_add(w, "exp_avg_sq", ST_F32, 1, shape, v) != 0 || st_writer_set_metadata(w, "format", "dpod-adamw") != 0 ||
-      st_writer_set_metadata(w, "step", step_text) != 0)
-    worker_die("out of memory");
-  if (st_writer_write(w, path, NULL, err, sizeof err) != 0) worker_die("%s", err);
-  st_writer_free(w);
+  ckpt_optimizer o;
+  char err[4400];
+  optimizer_state(tr, &o);
+  if (ckpt_write_optimizer(dir, &o, err, sizeof err) != 0) worker_die("%s", err);
 }
 
 /* A LoRA checkpoint's weights: pytorch_lora_weights.safetensors as diffusers' save_lora_weights writes it
@@ -705,25 +724,13 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
   if ((tr->lora ? unet_lora_load(tr->policy, path) : unet_load_weights(tr->policy, path)) != 0)
     worker_die("resume: %s", unet_last_error(tr->policy));
 
-  float *m = NULL, *v = NULL;
-  size_t n = 0;
-  uint64_t adam_step = 0;
-  if (unet_adamw_state(tr->policy, &m, &v, &n, &adam_step) != 0) worker_die("%s", unet_last_error(tr->policy));
-  snprintf(path, sizeof path, "%s/%s", dir, CKPT_OPTIMIZER);
-  st_file *f = NULL;
-  if (st_open(path, &f, err, sizeof err) != 0) worker_die("resume: %s", err);
-  const st_tensor *tm = st_find(f, "exp_avg"), *tv = st_find(f, "exp_avg_sq");
-  const char *saved_step = st_metadata(f, "step");
-  if (!tm || !tv || !saved_step || tm->dtype != ST_F32 || tv->dtype != ST_F32 || tm->numel != (int64_t)n ||
-      tv->numel != (int64_t)n)
-    worker_die("resume: %s does not hold F32 exp_avg and exp_avg_sq of %zu elements and a step", path, n);
-  memcpy(m, tm->data, n * sizeof(float));
-  memcpy(v, tv->data, n * sizeof(float));
-  uint64_t saved;
-  if (dpod_parse_u64(saved_step, UINT32_MAX, &saved) != 0)
-    worker_die("resume: %s: its step metadata is not a step count", path);
-  if (unet_adamw_set_step(tr->policy, saved) != 0) worker_die("%s", unet_last_error(tr->policy));
-  st_close(f);
+  ckpt_optimizer o;
+  optimizer_state(tr, &o);
+  int rc = ckpt_read_optimizer(dir, &o, err, sizeof err);
+  if (rc == DPOD_EFORMAT && strstr(err, "train.optimizer")) worker_die_input("resume: %s", err);
+  if (rc != 0) worker_die("resume: %s", err);
+  if (tr->adafactor ? unet_adafactor_set_step(tr->adafactor, o.step) != 0 : unet_adamw_set_step(tr->policy, o.step) != 0)
+    worker_die("resume: the optimizer's step count %" PRIu64 " was refused", o.step);
   if (g_rank == 0) log_info("resumed from %s (step %u)", dir, step);
   return step;
 }
@@ -755,7 +762,7 @@ static void eval_pairs_chunk(trainer *tr, const size_t *pairs, const uint64_t *k
   pred_mse(tr, 2 * k, tr->mse_policy);
   reference_forward(tr, 2 * k, h, w, L, NULL, tr->pred);
   pred_mse(tr, 2 * k, tr->mse_ref);
-  dpo_loss(k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
+  dpo_pref_loss(tr->loss, k, tr->mse_policy, tr->mse_ref, tr->train->beta, 0.0, sums, NULL, NULL);
 }
 
 static int eval_model(void *ctx, int n, const float *x_t, const float *t, const float *ehs, const float *text_embeds,
@@ -921,6 +928,9 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
   opt.eps = tr->train->adam_eps;
   opt.weight_decay = tr->train->weight_decay;
   opt.max_grad_norm = tr->train->max_grad_norm;
+  unet_adafactor_params af = unet_adafactor_default_params(); /* the reference script's SDXL settings */
+  af.weight_decay = tr->train->weight_decay;
+  af.max_grad_norm = tr->train->max_grad_norm;
 
   if (g_rank == 0) {
     Dpod__V1__WorkerStarted st = DPOD__V1__WORKER_STARTED__INIT;
@@ -934,9 +944,10 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     ev.started = &st;
     report(tr, &ev);
     log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %" PRIu64 " pairs per step, "
-             "%zu parameters, beta %g, lr %g (warmup %u steps), BLAS kernels %s",
+             "%zu parameters, %s loss, beta %g, %s lr %g (warmup %u steps), %s, BLAS kernels %s",
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
-             tr->train->beta, tr->peak_lr, tr->warmup_steps, blas_select_corename());
+             tr->dpo ? dpo_loss_kind_name(tr->loss) : "sft", tr->train->beta, dpo_lr_kind_name(tr->lr_kind),
+             tr->peak_lr, tr->warmup_steps, tr->adafactor ? "adafactor" : "adamw", blas_select_corename());
     if (tr->lora) {
       unet_lora_info li;
       unet_lora_get_info(tr->policy, &li);
@@ -984,9 +995,14 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     }
     if (!isfinite(red[0])) worker_die("step %u: the loss is not finite (%g)", step, red[0]);
 
-    opt.lr = dpo_lr_at(tr->peak_lr, tr->warmup_steps, step);
+    opt.lr = dpo_lr_schedule_at(tr->lr_kind, tr->peak_lr, tr->warmup_steps, steps, step);
     double gnorm = 0;
-    if (unet_adamw_step(tr->policy, &opt, &gnorm) != 0) worker_die("optimizer: %s", unet_last_error(tr->policy));
+    if (tr->adafactor) {
+      af.lr = opt.lr;
+      if (unet_adafactor_step(tr->policy, tr->adafactor, &af, &gnorm) != 0)
+        worker_die("optimizer: %s", unet_adafactor_last_error(tr->adafactor));
+    } else if (unet_adamw_step(tr->policy, &opt, &gnorm) != 0)
+      worker_die("optimizer: %s", unet_last_error(tr->policy));
     double dt = now_seconds() - t0;
     if (step > start_step + 1) { /* the first step warms caches and allocators up */
       timing.step += dt;
@@ -1049,6 +1065,7 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
 }
 
 static void trainer_free(trainer *tr) {
+  unet_adafactor_free(tr->adafactor);
   unet_free(tr->policy);
   unet_free(tr->ref);
   dpo_schedule_free(&tr->sched);

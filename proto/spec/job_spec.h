@@ -30,6 +30,14 @@ Dpod__V1__JobSpec *job_spec_new(void);
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen);
 /* job_spec_validate's checks of train.lora (job_spec_lora.c). */
 int job_spec_validate_lora_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
+/* job_spec_validate's checks of train.loss, train.lr_scheduler and train.optimizer (job_spec_optim.c). */
+int job_spec_validate_optim_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
+/* The index of a valid train.loss ("sigmoid" 0, "hinge" 1, "ipo" 2: dpo_loss_kind), train.lr_scheduler
+ * ("constant_with_warmup" 0, "cosine" 1, "linear" 2: dpo_lr_kind) or train.optimizer ("adamw" 0,
+ * "adafactor" 1); -1 for any other string or NULL. */
+int job_spec_loss_index(const char *name);
+int job_spec_lr_scheduler_index(const char *name);
+int job_spec_optimizer_index(const char *name);
 
 /* Makes every relative path the spec names (model.config, model.weights, model.reference_weights,
  * model.scheduler_config, data.dataset) absolute against `base` (an absolute directory, e.g. the

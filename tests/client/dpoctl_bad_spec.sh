@@ -31,6 +31,10 @@ expect 2 "data.pairs" submit "$data/string-for-int.yaml"
 expect 2 "'train'" submit "$data/scalar-for-section.yaml"
 expect 2 "train.warmup_fraction" submit "$example" --set train.warmup_fraction=1.0
 expect 2 "ranks" submit "$example" --set ranks=-2
+expect 2 "train.loss: unknown loss 'dpo'" submit "$example" --set train.loss=dpo
+expect 2 "train.lr_scheduler" submit "$example" --set train.lr_scheduler=constant
+expect 2 "train.optimizer" submit "$example" --set train.optimizer=sgd
+expect 2 "train.adam_beta2" submit "$example" --set train.optimizer=adafactor --set train.adam_beta2=0.99
 expect 2 "train.stepz" submit "$example" --set train.stepz=3
 expect 2 "KEY=VALUE" submit "$example" --set train.steps
 expect 2 "cannot open" submit "$data/no-such-file.yaml"
@@ -39,7 +43,8 @@ expect 2 "unknown option" submit "$example" --bogus
 expect 3 "cannot reach dpod" submit "$example"
 # --dry-run prints the normalized spec and connects to nothing.
 if "$dpoctl" --addr "$addr" submit "$example" --dry-run --set train.beta=2000 >"$tmp/out" 2>"$tmp/err" &&
-  grep -q "beta: 2000" "$tmp/out" && grep -q "keep_last:" "$tmp/out"; then
+  grep -q "beta: 2000" "$tmp/out" && grep -q "keep_last:" "$tmp/out" && grep -q "loss: \"sigmoid\"" "$tmp/out" &&
+  grep -q "lr_scheduler: \"constant_with_warmup\"" "$tmp/out" && grep -q "optimizer: \"adamw\"" "$tmp/out"; then
   echo "ok: --dry-run"
 else
   echo "FAIL: --dry-run"; cat "$tmp/out" "$tmp/err"; failures=$((failures + 1))

@@ -23,6 +23,10 @@ if [ "${1:-}" = --posterior ]; then
     --posterior-logvar -2 >/dev/null || it_fail "dpo-tool synth --posterior-logvar failed"
   post=(--set data.dataset="$T/post" --set data.random_flip=true)
 fi
+# With --adafactor: Adafactor on the all-reduced gradients, with the ipo loss and a linear schedule.
+if [ "${1:-}" = --adafactor ]; then
+  lora=(--set train.optimizer=adafactor --set train.loss=ipo --set train.lr_scheduler=linear)
+fi
 
 spec() {  # spec NAME --set ... : a YAML job file for a standalone run
   local name=$1
@@ -57,7 +61,7 @@ if [ ${#post[@]} -gt 0 ]; then
 fi
 grep -q "calls of at most 1000 floats" "$T/accum.log" || it_fail "the accumulation run did not take DPOD_MPI_CHUNK_FLOATS"
 # to_q, to_v, to_out.0 of the 8 attentions (4 transformer blocks) and their 4 feed-forward outputs ff.net.2.
-if [ ${#lora[@]} -gt 0 ] && ! grep -q "LoRA rank 4, alpha 4: 28 adapted layers" "$T/one.log"; then
+if [ "${1:-}" = --lora ] && ! grep -q "LoRA rank 4, alpha 4: 28 adapted layers" "$T/one.log"; then
   it_fail "unexpected adapters: $(grep -m1 LoRA "$T/one.log")"
 fi
 
@@ -75,4 +79,7 @@ for r in two accum; do
   awk -v a="$(loss one)" -v b="$(loss $r)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-3 * a) }' \
     || it_fail "the reported loss of $r ($(loss $r)) differs from one rank's ($(loss one))"
 done
+if [ "${1:-}" = --adafactor ] && ! grep -q "ipo loss, beta 5000, linear lr .*, adafactor," "$T/one.log"; then
+  it_fail "the run did not train with ipo, linear and adafactor: $(grep -m1 training "$T/one.log")"
+fi
 echo "PASS: 1x4, 2x2 and 2x1x2 agree within 1e-5 ${lora[*]} ${1:-}"

@@ -20,9 +20,16 @@ if [ "${1:-}" = --posterior ]; then
     --posterior-logvar -2 >/dev/null || it_fail "dpo-tool synth --posterior-logvar failed"
   post=(--set data.dataset="$T/post" --set data.random_flip=true)
 fi
+# With --adafactor: Adafactor's factored moments and step count (its beta2 schedule) resume exactly too,
+# under a cosine schedule with warmup that crosses the resume point, and the hinge loss.
+optim=()
+if [ "${1:-}" = --adafactor ]; then
+  optim=(--set train.optimizer=adafactor --set train.lr_scheduler=cosine --set train.warmup_steps=3
+        --set train.loss=hinge)
+fi
 "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=8 \
   --set train.checkpoint_every=4 --set train.keep_last=3 --set train.batch_size=8 --set data.pairs=64 \
-  --set train.learning_rate=1e-4 "${lora[@]}" "${post[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
+  --set train.learning_rate=1e-4 "${lora[@]}" "${post[@]}" "${optim[@]}" >"$T/job.yaml" || it_fail "dpoctl --dry-run failed"
 
 run_job() {  # run_job RUN_DIR: a 2-rank job in a session of its own; returns mpirun's status
   mkdir -p "$1/tmp"
@@ -74,4 +81,10 @@ if [ ${#post[@]} -gt 0 ]; then
   grep -q "latents: drawn from the VAE posteriors every step, each image flipped with probability 1/2" "$T/straight.log" \
     || it_fail "the run did not draw its latents from the posteriors"
 fi
-echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]} ${1:-}"
+if [ "${1:-}" = --adafactor ]; then
+  grep -q "hinge loss, beta 5000, cosine lr .*, adafactor," "$T/straight.log" \
+    || it_fail "the run did not train with hinge, cosine and adafactor: $(grep -m1 training "$T/straight.log")"
+  "$TOOL_BIN" inspect "$T/straight/checkpoints/step-000008/optimizer.safetensors" | grep -q dpod-adafactor \
+    || it_fail "optimizer.safetensors does not hold Adafactor's state"
+fi
+echo "PASS: 8 straight steps == 4 + SIGKILL + resume + 4, bit for bit ${lora[*]} ${optim[*]} ${1:-}"

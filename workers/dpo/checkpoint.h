@@ -3,7 +3,8 @@
  * A checkpoint is RUN_DIR/checkpoints/step-NNNNNN/ holding
  *   diffusion_pytorch_model.safetensors, config.json   rank 0: the policy, loadable by diffusers
  *   (with LoRA instead: pytorch_lora_weights.safetensors and lora_adapters.safetensors, the adapters)
- *   optimizer.safetensors                              rank 0: AdamW moments and step count
+ *   optimizer.safetensors                              rank 0: the optimizer's state (AdamW moments or
+ *                                                      Adafactor's factored moments) and step count
  *   scheduler_config.json                              rank 0: the noise schedule trained with
  *   rank-NNNNN.json                                    every rank: world size, rank, step, data position
  *   dpod_provenance.json                               rank 0: versions, spec, dataset hash, the step's
@@ -39,6 +40,29 @@ typedef struct {
   uint64_t data_position;   /* global sampler position of the next pair */
   uint64_t seed;            /* train.seed the run was started with */
 } ckpt_rank_state;
+
+/* optimizer.safetensors: flat F32 tensors and, in the metadata, "format" (the kind of state: "dpod-adamw"
+ * holds exp_avg and exp_avg_sq, "dpod-adafactor" holds state, row and column means tensor after tensor),
+ * "format_version" (CKPT_OPTIM_VERSION; files written before it have none and read as version 1) and
+ * "step". */
+#define CKPT_OPTIM_VERSION 1
+#define CKPT_OPTIM_MAX_TENSORS 4
+typedef struct {
+  const char *format;                          /* "dpod-adamw", "dpod-adafactor" */
+  uint64_t step;                               /* optimizer steps taken (bias correction, beta2 schedule) */
+  size_t num_tensors;                          /* 1..CKPT_OPTIM_MAX_TENSORS */
+  const char *names[CKPT_OPTIM_MAX_TENSORS];
+  float *data[CKPT_OPTIM_MAX_TENSORS];         /* [numel[i]] each, the caller's */
+  size_t numel[CKPT_OPTIM_MAX_TENSORS];
+} ckpt_optimizer;
+
+/* Writes DIR/optimizer.safetensors (temporary name, fsync, rename) from o's buffers. */
+int ckpt_write_optimizer(const char *dir, const ckpt_optimizer *o, char *err, size_t errlen);
+
+/* Reads DIR/optimizer.safetensors into o's buffers and o->step. Refused, naming the file: another format
+ * (the run changed train.optimizer), a newer format_version, a missing tensor, a dtype other than F32 or
+ * a size other than o->numel[i], a step that is not a count. Nothing is written to o on failure. */
+int ckpt_read_optimizer(const char *dir, ckpt_optimizer *o, char *err, size_t errlen);
 
 /* "RUN_DIR/checkpoints/step-NNNNNN" (complete) and the ".partial" twin, into buf. */
 void ckpt_dir(const char *run_dir, uint32_t step, int partial, char *buf, size_t len);

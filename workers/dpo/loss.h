@@ -33,6 +33,26 @@ typedef struct {
 void dpo_loss(int n, const float *model_mse, const float *ref_mse, double beta, double grad_scale,
               dpo_loss_sums *sums, float *inside, float *grad_model_mse);
 
+/* The preference losses train.loss chooses (all with the inside term above, in our beta convention:
+ * inside = -beta/2 * d, d = (mw - ml) - (rw - rl); diffusers' example writes beta_dpo * (ref_diff -
+ * model_diff), so its beta_dpo is our beta / 2). Let h = -d / 2 = inside / beta: the implied log-likelihood
+ * ratio margin, with the 1/2 of the Gaussian log-likelihood, so that sigmoid is DPO's -logsigmoid(beta h).
+ *   DPO_LOSS_SIGMOID  -logsigmoid(inside)                      (dpo_loss; saturated: |inside| > 10)
+ *   DPO_LOSS_HINGE    relu(1 - inside)                         diffusers' relu(1 - beta_dpo * logits)
+ *                                                              restated; saturated: inside >= 1 (no gradient)
+ *   DPO_LOSS_IPO      (h - 1/(2 tau))^2 with tau = beta        the IPO paper's loss on h = (inside / beta);
+ *                     = (inside - 1/2)^2 / beta^2              never saturated (saturated_sum stays 0)
+ * diffusers' ipo branch reads an undefined args.beta; read as beta_dpo it would be (2h - 1/beta)^2, which is 4x
+ * ours: the same minimiser, gradients 4x as large. */
+typedef enum { DPO_LOSS_SIGMOID = 0, DPO_LOSS_HINGE = 1, DPO_LOSS_IPO = 2 } dpo_loss_kind;
+
+/* "sigmoid", "hinge", "ipo"; "?" otherwise. Static storage. */
+const char *dpo_loss_kind_name(dpo_loss_kind kind);
+
+/* dpo_loss with the loss `kind`: the same sums (loss_sum the chosen loss), inside and grad_model_mse. */
+void dpo_pref_loss(dpo_loss_kind kind, int n, const float *model_mse, const float *ref_mse, double beta,
+                   double grad_scale, dpo_loss_sums *sums, float *inside, float *grad_model_mse);
+
 /* SFT baseline: the plain denoising loss on winners only; model_mse is [n] (winners only) and ref_mse may
  * be NULL. grad_model_mse [n] = grad_scale. */
 void sft_loss(int n, const float *model_mse, const float *ref_mse, double grad_scale, dpo_loss_sums *sums,

@@ -145,6 +145,63 @@ int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, u
 /* Sets the step count a resumed run continues from (the next unet_adamw_step takes step + 1). */
 int unet_adamw_set_step(unet_t m, uint64_t step);
 
+/* ---- Adafactor ----
+ * transformers' Adafactor as the reference script uses it for SDXL (lr given, scale_parameter,
+ * relative_step and warmup_init off, no first moment), after the same global-norm clip as
+ * unet_adamw_step (adafactor.cpp). It works per parameter tensor, since its second moments are factored:
+ * a tensor of >= 2 dimensions [..., R, C] keeps a row mean [..., R] and a column mean [..., C], a 1-D one a
+ * full second moment. The optimizer is a handle of its own over a layout of tensors in a flat buffer;
+ * unet_adafactor_new takes the model's layout (its LoRA adapters' once LoRA is enabled). */
+
+typedef struct unet_adafactor *unet_adafactor_t;
+
+typedef struct {
+  double lr;              /* learning rate of this step (no parameter scaling, no relative step) */
+  double weight_decay;    /* p -= lr * weight_decay * p, before the update is subtracted */
+  double max_grad_norm;   /* clip the global gradient norm to this first; <= 0 disables */
+  double clip_threshold;  /* the update's RMS is clipped to this (1.0) */
+  double decay_rate;      /* beta2 at step t is 1 - t^decay_rate (-0.8) */
+  double eps1;            /* added to the squared gradient (1e-30) */
+} unet_adafactor_params;
+
+unet_adafactor_params unet_adafactor_default_params(void);
+
+/* One parameter tensor of a flat float32 buffer: element offset and shape. */
+typedef struct {
+  size_t offset;
+  int ndim;          /* 1..8 */
+  int64_t shape[8];
+} unet_tensor_layout;
+
+/* An optimizer over `num_tensors` tensors of a flat buffer of `num_elements` floats; the tensors must
+ * not overlap and must lie inside it (refused with err set otherwise). The layout is copied. On success
+ * *out is the caller's: free with unet_adafactor_free(). */
+int unet_adafactor_create(const unet_tensor_layout *tensors, size_t num_tensors, size_t num_elements,
+                          unet_adafactor_t *out, char *err, size_t errlen);
+/* unet_adafactor_create over what `m` trains: its LoRA adapters (unet_lora_param_at) if LoRA is enabled,
+ * else every parameter (unet_param_at). Enable LoRA first. */
+int unet_adafactor_new(unet_t m, unet_adafactor_t *out, char *err, size_t errlen);
+void unet_adafactor_free(unet_adafactor_t a);
+/* The message of the last failed call on this handle; "" if none. Valid until the next call. */
+const char *unet_adafactor_last_error(unet_adafactor_t a);
+
+/* One step on w [n] with gradient g [n] (n the layout's num_elements): the global norm of g (written to
+ * *grad_norm, may be NULL) in double, g scaled in place by max_grad_norm / (norm + 1e-6) when that is
+ * below 1, then Adafactor. A non-finite norm changes nothing and returns DPOD_ENUMERIC. */
+int unet_adafactor_update(unet_adafactor_t a, const unet_adafactor_params *p, float *w, float *g, size_t n,
+                          double *grad_norm);
+/* unet_adafactor_update on the model's trainable buffers (unet_param_buffer/unet_grad_buffer, or the
+ * adapters'); errors are the optimizer's (unet_adafactor_last_error). CPU only. */
+int unet_adafactor_step(unet_t m, unet_adafactor_t a, const unet_adafactor_params *p, double *grad_norm);
+
+/* The state, for checkpoints: *state [*n] holds, tensor after tensor in layout order, the row then the
+ * column means of a factored tensor or the second moment of a 1-D one; *step the steps taken. The buffer
+ * is the handle's (zero before the first step) and may be overwritten between steps; any output may be
+ * NULL. */
+int unet_adafactor_state(unet_adafactor_t a, float **state, size_t *n, uint64_t *step);
+/* Sets the step count a resumed run continues from (the next update takes step + 1). */
+int unet_adafactor_set_step(unet_adafactor_t a, uint64_t step);
+
 /* ---- LoRA ----
  * Low-rank adapters on Linear layers, as peft adds them for diffusers: an adapted layer computes
  * W x + b + (alpha / rank) * up(down(x)), down [rank, in], up [out, rank]. Once enabled, the adapters are

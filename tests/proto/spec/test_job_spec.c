@@ -814,6 +814,61 @@ static void validate_refuses_each_bad_lora_value(void **state) {
   refused_validate(0, "train.lora.alpha:");
 }
 
+/* train.loss, train.lr_scheduler and train.optimizer: defaults, each name accepted, anything else refused by
+ * key (a long value quoted only in part), a preference loss refused with sft, Adam settings refused with
+ * adafactor, and the values written back. */
+static void validate_bounds_loss_lr_scheduler_and_optimizer(void **state) {
+  (void)state;
+  assert_string_equal(spec->train->loss, "sigmoid");
+  assert_string_equal(spec->train->lr_scheduler, "constant_with_warmup");
+  assert_string_equal(spec->train->optimizer, "adamw");
+  static const struct {
+    const char *key, *value, *key2, *value2, *prefix;
+  } bad[] = {
+      {"train.loss", "dpo", NULL, NULL, "train.loss:"},
+      {"train.loss", "Sigmoid", NULL, NULL, "train.loss:"},
+      {"train.loss", "", NULL, NULL, "train.loss:"},
+      {"train.loss", "hinge", "train.objective", "sft", "train.loss:"},
+      {"train.lr_scheduler", "constant", NULL, NULL, "train.lr_scheduler:"},
+      {"train.lr_scheduler", "cosine_with_restarts", NULL, NULL, "train.lr_scheduler:"},
+      {"train.optimizer", "adam", NULL, NULL, "train.optimizer:"},
+      {"train.optimizer", "adafactor", "train.adam_beta1", "0.8", "train.adam_beta1:"},
+      {"train.optimizer", "adafactor", "train.adam_beta2", "0.99", "train.adam_beta2:"},
+      {"train.optimizer", "adafactor", "train.adam_eps", "1e-6", "train.adam_eps:"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    Dpod__V1__JobSpec *saved = spec;
+    spec = job_spec_new();
+    set_ok(bad[i].key, bad[i].value);
+    if (bad[i].key2) set_ok(bad[i].key2, bad[i].value2);
+    refused_validate(0, bad[i].prefix);
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    spec = saved;
+  }
+  char longname[200];
+  memset(longname, 'x', sizeof longname - 1);
+  longname[sizeof longname - 1] = '\0';
+  set_ok("train.optimizer", longname);
+  refused_validate(0, "train.optimizer:");
+  assert_true(strstr(err, "xxx...") != NULL && strlen(err) < 150);
+  const char *losses[] = {"sigmoid", "hinge", "ipo"}, *lrs[] = {"constant_with_warmup", "cosine", "linear"};
+  for (int i = 0; i < 3; i++) {
+    set_ok("train.loss", losses[i]);
+    set_ok("train.lr_scheduler", lrs[i]);
+    set_ok("train.optimizer", i == 2 ? "adafactor" : "adamw");
+    if (job_spec_validate(spec, 0, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(job_spec_loss_index(spec->train->loss), i);
+    assert_int_equal(job_spec_lr_scheduler_index(spec->train->lr_scheduler), i);
+  }
+  assert_int_equal(job_spec_optimizer_index("adafactor"), 1);
+  assert_int_equal(job_spec_optimizer_index(NULL), -1);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_string_equal(back->train->loss, "ipo");
+  assert_string_equal(back->train->lr_scheduler, "linear");
+  assert_string_equal(back->train->optimizer, "adafactor");
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+}
+
 /* target_modules is a list: YAML flow or block sequences, a comma list in --set, written back as a list. */
 static void lora_target_modules_read_as_lists_and_write_back(void **state) {
   (void)state;
@@ -931,6 +986,7 @@ int main(int argc, char **argv) {
       T(keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint),
       T(validate_refuses_each_bad_lora_value),
       T(lora_target_modules_read_as_lists_and_write_back),
+      T(validate_bounds_loss_lr_scheduler_and_optimizer),
   };
   return CMOCKA_MAIN("job_spec", tests, NULL, NULL);
 }
