@@ -2,7 +2,7 @@
 
     PYTHONPATH=/opt/ref/diffusers/src:/opt/ref/huggingface_hub/src:/opt/ref/peft/src:/opt/ref/accelerate/src:deploy/bench/pyshim \
         /usr/bin/python3 deploy/bench/lora_roundtrip.py LORA --config CONFIG --weights BASE \
-        [--dpo-tool build/bin/dpo-tool] [--size 8] [--atol 1e-5]
+        [--dpo-tool build/bin/dpo-tool] [--size 8] [--atol 1e-5] [--expect INPUTS OUTPUTS]
 
 LORA is a checkpoint directory holding pytorch_lora_weights.safetensors (what a LoRA job writes) or that
 file itself; CONFIG and BASE are the base UNet's config.json and weights (the job's model.config and
@@ -20,7 +20,9 @@ set_peft_model_state_dict. It then refuses, by name:
   - any adapter scale other than 1 (diffusers reads a file without alphas at alpha = rank).
 It runs the adapted UNet on random inputs, runs `dpo-tool forward --lora` on the same inputs, and exits 1
 unless the two outputs agree within --atol, the adapters change the output by more than --atol (else the
-comparison shows nothing), and disabling them (pipe.disable_lora()) gives the base's output back.
+comparison shows nothing), and disabling them (pipe.disable_lora()) gives the base's output back. With
+--expect it also requires the adapted UNet to give OUTPUTS on INPUTS (the fixtures' numbers from real
+diffusers + peft), which checks the stand-in setup itself.
 peft needs transformers at import; deploy/bench/README.md says how this is set up without either.
 """
 import argparse
@@ -113,6 +115,18 @@ def random_inputs(cfg, size):
     return x, t, ehs, added
 
 
+def matches_expected(unet, files, atol):
+    """The adapted UNet against outputs someone else computed (diffusers + peft, for the fixtures)."""
+    inputs, outputs = (load_file(f) for f in files)
+    t = inputs.get("timestep_f32", inputs.get("timestep"))
+    with torch.no_grad():
+        got = unet(inputs["sample"], t, inputs["encoder_hidden_states"]).sample
+    want = outputs["sample"]
+    diff = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    print(f"diffusers + peft vs {files[1]}: largest absolute difference {diff:.2e} (atol {atol:g})")
+    return diff <= atol
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("lora", help=f"a LoRA checkpoint directory, or its {LORA_FILE}")
@@ -121,6 +135,9 @@ def main():
     ap.add_argument("--dpo-tool", default="build/bin/dpo-tool")
     ap.add_argument("--size", type=int, default=8, help="latent height and width")
     ap.add_argument("--atol", type=float, default=1e-5)
+    ap.add_argument("--expect", nargs=2, metavar=("INPUTS", "OUTPUTS"),
+                    help="also require the diffusers + peft UNet to give OUTPUTS' sample on INPUTS' sample, "
+                         "timestep(_f32) and encoder_hidden_states (e.g. the tiny-sd fixture's, with its LoRA)")
     args = ap.parse_args()
 
     if not USE_PEFT_BACKEND:
@@ -166,6 +183,8 @@ def main():
         subprocess.run([args.dpo_tool, "forward", "--config", args.config, "--weights", args.weights,
                         "--lora", path, "--inputs", inputs, "--out", out], check=True)
         got = load_file(out)["sample"]
+    if args.expect and not matches_expected(pipe.unet, args.expect, args.atol):
+        return 1
     effect = (ref - base).abs().max().item()
     off_diff = (off - base).abs().max().item()
     diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("inf")
