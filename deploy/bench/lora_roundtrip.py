@@ -9,11 +9,11 @@ file itself; CONFIG and BASE are the base UNet's config.json and weights (the jo
 model.weights: a LoRA checkpoint does not copy the base).
 
 It builds the base UNet with diffusers (UNet2DConditionModel.from_config, load_state_dict strict), puts it
-in a StableDiffusionPipeline (a tiny random VAE, no text encoder, tokenizer or safety checker: the file
-holds UNet adapters only) and calls the pipeline's own load_lora_weights(dir, weight_name=...,
-adapter_name="dpod") -- StableDiffusionLoraLoaderMixin.load_lora_weights -> lora_state_dict ->
-load_lora_into_unet -> UNet2DConditionModel.load_attn_procs -> peft's inject_adapter_in_model and
-set_peft_model_state_dict. It then refuses, by name:
+in a StableDiffusionPipeline, or a StableDiffusionXLPipeline for an SDXL-shaped config (a tiny random VAE,
+no text encoders, tokenizers or safety checker: the file holds UNet adapters only) and calls the
+pipeline's own load_lora_weights(dir, weight_name=..., adapter_name="dpod") -- the pipeline's LoRA loader
+mixin -> lora_state_dict -> load_lora_into_unet -> UNet2DConditionModel.load_attn_procs -> peft's
+inject_adapter_in_model and set_peft_model_state_dict. It then refuses, by name:
   - any warning diffusers logs while loading (it logs peft's missing and unexpected LoRA keys);
   - any file tensor that did not become a peft lora_A / lora_B weight equal to it, and any peft LoRA
     weight the file did not fill;
@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from diffusers_roundtrip import save_f32  # noqa: E402
 
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import (AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,  # noqa: E402
+                       UNet2DConditionModel)
 from diffusers.utils import USE_PEFT_BACKEND  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -66,13 +67,16 @@ def base_unet(config, weights):
 
 
 def pipeline_for(unet):
-    """A StableDiffusionPipeline around unet. The VAE is a tiny random one (never run): the pipeline only
-    needs one to exist. There is no text encoder, so the text-encoder half of load_lora_weights finds
-    no text-encoder keys and does nothing, as it would for any UNet-only LoRA file."""
+    """The pipeline a user of this UNet loads LoRA into: StableDiffusionXLPipeline for an SDXL-shaped one
+    (text_time added conditioning), else StableDiffusionPipeline. The VAE is a tiny random one (never run):
+    the pipeline only needs one to exist. There are no text encoders, so the text-encoder half of
+    load_lora_weights finds no text-encoder keys and does nothing, as for any UNet-only LoRA file."""
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=unet.config.in_channels)
-    return StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                   scheduler=DDPMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
+    common = dict(vae=vae, unet=unet, tokenizer=None, text_encoder=None, image_encoder=None,
+                  feature_extractor=None, scheduler=DDPMScheduler(steps_offset=1, clip_sample=False))
+    if unet.config.addition_embed_type == "text_time":
+        return StableDiffusionXLPipeline(text_encoder_2=None, tokenizer_2=None, add_watermarker=False, **common)
+    return StableDiffusionPipeline(safety_checker=None, requires_safety_checker=False, **common)
 
 
 def check_adapters(unet, lora):
@@ -120,7 +124,8 @@ def matches_expected(unet, files, atol):
     inputs, outputs = (load_file(f) for f in files)
     t = inputs.get("timestep_f32", inputs.get("timestep"))
     with torch.no_grad():
-        got = unet(inputs["sample"], t, inputs["encoder_hidden_states"]).sample
+        added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs} or None
+        got = unet(inputs["sample"], t, inputs["encoder_hidden_states"], added_cond_kwargs=added).sample
     want = outputs["sample"]
     diff = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
     print(f"diffusers + peft vs {files[1]}: largest absolute difference {diff:.2e} (atol {atol:g})")
@@ -137,7 +142,8 @@ def main():
     ap.add_argument("--atol", type=float, default=1e-5)
     ap.add_argument("--expect", nargs=2, metavar=("INPUTS", "OUTPUTS"),
                     help="also require the diffusers + peft UNet to give OUTPUTS' sample on INPUTS' sample, "
-                         "timestep(_f32) and encoder_hidden_states (e.g. the tiny-sd fixture's, with its LoRA)")
+                         "timestep(_f32), encoder_hidden_states (and SDXL's text_embeds, time_ids), e.g. the "
+                         "tiny-sd fixture's, with its LoRA")
     args = ap.parse_args()
 
     if not USE_PEFT_BACKEND:
@@ -162,11 +168,11 @@ def main():
     more, layers, ranks = check_adapters(pipe.unet, lora)
     problems += more
     if problems:
-        print(f"StableDiffusionPipeline.load_lora_weights did not take {path} as it is:")
+        print(f"{type(pipe).__name__}.load_lora_weights did not take {path} as it is:")
         for p in problems[:20]:
             print(f"  {p}")
         return 1
-    print(f"StableDiffusionPipeline.load_lora_weights (peft backend) loaded {path}: {len(lora)} tensors into "
+    print(f"{type(pipe).__name__}.load_lora_weights (peft backend) loaded {path}: {len(lora)} tensors into "
           f"{layers} LoRA layers, rank {sorted(ranks)}, scale 1; no missing or unexpected keys")
 
     with torch.no_grad():
