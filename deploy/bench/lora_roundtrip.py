@@ -8,7 +8,8 @@ LORA is a checkpoint directory holding pytorch_lora_weights.safetensors (what a 
 file itself; CONFIG and BASE are the base UNet's config.json and weights (the job's model.config and
 model.weights: a LoRA checkpoint does not copy the base).
 
-It builds the base UNet with diffusers (UNet2DConditionModel.from_config, load_state_dict strict), puts it
+It builds the base UNet with diffusers (UNet2DConditionModel.from_config, then the base weights, refusing
+any missing or unexpected one), puts it
 in a StableDiffusionPipeline, or a StableDiffusionXLPipeline for an SDXL-shaped config (a tiny random VAE,
 no text encoders, tokenizers or safety checker: the file holds UNet adapters only) and calls the
 pipeline's own load_lora_weights(dir, weight_name=..., adapter_name="dpod") -- the pipeline's LoRA loader
