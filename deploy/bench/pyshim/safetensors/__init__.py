@@ -17,6 +17,10 @@ def _read(path):
     header = json.loads(data[8:8 + n])
     return header, memoryview(data)[8 + n:]
 
+class SafetensorError(Exception):
+    """The real package's error type (peft imports the name); this reader raises it for a bad header."""
+
+
 class safe_open:
     def __init__(self, filename, framework="pt", device="cpu"):
         self._h, self._buf = _read(filename)
