@@ -30,6 +30,8 @@ Dpod__V1__JobSpec *job_spec_new(void);
 int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *err, size_t errlen);
 /* job_spec_validate's checks of train.lora (job_spec_lora.c). */
 int job_spec_validate_lora_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
+/* job_spec_validate's checks of train.device (job_spec_device.c). */
+int job_spec_validate_device_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
 
 /* Makes every relative path the spec names (model.config, model.weights, model.reference_weights,
  * model.scheduler_config, data.dataset) absolute against `base` (an absolute directory, e.g. the
