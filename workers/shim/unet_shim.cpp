@@ -134,6 +134,7 @@ int unet_load_weights(unet_t m, const char *path) { return guarded(m, [&] { shim
 int unet_copy_weights(unet_t dst, unet_t src) {
   return guarded(dst, [&] {
     if (!src) throw shim::error(DPOD_EINVAL, "unet_copy_weights: no source model");
+    shim::host_sync_(*src); /* a call on src too: its snapshots' writes first */
     shim::copy_weights(*dst, *src);
   });
 }

@@ -176,6 +176,12 @@ static void snapshot_writes_apply_at_the_next_call(void **state) {
   assert_true(m[0] == 2.0f && v[n - 1] == 3.0f);
   p = unet_param_buffer(b, &n);
   assert_true(p[1] == was);
+  /* A snapshot's writes reach a model that copies from it: unet_copy_weights is a call on both. */
+  p[2] = 0.375f;
+  unet_t c = make(NULL);
+  if (unet_copy_weights(c, b) != 0) fail_msg("%s", unet_last_error(c));
+  assert_true(unet_param_buffer(c, &n)[2] == 0.375f);
+  unet_free(c);
   unet_free(b);
 }
 
