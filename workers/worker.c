@@ -30,6 +30,7 @@
 #include "blas_select.h"
 #include "checkpoint.h"
 #include "dataset.h"
+#include "device_pick.h"
 #include "rng.h"
 #include "schedule.h"
 #include "loss.h"
@@ -246,9 +247,25 @@ static void *alloc_array(size_t count, size_t size) {
   return p;
 }
 
+/* train.device for this rank (device_pick.c): "cpu" or "cuda:<local rank>", decided once. */
+static const char *rank_device(const Dpod__V1__JobSpec *spec) {
+  static char device[32];
+  if (*device) return device;
+  char err[512];
+  int local_rank = -1;
+  if (dpo_local_rank_from_env(&local_rank, err, sizeof err) != 0) worker_die("%s", err);
+  uint32_t gpus = spec->resources ? spec->resources->gpus_per_rank : 0;
+  int rc = dpo_device_pick(spec->train->device, gpus, unet_cuda_device_count(), local_rank, device, sizeof device, err,
+                           sizeof err);
+  if (rc) worker_die_input("%s", err);
+  if (g_rank == 0) log_info("training on %s%s", device, g_world > 1 ? " (rank 0; each rank its local rank's)" : "");
+  return device;
+}
+
 static unet_t build_unet(const char *config_text, const char *config_name, const Dpod__V1__JobSpec *spec,
                          const model_source *weights) {
   unet_params p = unet_default_params();
+  p.device = rank_device(spec);
   p.threads = (int)spec->threads_per_rank;
   p.seed = spec->train->seed;
   unet_t m = NULL;
@@ -350,6 +367,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (crc != 0) worker_die_input("%s", err);
   tr->policy = build_unet(config_text, config_name, spec, policy_src);
   unet_get_info(tr->policy, &tr->info);
+  if (g_rank == 0 && unet_host_copies(tr->policy))
+    log_info("%s: gradients all-reduced through a host staging buffer", unet_device(tr->policy));
   /* SDXL's added conditioning takes pooled prompt embeddings (the dataset must store them) and six time
    * ids per image (the dataset's, else the reference script's default). */
   if (tr->info.text_embeds_dim > 0 && tr->info.num_time_ids != DATASET_NUM_TIME_IDS)
@@ -357,7 +376,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
                      config_name, tr->info.num_time_ids, DATASET_NUM_TIME_IDS);
   size_t nparam = 0;
   float *params = unet_param_buffer(tr->policy, &nparam);
-  if (!params) worker_die("the policy is not on the CPU; data parallelism needs host buffers");
+  if (!params) worker_die("the policy's weights: %s", unet_last_error(tr->policy));
   /* Random initialisation is seeded identically on every rank, but broadcasting rank 0's weights makes
    * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
   bcast_floats(params, nparam, "the initial weights");
@@ -458,6 +477,10 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   /* job_spec_validate has checked the names; their indexes are the enums' values (job_spec.h). */
   tr->loss = (dpo_loss_kind)job_spec_loss_index(tr->train->loss);
   tr->lr_kind = (dpo_lr_kind)job_spec_lr_scheduler_index(tr->train->lr_scheduler);
+  /* Adafactor runs on host buffers only (workers/shim/adafactor.cpp): say so before the first step. */
+  if (job_spec_optimizer_index(tr->train->optimizer) == 1 && strncmp(unet_device(tr->policy), "cpu", 3) != 0)
+    worker_die_input("train.optimizer adafactor runs on the CPU only; this rank trains on %s (train.device)",
+                     unet_device(tr->policy));
   if (job_spec_optimizer_index(tr->train->optimizer) == 1 &&
       unet_adafactor_new(tr->policy, &tr->adafactor, err, sizeof err) != 0)
     worker_die("train.optimizer adafactor: %s", err);
@@ -563,18 +586,20 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
     worker_die("backward: %s", unet_last_error(tr->policy));
 }
 
-/* Sums the gradient buffer over ranks in a few large in-place calls. */
+/* Sums the gradient buffer over ranks in a few large in-place calls, on the host: a device model's
+ * gradient goes through the shim's (pinned) staging buffer and back; on the CPU the staging buffer is
+ * the gradient buffer itself. With LoRA only the adapters have gradients, and only they are staged. */
 static void allreduce_grads(trainer *tr) {
   if (g_world == 1) return;
   size_t n = 0;
-  /* With LoRA only the adapters have gradients. */
-  float *g = tr->lora ? unet_lora_grad_buffer(tr->policy, &n) : unet_grad_buffer(tr->policy, &n);
+  float *g = unet_grad_stage(tr->policy, &n);
   if (!g) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
   for (size_t off = 0; off < n; off += g_mpi_chunk) {
     size_t len = n - off < g_mpi_chunk ? n - off : g_mpi_chunk;
     if (MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of gradients failed");
   }
+  if (unet_grad_unstage(tr->policy) != 0) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
 }
 
 static void report(trainer *tr, const Dpod__V1__WorkerEvent *ev) {

@@ -44,6 +44,12 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--beta", type=float, default=5000.0)  # train.py --beta_dpo default
 ap.add_argument("--gradient-checkpointing", action="store_true",
                 help="unet.enable_gradient_checkpointing(), as train.py --gradient_checkpointing does")
+# The same step elsewhere, beside dpo-bench's: --device cuda, --config a diffusers config.json (e.g.
+# ../shared/fixtures/configs/sd15-unet/config.json) with --pairs and --text-len.
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--config")
+ap.add_argument("--pairs", type=int)
+ap.add_argument("--text-len", type=int)
 args = ap.parse_args()
 # Debian's torch does its GEMMs in OpenBLAS (pthread build), whose pool torch.set_num_threads
 # does not govern: pin it too, before torch loads it.
@@ -100,13 +106,17 @@ def count_forward_flops(unet, *inputs):
     return total[0]
 
 
-shape = SHAPES[args.shape]
+shape = dict(SHAPES[args.shape])
+for key, value in (("config", args.config), ("pairs", args.pairs), ("text_len", args.text_len)):
+    if value is not None:
+        shape[key] = value
+dev = torch.device(args.device)
 cfg = shape["config"]
 if isinstance(cfg, str):
     with open(cfg) as f:
         cfg = json.load(f)
 torch.manual_seed(0)
-unet = UNet2DConditionModel.from_config(cfg).train()
+unet = UNet2DConditionModel.from_config(cfg).train().to(dev)
 ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
 if args.gradient_checkpointing:
     unet.enable_gradient_checkpointing()
@@ -116,13 +126,13 @@ scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end
 
 # The "data": winner and loser latents (cat along the batch, winners first) and one prompt per pair.
 P, C, S = shape["pairs"], unet.config.in_channels, unet.config.sample_size
-latents = torch.cat([torch.randn(P, C, S, S), torch.randn(P, C, S, S)])
-text = torch.randn(P, shape["text_len"], unet.config.cross_attention_dim)
+latents = torch.cat([torch.randn(P, C, S, S), torch.randn(P, C, S, S)]).to(dev)
+text = torch.randn(P, shape["text_len"], unet.config.cross_attention_dim).to(dev)
 
 
 def dpo_step():
     noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2 * P,)).long()
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (2 * P,), device=dev).long()
     timesteps = timesteps.chunk(2)[0].repeat(2)  # same noise and timestep for both halves of a pair
     noise = noise.chunk(2)[0].repeat(2, 1, 1, 1)
     noisy_latents = scheduler.add_noise(latents, noise, timesteps)
@@ -148,7 +158,7 @@ def dpo_step():
     return loss.item()
 
 
-fwd_flops = count_forward_flops(unet, latents, torch.zeros(2 * P, dtype=torch.long), text.repeat(2, 1, 1))
+fwd_flops = count_forward_flops(unet, latents, torch.zeros(2 * P, dtype=torch.long, device=dev), text.repeat(2, 1, 1))
 step_flops = 4 * fwd_flops
 params = sum(p.numel() for p in unet.parameters())
 
@@ -166,7 +176,8 @@ print(f"shape={args.shape} ms/step={dt * 1e3:.2f} samples/s={2 * P / dt:.2f} "
       f"GFLOP/s={step_flops / dt / 1e9:.2f} FLOPs/step={step_flops} (fwd={fwd_flops} x4) "
       f"min_ms={min(times) * 1e3:.2f} median_ms={sorted(times)[len(times) // 2] * 1e3:.2f} "
       f"threads={torch.get_num_threads()} steps={args.steps} warmup={args.warmup} "
-      f"loss={loss:.4f} torch={torch.__version__} "
+      f"loss={loss:.4f} torch={torch.__version__} device={dev} "
       f"gradient_checkpointing={int(args.gradient_checkpointing)} "
       # ru_maxrss is in KiB on Linux: the process's peak resident memory, the interpreter included.
-      f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+      f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
+      + (f" gpu_peak_mb={torch.cuda.max_memory_allocated(dev) / 2**20:.0f}" if dev.type == "cuda" else ""))

@@ -1116,6 +1116,7 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
   if ((status = js_check_chain(spec, m, err, errlen)) != 0) return status;
   if ((status = job_spec_validate_lora_(spec, err, errlen)) != 0) return status;
   if ((status = job_spec_validate_optim_(spec, err, errlen)) != 0) return status;
+  if ((status = job_spec_validate_device_(spec, err, errlen)) != 0) return status;
 
   js_uint_in("resources.ranks_per_node", r->ranks_per_node, 0, JS_RANKS_MAX);
   js_uint_in("resources.gpus_per_rank", r->gpus_per_rank, 0, 64);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "unet_device.h"
 #include "unet_model.h"
 
 #if DPOD_HAVE_SGEMM
@@ -218,6 +219,7 @@ struct attn_core_fn : public torch::autograd::Function<attn_core_fn> {
 }  // namespace
 
 at::Tensor attention_core(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale) {
+  if (attention_uses_ops_(q)) return attention_core_ops_(q, kv, heads, scale); /* off the CPU: unet_device.cpp */
   if (at::GradMode::is_enabled()) return attn_core_fn::apply(q, kv, heads, scale);
   attn_layout_ L(q, kv, heads);
   const float *pq = q.data_ptr<float>();

@@ -128,6 +128,11 @@ void lora_enable(unet &m, const unet_lora_params &p) {
       for (int64_t i = 0; i < n; i++) dst[i] = (2.0f * unit_uniform(p.seed, first + (uint64_t)i) - 1.0f) * bound;
     }
   }
+  /* Initialised on the host; the adapters live where the model does. */
+  if (!m.flat.is_cpu()) {
+    flat = flat.to(m.flat.device());
+    grad = grad.to(m.flat.device());
+  }
   for (lora_ &l : adapters) {
     l.down = flat.narrow(0, l.off_down, p.rank * l.in).view({p.rank, l.in}).detach();
     l.down.requires_grad_(true);
@@ -220,10 +225,16 @@ void lora_load(unet &m, const char *path) {
                                     std::to_string(m.lora.size()) + " adapted modules)");
   }
   m.mse = at::Tensor();
-  float *base = m.lora_flat.data_ptr<float>();
+  const bool cpu = m.lora_flat.is_cpu(); /* else through a host copy */
+  at::Tensor host = cpu ? m.lora_flat : at::empty(m.lora_flat.sizes(), at::TensorOptions().dtype(at::kFloat));
+  float *base = host.data_ptr<float>();
   for (size_t i = 0; i < src.size(); i++) {
     const lora_ &l = m.lora[i / 2];
     st_to_f32(src[i], base + (i % 2 ? l.off_up : l.off_down));
+  }
+  if (!cpu) {
+    at::NoGradGuard ng;
+    m.lora_flat.copy_(host);
   }
 }
 
@@ -240,6 +251,7 @@ uint64_t lora_save(const unet &m, const char *path, bool fold) {
   st_writer *w = st_writer_new();
   if (!w) throw std::bad_alloc();
   std::unique_ptr<st_writer, void (*)(st_writer *)> guard(w, st_writer_free);
+  data = data.cpu(); /* itself on the CPU */
   const float *base = data.data_ptr<float>();
   std::vector<std::string> names;
   names.reserve(2 * m.lora.size());

@@ -357,7 +357,7 @@ struct fwd_ {
   at::Tensor timestep_embedding(const at::Tensor &t, int64_t dim) const {
     const unet_config_ &c = m.cfg;
     int64_t half = dim / 2;
-    at::Tensor exponent = at::arange(0, half, at::kFloat) * (-std::log(10000.0));
+    at::Tensor exponent = at::arange(0, half, t.options().dtype(at::kFloat)) * (-std::log(10000.0));
     exponent = exponent / ((double)half - c.freq_shift);
     at::Tensor e = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
     e = at::cat({at::sin(e), at::cos(e)}, -1);

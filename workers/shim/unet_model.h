@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "unet_config.h"
@@ -139,6 +140,14 @@ struct unet {
   double lora_alpha = 0, lora_scale = 0;
   bool lora_active = false;
   at::Tensor lora_flat, lora_grad;     /* [lora parameters] float32 */
+
+  /* The device path (unet_device.h): with host_copies (a model off the CPU, or DPOD_GRAD_STAGING=copy) the
+   * host sees the buffers through grad_host (the all-reduce's staging buffer, pinned with CUDA) and through
+   * mirrors, (buffer, host snapshot) pairs written back at the next call. */
+  bool host_copies = false;
+  std::string device_name = "cpu";
+  at::Tensor grad_host;
+  std::vector<std::pair<at::Tensor, at::Tensor>> mirrors;
 };
 
 namespace shim {

@@ -17,6 +17,7 @@
 #include "diffusers_names.h"
 #include "dpod_file.h"
 #include "safetensors.h"
+#include "unet_device.h"
 
 extern "C" {
 #include "dpod_error.h"
@@ -67,7 +68,12 @@ struct inputs_ {
     if (c.text_time()) {
       added.text_embeds = at::from_blob((void *)a->text_embeds, {n, c.text_embeds_dim()}, at::kFloat);
       added.time_ids = at::from_blob((void *)a->time_ids, {n, unet_num_time_ids_}, at::kFloat);
+      added.text_embeds = on_model_(m, added.text_embeds);
+      added.time_ids = on_model_(m, added.time_ids);
     }
+    x = on_model_(m, x);
+    t = on_model_(m, t);
+    ehs = on_model_(m, ehs);
   }
 };
 
@@ -96,8 +102,7 @@ std::unique_ptr<unet> parse_and_build(const char *config_json) {
 }  // namespace
 
 std::unique_ptr<unet> create(const char *config_json, const unet_params &p) {
-  if (p.device && std::strcmp(p.device, "cpu") != 0)
-    throw error(DPOD_EUNSUPPORTED, std::string("device '") + p.device + "' is not supported: this libtorch is CPU-only");
+  c10::Device dev = parse_device_(p.device);
   auto m = parse_and_build(config_json);
   at::globalContext().setFlushDenormal(true);
   if (p.threads > 0) {
@@ -105,6 +110,7 @@ std::unique_ptr<unet> create(const char *config_json, const unet_params &p) {
     set_blas_threads(p.threads);
   }
   allocate(*m, p.seed);
+  to_device_(*m, dev);
   return m;
 }
 
@@ -173,8 +179,14 @@ void load_weights(unet &m, const char *path) {
     throw error(n_shape || n_dtype ? DPOD_ESHAPE : n_missing ? DPOD_ENOENT : DPOD_EFORMAT, msg);
   }
   m.mse = at::Tensor();
-  float *base = m.flat.data_ptr<float>();
+  /* Off the CPU, through a host copy. */
+  at::Tensor host = m.flat.is_cpu() ? m.flat : at::empty(m.flat.sizes(), at::TensorOptions().dtype(at::kFloat));
+  float *base = host.data_ptr<float>();
   for (size_t i = 0; i < m.params.size(); i++) st_to_f32(src[i], base + m.params[i].offset);
+  if (!m.flat.is_cpu()) {
+    at::NoGradGuard ng;
+    m.flat.copy_(host);
+  }
 }
 
 void copy_weights(unet &dst, const unet &src) {
@@ -202,7 +214,8 @@ uint64_t save(const unet &m, const char *dir) {
   st_writer *w = st_writer_new();
   if (!w) throw std::bad_alloc();
   std::unique_ptr<st_writer, void (*)(st_writer *)> guard(w, st_writer_free);
-  const float *base = m.flat.data_ptr<float>();
+  at::Tensor host = m.flat.cpu(); /* the buffer itself on the CPU */
+  const float *base = host.data_ptr<float>();
   for (auto &p : m.params) {
     int rc = st_writer_add(w, p.name.c_str(), ST_F32, (int)p.shape.size(), p.shape.data(), base + p.offset);
     if (rc != 0) throw error(rc, "unet_save: cannot add tensor '" + p.name + "'");
@@ -225,7 +238,7 @@ void infer(unet &m, int n, int height, int width, int text_len, const float *x, 
   check_added(m, added, "unet_forward");
   c10::InferenceMode im;
   inputs_ in(m, n, height, width, text_len, x, t, ehs, added);
-  at::Tensor y = forward(m, in.x, in.t, in.ehs, in.added).contiguous();
+  at::Tensor y = forward(m, in.x, in.t, in.ehs, in.added).cpu().contiguous();
   std::memcpy(out, y.data_ptr<float>(), (size_t)y.numel() * sizeof(float));
 }
 
@@ -244,9 +257,10 @@ void forward_mse(unet &m, int n, int height, int width, int text_len, const floa
   const unet_config_ &c = m.cfg;
   auto run = [&](bool keep) {
     inputs_ in(m, n, height, width, text_len, x, t, ehs, added);
-    at::Tensor gt = at::from_blob((void *)target, {n, c.out_channels, height, width}, at::kFloat);
-    /* The graph saves its inputs; copy them so the caller may reuse its buffers before backward. */
-    if (keep) {
+    at::Tensor gt = on_model_(m, at::from_blob((void *)target, {n, c.out_channels, height, width}, at::kFloat));
+    /* The graph saves its inputs; copy them so the caller may reuse its buffers before backward (on_model_
+     * has copied them already off the CPU). */
+    if (keep && m.flat.is_cpu()) {
       in.x = in.x.clone();
       in.ehs = in.ehs.clone();
       gt = gt.clone();
@@ -257,10 +271,10 @@ void forward_mse(unet &m, int n, int height, int width, int text_len, const floa
     }
     at::Tensor y = forward(m, in.x, in.t, in.ehs, in.added);
     at::Tensor l = (y - gt).pow(2).mean({1, 2, 3});
-    at::Tensor lc = l.detach().contiguous();
+    at::Tensor lc = l.detach().cpu().contiguous();
     std::memcpy(mse, lc.data_ptr<float>(), (size_t)n * sizeof(float));
     if (pred) {
-      at::Tensor yc = y.detach().contiguous();
+      at::Tensor yc = y.detach().cpu().contiguous();
       std::memcpy(pred, yc.data_ptr<float>(), (size_t)yc.numel() * sizeof(float));
     }
     if (keep) {
@@ -281,7 +295,8 @@ void backward_mse(unet &m, const float *grad_mse) {
   if (m.frozen) throw error(DPOD_ESTATE, "unet_backward_mse: the model is frozen");
   if (!m.mse.defined()) throw error(DPOD_ESTATE, "unet_backward_mse: no forward graph to back-propagate");
   if (!grad_mse) throw error(DPOD_EINVAL, "unet_backward_mse: NULL grad_mse");
-  at::Tensor g = at::from_blob((void *)grad_mse, {m.mse_n}, at::kFloat).clone();
+  at::Tensor g = at::from_blob((void *)grad_mse, {m.mse_n}, at::kFloat);
+  g = m.flat.is_cpu() ? g.clone() : on_model_(m, g);
   at::Tensor l = std::move(m.mse);
   m.mse = at::Tensor();
   l.backward(g);
@@ -305,16 +320,22 @@ void param_at(const unet &m, size_t i, const char **name, size_t *offset, int *n
 void adamw_step(unet &m, const unet_adamw_params &p, double *grad_norm) {
   if (m.frozen) throw error(DPOD_ESTATE, "unet_adamw_step: the model is frozen");
   const int64_t n = trainable(m).numel();
-  float *w = trainable(m).data_ptr<float>(), *g = trainable_grad(m).data_ptr<float>();
+  const bool cpu = trainable(m).is_cpu();
+  /* Raw pointers only on the CPU; a device model runs the ATen path below. */
+  float *w = cpu ? trainable(m).data_ptr<float>() : nullptr, *g = cpu ? trainable_grad(m).data_ptr<float>() : nullptr;
   /* The global norm in double, from partial sums over fixed chunks added in order: the same number
    * whatever the thread count, and closer to exact than clip_grad_norm_'s float32 norm of norms. */
   const int64_t chunk = 1 << 16, nchunks = (n + chunk - 1) / chunk;
-  std::vector<double> part((size_t)nchunks);
-  at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; c++) part[(size_t)c] = unet_sumsq_(g + c * chunk, std::min(chunk, n - c * chunk));
-  });
   double sq = 0;
-  for (double x : part) sq += x;
+  if (cpu) {
+    std::vector<double> part((size_t)nchunks);
+    at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; c++) part[(size_t)c] = unet_sumsq_(g + c * chunk, std::min(chunk, n - c * chunk));
+    });
+    for (double x : part) sq += x;
+  } else {
+    sq = sumsq_device_(trainable_grad(m));
+  }
   double norm = std::sqrt(sq);
   if (grad_norm) *grad_norm = norm;
   if (!std::isfinite(norm))
@@ -335,6 +356,10 @@ void adamw_step(unet &m, const unet_adamw_params &p, double *grad_norm) {
   c.sqrt_bc2 = (float)std::sqrt(1.0 - std::pow(p.beta2, (double)m.adam_step));
   c.eps = (float)p.eps;
   c.step_size = (float)(p.lr / (1.0 - std::pow(p.beta1, (double)m.adam_step)));
+  if (adamw_uses_aten_(trainable(m))) {
+    adamw_aten_(trainable(m), trainable_grad(m), m.adam_m, m.adam_v, c);
+    return;
+  }
   float *am = m.adam_m.data_ptr<float>(), *av = m.adam_v.data_ptr<float>();
   at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
     int64_t lo = b * chunk, hi = std::min(e * chunk, n);
@@ -343,10 +368,10 @@ void adamw_step(unet &m, const unet_adamw_params &p, double *grad_norm) {
 }
 
 void adamw_state(unet &m, float **exp_avg, float **exp_avg_sq, size_t *n, uint64_t *step) {
-  if (!m.flat.is_cpu()) throw error(DPOD_EUNSUPPORTED, "unet_adamw_state: the model is not on the CPU");
   ensure_adam_state(m);
-  if (exp_avg) *exp_avg = m.adam_m.data_ptr<float>();
-  if (exp_avg_sq) *exp_avg_sq = m.adam_v.data_ptr<float>();
+  /* With host copies, snapshots written back at the next call (unet_device.h). */
+  if (exp_avg) *exp_avg = m.host_copies ? host_mirror_(m, m.adam_m) : m.adam_m.data_ptr<float>();
+  if (exp_avg_sq) *exp_avg_sq = m.host_copies ? host_mirror_(m, m.adam_v) : m.adam_v.data_ptr<float>();
   if (n) *n = (size_t)m.adam_m.numel();
   if (step) *step = (uint64_t)m.adam_step;
 }

@@ -9,6 +9,7 @@
 #include <new>
 #include <string>
 
+#include "unet_device.h"
 #include "unet_lora.h"
 #include "unet_ops.h"
 
@@ -50,13 +51,15 @@ int run_caught(F &&f, std::string *msg) {
   }
 }
 
-/* For calls on a model: clears the last error, runs f, keeps the message in the handle. */
+/* For calls on a model: clears the last error, applies what the caller wrote into host mirrors of a
+ * device model's buffers (unet_device.h), runs f, keeps the message in the handle. */
 template <class F>
 int guarded(unet *m, F &&f) {
   if (!m) return DPOD_EINVAL;
   std::string msg;
   int status = run_caught([&] {
     m->err.clear();
+    shim::host_sync_(*m);
     f();
   }, &msg);
   return status ? set_err(m, status, msg) : 0;
@@ -131,6 +134,7 @@ int unet_load_weights(unet_t m, const char *path) { return guarded(m, [&] { shim
 int unet_copy_weights(unet_t dst, unet_t src) {
   return guarded(dst, [&] {
     if (!src) throw shim::error(DPOD_EINVAL, "unet_copy_weights: no source model");
+    shim::host_sync_(*src); /* a call on src too: its snapshots' writes first */
     shim::copy_weights(*dst, *src);
   });
 }
@@ -172,6 +176,8 @@ int unet_backward_mse(unet_t m, const float *grad_mse) {
 float *unet_grad_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
+    if (!m->flat_grad.is_cpu())
+      throw shim::error(DPOD_EUNSUPPORTED, "unet_grad_buffer: the model is on " + m->device_name + ": use unet_grad_stage");
     if (n) *n = (size_t)m->flat_grad.numel();
     p = m->flat_grad.data_ptr<float>();
   });
@@ -182,10 +188,28 @@ float *unet_param_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
     if (n) *n = (size_t)m->flat.numel();
-    p = m->flat.data_ptr<float>();
+    p = m->host_copies ? shim::host_mirror_(*m, m->flat) : m->flat.data_ptr<float>();
   });
   return status ? nullptr : p;
 }
+
+float *unet_grad_stage(unet_t m, size_t *n) {
+  float *p = nullptr;
+  int status = guarded(m, [&] { p = shim::grad_stage_(*m, n); });
+  return status ? nullptr : p;
+}
+
+int unet_grad_unstage(unet_t m) { return guarded(m, [&] { shim::grad_unstage_(*m); }); }
+
+int unet_cuda_device_count(void) {
+  std::string msg;
+  int count = 0;
+  return run_caught([&] { count = shim::cuda_device_count_(); }, &msg) ? 0 : count;
+}
+
+const char *unet_device(unet_t m) { return m ? m->device_name.c_str() : "none"; }
+
+int unet_host_copies(unet_t m) { return m && m->host_copies ? 1 : 0; }
 
 int unet_zero_grad(unet_t m) { return guarded(m, [&] { shim::zero_grad(*m); }); }
 
@@ -240,7 +264,7 @@ float *unet_lora_param_buffer(unet_t m, size_t *n) {
   int status = guarded(m, [&] {
     if (m->lora.empty()) throw shim::error(DPOD_ESTATE, "unet_lora_param_buffer: LoRA is not enabled on this model");
     if (n) *n = (size_t)m->lora_flat.numel();
-    p = m->lora_flat.data_ptr<float>();
+    p = m->host_copies ? shim::host_mirror_(*m, m->lora_flat) : m->lora_flat.data_ptr<float>();
   });
   return status ? nullptr : p;
 }
@@ -249,6 +273,8 @@ float *unet_lora_grad_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
     if (m->lora.empty()) throw shim::error(DPOD_ESTATE, "unet_lora_grad_buffer: LoRA is not enabled on this model");
+    if (!m->lora_grad.is_cpu())
+      throw shim::error(DPOD_EUNSUPPORTED, "unet_lora_grad_buffer: the model is on " + m->device_name + ": use unet_grad_stage");
     if (n) *n = (size_t)m->lora_grad.numel();
     p = m->lora_grad.data_ptr<float>();
   });

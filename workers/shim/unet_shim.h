@@ -21,7 +21,8 @@ typedef struct unet *unet_t;
 typedef struct {
   int threads;         /* intra-op threads; 0 keeps libtorch's default */
   uint64_t seed;       /* seed of the random initialisation (used when no weights are loaded) */
-  const char *device;  /* "cpu" (default) or "cuda"; unet_grad_buffer/unet_param_buffer need "cpu" */
+  const char *device;  /* "cpu" (default), "cuda" or "cuda:N": where the parameters, gradients and optimizer
+                          state live and the forward and the step run; see "Devices" below */
 } unet_params;
 
 unet_params unet_default_params(void);
@@ -108,13 +109,35 @@ int unet_backward_mse(unet_t m, const float *grad_mse);
 
 /* All trainable parameters live in one contiguous float32 buffer and their gradients in another, in
  * state-dict order, so gradients can be all-reduced in a few large calls. The pointers stay valid for
- * the handle's lifetime. CPU only; NULL (with unet_last_error saying why) otherwise. *n receives the
- * element count. */
+ * the handle's lifetime. *n receives the element count. With host copies (unet_host_copies) the
+ * parameter buffer is a host snapshot instead, valid until the next call on the handle, which first
+ * writes it back; unet_grad_buffer is then NULL off the CPU (unet_last_error says why): use unet_grad_stage. */
 float *unet_grad_buffer(unet_t m, size_t *n);
 float *unet_param_buffer(unet_t m, size_t *n);
 /* Zeroes the gradient buffer. A failure here must stop training: the next backward would add to stale
  * gradients. */
 int unet_zero_grad(unet_t m);
+
+/* ---- Devices ----
+ * A model on a device other than the CPU keeps its flat buffers (parameters, gradients, optimizer state,
+ * adapters) there; the host sees them through copies ("host copies"): unet_param_buffer,
+ * unet_adamw_state and unet_lora_param_buffer hand out host snapshots whose writes the next call on the
+ * handle applies, and the gradients travel through a staging buffer (pinned with CUDA). On a CPU model
+ * the staging buffer is the gradient buffer (no copy) unless DPOD_GRAD_STAGING=copy was set when it was
+ * created, which gives it the host copies of a device model: what tests the path where there is no GPU. */
+
+/* CUDA devices this libtorch sees: 0 for a CPU-only build or a machine without a GPU. */
+int unet_cuda_device_count(void);
+/* The device the model lives on, as libtorch names it ("cpu", "cuda:0"). Owned by the handle. */
+const char *unet_device(unet_t m);
+/* 1 if the host sees the model's buffers through copies (a device model, or DPOD_GRAD_STAGING=copy). */
+int unet_host_copies(unet_t m);
+/* The trainable gradient (the adapters' with LoRA) on the host, for the all-reduce: the gradient buffer
+ * itself without host copies, else copied into the staging buffer (owned by the handle, valid until the
+ * next unet_grad_stage or unet_free). *n receives the element count. NULL on failure. */
+float *unet_grad_stage(unet_t m, size_t *n);
+/* Copies the staging buffer (as the caller left it) back into the gradient; nothing without host copies. */
+int unet_grad_unstage(unet_t m);
 
 /* Parameter tensor i (0 <= i < num_tensors) in state-dict order: its diffusers name, element offset in
  * the flat buffers, and shape. Strings owned by the handle. */
@@ -138,8 +161,8 @@ int unet_adamw_step(unet_t m, const unet_adamw_params *p, double *grad_norm);
 /* The AdamW state, for checkpoints: *exp_avg and *exp_avg_sq receive the flat first and second moments
  * [*n] (the layout of unet_param_buffer, or of unet_lora_param_buffer with LoRA; allocated and zero-filled here if no step was taken yet), *step
  * the number of steps taken (the bias correction's count). The buffers are owned by the handle and stay
- * valid for its lifetime; the caller may read or overwrite them between steps. CPU only. Any output
- * pointer may be NULL. */
+ * valid for its lifetime; the caller may read or overwrite them between steps. With host copies they are
+ * snapshots, as unet_param_buffer's are. Any output pointer may be NULL. */
 int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, uint64_t *step);
 
 /* Sets the step count a resumed run continues from (the next unet_adamw_step takes step + 1). */

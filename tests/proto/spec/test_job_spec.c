@@ -869,6 +869,32 @@ static void validate_bounds_loss_lr_scheduler_and_optimizer(void **state) {
   protobuf_c_message_free_unpacked(&back->base, NULL);
 }
 
+/* train.device: auto by default, the three names accepted, anything else refused by name, and cpu refused
+ * where the job reserves GPUs it would not use. */
+static void validate_bounds_train_device(void **state) {
+  (void)state;
+  assert_string_equal(spec->train->device, "auto");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  static const char *const ok[] = {"auto", "cpu", "cuda"};
+  for (size_t i = 0; i < 3; i++) {
+    set_ok("train.device", ok[i]);
+    assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  }
+  static const char *const bad[] = {"cuda:0", "gpu", "CUDA", "mps", "cuda "};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    set_ok("train.device", bad[i]);
+    refused_validate(0, "train.device:");
+  }
+  set_ok("train.device", "cpu");
+  set_ok("resources.gpus_per_rank", "1");
+  refused_validate(0, "train.device:");
+  set_ok("train.device", "cuda");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_string_equal(back->train->device, "cuda");
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+}
+
 /* target_modules is a list: YAML flow or block sequences, a comma list in --set, written back as a list. */
 static void lora_target_modules_read_as_lists_and_write_back(void **state) {
   (void)state;
@@ -985,6 +1011,7 @@ int main(int argc, char **argv) {
       T(chain_after_and_references_are_parsed_bounded_and_written_back),
       T(keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint),
       T(validate_refuses_each_bad_lora_value),
+      T(validate_bounds_train_device),
       T(lora_target_modules_read_as_lists_and_write_back),
       T(validate_bounds_loss_lr_scheduler_and_optimizer),
   };

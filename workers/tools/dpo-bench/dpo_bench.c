@@ -59,6 +59,9 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* --device: where the shim puts both UNets ("cpu", "cuda", "cuda:N"); the shim refuses what is not there. */
+static const char *g_device = "cpu";
+
 static void *xmalloc(size_t n) {
   void *p = malloc(n ? n : 1);
   if (!p) {
@@ -73,6 +76,7 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
   unet_params up = unet_default_params();
   up.threads = threads;
   up.seed = 1;
+  up.device = g_device;
   unet_t policy = NULL, ref = NULL;
   if (unet_create(sh->config_json, &up, &policy, err, sizeof err) != 0 ||
       unet_create(sh->config_json, &up, &ref, err, sizeof err) != 0) {
@@ -137,6 +141,8 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     t[4] = now_ms();
     if (unet_backward_mse(policy, gmse) != 0) goto torch_fail_p;
     t[5] = now_ms();
+    /* A device model's all-reduce path without the MPI: gradient to the host staging buffer and back. */
+    if (unet_host_copies(policy) && (!unet_grad_stage(policy, NULL) || unet_grad_unstage(policy) != 0)) goto torch_fail_p;
     if (unet_adamw_step(policy, &opt, NULL) != 0) goto torch_fail_p;
     t[6] = now_ms();
     step_ms[s] = t[6] - t[0];
@@ -155,6 +161,7 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     double flops = unet_train_flops(policy, n, hw, hw, L);
     printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name, P,
            n, hw, hw, L, info.num_params, threads, unet_attention_gemm(), blas_select_corename());
+    printf("  device   %s%s\n", unet_device(policy), unet_host_copies(policy) ? " (host copies: the optimizer phase includes the gradient's round trip through the staging buffer)" : "");
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
     printf("  phases (median ms):");
@@ -198,7 +205,8 @@ static void usage(FILE *out) {
           "tiny: the built-in tiny-sd config, 8 pairs, 4 text tokens; bigger: 64/128/256 channels,\n"
           "2 layers per block, 16x16 latents, 77 text tokens, 4 pairs. Defaults: --shape all --threads 2\n"
           "--steps 20 --warmup 3. --profile writes every ATen op of the timed steps to a Chrome trace\n"
-          "(one shape only; recording slows the step, so its timings are not the benchmark's).\n");
+          "(one shape only; recording slows the step, so its timings are not the benchmark's).\n"
+          "--device cpu|cuda|cuda:N puts both UNets there (default cpu; refused where libtorch sees no GPU).\n");
 }
 
 /* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
@@ -214,6 +222,7 @@ int main(int argc, char **argv) {
                                        {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},
                                        {"text-len", required_argument, 0, 'l'}, {"size", required_argument, 0, 'z'},
                                        {"profile", required_argument, 0, 'P'},
+                                       {"device", required_argument, 0, 'D'},
                                        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   const char *shape = "all", *config = NULL, *profile = NULL;
   int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
@@ -228,6 +237,7 @@ int main(int argc, char **argv) {
       case 'l': text_len = int_arg(optarg); break;
       case 'z': size = int_arg(optarg); break;
       case 'P': profile = optarg; break;
+      case 'D': g_device = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
