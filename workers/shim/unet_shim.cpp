@@ -224,6 +224,13 @@ int unet_lora_enable(unet_t m, const unet_lora_params *p) {
   });
 }
 
+int unet_set_gradient_checkpointing(unet_t m, int on) { return guarded(m, [&] { m->grad_ckpt = on != 0; }); }
+
+void unet_checkpoint_counts(unet_t m, uint64_t *forwards, uint64_t *recomputes) {
+  if (forwards) *forwards = m ? m->ckpt_forwards : 0;
+  if (recomputes) *recomputes = m ? m->ckpt_recomputes : 0;
+}
+
 int unet_lora_set_active(unet_t m, int active) { return guarded(m, [&] { shim::lora_set_active(*m, active != 0); }); }
 
 void unet_lora_get_info(unet_t m, unet_lora_info *info) {

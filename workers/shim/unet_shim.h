@@ -145,6 +145,18 @@ int unet_adamw_state(unet_t m, float **exp_avg, float **exp_avg_sq, size_t *n, u
 /* Sets the step count a resumed run continues from (the next unet_adamw_step takes step + 1). */
 int unet_adamw_set_step(unet_t m, uint64_t step);
 
+/* ---- Gradient checkpointing ----
+ * With it on, a forward that keeps a graph (unet_forward_mse on a trainable model) runs every resnet and
+ * transformer of the UNet without keeping its activations, and unet_backward_mse runs each again to
+ * back-propagate through it (diffusers' enable_gradient_checkpointing): less memory, one more forward of
+ * those blocks' time. The gradients are those without it up to float32 summation order. It applies to the
+ * adapters' gradients with LoRA alike; a reference or inference forward keeps no graph and is unchanged.
+ * Off by default; may be switched between steps (not between a forward and its backward). */
+int unet_set_gradient_checkpointing(unet_t m, int on);
+/* Since unet_create: how many blocks ran without keeping activations, and how many were recomputed in a
+ * backward (the two grow alike over full steps). Either output may be NULL. */
+void unet_checkpoint_counts(unet_t m, uint64_t *forwards, uint64_t *recomputes);
+
 /* ---- LoRA ----
  * Low-rank adapters on Linear layers, as peft adds them for diffusers: an adapted layer computes
  * W x + b + (alpha / rank) * up(down(x)), down [rank, in], up [out, rank]. Once enabled, the adapters are
