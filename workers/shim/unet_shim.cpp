@@ -172,6 +172,8 @@ int unet_backward_mse(unet_t m, const float *grad_mse) {
 float *unet_grad_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
+    if (!m->flat_grad.defined())
+      throw shim::error(DPOD_ESTATE, "unet_grad_buffer: the model is frozen: it keeps no gradients");
     if (n) *n = (size_t)m->flat_grad.numel();
     p = m->flat_grad.data_ptr<float>();
   });

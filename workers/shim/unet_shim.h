@@ -67,7 +67,8 @@ int unet_load_weights(unet_t m, const char *safetensors_path);
 /* Copies every parameter of `src` into `dst` (same config). */
 int unet_copy_weights(unet_t dst, unet_t src);
 
-/* Makes the model a frozen reference: no gradients, inference mode for every later forward. */
+/* Makes the model a frozen reference: no gradients, inference mode for every later forward. Its gradient
+ * buffer is released (unet_grad_buffer then returns NULL; unet_zero_grad does nothing). */
 int unet_freeze(unet_t m);
 
 /* Writes `dir`/diffusion_pytorch_model.safetensors (F32, diffusers names, written to a temporary name,

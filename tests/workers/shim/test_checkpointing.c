@@ -7,6 +7,7 @@
  * and the step without checkpointing is itself held to the fixture's loss, so neither side is vacuous. */
 #include <cjson/cJSON.h>
 
+#include "dpod_error.h"
 #include "loss.h"
 #include "shim_test_util.h"
 #include "cmocka_main.h"
@@ -263,11 +264,36 @@ static void lora_same_adapter_gradients(void **state) {
   unet_free(m);
 }
 
+/* The other memory a step need not hold: a frozen reference keeps no gradient buffer (it never trains),
+ * still runs its forward, and says why it has no gradients when asked for them. */
+static void frozen_reference_keeps_no_gradient_buffer(void **state) {
+  (void)state;
+  unet_t ref = load_model("tiny-sd", "unet.safetensors");
+  size_t n = 0;
+  assert_non_null(unet_grad_buffer(ref, &n));
+  assert_true(n > 0);
+  assert_int_equal(unet_freeze(ref), 0);
+  n = 0;
+  assert_null(unet_grad_buffer(ref, &n));
+  assert_non_null(strstr(unet_last_error(ref), "frozen"));
+  assert_int_equal(unet_zero_grad(ref), 0);
+  unet_info info;
+  unet_get_info(ref, &info);
+  step_inputs in = load_inputs("tiny-sd", "dpo_unsaturated", &info);
+  float mse[NSAMP], g[NSAMP] = {1, 1, 1, 1};
+  assert_int_equal(unet_forward_mse(ref, NSAMP, 8, 8, in.text_len, in.x, in.t, in.ehs, in.target, mse, NULL), 0);
+  assert_true(mse[0] > 0);
+  assert_int_equal(unet_backward_mse(ref, g), DPOD_ESTATE);
+  free_inputs(&in);
+  unet_free(ref);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(full_fine_tuning_tiny_sd_same_gradients),
       cmocka_unit_test(full_fine_tuning_tiny_sdxl_same_gradients),
       cmocka_unit_test(lora_same_adapter_gradients),
+      cmocka_unit_test(frozen_reference_keeps_no_gradient_buffer),
   };
   return CMOCKA_MAIN("checkpointing", tests, NULL, NULL);
 }
