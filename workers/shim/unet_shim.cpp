@@ -173,7 +173,8 @@ float *unet_grad_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
     if (!m->flat_grad.defined())
-      throw shim::error(DPOD_ESTATE, "unet_grad_buffer: the model is frozen: it keeps no gradients");
+      throw shim::error(DPOD_ESTATE, "unet_grad_buffer: the model is frozen (a reference, or a LoRA base): it keeps no "
+                                     "gradients");
     if (n) *n = (size_t)m->flat_grad.numel();
     p = m->flat_grad.data_ptr<float>();
   });

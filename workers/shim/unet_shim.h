@@ -108,9 +108,10 @@ int unet_forward_mse_added(unet_t m, int n, int height, int width, int text_len,
 int unet_backward_mse(unet_t m, const float *grad_mse);
 
 /* All trainable parameters live in one contiguous float32 buffer and their gradients in another, in
- * state-dict order, so gradients can be all-reduced in a few large calls. The pointers stay valid for
- * the handle's lifetime. CPU only; NULL (with unet_last_error saying why) otherwise. *n receives the
- * element count. */
+ * state-dict order, so gradients can be all-reduced in a few large calls. The parameter pointer stays
+ * valid for the handle's lifetime; the gradient pointer until unet_freeze or unet_lora_enable release
+ * the buffer (a frozen base keeps none: NULL then, until unet_lora_merge makes it trainable again). CPU
+ * only; NULL (with unet_last_error saying why) otherwise. *n receives the element count. */
 float *unet_grad_buffer(unet_t m, size_t *n);
 float *unet_param_buffer(unet_t m, size_t *n);
 /* Zeroes the gradient buffer. A failure here must stop training: the next backward would add to stale
@@ -161,10 +162,10 @@ void unet_checkpoint_counts(unet_t m, uint64_t *forwards, uint64_t *recomputes);
 /* ---- LoRA ----
  * Low-rank adapters on Linear layers, as peft adds them for diffusers: an adapted layer computes
  * W x + b + (alpha / rank) * up(down(x)), down [rank, in], up [out, rank]. Once enabled, the adapters are
- * the model's trainable parameters: the base is frozen, unet_backward_mse fills the adapters' gradients
- * only, and unet_zero_grad, unet_adamw_step and unet_adamw_state act on the adapters' flat buffers
- * (unet_lora_param_buffer's layout). unet_param_buffer, unet_grad_buffer and unet_param_at keep meaning
- * the base's. With the adapters switched off (unet_lora_set_active 0) the model is the base UNet: the
+ * the model's trainable parameters: the base is frozen (its gradient buffer released, so unet_grad_buffer
+ * returns NULL), unet_backward_mse fills the adapters' gradients only, and unet_zero_grad, unet_adamw_step
+ * and unet_adamw_state act on the adapters' flat buffers (unet_lora_param_buffer's layout).
+ * unet_param_buffer and unet_param_at keep meaning the base's. With the adapters switched off (unet_lora_set_active 0) the model is the base UNet: the
  * reference of a LoRA DPO run, in the same memory; such a forward records no graph and leaves the one
  * kept by the last forward with the adapters on, so policy and reference can alternate within a step. */
 
