@@ -381,6 +381,8 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
    * identical replicas a guarantee rather than an assumption about libtorch's RNG. */
   bcast_floats(params, nparam, "the initial weights");
   tr->lora = lora_setup(tr->policy, spec);
+  if (spec->train->gradient_checkpointing && unet_set_gradient_checkpointing(tr->policy, 1) != 0)
+    worker_die("train.gradient_checkpointing: %s", unet_last_error(tr->policy));
   if (tr->dpo && !tr->lora) {
     const char *ref_weights = ref_src ? ref_src->weights : NULL;
     tr->ref = build_unet(config_text, config_name, spec, ref_src);
@@ -980,6 +982,8 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
                "reference is the base with its adapters off",
                li.rank, li.alpha, li.num_modules, li.num_params, tr->info.num_params);
     }
+    if (tr->train->gradient_checkpointing)
+      log_info("gradient checkpointing: on (the policy's resnets and transformers are recomputed in backward)");
   }
 
   const uint32_t eval_every = tr->train->eval_every;
@@ -1086,6 +1090,11 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
              timing.steps, 1e3 * timing.step / timing.steps, 1e3 * timing.allreduce / timing.steps,
              100.0 * timing.allreduce / timing.step, 1e3 * timing.wait / timing.steps,
              1e3 * (timing.allreduce - timing.wait) / timing.steps, timing.samples / timing.step);
+  if (g_rank == 0 && tr->train->gradient_checkpointing) {
+    uint64_t fw = 0, re = 0;
+    unet_checkpoint_counts(tr->policy, &fw, &re);
+    log_info("gradient checkpointing: %" PRIu64 " blocks ran without their activations, %" PRIu64 " recomputed", fw, re);
+  }
   return WORKER_EXIT_OK;
 }
 

@@ -15,7 +15,7 @@ weights_file=diffusion_pytorch_model.safetensors
 lora=()
 if [ "${1:-}" = --lora ]; then
   weights_file=lora_adapters.safetensors
-  lora=(--set train.learning_rate=3e-5 --set train.lora.rank=4 --set train.lora.target_modules=to_q,to_v,to_out.0,ff.net.2)
+  lora=("${IT_LORA_SETS[@]}")
 fi
 post=()
 if [ "${1:-}" = --posterior ]; then
@@ -28,18 +28,8 @@ if [ "${1:-}" = --adafactor ]; then
   lora=(--set train.optimizer=adafactor --set train.loss=ipo --set train.lr_scheduler=linear)
 fi
 
-spec() {  # spec NAME --set ... : a YAML job file for a standalone run
-  local name=$1
-  shift
-  "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=3 \
-    --set train.checkpoint_every=0 --set train.learning_rate=1e-5 --set data.pairs=32 "${lora[@]}" "${post[@]}" "$@" >"$T/$name.yaml" \
-    || it_fail "dpoctl --dry-run failed for $name"
-}
-run() {  # run NAME RANKS
-  mkdir -p "$T/$1/tmp"
-  TMPDIR="$T/$1/tmp" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun -np "$2" --oversubscribe --bind-to none \
-    "$WORKER_BIN" --spec "$T/$1.yaml" --run-dir "$T/$1" >"$T/$1.log" 2>&1 || it_fail "$1 failed: $(tail -n 5 "$T/$1.log")"
-}
+spec() { local name=$1; shift; it_standalone_spec "$name" "${lora[@]}" "${post[@]}" "$@"; }
+run() { it_standalone_run "$@"; }
 weights() { echo "$T/$1/checkpoints/step-000003/$weights_file"; }
 
 spec one --set ranks=1 --set train.batch_size=4

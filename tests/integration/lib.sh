@@ -182,3 +182,25 @@ it_session_procs() {
     [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" = Z ] || echo "$p"
   done
 }
+
+# Standalone dpo-worker runs (no dpod), for tests that compare what training produces under two setups.
+# it_standalone_spec NAME [dpoctl --set args...]: $T/NAME.yaml, the tiny DPO job for 3 steps, the final
+# checkpoint only, 32 pairs, lr 1e-5, then the test's own --set options (the later wins).
+it_standalone_spec() {
+  local name=$1
+  shift
+  "$DPOCTL_BIN" submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --dry-run --set train.steps=3 \
+    --set train.checkpoint_every=0 --set train.learning_rate=1e-5 --set data.pairs=32 "$@" >"$T/$name.yaml" \
+    || it_fail "dpoctl --dry-run failed for $name"
+}
+# it_standalone_run NAME RANKS: dpo-worker on $T/NAME.yaml under mpirun, one thread a rank, its run in $T/NAME
+# and its output in $T/NAME.log.
+it_standalone_run() {
+  mkdir -p "$T/$1/tmp"
+  TMPDIR="$T/$1/tmp" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun -np "$2" --oversubscribe --bind-to none \
+    "$WORKER_BIN" --spec "$T/$1.yaml" --run-dir "$T/$1" >"$T/$1.log" 2>&1 || it_fail "$1 failed: $(tail -n 5 "$T/$1.log")"
+}
+# LoRA settings those comparisons use: lr 3e-5, rank 4 on to_q, to_v, to_out.0 and ff.net.2. AdamW turns a
+# rounding difference in a tiny gradient into a step difference of up to lr, so a 1e-5 tolerance means
+# something only while lr x steps is near it; a different batch still moves the adapters by 1e-4.
+IT_LORA_SETS=(--set train.learning_rate=3e-5 --set train.lora.rank=4 --set train.lora.target_modules=to_q,to_v,to_out.0,ff.net.2)

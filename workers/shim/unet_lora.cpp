@@ -142,9 +142,11 @@ void lora_enable(unet &m, const unet_lora_params &p) {
     l.up.mutable_grad() = grad.narrow(0, l.off_up, l.out * p.rank).view({l.out, p.rank});
   }
 
-  /* The base is frozen from here on: backward computes the adapters' gradients only. */
-  for (auto &q : m.params) q.t.requires_grad_(false);
-  for (auto &t : m.fused) t.requires_grad_(false);
+  /* The base is frozen from here on: backward computes the adapters' gradients only, and the base's
+   * gradient buffer (the size of its weights) is released until a merge makes it trainable again. */
+  for (auto &q : m.params) q.t.requires_grad_(false), q.t.mutable_grad() = at::Tensor();
+  for (auto &t : m.fused) t.requires_grad_(false), t.mutable_grad() = at::Tensor();
+  m.flat_grad = at::Tensor();
   m.lora_of.assign(m.params.size(), -1);
   for (size_t k = 0; k < adapters.size(); k++) m.lora_of[(size_t)adapters[k].weight] = (int)k;
   m.lora = std::move(adapters);
@@ -297,8 +299,18 @@ void lora_merge(unet &m) {
   m.adam_m = at::Tensor();
   m.adam_v = at::Tensor();
   m.adam_step = 0;
-  for (auto &q : m.params) q.t.requires_grad_(true);
-  for (auto &t : m.fused) t.requires_grad_(true);
+  /* A fresh gradient buffer, the parameters' and fused leaves' .grad views of it as allocate() lays them. */
+  m.flat_grad = at::zeros({m.flat.numel()}, m.flat.options());
+  for (auto &q : m.params) {
+    q.t.requires_grad_(true);
+    q.t.mutable_grad() = m.flat_grad.narrow(0, q.offset, q.numel).view(q.shape);
+  }
+  for (size_t i = 0; i < m.fused.size(); i++) {
+    const span_ &sp = m.spans[i];
+    const int64_t off = m.params[(size_t)sp.first].offset, len = sp.count * sp.rows * sp.cols;
+    m.fused[i].requires_grad_(true);
+    m.fused[i].mutable_grad() = m.flat_grad.narrow(0, off, len).view({sp.count * sp.rows, sp.cols});
+  }
 }
 
 }  // namespace shim

@@ -267,6 +267,7 @@ struct fwd_ {
   /* Without autograd recording, fresh intermediates may be overwritten in place (less memory traffic).
    * With it, keep every op out of place so nothing a backward formula needs is clobbered. */
   bool inplace = !at::GradMode::is_enabled();
+  bool ckpt = checkpointing(m);
 
   at::Tensor silu(at::Tensor x) const { return inplace ? at::silu_(x) : at::silu(x); }
   /* a + b where a is a fresh intermediate nobody else holds. */
@@ -376,6 +377,16 @@ struct fwd_ {
     return linear(m.add2, at::silu(linear(m.add1, at::cat({a.text_embeds, te}, -1))));
   }
 
+  /* The units gradient checkpointing may re-run: a resnet (of cat(x, skip) in an up block) and a
+   * transformer. */
+  at::Tensor res_unit(const resnet_ &r, const at::Tensor &x, const at::Tensor &skip, const at::Tensor &temb_act) const {
+    if (ckpt) return checkpoint_resnet(m, r, x, skip, temb_act);
+    return resnet(r, skip.defined() ? at::cat({x, skip}, 1) : x, temb_act);
+  }
+  at::Tensor tf_unit(const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs) const {
+    return ckpt ? checkpoint_transformer(m, t, x, ehs) : transformer(t, x, ehs);
+  }
+
   /* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. */
   at::Tensor run(at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added) const {
     const unet_config_ &c = m.cfg;
@@ -388,8 +399,8 @@ struct fwd_ {
     std::vector<at::Tensor> skips{h};
     for (const block_ &blk : m.downs) {
       for (size_t l = 0; l < blk.resnets.size(); l++) {
-        h = resnet(blk.resnets[l], h, temb_act);
-        if (!blk.attns.empty()) h = transformer(blk.attns[l], h, ehs);
+        h = res_unit(blk.resnets[l], h, at::Tensor(), temb_act);
+        if (!blk.attns.empty()) h = tf_unit(blk.attns[l], h, ehs);
         skips.push_back(h);
       }
       if (blk.has_sampler) {
@@ -397,16 +408,16 @@ struct fwd_ {
         skips.push_back(h);
       }
     }
-    h = resnet(m.mid.resnets[0], h, temb_act);
-    h = transformer(m.mid.attns[0], h, ehs);
-    h = resnet(m.mid.resnets[1], h, temb_act);
+    h = res_unit(m.mid.resnets[0], h, at::Tensor(), temb_act);
+    h = tf_unit(m.mid.attns[0], h, ehs);
+    h = res_unit(m.mid.resnets[1], h, at::Tensor(), temb_act);
 
     for (const block_ &blk : m.ups) {
       for (size_t l = 0; l < blk.resnets.size(); l++) {
         at::Tensor s = std::move(skips.back());
         skips.pop_back();
-        h = resnet(blk.resnets[l], at::cat({h, s}, 1), temb_act);
-        if (!blk.attns.empty()) h = transformer(blk.attns[l], h, ehs);
+        h = res_unit(blk.resnets[l], h, s, temb_act);
+        if (!blk.attns.empty()) h = tf_unit(blk.attns[l], h, ehs);
       }
       if (blk.has_sampler) {
         /* Nearest 2x, or to the size of the next skip connection when the input was not a multiple. */
@@ -516,6 +527,14 @@ struct flops_ {
 
 at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added) {
   return fwd_{m}.run(std::move(x), t, ehs, added);
+}
+
+at::Tensor resnet_unit(const unet &m, const resnet_ &r, const at::Tensor &x, const at::Tensor &temb_act) {
+  return fwd_{m}.resnet(r, x, temb_act);
+}
+
+at::Tensor transformer_unit(const unet &m, const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs) {
+  return fwd_{m}.transformer(t, x, ehs);
 }
 
 double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w) {

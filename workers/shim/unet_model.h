@@ -148,6 +148,12 @@ struct unet {
   std::string device_name = "cpu";
   at::Tensor grad_host;
   std::vector<std::pair<at::Tensor, at::Tensor>> mirrors;
+
+  /* Gradient checkpointing (unet_checkpointing.cpp): with grad mode on, every resnet and transformer runs
+   * without keeping its activations and is run again during backward. The counters (units run that way,
+   * units recomputed) are what tests and dpo-bench read to see it happen. */
+  bool grad_ckpt = false;
+  mutable uint64_t ckpt_forwards = 0, ckpt_recomputes = 0;
 };
 
 namespace shim {
@@ -167,6 +173,20 @@ struct added_ {
 /* x [n, C, H, W], t [n] float, ehs [n, L, D] -> [n, out_channels, H, W]. Records autograd only when grad
  * mode is on. `added` must be defined exactly when the config has text_time (checked by the caller). */
 at::Tensor forward(const unet &m, at::Tensor x, const at::Tensor &t, const at::Tensor &ehs, const added_ &added = {});
+
+/* One resnet (x [n, C, H, W], temb_act [n, time_embed_dim]) or one Transformer2DModel (x [n, C, H, W],
+ * ehs [n, L, D]) of the forward, as forward() runs it; for the checkpointing that re-runs them. */
+at::Tensor resnet_unit(const unet &m, const resnet_ &r, const at::Tensor &x, const at::Tensor &temb_act);
+at::Tensor transformer_unit(const unet &m, const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs);
+
+/* Whether forward() checkpoints its units now: enabled on the model and grad mode on (a reference or
+ * inference forward keeps no graph, so there is nothing to save). */
+bool checkpointing(const unet &m);
+/* The resnet of an up block, whose input is cat(x, skip) (skip undefined for none), and a transformer, each
+ * run without keeping activations and recomputed in backward (unet_checkpointing.cpp). */
+at::Tensor checkpoint_resnet(const unet &m, const resnet_ &r, const at::Tensor &x, const at::Tensor &skip,
+                             const at::Tensor &temb_act);
+at::Tensor checkpoint_transformer(const unet &m, const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs);
 
 /* The adapter's term scale * up(down(x)) for the Linear layer whose weight is params[weight], or an
  * undefined tensor when it has none or the adapters are off. x [..., in] -> [..., out]. */

@@ -204,6 +204,11 @@ void freeze(unet &m) {
   m.mse = at::Tensor();
   for (auto &p : m.params) p.t.requires_grad_(false);
   for (auto &t : m.fused) t.requires_grad_(false);
+  /* A reference never trains: its gradient buffer (the size of its weights) and optimizer state go. */
+  for (auto &p : m.params) p.t.mutable_grad() = at::Tensor();
+  for (auto &t : m.fused) t.mutable_grad() = at::Tensor();
+  m.flat_grad = at::Tensor();
+  m.adam_m = m.adam_v = at::Tensor();
 }
 
 uint64_t save(const unet &m, const char *dir) {
@@ -304,6 +309,7 @@ void backward_mse(unet &m, const float *grad_mse) {
 
 void zero_grad(unet &m) {
   at::NoGradGuard ng;
+  if (m.frozen && m.lora.empty()) return; /* no gradients to zero */
   trainable_grad(m).zero_();
 }
 

@@ -176,6 +176,9 @@ int unet_backward_mse(unet_t m, const float *grad_mse) {
 float *unet_grad_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
+    if (!m->flat_grad.defined())
+      throw shim::error(DPOD_ESTATE, "unet_grad_buffer: the model is frozen (a reference, or a LoRA base): it keeps no "
+                                     "gradients");
     if (!m->flat_grad.is_cpu())
       throw shim::error(DPOD_EUNSUPPORTED, "unet_grad_buffer: the model is on " + m->device_name + ": use unet_grad_stage");
     if (n) *n = (size_t)m->flat_grad.numel();
@@ -246,6 +249,13 @@ int unet_lora_enable(unet_t m, const unet_lora_params *p) {
     if (!p) throw shim::error(DPOD_EINVAL, "unet_lora_enable: no params");
     shim::lora_enable(*m, *p);
   });
+}
+
+int unet_set_gradient_checkpointing(unet_t m, int on) { return guarded(m, [&] { m->grad_ckpt = on != 0; }); }
+
+void unet_checkpoint_counts(unet_t m, uint64_t *forwards, uint64_t *recomputes) {
+  if (forwards) *forwards = m ? m->ckpt_forwards : 0;
+  if (recomputes) *recomputes = m ? m->ckpt_recomputes : 0;
 }
 
 int unet_lora_set_active(unet_t m, int active) { return guarded(m, [&] { shim::lora_set_active(*m, active != 0); }); }

@@ -68,7 +68,8 @@ int unet_load_weights(unet_t m, const char *safetensors_path);
 /* Copies every parameter of `src` into `dst` (same config). */
 int unet_copy_weights(unet_t dst, unet_t src);
 
-/* Makes the model a frozen reference: no gradients, inference mode for every later forward. */
+/* Makes the model a frozen reference: no gradients, inference mode for every later forward. Its gradient
+ * buffer is released (unet_grad_buffer then returns NULL; unet_zero_grad does nothing). */
 int unet_freeze(unet_t m);
 
 /* Writes `dir`/diffusion_pytorch_model.safetensors (F32, diffusers names, written to a temporary name,
@@ -108,10 +109,12 @@ int unet_forward_mse_added(unet_t m, int n, int height, int width, int text_len,
 int unet_backward_mse(unet_t m, const float *grad_mse);
 
 /* All trainable parameters live in one contiguous float32 buffer and their gradients in another, in
- * state-dict order, so gradients can be all-reduced in a few large calls. The pointers stay valid for
- * the handle's lifetime. *n receives the element count. With host copies (unet_host_copies) the
- * parameter buffer is a host snapshot instead, valid until the next call on the handle, which first
- * writes it back; unet_grad_buffer is then NULL off the CPU (unet_last_error says why): use unet_grad_stage. */
+ * state-dict order, so gradients can be all-reduced in a few large calls. The parameter pointer stays
+ * valid for the handle's lifetime; the gradient pointer until unet_freeze or unet_lora_enable release
+ * the buffer (a frozen base keeps none: NULL then, until unet_lora_merge makes it trainable again).
+ * *n receives the element count. With host copies (unet_host_copies) the parameter buffer is a host
+ * snapshot instead, valid until the next call on the handle, which first writes it back;
+ * unet_grad_buffer is then NULL off the CPU (unet_last_error says why): use unet_grad_stage. */
 float *unet_grad_buffer(unet_t m, size_t *n);
 float *unet_param_buffer(unet_t m, size_t *n);
 /* Zeroes the gradient buffer. A failure here must stop training: the next backward would add to stale
@@ -225,13 +228,25 @@ int unet_adafactor_state(unet_adafactor_t a, float **state, size_t *n, uint64_t 
 /* Sets the step count a resumed run continues from (the next update takes step + 1). */
 int unet_adafactor_set_step(unet_adafactor_t a, uint64_t step);
 
+/* ---- Gradient checkpointing ----
+ * With it on, a forward that keeps a graph (unet_forward_mse on a trainable model) runs every resnet and
+ * transformer of the UNet without keeping its activations, and unet_backward_mse runs each again to
+ * back-propagate through it (diffusers' enable_gradient_checkpointing): less memory, one more forward of
+ * those blocks' time. The gradients are those without it up to float32 summation order. It applies to the
+ * adapters' gradients with LoRA alike; a reference or inference forward keeps no graph and is unchanged.
+ * Off by default; may be switched between steps (not between a forward and its backward). */
+int unet_set_gradient_checkpointing(unet_t m, int on);
+/* Since unet_create: how many blocks ran without keeping activations, and how many were recomputed in a
+ * backward (the two grow alike over full steps). Either output may be NULL. */
+void unet_checkpoint_counts(unet_t m, uint64_t *forwards, uint64_t *recomputes);
+
 /* ---- LoRA ----
  * Low-rank adapters on Linear layers, as peft adds them for diffusers: an adapted layer computes
  * W x + b + (alpha / rank) * up(down(x)), down [rank, in], up [out, rank]. Once enabled, the adapters are
- * the model's trainable parameters: the base is frozen, unet_backward_mse fills the adapters' gradients
- * only, and unet_zero_grad, unet_adamw_step and unet_adamw_state act on the adapters' flat buffers
- * (unet_lora_param_buffer's layout). unet_param_buffer, unet_grad_buffer and unet_param_at keep meaning
- * the base's. With the adapters switched off (unet_lora_set_active 0) the model is the base UNet: the
+ * the model's trainable parameters: the base is frozen (its gradient buffer released, so unet_grad_buffer
+ * returns NULL), unet_backward_mse fills the adapters' gradients only, and unet_zero_grad, unet_adamw_step
+ * and unet_adamw_state act on the adapters' flat buffers (unet_lora_param_buffer's layout).
+ * unet_param_buffer and unet_param_at keep meaning the base's. With the adapters switched off (unet_lora_set_active 0) the model is the base UNet: the
  * reference of a LoRA DPO run, in the same memory; such a forward records no graph and leaves the one
  * kept by the last forward with the adapters on, so policy and reference can alternate within a step. */
 

@@ -964,6 +964,28 @@ static void validate_bounds_latents_and_random_flip(void **state) {
   refused_validate(0, "data.latents:");
 }
 
+/* train.gradient_checkpointing: off by default, a YAML or --set boolean, kept by a written job file,
+ * anything but a boolean refused by name with nothing changed. */
+static void gradient_checkpointing_is_a_bounded_bool(void **state) {
+  (void)state;
+  assert_false(spec->train->gradient_checkpointing);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  assert_int_equal(parse("train:\n  gradient_checkpointing: yes\n"), 0);
+  assert_true(spec->train->gradient_checkpointing);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_true(back->train->gradient_checkpointing);
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+  set_ok("train.gradient_checkpointing", "false");
+  assert_false(spec->train->gradient_checkpointing);
+  refused_set("train.gradient_checkpointing", "maybe", NULL);
+  refused_set("train.gradient_checkpointing", "2", NULL);
+  refused_set("train.gradient_checkpointing", "", NULL);
+  assert_false(spec->train->gradient_checkpointing);
+  refused_yaml("train: {gradient_checkpointing: sometimes}\n", "train.gradient_checkpointing");
+  refused_yaml("train: {gradient_checkpointing: [true]}\n", "train.gradient_checkpointing");
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(int argc, char **argv) {
@@ -977,6 +999,7 @@ int main(int argc, char **argv) {
       T(refuses_unknown_key_nested),
       T(suggests_section_for_misplaced_key),
       T(refuses_string_for_int),
+      T(gradient_checkpointing_is_a_bounded_bool),
       T(refuses_negative_and_overflowing_ints),
       T(refuses_non_finite_doubles),
       T(refuses_scalar_vs_mapping),

@@ -11,7 +11,7 @@
 #include "pref_format.h"
 #include "schedule.h"
 #include "loss.h"
-#include "tensor_test_util.h"
+#include "shim_test_util.h"
 #include "cmocka_main.h"
 #include "unet_shim.h"
 
@@ -26,18 +26,7 @@ static double json_num(const cJSON *o, const char *k) {
   return j->valuedouble;
 }
 
-static unet_t load_model(const char *dir, const char *weights) {
-  char err[512];
-  unet_t m = NULL;
-  unet_params p = unet_default_params();
-  p.threads = 2;
-  char *cfg = tu_read_text(tu_fixture(dir, "config.json"));
-  int rc = unet_create(cfg, &p, &m, err, sizeof err);
-  free(cfg);
-  if (rc != 0) fail_msg("unet_create: %s", err);
-  if (unet_load_weights(m, weights) != 0) fail_msg("%s", unet_last_error(m));
-  return m;
-}
+static unet_t load_model(const char *dir, const char *weights) { return stu_fixture_model(dir, weights); }
 
 /* Compares `got` with tensor `name` of `outputs` (atol 1e-5) and returns the largest difference. */
 static double check_output(const char *outputs, const char *name, const float *got, size_t n) {

@@ -2,23 +2,12 @@
  * added conditioning, text_embeds and time_ids) must reproduce outputs.safetensors to float32 rounding
  * (atol 1e-5), with integer and float timesteps alike. */
 #include "dpod_error.h"
-#include "tensor_test_util.h"
+#include "shim_test_util.h"
 #include "cmocka_main.h"
 #include "unet_shim.h"
 
 /* The fixture `dir`'s UNet with its weights. */
-static unet_t load_fixture_model(const char *dir) {
-  char err[512];
-  unet_t m = NULL;
-  unet_params p = unet_default_params();
-  p.threads = 2;
-  char *cfg = tu_read_text(tu_fixture(dir, "config.json"));
-  int rc = unet_create(cfg, &p, &m, err, sizeof err);
-  free(cfg);
-  if (rc != 0) fail_msg("unet_create: %s", err);
-  if (unet_load_weights(m, tu_fixture(dir, "unet.safetensors")) != 0) fail_msg("%s", unet_last_error(m));
-  return m;
-}
+static unet_t load_fixture_model(const char *dir) { return stu_fixture_model(dir, tu_fixture(dir, "unet.safetensors")); }
 
 static void run_forward(const char *dir, const char *timestep_name) {
   unet_t m = load_fixture_model(dir);

@@ -10,12 +10,22 @@
  *
  * Prints, per shape: ms/step (median and min over the timed steps), samples/s (2 x pairs images per
  * step, at the median), achieved GFLOP/s (unet_train_flops over the median step), the parameter count,
- * and the median time of each phase. */
+ * and the median time of each phase, and the process's peak resident memory (VmHWM: per rank, since a
+ * rank is a process) next to its resident memory once the models are built.
+ *
+ *   dpo-bench --gradient-checkpointing   the policy's blocks recomputed in backward
+ *   dpo-bench --lora RANK                LoRA adapters (diffusers' default targets, alpha = rank) on the
+ *                                        policy, the reference being the same UNet with them off
+ *   dpo-bench --memory                   per shape, full fine-tuning and LoRA (--lora's rank, else 4),
+ *                                        each without and with checkpointing, each in its own child
+ *                                        process so each peak is its own; then a table of them all */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 #include "blas_select.h"
 #include "rng.h"
@@ -33,6 +43,34 @@ static const char *const bigger_config_json =
     " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"],"
     " \"layers_per_block\": 2, \"cross_attention_dim\": 64, \"attention_head_dim\": 8,"
     " \"norm_num_groups\": 32}";
+
+/* What the policy trains (--gradient-checkpointing, --lora): kept apart from run_shape's arguments. */
+static struct {
+  int ckpt;      /* unet_set_gradient_checkpointing on the policy */
+  int lora_rank; /* 0: full fine-tuning with a frozen reference copy */
+} g_train;
+
+/* What one run_shape measured, for --memory's table. */
+typedef struct {
+  double ms, min_ms, samples_s, peak_mb, built_mb;
+} bench_result;
+static bench_result g_result;
+
+/* A field of /proc/self/status in MB ("VmHWM": the peak resident set so far, "VmRSS": now); -1 if absent. */
+static double proc_status_mb(const char *field) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  double mb = -1;
+  size_t n = strlen(field);
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') {
+      mb = strtod(line + n + 1, NULL) / 1024.0; /* kB */
+      break;
+    }
+  fclose(f);
+  return mb;
+}
 
 typedef struct {
   const char *name;
@@ -79,15 +117,23 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
   up.device = g_device;
   unet_t policy = NULL, ref = NULL;
   if (unet_create(sh->config_json, &up, &policy, err, sizeof err) != 0 ||
-      unet_create(sh->config_json, &up, &ref, err, sizeof err) != 0) {
+      (!g_train.lora_rank && unet_create(sh->config_json, &up, &ref, err, sizeof err) != 0)) {
     fprintf(stderr, "dpo-bench: %s: %s\n", sh->name, err);
     unet_free(policy);
     return 1;
   }
-  if (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0) {
+  if (ref && (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0)) {
     fprintf(stderr, "dpo-bench: %s\n", unet_last_error(ref));
     return 1;
   }
+  if (g_train.lora_rank) {
+    unet_lora_params lp = unet_lora_default_params();
+    lp.rank = g_train.lora_rank;
+    lp.seed = 1;
+    if (unet_lora_enable(policy, &lp) != 0) goto torch_fail_p;
+  }
+  if (g_train.ckpt && unet_set_gradient_checkpointing(policy, 1) != 0) goto torch_fail_p;
+  const double built_mb = proc_status_mb("VmRSS");
   unet_info info;
   unet_get_info(policy, &info);
   const int P = sh->pairs, n = 2 * P, L = sh->text_len;
@@ -134,7 +180,9 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     t[1] = now_ms();
     if (unet_forward_mse(policy, n, hw, hw, L, x_t, tf, ehs, target, mse_p, NULL) != 0) goto torch_fail_p;
     t[2] = now_ms();
-    if (unet_forward_mse(ref, n, hw, hw, L, x_t, tf, ehs, target, mse_r, NULL) != 0) goto torch_fail_r;
+    if (!ref && unet_lora_set_active(policy, 0) != 0) goto torch_fail_p;
+    if (unet_forward_mse(ref ? ref : policy, n, hw, hw, L, x_t, tf, ehs, target, mse_r, NULL) != 0) goto torch_fail_r;
+    if (!ref && unet_lora_set_active(policy, 1) != 0) goto torch_fail_p;
     t[3] = now_ms();
     dpo_loss_sums sums = {0};
     dpo_loss(P, mse_p, mse_r, 5000.0, 1.0 / P, &sums, NULL, gmse);
@@ -170,6 +218,11 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
       printf(" %s %.2f%s", phase_names[k], m, k + 1 < PH_COUNT ? "," : "\n");
     }
     printf("  loss %.6f -> %.6f\n", loss_first, loss_last);
+    double peak_mb = proc_status_mb("VmHWM");
+    printf("  training %s%s; peak RSS %.1f MB (after building the models %.1f MB)\n",
+           g_train.lora_rank ? "LoRA" : "every weight", g_train.ckpt ? ", gradient checkpointing" : "", peak_mb,
+           built_mb);
+    g_result = (bench_result){med, mn, 1e3 * n / med, peak_mb, built_mb};
   }
   free(step_ms);
   free(ph);
@@ -192,8 +245,62 @@ torch_fail_p:
   fprintf(stderr, "dpo-bench: %s: policy: %s\n", sh->name, unet_last_error(policy));
   return 1;
 torch_fail_r:
-  fprintf(stderr, "dpo-bench: %s: reference: %s\n", sh->name, unet_last_error(ref));
+  fprintf(stderr, "dpo-bench: %s: reference: %s\n", sh->name, unet_last_error(ref ? ref : policy));
   return 1;
+}
+
+/* --memory: each training setup of `sh` in a child process (its peak RSS is then its own), the results
+ * coming back through a pipe; prints them side by side. Forked before this process touches libtorch. */
+static int run_memory_table(const bench_shape *sh, int threads, int steps, int warmup, int lora_rank) {
+  static const struct {
+    int lora, ckpt;
+    const char *what;
+  } setups[] = {{0, 0, "full fine-tuning"}, {0, 1, "full + checkpointing"}, {1, 0, "LoRA"}, {1, 1, "LoRA + checkpointing"}};
+  enum { NSETUPS = sizeof setups / sizeof setups[0] };
+  bench_result res[NSETUPS];
+  int ok[NSETUPS], rc = 0;
+  for (int i = 0; i < NSETUPS; i++) {
+    int fd[2];
+    ok[i] = 0;
+    if (pipe(fd) != 0) {
+      perror("dpo-bench: pipe");
+      return 1;
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+      perror("dpo-bench: fork");
+      return 1;
+    }
+    if (pid == 0) {
+      close(fd[0]);
+      g_train.lora_rank = setups[i].lora ? lora_rank : 0;
+      g_train.ckpt = setups[i].ckpt;
+      int crc = run_shape(sh, threads, steps, warmup, NULL);
+      fflush(stdout);
+      if (crc == 0 && write(fd[1], &g_result, sizeof g_result) != (ssize_t)sizeof g_result) crc = 1;
+      _exit(crc);
+    }
+    close(fd[1]);
+    ssize_t got = read(fd[0], &res[i], sizeof res[i]);
+    close(fd[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ok[i] = got == (ssize_t)sizeof res[i] && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok[i]) rc = 1;
+  }
+  printf("%s, peak resident memory per process (LoRA rank %d):\n", sh->name, lora_rank);
+  printf("  %-22s %10s %10s %10s %12s %16s\n", "setup", "ms/step", "min ms", "samples/s", "peak RSS MB",
+         "built models MB");
+  for (int i = 0; i < NSETUPS; i++) {
+    if (!ok[i]) {
+      printf("  %-22s failed\n", setups[i].what);
+      continue;
+    }
+    printf("  %-22s %10.2f %10.2f %10.1f %12.1f %16.1f\n", setups[i].what, res[i].ms, res[i].min_ms, res[i].samples_s,
+           res[i].peak_mb, res[i].built_mb);
+  }
+  return rc;
 }
 
 static void usage(FILE *out) {
@@ -206,7 +313,11 @@ static void usage(FILE *out) {
           "2 layers per block, 16x16 latents, 77 text tokens, 4 pairs. Defaults: --shape all --threads 2\n"
           "--steps 20 --warmup 3. --profile writes every ATen op of the timed steps to a Chrome trace\n"
           "(one shape only; recording slows the step, so its timings are not the benchmark's).\n"
-          "--device cpu|cuda|cuda:N puts both UNets there (default cpu; refused where libtorch sees no GPU).\n");
+          "--device cpu|cuda|cuda:N puts both UNets there (default cpu; refused where libtorch sees no GPU).\n"
+          "--gradient-checkpointing recomputes the policy's blocks in backward; --lora RANK trains adapters\n"
+          "(diffusers' default targets, alpha = rank) instead of every weight; --memory runs full\n"
+          "fine-tuning and LoRA (rank from --lora, else 4), each without and with checkpointing, in child\n"
+          "processes and prints their ms/step and peak resident memory side by side.\n");
 }
 
 /* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
@@ -223,9 +334,12 @@ int main(int argc, char **argv) {
                                        {"text-len", required_argument, 0, 'l'}, {"size", required_argument, 0, 'z'},
                                        {"profile", required_argument, 0, 'P'},
                                        {"device", required_argument, 0, 'D'},
+                                       {"gradient-checkpointing", no_argument, 0, 'G'},
+                                       {"lora", required_argument, 0, 'R'},   {"memory", no_argument, 0, 'M'},
                                        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
   const char *shape = "all", *config = NULL, *profile = NULL;
   int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
+  int memory = 0, lora_given = 0;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
       case 's': shape = optarg; break;
@@ -238,6 +352,9 @@ int main(int argc, char **argv) {
       case 'z': size = int_arg(optarg); break;
       case 'P': profile = optarg; break;
       case 'D': g_device = optarg; break;
+      case 'G': g_train.ckpt = 1; break;
+      case 'R': g_train.lora_rank = int_arg(optarg), lora_given = 1; break;
+      case 'M': memory = 1; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
@@ -246,6 +363,16 @@ int main(int argc, char **argv) {
     usage(stderr);
     return 2;
   }
+  if (lora_given && (g_train.lora_rank < 1 || g_train.lora_rank > UNET_LORA_MAX_RANK)) {
+    fprintf(stderr, "dpo-bench: --lora: the rank must be a whole number from 1 to %d\n", UNET_LORA_MAX_RANK);
+    return 2;
+  }
+  if (memory && (profile || g_train.ckpt)) {
+    fprintf(stderr, "dpo-bench: --memory runs every setup itself; it takes neither --profile nor "
+                    "--gradient-checkpointing\n");
+    return 2;
+  }
+  const int memory_rank = lora_given ? g_train.lora_rank : 4;
   if (profile && !config && strcmp(shape, "all") == 0) {
     fprintf(stderr, "dpo-bench: --profile needs one shape (--shape tiny, --shape bigger or --config)\n");
     return 2;
@@ -257,7 +384,8 @@ int main(int argc, char **argv) {
       return 1;
     }
     bench_shape sh = {config, json, pairs, text_len, size};
-    int rc = run_shape(&sh, threads, steps, warmup, profile);
+    int rc = memory ? run_memory_table(&sh, threads, steps, warmup, memory_rank)
+                    : run_shape(&sh, threads, steps, warmup, profile);
     free(json);
     return rc;
   }
@@ -265,7 +393,8 @@ int main(int argc, char **argv) {
   int ran = 0, rc = 0;
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     if (strcmp(shape, "all") != 0 && strcmp(shape, shapes[i].name) != 0) continue;
-    rc |= run_shape(&shapes[i], threads, steps, warmup, profile);
+    rc |= memory ? run_memory_table(&shapes[i], threads, steps, warmup, memory_rank)
+                 : run_shape(&shapes[i], threads, steps, warmup, profile);
     ran++;
   }
   if (!ran) {
