@@ -13,6 +13,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <dlfcn.h>
 #include <initializer_list>
 #include <utility>
@@ -259,6 +261,16 @@ void allocate(unet &m, uint64_t seed) {
   }
 }
 
+/* Whether bf16 convolutions run channels-last: DPOD_CHANNELS_LAST=0 or 1 in the environment, else on
+ * (measured with dpo-bench: docs/mixed-precision.md). Decided once per process. */
+static bool channels_last_bf16() {
+  static const bool on = [] {
+    const char *e = std::getenv("DPOD_CHANNELS_LAST");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
 namespace {
 
 /* ---- forward ---- */
@@ -274,6 +286,11 @@ struct fwd_ {
   bool lowp = m.precision == UNET_PRECISION_BF16;
   at::Tensor C(const at::Tensor &t) const { return lowp && t.defined() ? t.to(at::kBFloat16) : t; }
   at::Tensor F32(const at::Tensor &t) const { return lowp ? t.to(at::kFloat) : t; }
+  /* bf16 convolutions on channels-last operands (oneDNN's native layout): see channels_last_bf16(). */
+  bool cl = lowp && channels_last_bf16();
+  at::Tensor CL(const at::Tensor &t) const {
+    return cl && t.defined() ? C(t).contiguous(at::MemoryFormat::ChannelsLast) : C(t);
+  }
 
   at::Tensor silu(at::Tensor x) const { return inplace ? at::silu_(x) : at::silu(x); }
   /* a + b where a is a fresh intermediate nobody else holds. */
@@ -285,10 +302,10 @@ struct fwd_ {
     if (c.pad_right) {
       at::Tensor xp = at::constant_pad_nd(x, {0, 1, 0, 1}, 0);
       const int64_t st[2] = {c.stride, c.stride}, pd[2] = {0, 0};
-      return at::conv2d(C(xp), C(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
+      return at::conv2d(CL(xp), CL(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
     }
     const int64_t st[2] = {c.stride, c.stride}, pd[2] = {c.pad, c.pad};
-    return at::conv2d(C(x), C(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
+    return at::conv2d(CL(x), CL(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
   }
   at::Tensor linear(const lin_ &l, const at::Tensor &x) const {
     at::Tensor y = at::linear(C(x), C(P(l.w)), C(opt(l.b)));
