@@ -5,12 +5,14 @@
  * unet_forward_mse on [winners; losers], dpo_loss, unet_backward_mse, unet_adamw_step. Latents and prompt
  * embeddings are fixed random normals (what the UNet computes does not depend on where they came from).
  *
- *   dpo-bench [--shape tiny|bigger|all] [--threads 2] [--steps 20] [--warmup 3]
+ *   dpo-bench [--shape tiny|bigger|all] [--threads 2] [--steps 20] [--warmup 3] [--precision fp32,bf16]
  *   dpo-bench --config PATH [--pairs 4] [--text-len 77] [--size S] ...
  *
  * Prints, per shape: ms/step (median and min over the timed steps), samples/s (2 x pairs images per
  * step, at the median), achieved GFLOP/s (unet_train_flops over the median step), the parameter count,
- * and the median time of each phase. */
+ * and the median time of each phase; first, the machine's own 1024^3 matmul rate in fp32 and bf16 through the
+ * same libtorch, the yardstick for the step's GFLOP/s. --precision takes a comma list: each shape runs at
+ * each precision in turn (unet_set_precision on policy and reference). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,7 +70,8 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, const char *profile) {
+static int run_shape(const bench_shape *sh, unet_precision prec, int threads, int steps, int warmup,
+                     const char *profile) {
   char err[1024];
   unet_params up = unet_default_params();
   up.threads = threads;
@@ -80,7 +83,11 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     unet_free(policy);
     return 1;
   }
-  if (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0) {
+  if (unet_set_precision(policy, prec) != 0) {
+    fprintf(stderr, "dpo-bench: %s\n", unet_last_error(policy));
+    return 1;
+  }
+  if (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0 || unet_set_precision(ref, prec) != 0) {
     fprintf(stderr, "dpo-bench: %s\n", unet_last_error(ref));
     return 1;
   }
@@ -153,8 +160,9 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
       if (timed[s] < mn) mn = timed[s];
     double med = median(timed, steps);
     double flops = unet_train_flops(policy, n, hw, hw, L);
-    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name, P,
-           n, hw, hw, L, info.num_params, threads, unet_attention_gemm(), blas_select_corename());
+    printf("%-8s %s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name,
+           unet_precision_name(prec), P, n, hw, hw, L, info.num_params, threads,
+           prec == UNET_PRECISION_FP32 ? unet_attention_gemm() : "aten", blas_select_corename());
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
     printf("  phases (median ms):");
@@ -192,13 +200,16 @@ torch_fail_r:
 static void usage(FILE *out) {
   fprintf(out,
           "usage: dpo-bench [--shape tiny|bigger|all] [--threads N] [--steps N] [--warmup N] [--profile T.json]\n"
+          "                 [--precision fp32|bf16|fp32,bf16]\n"
           "       dpo-bench --config CONFIG.json [--pairs P] [--text-len L] [--size S] [...]\n"
           "\n"
           "Times dpo-worker's training step (policy and reference forward, DPO loss, backward, AdamW).\n"
           "tiny: the built-in tiny-sd config, 8 pairs, 4 text tokens; bigger: 64/128/256 channels,\n"
           "2 layers per block, 16x16 latents, 77 text tokens, 4 pairs. Defaults: --shape all --threads 2\n"
           "--steps 20 --warmup 3. --profile writes every ATen op of the timed steps to a Chrome trace\n"
-          "(one shape only; recording slows the step, so its timings are not the benchmark's).\n");
+          "(one shape only; recording slows the step, so its timings are not the benchmark's).\n"
+          "--precision: each listed precision in turn (default fp32); the machine's fp32 and bf16 1024^3\n"
+          "matmul rates through the same libtorch are printed first.\n");
 }
 
 /* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
@@ -213,9 +224,9 @@ int main(int argc, char **argv) {
                                        {"steps", required_argument, 0, 'n'},  {"warmup", required_argument, 0, 'w'},
                                        {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},
                                        {"text-len", required_argument, 0, 'l'}, {"size", required_argument, 0, 'z'},
-                                       {"profile", required_argument, 0, 'P'},
+                                       {"profile", required_argument, 0, 'P'}, {"precision", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-  const char *shape = "all", *config = NULL, *profile = NULL;
+  const char *shape = "all", *config = NULL, *profile = NULL, *precision = "fp32";
   int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
@@ -228,6 +239,7 @@ int main(int argc, char **argv) {
       case 'l': text_len = int_arg(optarg); break;
       case 'z': size = int_arg(optarg); break;
       case 'P': profile = optarg; break;
+      case 'r': precision = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
@@ -240,6 +252,35 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dpo-bench: --profile needs one shape (--shape tiny, --shape bigger or --config)\n");
     return 2;
   }
+  unet_precision precs[4];
+  int nprec = 0;
+  {
+    char list[64];
+    snprintf(list, sizeof list, "%s", precision);
+    for (char *save = NULL, *w = strtok_r(list, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+      if (nprec == 4 || unet_precision_parse(w, &precs[nprec]) != 0) {
+        fprintf(stderr, "dpo-bench: --precision: '%s' is not a list of fp32, bf16 (fp16 where the device has it)\n",
+                precision);
+        return 2;
+      }
+      nprec++;
+    }
+    if (!nprec) {
+      fprintf(stderr, "dpo-bench: --precision: empty list\n");
+      return 2;
+    }
+  }
+  if (profile && nprec > 1) {
+    fprintf(stderr, "dpo-bench: --profile needs one precision\n");
+    return 2;
+  }
+  {
+    char err[512];
+    double f32 = unet_matmul_gflops(1024, UNET_PRECISION_FP32, threads, 5, err, sizeof err);
+    double b16 = unet_matmul_gflops(1024, UNET_PRECISION_BF16, threads, 5, err, sizeof err);
+    printf("machine  matmul 1024^3 through libtorch, %d threads: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n", threads, f32,
+           b16);
+  }
   if (config) {
     char *json = NULL, err[1024];
     if (dpod_read_file(config, 1 << 20, &json, NULL, err, sizeof err) != 0) {
@@ -247,7 +288,8 @@ int main(int argc, char **argv) {
       return 1;
     }
     bench_shape sh = {config, json, pairs, text_len, size};
-    int rc = run_shape(&sh, threads, steps, warmup, profile);
+    int rc = 0;
+    for (int k = 0; k < nprec; k++) rc |= run_shape(&sh, precs[k], threads, steps, warmup, profile);
     free(json);
     return rc;
   }
@@ -255,7 +297,7 @@ int main(int argc, char **argv) {
   int ran = 0, rc = 0;
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     if (strcmp(shape, "all") != 0 && strcmp(shape, shapes[i].name) != 0) continue;
-    rc |= run_shape(&shapes[i], threads, steps, warmup, profile);
+    for (int k = 0; k < nprec; k++) rc |= run_shape(&shapes[i], precs[k], threads, steps, warmup, profile);
     ran++;
   }
   if (!ran) {
