@@ -110,7 +110,8 @@ static void check_bf16_step(const char *dir, const char *folder) {
   float *pred[2] = {calloc(NSAMP * PER, sizeof(float)), calloc(NSAMP * PER, sizeof(float))};
   unet_t models[2] = {policy, ref};
   static const char *pred_names[2] = {"model_pred", "ref_pred"}, *mse_names[2] = {"model_losses", "ref_losses"};
-  double pred_err[2], mse_err[2][NSAMP];
+  double pred_err[2], mse_bound[2][NSAMP], worst_mse = 0;
+  float wm[2][NSAMP]; /* the fixture's float32 MSEs */
   for (int k = 0; k < 2; k++) {
     if (unet_forward_mse_added(models[k], NSAMP, 8, 8, text_len, x, t, ehs, &added, target, mse[k], pred[k]) != 0)
       fail_msg("%s: %s", pred_names[k], unet_last_error(models[k]));
@@ -121,55 +122,73 @@ static void check_bf16_step(const char *dir, const char *folder) {
       fail_msg("%s %s: relative L2 error %.3g of the bf16 prediction exceeds %.3g", dir, pred_names[k], pred_err[k],
                PRED_RTOL);
     float *wmse = tu_load(outputs, mse_names[k], &n);
+    memcpy(wm[k], wmse, sizeof wm[k]);
     for (int i = 0; i < NSAMP; i++) {
-      /* |d mse| <= 2 ||d pred_i|| ||pred_i - eps_i|| / PER, from the per-sample prediction error. */
-      double dp = 0, r = 0;
+      /* A priori, from the stated prediction tolerance: with ||d pred_i|| <= PRED_RTOL ||pred_i|| = delta,
+       * |d mse_i| <= (2 ||pred_i - eps_i|| delta + delta^2) / PER. */
+      double p2 = 0, r = 0;
       for (int j = 0; j < PER; j++) {
-        double d = (double)pred[k][i * PER + j] - want[i * PER + j], e = (double)want[i * PER + j] - target[i * PER + j];
-        dp += d * d, r += e * e;
+        double w = want[i * PER + j], e = w - target[i * PER + j];
+        p2 += w * w, r += e * e;
       }
-      double bound = (2 * sqrt(dp * r) + dp) / PER + 1e-6 * wmse[i];
-      mse_err[k][i] = fabs((double)mse[k][i] - wmse[i]);
-      if (!(mse_err[k][i] <= bound))
-        fail_msg("%s %s[%d]: %.9g, want %.9g: error %.3g exceeds the bound %.3g from its prediction's error", dir,
-                 mse_names[k], i, mse[k][i], wmse[i], mse_err[k][i], bound);
+      double delta = PRED_RTOL * sqrt(p2);
+      mse_bound[k][i] = (2 * sqrt(r) * delta + delta * delta) / PER + 1e-6 * wmse[i];
+      double e = fabs((double)mse[k][i] - wmse[i]);
+      worst_mse = fmax(worst_mse, e / mse_bound[k][i]);
+      if (!(e <= mse_bound[k][i]))
+        fail_msg("%s %s[%d]: %.9g, want %.9g: error %.3g exceeds its bound %.3g", dir, mse_names[k], i, mse[k][i],
+                 wmse[i], e, mse_bound[k][i]);
     }
     free(want);
     free(wmse);
   }
 
-  /* The loss and implicit accuracy. */
-  dpo_loss_sums sums;
-  memset(&sums, 0, sizeof sums);
-  float inside[NPAIRS], grad_mse[NSAMP];
-  dpo_loss(NPAIRS, mse[0], mse[1], BETA, 1.0 / NPAIRS, &sums, inside, grad_mse);
+  /* The inside terms, loss and implicit accuracy at the fixture's beta (against the script's values) and
+   * at the demo's beta 250 (against a float64 recomputation from the fixture's MSEs): each inside term
+   * within beta/2 times the sum of its four MSE bounds, the loss within the mean of those (its slope
+   * sigmoid(-inside) is at most 1), the accuracy of each pair whose true inside term is farther from 0. */
   char *js = tu_read_text(F("dpo_expected.json"));
-  cJSON *exp = cJSON_Parse(js);
+  cJSON *expd = cJSON_Parse(js);
   free(js);
-  assert_non_null(exp);
-  const cJSON *wi = cJSON_GetObjectItemCaseSensitive(exp, "inside_term");
-  double loss = sums.loss_sum / sums.pairs, want_loss = json_num(exp, "loss"), loss_bound = 0;
-  double worst_inside = 0;
+  assert_non_null(expd);
+  const cJSON *wi = cJSON_GetObjectItemCaseSensitive(expd, "inside_term");
+  static const double betas[2] = {BETA, 250.0};
+  double loss_at[2], want_at[2], bound_at[2];
+  float inside[NPAIRS], grad_mse[NSAMP];
+  dpo_loss_sums sums;
   int acc_checked = 0;
-  for (int i = 0; i < NPAIRS; i++) {
-    double w = cJSON_GetArrayItem(wi, i)->valuedouble;
-    double bound = BETA / 2 * (mse_err[0][i] + mse_err[0][NPAIRS + i] + mse_err[1][i] + mse_err[1][NPAIRS + i]);
-    double d = fabs(inside[i] - w);
-    worst_inside = fmax(worst_inside, d / fmax(bound, 1e-30));
-    if (!(d <= bound + 1e-3 * fmax(fabs(w), 1)))
-      fail_msg("%s: inside_term[%d] %.6g, want %.6g: error %.3g exceeds %.3g", dir, i, inside[i], w, d, bound);
-    loss_bound += bound / NPAIRS;
-    /* The pair's implicit accuracy (inside > 0) is determined wherever the bound cannot flip it. */
-    if (fabs(w) > bound) {
-      if ((inside[i] > 0) != (w > 0)) fail_msg("%s: pair %d's implicit accuracy flipped (inside %.6g, want %.6g)", dir, i, inside[i], w);
-      acc_checked++;
+  for (int b = 0; b < 2; b++) {
+    const double beta = betas[b];
+    memset(&sums, 0, sizeof sums);
+    dpo_loss(NPAIRS, mse[0], mse[1], beta, 1.0 / NPAIRS, &sums, inside, grad_mse);
+    double want_loss = 0, loss_bound = 0;
+    for (int i = 0; i < NPAIRS; i++) {
+      double w = -beta / 2 * (((double)wm[0][i] - wm[0][NPAIRS + i]) - ((double)wm[1][i] - wm[1][NPAIRS + i]));
+      if (b == 0) {
+        double script = cJSON_GetArrayItem(wi, i)->valuedouble; /* the float64 recomputation is the script's */
+        if (fabs(w - script) > 1e-3 * fmax(fabs(script), 1)) fail_msg("%s: recomputed inside term %.6g, the script's %.6g", dir, w, script);
+      }
+      want_loss += (w > 0 ? log1p(exp(-w)) : -w + log1p(exp(w))) / NPAIRS;
+      double bound = beta / 2 * (mse_bound[0][i] + mse_bound[0][NPAIRS + i] + mse_bound[1][i] + mse_bound[1][NPAIRS + i]);
+      if (!(fabs(inside[i] - w) <= bound))
+        fail_msg("%s: beta %g: inside_term[%d] %.6g, want %.6g: error exceeds its bound %.3g", dir, beta, i, inside[i], w, bound);
+      loss_bound += bound / NPAIRS;
+      if (fabs(w) > bound) {
+        if ((inside[i] > 0) != (w > 0))
+          fail_msg("%s: beta %g: pair %d's implicit accuracy flipped (inside %.6g, want %.6g)", dir, beta, i, inside[i], w);
+        acc_checked++;
+      }
     }
+    double loss = sums.loss_sum / sums.pairs;
+    if (b == 0 && fabs(want_loss - json_num(expd, "loss")) > 1e-5) fail_msg("%s: recomputed loss %.7f", dir, want_loss);
+    if (!(fabs(loss - want_loss) <= loss_bound))
+      fail_msg("%s: beta %g: bf16 loss %.7f, want %.7f: error exceeds its bound %.3g", dir, beta, loss, want_loss, loss_bound);
+    loss_at[b] = loss, want_at[b] = want_loss, bound_at[b] = loss_bound;
   }
-  if (!(fabs(loss - want_loss) <= loss_bound + 1e-3 * fabs(want_loss)))
-    fail_msg("%s: bf16 loss %.7f, want %.7f: error exceeds its bound %.3g", dir, loss, want_loss, loss_bound);
-  if (acc_checked == NPAIRS && sums.acc_sum / sums.pairs != json_num(exp, "implicit_acc"))
-    fail_msg("%s: implicit accuracy %g, want %g", dir, sums.acc_sum / sums.pairs, json_num(exp, "implicit_acc"));
-  cJSON_Delete(exp);
+  memset(&sums, 0, sizeof sums);
+  dpo_loss(NPAIRS, mse[0], mse[1], BETA, 1.0 / NPAIRS, &sums, inside, grad_mse);
+  double loss = sums.loss_sum / sums.pairs;
+  cJSON_Delete(expd);
   /* With the reference equal to the policy (step 0 of every run) the bf16 errors cancel exactly: the same
    * weights round the same way, so both predict bit for bit alike, the inside terms are 0, the loss is
    * ln 2 and the accuracy 0, as in float32. */
@@ -182,12 +201,7 @@ static void check_bf16_step(const char *dir, const char *folder) {
 
   /* The gradients of the fixture's step, back-propagated through the bf16 graph: their d loss / d mse is
    * the fixture's (recomputed from its float32 MSEs), so what is compared is the backward alone. */
-  float wm[2][NSAMP], wgrad_mse[NSAMP], winside[NPAIRS];
-  for (int k = 0; k < 2; k++) {
-    float *w = tu_load(outputs, mse_names[k], &n);
-    memcpy(wm[k], w, sizeof wm[k]);
-    free(w);
-  }
+  float wgrad_mse[NSAMP], winside[NPAIRS];
   dpo_loss_sums ws;
   memset(&ws, 0, sizeof ws);
   dpo_loss(NPAIRS, wm[0], wm[1], BETA, 1.0 / NPAIRS, &ws, winside, wgrad_mse);
@@ -231,11 +245,11 @@ static void check_bf16_step(const char *dir, const char *folder) {
     checked++;
   }
   assert_true(checked > 0);
-  printf("%s/%s bf16: predictions rel. L2 %.3g (policy) %.3g (ref), loss %.6f (fp32 %.6f, bound %.3g), inside terms "
-         "within %.2f of their bounds, accuracy checked on %d/%d pairs; gradient cosine %.6f, rel. L2 %.3g, "
-         "%zu tensors >= 1%% of the norm within %.3g (worst %s)\n",
-         dir, folder, pred_err[0], pred_err[1], loss, want_loss, loss_bound, worst_inside, acc_checked, NPAIRS, cos_all, err_all,
-         checked, worst, worst_name);
+  printf("%s/%s bf16: predictions rel. L2 %.3g (policy) %.3g (ref); MSEs at most %.2f of their bounds; loss at beta "
+         "%g %.6f (fp32 %.6f, bound %.3g), at beta %g %.6f (fp32 %.6f, bound %.3g); accuracy determined on %d of %d "
+         "pair-betas; gradient cosine %.6f, rel. L2 %.3g, %zu tensors >= 1%% of the norm within %.3g (worst %s)\n",
+         dir, folder, pred_err[0], pred_err[1], worst_mse, betas[0], loss_at[0], want_at[0], bound_at[0], betas[1],
+         loss_at[1], want_at[1], bound_at[1], acc_checked, 2 * NPAIRS, cos_all, err_all, checked, worst, worst_name);
   st_close(gf);
   free(want);
   free(x), free(t), free(ehs), free(target), free(text_embeds), free(time_ids), free(pred[0]), free(pred[1]);
