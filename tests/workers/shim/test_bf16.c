@@ -14,19 +14,18 @@
  * independent errors they add in quadrature: relative error of the output ~ sqrt(K) u / sqrt(3) = 1.1e-2
  * (residual connections shorten the effective path, so this is an upper estimate). We allow 3x that:
  *   - predictions: relative L2 error ||got - want|| / ||want|| <= 3.5e-2, per model;
- *   - per-sample MSE: mse = mean (pred - eps)^2, so d mse = 2 mean((pred - eps) d pred) and
- *     |d mse| / mse <= 2 ||d pred|| / ||pred - eps||; with the measured prediction error this is the
- *     bound checked per sample (plus float32 slack);
+ *   - per-sample MSE: with ||d pred_i|| <= 3.5e-2 ||pred_i|| = delta (the stated tolerance, not the
+ *     measured error), |d mse_i| <= (2 ||pred_i - eps_i|| delta + delta^2) / PER;
  *   - the gradients, each a product of the same roundings once more through the backward:
- *     cosine similarity of the whole flat gradient with the fixture's >= 1 - (2 x 3.5e-2)^2 / 2 = 0.9975,
- *     i.e. relative L2 error <= 7e-2, and the same per tensor for tensors holding at least 1% of the
- *     gradient's norm (smaller ones are dominated by the errors of larger terms, as in any bf16 run).
- * The DPO loss multiplies differences of MSEs by beta / 2 = 2500: the inside term
- * -beta/2 ((mse_w - mse_l) - (ref_w - ref_l)) errs by at most beta/2 * (sum of the four |d mse|), and the
- * loss -log sigmoid(inside) by at most that times sigmoid(-inside) <= 1. Policy and reference round the
- * same inputs through nearly the same weights, so their errors largely cancel and the bound actually
- * reached is far below the worst case; the test checks the worst-case bound from the measured MSE errors,
- * and the implicit accuracy only where the fixture's inside term is farther from 0 than its bound. */
+ *     relative L2 error <= 7e-2 (2 x 3.5e-2; cosine similarity >= 0.9975) over the whole flat gradient
+ *     and for each tensor holding at least 1% of the gradient's norm (smaller ones are dominated by the
+ *     errors of larger terms, as in any bf16 run).
+ * The inside term -beta/2 ((mse_w - mse_l) - (ref_w - ref_l)) then errs by at most beta/2 times the sum of
+ * its four MSE bounds, and the loss -log sigmoid(inside) by at most the mean of those (slope <= 1):
+ * checked at the fixture's beta 5000 and at the demo's 250 (float64 recomputation from the fixture's
+ * MSEs), with the implicit accuracy wherever the true inside term is farther from 0 than its bound. On
+ * these 8x8 fixtures those loss bounds are true but loose (the MSE differences are ~6e-4; see
+ * docs/mixed-precision.md); where the reference equals the policy the step is exact instead. */
 #include <cjson/cJSON.h>
 
 #include "loss.h"
