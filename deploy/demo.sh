@@ -10,13 +10,16 @@
 # (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
 # whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
 # they were not). With --lora, job 2 trains LoRA adapters on job 1's model (deploy/examples/demo-lora.yaml)
-# instead of every weight, its reference being that model with the adapters off.
+# instead of every weight, its reference being that model with the adapters off. With --bf16, both jobs
+# run the same job files at train.precision bf16 (mixed precision; the targets are the same).
 set -euo pipefail
 dpo_job=demo-dpo.yaml dpo_what=""
+prec=()
 case "${1:-}" in
   --lora) dpo_job=demo-lora.yaml dpo_what=" with LoRA" ;;
+  --bf16) prec=(--set train.precision=bf16) dpo_what=" in bf16" ;;
   "") ;;
-  *) echo "usage: bash deploy/demo.sh [--lora]" >&2; exit 2 ;;
+  *) echo "usage: bash deploy/demo.sh [--lora | --bf16]" >&2; exit 2 ;;
 esac
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
@@ -64,9 +67,9 @@ watch_phase() {
 
 # Both jobs are submitted at once: the DPO job waits for the SFT job (`after`) and starts from its newest
 # checkpoint (`job:ID`), which dpod resolves when it starts it.
-submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data"
+submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data" "${prec[@]}"
 sft=$JOB_ID
-submit "$EXAMPLES/$dpo_job" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft"
+submit "$EXAMPLES/$dpo_job" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft" "${prec[@]}"
 dpo=$JOB_ID
 watch_phase "2/4 pretraining the reference: sft on the base samples" "$sft"
 watch_phase "3/4 Diffusion-DPO$dpo_what from job $sft's checkpoint on 2 MPI ranks" "$dpo"

@@ -280,6 +280,13 @@ static unet_t build_unet(const char *config_text, const char *config_name, const
     if (rc && rc != DPOD_ENOMEM && rc != DPOD_ETORCH) worker_die_input("%s", err);
     if (rc) worker_die("%s", err);
   }
+  /* train.precision; a frozen reference at bf16 stores its weights in bf16 from unet_freeze on. */
+  unet_precision prec = UNET_PRECISION_FP32;
+  const char *pname = spec->train->precision ? spec->train->precision : "fp32";
+  if (unet_precision_parse(pname, &prec) != 0) worker_die_input("train.precision: unknown precision '%.64s'", pname);
+  rc = unet_set_precision(m, prec);
+  if (rc == DPOD_EUNSUPPORTED || rc == DPOD_EINVAL) worker_die_input("train.precision: %s", unet_last_error(m));
+  if (rc) worker_die("train.precision: %s", unet_last_error(m));
   return m;
 }
 

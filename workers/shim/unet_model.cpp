@@ -7,11 +7,14 @@
  * arithmetic is the same but the ops are not: q/k/v come from one matmul, the attention core is direct
  * sgemm calls per head (unet_attention.cpp), and 1x1 proj_in/proj_out run as Linear. */
 #include "unet_model.h"
+#include "unet_shim.h" /* unet_precision */
 
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <dlfcn.h>
 #include <initializer_list>
 #include <utility>
@@ -258,6 +261,16 @@ void allocate(unet &m, uint64_t seed) {
   }
 }
 
+/* Whether bf16 convolutions run channels-last: DPOD_CHANNELS_LAST=0 or 1 in the environment, else on
+ * (measured with dpo-bench: docs/mixed-precision.md). Decided once per process. */
+static bool channels_last_bf16() {
+  static const bool on = [] {
+    const char *e = std::getenv("DPOD_CHANNELS_LAST");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
 namespace {
 
 /* ---- forward ---- */
@@ -268,6 +281,17 @@ struct fwd_ {
    * With it, keep every op out of place so nothing a backward formula needs is clobbered. */
   bool inplace = !at::GradMode::is_enabled();
   bool ckpt = checkpointing(m);
+  /* bf16 (unet_set_precision): weights and activations cast to bf16 at the matmul-shaped ops (a no-op for
+   * what already is), norms in float32, the output back to float32. Casts of a parameter are recorded by
+   * autograd, so its float32 gradient lands in the flat gradient buffer. */
+  bool lowp = m.precision == UNET_PRECISION_BF16;
+  at::Tensor C(const at::Tensor &t) const { return lowp && t.defined() ? t.to(at::kBFloat16) : t; }
+  at::Tensor F32(const at::Tensor &t) const { return lowp ? t.to(at::kFloat) : t; }
+  /* bf16 convolutions on channels-last operands (oneDNN's native layout): see channels_last_bf16(). */
+  bool cl = lowp && channels_last_bf16();
+  at::Tensor CL(const at::Tensor &t) const {
+    return cl && t.defined() ? C(t).contiguous(at::MemoryFormat::ChannelsLast) : C(t);
+  }
 
   at::Tensor silu(at::Tensor x) const { return inplace ? at::silu_(x) : at::silu(x); }
   /* a + b where a is a fresh intermediate nobody else holds. */
@@ -279,16 +303,23 @@ struct fwd_ {
     if (c.pad_right) {
       at::Tensor xp = at::constant_pad_nd(x, {0, 1, 0, 1}, 0);
       const int64_t st[2] = {c.stride, c.stride}, pd[2] = {0, 0};
-      return at::conv2d(xp, P(c.w), P(c.b), at::IntArrayRef(st), at::IntArrayRef(pd));
+      return at::conv2d(CL(xp), CL(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
     }
     const int64_t st[2] = {c.stride, c.stride}, pd[2] = {c.pad, c.pad};
-    return at::conv2d(x, P(c.w), P(c.b), at::IntArrayRef(st), at::IntArrayRef(pd));
+    return at::conv2d(CL(x), CL(P(c.w)), C(P(c.b)), at::IntArrayRef(st), at::IntArrayRef(pd));
   }
   at::Tensor linear(const lin_ &l, const at::Tensor &x) const {
-    at::Tensor y = at::linear(x, P(l.w), opt(l.b));
-    at::Tensor d = lora_delta(m, l.w, x);
+    at::Tensor y = at::linear(C(x), C(P(l.w)), C(opt(l.b)));
+    at::Tensor d = delta(l.w, x);
     return d.defined() ? y + d : y;
   }
+  /* The adapter's term; in bf16 the adapters (float32, small) compute in float32 and the sum is bf16. */
+  at::Tensor delta(int w, const at::Tensor &x) const {
+    if (!lowp) return lora_delta(m, w, x);
+    at::Tensor d = lora_delta(m, w, F32(x));
+    return C(d);
+  }
+  at::Tensor fused(int j) const { return C(m.fused[(size_t)j]); }
   /* The fused projection's output plus the adapters of its parts (each [.., rows]), if any is adapted. */
   at::Tensor fused_lora(at::Tensor y, const at::Tensor &x, std::initializer_list<int> weights) const {
     if (!lora_on(m)) return y;
@@ -296,20 +327,25 @@ struct fwd_ {
     bool any = false;
     int64_t rows = y.size(-1) / (int64_t)weights.size();
     for (int w : weights) {
-      at::Tensor d = lora_delta(m, w, x);
+      at::Tensor d = delta(w, x);
       if (d.defined()) any = true;
       else {
         std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
         shape.back() = rows;
-        d = at::zeros(shape, x.options());
+        d = at::zeros(shape, C(x).options());
       }
       parts.push_back(d);
     }
     return any ? y + at::cat(parts, -1) : y;
   }
   at::Tensor norm(const norm_ &n, const at::Tensor &x) const {
-    if (n.groups > 0) return at::group_norm(x, n.groups, P(n.w), P(n.b), n.eps);
-    return at::layer_norm(x, {x.size(-1)}, P(n.w), P(n.b), n.eps);
+    if (lowp) return C(norm32(n, F32(x)));
+    return norm32(n, x);
+  }
+  /* Debian's torch 1.13 refuses a bf16 input with float32 weights: norms compute in float32. */
+  at::Tensor norm32(const norm_ &n, const at::Tensor &x) const {
+    if (n.groups > 0) return at::group_norm(x, n.groups, F32(P(n.w)), F32(P(n.b)), n.eps);
+    return at::layer_norm(x, {x.size(-1)}, F32(P(n.w)), F32(P(n.b)), n.eps);
   }
 
   /* temb_act: silu(time embedding) [n, time_embed_dim], shared by every resnet. */
@@ -327,12 +363,14 @@ struct fwd_ {
   at::Tensor attention(const attn_ &a, const at::Tensor &x, const at::Tensor &ctx) const {
     at::Tensor q, kv;
     if (!ctx.defined()) {
-      q = fused_lora(at::linear(x, m.fused[(size_t)a.qkv]), x, {a.q.w, a.k.w, a.v.w}); /* [b, n, 3 dim] */
-      kv = at::empty({0}, x.options());
+      q = fused_lora(at::linear(C(x), fused(a.qkv)), x, {a.q.w, a.k.w, a.v.w}); /* [b, n, 3 dim] */
+      kv = at::empty({0}, q.options());
     } else {
       q = linear(a.q, x);                                                            /* [b, n, dim] */
-      kv = fused_lora(at::linear(ctx, m.fused[(size_t)a.kv]), ctx, {a.k.w, a.v.w}); /* [b, m, 2 dim] */
+      kv = fused_lora(at::linear(C(ctx), fused(a.kv)), ctx, {a.k.w, a.v.w}); /* [b, m, 2 dim] */
     }
+    /* The direct sgemm_ core is float32 only: bf16 runs on ATen's batched matmuls. */
+    if (lowp) return linear(a.out, attention_core_lowp(q, kv, a.heads, a.scale));
     return linear(a.out, attention_core(q, kv, a.heads, a.scale));
   }
 
@@ -341,7 +379,7 @@ struct fwd_ {
   at::Tensor transformer(const transformer_ &t, const at::Tensor &x, const at::Tensor &ehs) const {
     int64_t b = x.size(0), c = x.size(1), hh = x.size(2), ww = x.size(3);
     at::Tensor h = norm(t.norm, x).permute({0, 2, 3, 1}).reshape({b * hh * ww, c});
-    h = t.linear ? linear(t.pin_l, h) : at::linear(h, m.fused[(size_t)t.pin_2d], P(t.pin_c.b));
+    h = t.linear ? linear(t.pin_l, h) : at::linear(C(h), fused(t.pin_2d), C(P(t.pin_c.b)));
     int64_t inner = h.size(1);
     h = h.view({b, hh * ww, inner});
     for (const tblock_ &tb : t.blocks) {
@@ -350,7 +388,7 @@ struct fwd_ {
       std::vector<at::Tensor> hg = linear(tb.ff1, norm(tb.n3, h)).chunk(2, -1);
       h = add(linear(tb.ff2, hg[0] * at::gelu(hg[1])), h);
     }
-    h = t.linear ? linear(t.pout_l, h) : at::linear(h, m.fused[(size_t)t.pout_2d], P(t.pout_c.b));
+    h = t.linear ? linear(t.pout_l, h) : at::linear(C(h), fused(t.pout_2d), C(P(t.pout_c.b)));
     return at::add(x, h.view({b, hh, ww, c}).permute({0, 3, 1, 2}));
   }
 
@@ -426,7 +464,7 @@ struct fwd_ {
         h = conv(blk.sampler, h);
       }
     }
-    return conv(m.conv_out, silu(norm(m.norm_out, h)));
+    return F32(conv(m.conv_out, silu(norm(m.norm_out, h))));
   }
 };
 

@@ -154,6 +154,12 @@ struct unet {
    * units recomputed) are what tests and dpo-bench read to see it happen. */
   bool grad_ckpt = false;
   mutable uint64_t ckpt_forwards = 0, ckpt_recomputes = 0;
+
+  /* Mixed precision (unet_precision.cpp): 0 fp32, 1 bf16 (unet_precision values). With bf16_stored
+   * (a frozen bf16 model) flat is bfloat16, the parameters and fused leaves are views of it, and
+   * flat_grad is undefined. */
+  int precision = 0;
+  bool bf16_stored = false;
 };
 
 namespace shim {
@@ -200,6 +206,18 @@ double forward_flops(const unet &m, double n, int64_t L, int64_t h, int64_t w);
 /* softmax(scale q k^T) v for every (image, head). q [b, n, 3 dim] (self-attention: q, k, v side by
  * side, kv empty) or q [b, n, dim] with kv [b, m, 2 dim]; returns [b, n, dim]. Differentiable. */
 at::Tensor attention_core(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale);
+
+/* attention_core on ATen ops in the dtype of q and kv (bf16 here): the two products as batched matmuls,
+ * the softmax in float32 (unet_precision.cpp). Differentiable by autograd. */
+at::Tensor attention_core_lowp(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale);
+/* unet_set_precision without its boundary (p is a unet_precision value). */
+void set_precision(unet &m, int p);
+/* unet_matmul_gflops without its boundary. */
+double matmul_gflops(int n, int p, int threads, int reps);
+/* Converts a frozen bf16 model's stored weights to bf16 (once; see unet_set_precision). */
+void store_frozen_bf16(unet &m);
+/* Throws DPOD_ESTATE, naming `fn`, when the model's weights are stored in bf16. */
+void require_fp32_storage(const unet &m, const char *fn);
 
 /* Whether attention_core multiplies through direct sgemm_ calls (else ATen's matmul). */
 bool attention_uses_sgemm();

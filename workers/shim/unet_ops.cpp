@@ -124,6 +124,7 @@ void config_num_params(const char *config_json, size_t *num_params, size_t *num_
 
 void load_weights(unet &m, const char *path) {
   if (!path) throw error(DPOD_EINVAL, "unet_load_weights: no path");
+  require_fp32_storage(m, "unet_load_weights");
   char e[1024];
   st_file *f = nullptr;
   int rc = st_open(path, &f, e, sizeof e);
@@ -194,6 +195,7 @@ void copy_weights(unet &dst, const unet &src) {
   for (size_t i = 0; same && i < src.params.size(); i++)
     same = src.params[i].name == dst.params[i].name && src.params[i].shape == dst.params[i].shape;
   if (!same) throw error(DPOD_ESHAPE, "unet_copy_weights: the two models have different configs");
+  require_fp32_storage(dst, "unet_copy_weights");
   at::NoGradGuard ng;
   dst.mse = at::Tensor();
   dst.flat.copy_(src.flat);
@@ -209,10 +211,12 @@ void freeze(unet &m) {
   for (auto &t : m.fused) t.mutable_grad() = at::Tensor();
   m.flat_grad = at::Tensor();
   m.adam_m = m.adam_v = at::Tensor();
+  store_frozen_bf16(m);
 }
 
 uint64_t save(const unet &m, const char *dir) {
   if (!dir) throw error(DPOD_EINVAL, "unet_save: no directory");
+  require_fp32_storage(m, "unet_save");
   std::string d(dir);
   char e[1024];
   if (dpod_mkdirs(dir, 0755, 0, e, sizeof e) != 0) throw error(DPOD_EIO, e);
@@ -308,6 +312,7 @@ void backward_mse(unet &m, const float *grad_mse) {
 }
 
 void zero_grad(unet &m) {
+  require_fp32_storage(m, "unet_zero_grad");
   at::NoGradGuard ng;
   if (m.frozen && m.lora.empty()) return; /* no gradients to zero */
   trainable_grad(m).zero_();
@@ -374,6 +379,7 @@ void adamw_step(unet &m, const unet_adamw_params &p, double *grad_norm) {
 }
 
 void adamw_state(unet &m, float **exp_avg, float **exp_avg_sq, size_t *n, uint64_t *step) {
+  require_fp32_storage(m, "unet_adamw_state");
   ensure_adam_state(m);
   /* With host copies, snapshots written back at the next call (unet_device.h). */
   if (exp_avg) *exp_avg = m.host_copies ? host_mirror_(m, m.adam_m) : m.adam_m.data_ptr<float>();

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdio>
+#include <cstring>
 #include <new>
 #include <string>
 
@@ -181,6 +182,7 @@ float *unet_grad_buffer(unet_t m, size_t *n) {
                                      "gradients");
     if (!m->flat_grad.is_cpu())
       throw shim::error(DPOD_EUNSUPPORTED, "unet_grad_buffer: the model is on " + m->device_name + ": use unet_grad_stage");
+    shim::require_fp32_storage(*m, "unet_grad_buffer");
     if (n) *n = (size_t)m->flat_grad.numel();
     p = m->flat_grad.data_ptr<float>();
   });
@@ -190,6 +192,7 @@ float *unet_grad_buffer(unet_t m, size_t *n) {
 float *unet_param_buffer(unet_t m, size_t *n) {
   float *p = nullptr;
   int status = guarded(m, [&] {
+    shim::require_fp32_storage(*m, "unet_param_buffer");
     if (n) *n = (size_t)m->flat.numel();
     p = m->host_copies ? shim::host_mirror_(*m, m->flat) : m->flat.data_ptr<float>();
   });
@@ -305,6 +308,37 @@ int unet_lora_save(unet_t m, const char *path, int fold, uint64_t *bytes_out) {
 }
 
 int unet_lora_merge(unet_t m) { return guarded(m, [&] { shim::lora_merge(*m); }); }
+
+int unet_set_precision(unet_t m, unet_precision p) { return guarded(m, [&] { shim::set_precision(*m, (int)p); }); }
+
+unet_precision unet_get_precision(unet_t m) { return m ? (unet_precision)m->precision : UNET_PRECISION_FP32; }
+
+const char *unet_precision_name(unet_precision p) {
+  switch (p) {
+    case UNET_PRECISION_FP32: return "fp32";
+    case UNET_PRECISION_BF16: return "bf16";
+    case UNET_PRECISION_FP16: return "fp16";
+  }
+  return "?";
+}
+
+int unet_precision_parse(const char *name, unet_precision *out) {
+  static const unet_precision all[] = {UNET_PRECISION_FP32, UNET_PRECISION_BF16, UNET_PRECISION_FP16};
+  for (unet_precision p : all)
+    if (name && strcmp(name, unet_precision_name(p)) == 0) {
+      if (out) *out = p;
+      return 0;
+    }
+  return DPOD_EINVAL;
+}
+
+double unet_matmul_gflops(int n, unet_precision p, int threads, int reps, char *err, size_t errlen) {
+  double r = 0;
+  std::string msg;
+  int status = run_caught([&] { r = shim::matmul_gflops(n, (int)p, threads, reps); }, &msg);
+  if (status && err && errlen) snprintf(err, errlen, "%s", msg.c_str());
+  return status ? 0 : r;
+}
 
 double unet_train_flops(unet_t m, int n, int height, int width, int text_len) {
   if (!m || n <= 0 || height <= 0 || width <= 0 || text_len <= 0) return 0;

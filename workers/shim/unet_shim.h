@@ -310,6 +310,33 @@ int unet_lora_save(unet_t m, const char *path, int fold, uint64_t *bytes_out);
  * a plain UNet again, whose weights unet_save and unet_param_buffer give. */
 int unet_lora_merge(unet_t m);
 
+/* ---- Mixed precision ----
+ * UNET_PRECISION_BF16: convolutions, Linear layers and attention compute in bfloat16 on bf16 activations
+ * (through oneDNN on a CPU with AVX-512 BF16); the weights are cast to bf16 at each forward, so autograd
+ * through the cast delivers the gradients in float32 into the flat gradient buffer, and the fp32 master
+ * weights and AdamW state are untouched. Group and layer norms, the timestep embedding, the softmax of
+ * attention, the MSE loss and every reduction stay float32 (a norm casts its input up and its output
+ * back). A frozen model (unet_freeze) at bf16 STORES its weights in bf16, converted once, and frees the
+ * fp32 copy and the gradient buffer: half the reference's memory. Such a model refuses
+ * unet_param_buffer, unet_grad_buffer, unet_load_weights, unet_copy_weights (into it), unet_save and a
+ * return to fp32 (DPOD_ESTATE); set the weights before freezing. UNET_PRECISION_FP16 is refused on the
+ * CPU (DPOD_EUNSUPPORTED) and not implemented elsewhere yet. FP32 (the default) is the float32 path,
+ * bit for bit as without this call. */
+typedef enum { UNET_PRECISION_FP32 = 0, UNET_PRECISION_BF16 = 1, UNET_PRECISION_FP16 = 2 } unet_precision;
+
+int unet_set_precision(unet_t m, unet_precision p);
+unet_precision unet_get_precision(unet_t m);
+/* "fp32", "bf16", "fp16"; "?" otherwise. Static storage. */
+const char *unet_precision_name(unet_precision p);
+/* The precision named `name` (as train.precision spells it): 0, or DPOD_EINVAL for an unknown name. */
+int unet_precision_parse(const char *name, unet_precision *out);
+
+/* The machine's matmul rate through this libtorch: GFLOP/s of an n x n by n x n at::mm in precision p
+ * (fp32 or bf16; random operands), the best of `reps` after one warm-up, on `threads` intra-op threads
+ * (0: libtorch's current setting). For dpo-bench, next to the step's own rate. 0 on bad input or
+ * failure, with err (may be NULL) saying why. */
+double unet_matmul_gflops(int n, unet_precision p, int threads, int reps, char *err, size_t errlen);
+
 /* Analytic FLOPs of one Diffusion-DPO training step over n images of height x width latents with
  * text_len text tokens: 4x the forward (policy forward, backward ~2x forward, reference forward).
  * Counts Conv2d (2 Cin Cout k k Hout Wout / groups per image), Linear (2 in out per row) and the two

@@ -895,6 +895,24 @@ static void validate_bounds_train_device(void **state) {
   protobuf_c_message_free_unpacked(&back->base, NULL);
 }
 
+/* train.precision: fp32 by default; fp32, bf16 and fp16 pass (the worker refuses fp16 on a CPU); any other
+ * word, or a case variant, is refused by name. */
+static void validate_bounds_train_precision(void **state) {
+  (void)state;
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  assert_string_equal(spec->train->precision, "fp32");
+  const char *good[] = {"fp32", "bf16", "fp16"};
+  for (size_t i = 0; i < 3; i++) {
+    set_ok("train.precision", good[i]);
+    assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  }
+  const char *bad[] = {"BF16", "float32", "", "bf8"};
+  for (size_t i = 0; i < 4; i++) {
+    set_ok("train.precision", bad[i]);
+    refused_validate(0, "train.precision:");
+  }
+}
+
 /* target_modules is a list: YAML flow or block sequences, a comma list in --set, written back as a list. */
 static void lora_target_modules_read_as_lists_and_write_back(void **state) {
   (void)state;
@@ -1035,6 +1053,7 @@ int main(int argc, char **argv) {
       T(keep_best_needs_a_known_metric_and_an_evaluation_at_every_checkpoint),
       T(validate_refuses_each_bad_lora_value),
       T(validate_bounds_train_device),
+      T(validate_bounds_train_precision),
       T(lora_target_modules_read_as_lists_and_write_back),
       T(validate_bounds_loss_lr_scheduler_and_optimizer),
   };

@@ -5,13 +5,16 @@
  * unet_forward_mse on [winners; losers], dpo_loss, unet_backward_mse, unet_adamw_step. Latents and prompt
  * embeddings are fixed random normals (what the UNet computes does not depend on where they came from).
  *
- *   dpo-bench [--shape tiny|bigger|all] [--threads 2] [--steps 20] [--warmup 3]
+ *   dpo-bench [--shape tiny|bigger|all] [--threads 2] [--steps 20] [--warmup 3] [--precision fp32,bf16]
  *   dpo-bench --config PATH [--pairs 4] [--text-len 77] [--size S] ...
  *
  * Prints, per shape: ms/step (median and min over the timed steps), samples/s (2 x pairs images per
  * step, at the median), achieved GFLOP/s (unet_train_flops over the median step), the parameter count,
  * and the median time of each phase, and the process's peak resident memory (VmHWM: per rank, since a
- * rank is a process) next to its resident memory once the models are built.
+ * rank is a process) next to its resident memory once the models are built; first, the machine's own
+ * 1024^3 matmul rate in fp32 and bf16 through the same libtorch, the yardstick for the step's GFLOP/s.
+ * --precision takes a comma list: each shape runs at each precision in turn (unet_set_precision on
+ * policy and reference).
  *
  *   dpo-bench --gradient-checkpointing   the policy's blocks recomputed in backward
  *   dpo-bench --lora RANK                LoRA adapters (diffusers' default targets, alpha = rank) on the
@@ -109,7 +112,8 @@ static void *xmalloc(size_t n) {
   return p;
 }
 
-static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, const char *profile) {
+static int run_shape(const bench_shape *sh, unet_precision prec, int threads, int steps, int warmup,
+                     const char *profile) {
   char err[1024];
   unet_params up = unet_default_params();
   up.threads = threads;
@@ -122,7 +126,11 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
     unet_free(policy);
     return 1;
   }
-  if (ref && (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0)) {
+  if (unet_set_precision(policy, prec) != 0) {
+    fprintf(stderr, "dpo-bench: %s\n", unet_last_error(policy));
+    return 1;
+  }
+  if (ref && (unet_copy_weights(ref, policy) != 0 || unet_freeze(ref) != 0 || unet_set_precision(ref, prec) != 0)) {
     fprintf(stderr, "dpo-bench: %s\n", unet_last_error(ref));
     return 1;
   }
@@ -207,8 +215,9 @@ static int run_shape(const bench_shape *sh, int threads, int steps, int warmup, 
       if (timed[s] < mn) mn = timed[s];
     double med = median(timed, steps);
     double flops = unet_train_flops(policy, n, hw, hw, L);
-    printf("%-8s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name, P,
-           n, hw, hw, L, info.num_params, threads, unet_attention_gemm(), blas_select_corename());
+    printf("%-8s %s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name,
+           unet_precision_name(prec), P, n, hw, hw, L, info.num_params, threads,
+           prec == UNET_PRECISION_FP32 ? unet_attention_gemm() : "aten", blas_select_corename());
     printf("  device   %s%s\n", unet_device(policy), unet_host_copies(policy) ? " (host copies: the optimizer phase includes the gradient's round trip through the staging buffer)" : "");
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
@@ -251,7 +260,8 @@ torch_fail_r:
 
 /* --memory: each training setup of `sh` in a child process (its peak RSS is then its own), the results
  * coming back through a pipe; prints them side by side. Forked before this process touches libtorch. */
-static int run_memory_table(const bench_shape *sh, int threads, int steps, int warmup, int lora_rank) {
+static int run_memory_table(const bench_shape *sh, unet_precision prec, int threads, int steps, int warmup,
+                            int lora_rank) {
   static const struct {
     int lora, ckpt;
     const char *what;
@@ -276,7 +286,7 @@ static int run_memory_table(const bench_shape *sh, int threads, int steps, int w
       close(fd[0]);
       g_train.lora_rank = setups[i].lora ? lora_rank : 0;
       g_train.ckpt = setups[i].ckpt;
-      int crc = run_shape(sh, threads, steps, warmup, NULL);
+      int crc = run_shape(sh, prec, threads, steps, warmup, NULL);
       fflush(stdout);
       if (crc == 0 && write(fd[1], &g_result, sizeof g_result) != (ssize_t)sizeof g_result) crc = 1;
       _exit(crc);
@@ -306,6 +316,7 @@ static int run_memory_table(const bench_shape *sh, int threads, int steps, int w
 static void usage(FILE *out) {
   fprintf(out,
           "usage: dpo-bench [--shape tiny|bigger|all] [--threads N] [--steps N] [--warmup N] [--profile T.json]\n"
+          "                 [--precision fp32|bf16|fp32,bf16]\n"
           "       dpo-bench --config CONFIG.json [--pairs P] [--text-len L] [--size S] [...]\n"
           "\n"
           "Times dpo-worker's training step (policy and reference forward, DPO loss, backward, AdamW).\n"
@@ -317,7 +328,9 @@ static void usage(FILE *out) {
           "--gradient-checkpointing recomputes the policy's blocks in backward; --lora RANK trains adapters\n"
           "(diffusers' default targets, alpha = rank) instead of every weight; --memory runs full\n"
           "fine-tuning and LoRA (rank from --lora, else 4), each without and with checkpointing, in child\n"
-          "processes and prints their ms/step and peak resident memory side by side.\n");
+          "processes and prints their ms/step and peak resident memory side by side.\n"
+          "--precision: each listed precision in turn (default fp32); the machine's fp32 and bf16 1024^3\n"
+          "matmul rates through the same libtorch are printed first.\n");
 }
 
 /* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
@@ -336,8 +349,9 @@ int main(int argc, char **argv) {
                                        {"device", required_argument, 0, 'D'},
                                        {"gradient-checkpointing", no_argument, 0, 'G'},
                                        {"lora", required_argument, 0, 'R'},   {"memory", no_argument, 0, 'M'},
+                                       {"precision", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-  const char *shape = "all", *config = NULL, *profile = NULL;
+  const char *shape = "all", *config = NULL, *profile = NULL, *precision = "fp32";
   int threads = 2, steps = 20, warmup = 3, pairs = 4, text_len = 77, size = 0, c;
   int memory = 0, lora_given = 0;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -355,6 +369,7 @@ int main(int argc, char **argv) {
       case 'G': g_train.ckpt = 1; break;
       case 'R': g_train.lora_rank = int_arg(optarg), lora_given = 1; break;
       case 'M': memory = 1; break;
+      case 'r': precision = optarg; break;
       case 'h': usage(stdout); return 0;
       default: usage(stderr); return 2;
     }
@@ -377,6 +392,35 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dpo-bench: --profile needs one shape (--shape tiny, --shape bigger or --config)\n");
     return 2;
   }
+  unet_precision precs[4];
+  int nprec = 0;
+  {
+    char list[64];
+    snprintf(list, sizeof list, "%s", precision);
+    for (char *save = NULL, *w = strtok_r(list, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+      if (nprec == 4 || unet_precision_parse(w, &precs[nprec]) != 0) {
+        fprintf(stderr, "dpo-bench: --precision: '%s' is not a list of fp32, bf16 (fp16 where the device has it)\n",
+                precision);
+        return 2;
+      }
+      nprec++;
+    }
+    if (!nprec) {
+      fprintf(stderr, "dpo-bench: --precision: empty list\n");
+      return 2;
+    }
+  }
+  if (profile && nprec > 1) {
+    fprintf(stderr, "dpo-bench: --profile needs one precision\n");
+    return 2;
+  }
+  {
+    char err[512];
+    double f32 = unet_matmul_gflops(1024, UNET_PRECISION_FP32, threads, 5, err, sizeof err);
+    double b16 = unet_matmul_gflops(1024, UNET_PRECISION_BF16, threads, 5, err, sizeof err);
+    printf("machine  matmul 1024^3 through libtorch, %d threads: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n", threads, f32,
+           b16);
+  }
   if (config) {
     char *json = NULL, err[1024];
     if (dpod_read_file(config, 1 << 20, &json, NULL, err, sizeof err) != 0) {
@@ -384,8 +428,10 @@ int main(int argc, char **argv) {
       return 1;
     }
     bench_shape sh = {config, json, pairs, text_len, size};
-    int rc = memory ? run_memory_table(&sh, threads, steps, warmup, memory_rank)
-                    : run_shape(&sh, threads, steps, warmup, profile);
+    int rc = 0;
+    for (int k = 0; k < nprec; k++)
+      rc |= memory ? run_memory_table(&sh, precs[k], threads, steps, warmup, memory_rank)
+                   : run_shape(&sh, precs[k], threads, steps, warmup, profile);
     free(json);
     return rc;
   }
@@ -393,8 +439,9 @@ int main(int argc, char **argv) {
   int ran = 0, rc = 0;
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     if (strcmp(shape, "all") != 0 && strcmp(shape, shapes[i].name) != 0) continue;
-    rc |= memory ? run_memory_table(&shapes[i], threads, steps, warmup, memory_rank)
-                 : run_shape(&shapes[i], threads, steps, warmup, profile);
+    for (int k = 0; k < nprec; k++)
+      rc |= memory ? run_memory_table(&shapes[i], precs[k], threads, steps, warmup, memory_rank)
+                   : run_shape(&shapes[i], precs[k], threads, steps, warmup, profile);
     ran++;
   }
   if (!ran) {

@@ -1,0 +1,111 @@
+/* Mixed precision (unet_set_precision): the model's precision, the bf16 storage of a frozen model's
+ * weights, and the attention core on ATen ops for bf16. The casts of weights and activations themselves
+ * are in the forward (unet_model.cpp), one line per op kind. */
+#include <ATen/core/grad_mode.h>
+
+#include <ATen/Parallel.h>
+
+#include <chrono>
+#include <algorithm>
+#include <cstring>
+
+#include "unet_model.h"
+#include "unet_shim.h"
+
+extern "C" {
+#include "dpod_error.h"
+}
+
+namespace shim {
+
+void require_fp32_storage(const unet &m, const char *fn) {
+  if (m.bf16_stored)
+    throw error(DPOD_ESTATE, std::string(fn) + ": this frozen bf16 model stores its weights in bf16 (no float32 "
+                                                "copy); set its weights before unet_freeze/unet_set_precision");
+}
+
+/* One bf16 buffer in the layout of the float32 one; every weight of two or more dimensions and every fused
+ * leaf becomes a view of it, so the forward's cast to bf16 is a no-op, and the float32 copy and the
+ * (unused) gradient buffer go. */
+void store_frozen_bf16(unet &m) {
+  if (m.bf16_stored || !m.frozen || m.precision != UNET_PRECISION_BF16 || !m.lora.empty()) return;
+  at::NoGradGuard ng;
+  at::Tensor b = m.flat.to(at::kBFloat16);
+  /* Biases and norm scales (1-D, a few thousandths of the weights) stay float32: the norms read theirs
+   * in float32 and the others are cast where they are used, exactly as in the unfrozen model. */
+  for (auto &p : m.params)
+    p.t = p.shape.size() == 1 ? m.flat.narrow(0, p.offset, p.numel).clone() : b.narrow(0, p.offset, p.numel).view(p.shape);
+  for (size_t i = 0; i < m.spans.size(); i++) {
+    const span_ &sp = m.spans[i];
+    const param_ &p0 = m.params[(size_t)sp.first];
+    m.fused[i] = b.narrow(0, p0.offset, sp.count * sp.rows * sp.cols).view({sp.count * sp.rows, sp.cols});
+  }
+  m.flat = b;
+  m.flat_grad = at::Tensor();
+  m.bf16_stored = true;
+}
+
+void set_precision(unet &m, int p) {
+  if (p == UNET_PRECISION_FP16) {
+    if (!m.flat.defined() || m.flat.is_cpu())
+      throw error(DPOD_EUNSUPPORTED, "precision fp16 is not supported on the CPU (its fp16 convolutions and "
+                                     "matmuls are not vectorised in this libtorch); use bf16");
+    throw error(DPOD_EUNSUPPORTED, "precision fp16 is not implemented yet (it needs loss scaling); use bf16");
+  }
+  if (p != UNET_PRECISION_FP32 && p != UNET_PRECISION_BF16)
+    throw error(DPOD_EINVAL, "unet_set_precision: unknown precision " + std::to_string(p));
+  if (p == UNET_PRECISION_FP32 && m.bf16_stored)
+    throw error(DPOD_ESTATE, "unet_set_precision: this frozen model's weights are stored in bf16; it cannot "
+                             "return to fp32");
+  m.precision = p;
+  m.mse = at::Tensor();
+  store_frozen_bf16(m);
+}
+
+/* softmax(scale q k^T) v as diffusers' AttnProcessor computes it, on batched ATen matmuls in q's dtype
+ * (oneDNN's bf16 GEMM, float32 accumulation inside) instead of the direct sgemm_ path, which is float32
+ * only. The scores are scaled and normalised in float32: a bf16 softmax would round each probability to
+ * 8 bits before the row sum and again after, and the scores of long rows (1024 tokens at 32x32 latents)
+ * span a range where that loses the small probabilities; float32 costs one conversion of the [b, heads,
+ * n, m] scores each way. */
+at::Tensor attention_core_lowp(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale) {
+  const int64_t b = q.size(0), n = q.size(1);
+  at::Tensor Q, K, V;
+  int64_t dim;
+  if (kv.numel() == 0) {
+    dim = q.size(2) / 3;
+    at::Tensor qkv = q.view({b, n, 3, heads, dim / heads}).permute({2, 0, 3, 1, 4}); /* [3, b, h, n, d] */
+    Q = qkv[0], K = qkv[1], V = qkv[2];
+  } else {
+    dim = q.size(2);
+    const int64_t mlen = kv.size(1);
+    Q = q.view({b, n, heads, dim / heads}).transpose(1, 2);                           /* [b, h, n, d] */
+    at::Tensor kvs = kv.view({b, mlen, 2, heads, dim / heads}).permute({2, 0, 3, 1, 4}); /* [2, b, h, m, d] */
+    K = kvs[0], V = kvs[1];
+  }
+  at::Tensor s = at::matmul(Q, K.transpose(-1, -2));                 /* [b, h, n, m] in q's dtype */
+  at::Tensor p = at::softmax(s.to(at::kFloat).mul(scale), -1).to(q.scalar_type());
+  at::Tensor o = at::matmul(p, V);                                   /* [b, h, n, d] */
+  return o.transpose(1, 2).reshape({b, n, dim});
+}
+
+double matmul_gflops(int n, int p, int threads, int reps) {
+  if (n < 1 || n > 16384 || reps < 1 || (p != UNET_PRECISION_FP32 && p != UNET_PRECISION_BF16))
+    throw error(DPOD_EINVAL, "unet_matmul_gflops: n 1..16384, reps >= 1, precision fp32 or bf16");
+  if (threads > 0) {
+    at::set_num_threads(threads);
+    set_blas_threads(threads);
+  }
+  at::NoGradGuard ng;
+  const auto dt = p == UNET_PRECISION_BF16 ? at::kBFloat16 : at::kFloat;
+  at::Tensor a = at::randn({n, n}).to(dt), b = at::randn({n, n}).to(dt), c = at::mm(a, b);
+  double best = 1e300;
+  for (int r = 0; r < reps; r++) {
+    auto t0 = std::chrono::steady_clock::now();
+    at::mm_out(c, a, b);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * (double)n * n * n / best * 1e-9;
+}
+
+}  // namespace shim
