@@ -10,16 +10,18 @@
 # (on a terminal a job's line shows its percentage); what they print goes to ~/.local/state/dpod/demo.log,
 # whose tail a failing phase shows. Exits 0 only if both jobs succeeded and the targets were met (3 if
 # they were not). With --lora, job 2 trains LoRA adapters on job 1's model (deploy/examples/demo-lora.yaml)
-# instead of every weight, its reference being that model with the adapters off. With --bf16, both jobs
-# run the same job files at train.precision bf16 (mixed precision; the targets are the same).
+# instead of every weight, its reference being that model with the adapters off. With --bf16, job 2 runs
+# the same job file at train.precision bf16 (mixed precision; the targets are the same) from job 1's fp32
+# model, as a user fine-tunes a released model in bf16; --bf16-all trains job 1 in bf16 too.
 set -euo pipefail
 dpo_job=demo-dpo.yaml dpo_what=""
-prec=()
+prec=() sft_prec=()
 case "${1:-}" in
   --lora) dpo_job=demo-lora.yaml dpo_what=" with LoRA" ;;
   --bf16) prec=(--set train.precision=bf16) dpo_what=" in bf16" ;;
+  --bf16-all) prec=(--set train.precision=bf16) sft_prec=(--set train.precision=bf16) dpo_what=" in bf16" ;;
   "") ;;
-  *) echo "usage: bash deploy/demo.sh [--lora | --bf16]" >&2; exit 2 ;;
+  *) echo "usage: bash deploy/demo.sh [--lora | --bf16 | --bf16-all]" >&2; exit 2 ;;
 esac
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 dpod_setup
@@ -67,7 +69,7 @@ watch_phase() {
 
 # Both jobs are submitted at once: the DPO job waits for the SFT job (`after`) and starts from its newest
 # checkpoint (`job:ID`), which dpod resolves when it starts it.
-submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data" "${prec[@]}"
+submit "$EXAMPLES/demo-sft.yaml" --set data.dataset="$data" "${sft_prec[@]}"
 sft=$JOB_ID
 submit "$EXAMPLES/$dpo_job" --set data.dataset="$data" --set model.weights="job:$sft" --set after="$sft" "${prec[@]}"
 dpo=$JOB_ID

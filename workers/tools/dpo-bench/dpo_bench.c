@@ -414,7 +414,9 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dpo-bench: --profile needs one precision\n");
     return 2;
   }
-  {
+  /* Not before --memory's fork()s: a child of a process whose OpenMP pool has started hangs in its first
+   * parallel region (libgomp does not survive fork). */
+  if (!memory) {
     char err[512];
     double f32 = unet_matmul_gflops(1024, UNET_PRECISION_FP32, threads, 5, err, sizeof err);
     double b16 = unet_matmul_gflops(1024, UNET_PRECISION_BF16, threads, 5, err, sizeof err);
