@@ -13,6 +13,7 @@ build=${DPOD_BUILD:-$root/build}
 threads=${THREADS:-2}
 steps=${STEPS:-10}
 work=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/dpod-step-matrix.XXXXXX")}
+mkdir -p "$work"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 py=${PYTHON:-/usr/bin/python3}
