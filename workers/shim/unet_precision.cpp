@@ -64,10 +64,12 @@ void set_precision(unet &m, int p) {
 
 /* softmax(scale q k^T) v as diffusers' AttnProcessor computes it, on batched ATen matmuls in q's dtype
  * (oneDNN's bf16 GEMM, float32 accumulation inside) instead of the direct sgemm_ path, which is float32
- * only. The scores are scaled and normalised in float32: a bf16 softmax would round each probability to
- * 8 bits before the row sum and again after, and the scores of long rows (1024 tokens at 32x32 latents)
- * span a range where that loses the small probabilities; float32 costs one conversion of the [b, heads,
- * n, m] scores each way. */
+ * only. The scale is applied by the GEMM (baddbmm's alpha) to its float32 accumulator before the one
+ * rounding to bf16. The softmax runs on the bf16 scores: torch 1.13's CPU kernel for bf16 converts each
+ * row to float32, takes the max, exponentials and sum in float32 and rounds only the output, so it
+ * returns what softmax(float32(s)).to(bf16) does (bit for bit on 256-long rows, within a bf16 rounding
+ * on others) without the two float32 copies of the [b, heads, n, m] scores each way, which cost more
+ * than the GEMMs here. */
 at::Tensor attention_core_lowp(const at::Tensor &q, const at::Tensor &kv, int64_t heads, double scale) {
   const int64_t b = q.size(0), n = q.size(1);
   at::Tensor Q, K, V;
@@ -83,8 +85,10 @@ at::Tensor attention_core_lowp(const at::Tensor &q, const at::Tensor &kv, int64_
     at::Tensor kvs = kv.view({b, mlen, 2, heads, dim / heads}).permute({2, 0, 3, 1, 4}); /* [2, b, h, m, d] */
     K = kvs[0], V = kvs[1];
   }
-  at::Tensor s = at::matmul(Q, K.transpose(-1, -2));                 /* [b, h, n, m] in q's dtype */
-  at::Tensor p = at::softmax(s.to(at::kFloat).mul(scale), -1).to(q.scalar_type());
+  const int64_t d = dim / heads, m = K.size(2);
+  at::Tensor Q3 = Q.reshape({b * heads, n, d}), K3 = K.reshape({b * heads, m, d});
+  at::Tensor s = at::baddbmm(at::empty({b * heads, n, m}, q.options()), Q3, K3.transpose(1, 2), 0.0, scale);
+  at::Tensor p = at::softmax(s, -1).view({b, heads, n, m});          /* bf16, float32 inside */
   at::Tensor o = at::matmul(p, V);                                   /* [b, h, n, d] */
   return o.transpose(1, 2).reshape({b, n, dim});
 }
