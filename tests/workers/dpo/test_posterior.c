@@ -313,9 +313,11 @@ static void rewrite_shard(const char *dir, int with_unflipped, int with_flipped,
                           int inf_mean) {
   char path[600], err[512];
   snprintf(path, sizeof path, "%s/train-00001.safetensors", dir);
-  static float x[4 * PIMG], y[4 * PIMG], bad[4 * PIMG];
+  /* Room for the wrong shape too ([4, PC, PW, PH + 1] holds more than 4 records of PIMG). */
+  enum { ROOM = 4 * PC * PW * (PH + 1) > 4 * PIMG ? 4 * PC * PW * (PH + 1) : 4 * PIMG };
+  static float x[ROOM], y[ROOM], bad[ROOM];
   int32_t prompt[4] = {0, 1, 2, 0};
-  for (size_t j = 0; j < 4 * PIMG; j++) x[j] = 0.25f, y[j] = -1.0f, bad[j] = 0.25f;
+  for (size_t j = 0; j < ROOM; j++) x[j] = 0.25f, y[j] = -1.0f, bad[j] = 0.25f;
   int64_t s4[4] = {4, PC, PH, PW}, wrong[4] = {4, PC, PW, PH + 1}, ps[1] = {4};
   if (nan_logvar) y[PIMG + 2] = NAN; /* record 1, element 2 */
   if (inf_mean) bad[2 * PIMG + 7] = INFINITY; /* record 2, element 7 */
