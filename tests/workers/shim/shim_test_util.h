@@ -6,8 +6,8 @@
 #include "tensor_test_util.h"
 #include "unet_shim.h"
 
-/* Fixture `dir`'s UNet (its config.json) with the weights at `weights` (a path). Fails the test on any
- * error. Caller frees with unet_free. */
+/* Fixture `dir`'s UNet (its config.json) with the weights at `weights` (a path; NULL: the random init).
+ * Fails the test on any error. Caller frees with unet_free. */
 static inline unet_t stu_fixture_model(const char *dir, const char *weights) {
   char err[512];
   unet_t m = NULL;
@@ -17,7 +17,7 @@ static inline unet_t stu_fixture_model(const char *dir, const char *weights) {
   int rc = unet_create(cfg, &p, &m, err, sizeof err);
   free(cfg);
   if (rc != 0) fail_msg("unet_create: %s", err);
-  if (unet_load_weights(m, weights) != 0) fail_msg("%s", unet_last_error(m));
+  if (weights && unet_load_weights(m, weights) != 0) fail_msg("%s", unet_last_error(m));
   return m;
 }
 

@@ -29,7 +29,7 @@
 #include <cjson/cJSON.h>
 
 #include "loss.h"
-#include "tensor_test_util.h"
+#include "shim_test_util.h"
 #include "cmocka_main.h"
 #include "dpod_error.h"
 #include "unet_shim.h"
@@ -41,19 +41,6 @@
 
 #define PRED_RTOL 3.5e-2
 #define GRAD_RTOL 7e-2
-
-static unet_t load_model(const char *dir, const char *weights) {
-  char err[512];
-  unet_t m = NULL;
-  unet_params p = unet_default_params();
-  p.threads = 2;
-  char *cfg = tu_read_text(tu_fixture(dir, "config.json"));
-  int rc = unet_create(cfg, &p, &m, err, sizeof err);
-  free(cfg);
-  if (rc != 0) fail_msg("unet_create: %s", err);
-  if (weights && unet_load_weights(m, weights) != 0) fail_msg("%s", unet_last_error(m));
-  return m;
-}
 
 static double rel_l2(const float *got, const float *want, size_t n) {
   double d = 0, w = 0;
@@ -80,8 +67,8 @@ static double json_num(const cJSON *o, const char *k) {
 static void check_bf16_step(const char *dir, const char *folder) {
   char rel[256];
 #define F(name) (snprintf(rel, sizeof rel, "%s/%s", folder, name), tu_fixture(dir, rel))
-  unet_t policy = load_model(dir, tu_fixture(dir, "unet.safetensors"));
-  unet_t ref = load_model(dir, F("ref_unet.safetensors"));
+  unet_t policy = stu_fixture_model(dir, tu_fixture(dir, "unet.safetensors"));
+  unet_t ref = stu_fixture_model(dir, F("ref_unet.safetensors"));
   assert_int_equal(unet_set_precision(policy, UNET_PRECISION_BF16), 0);
   assert_int_equal(unet_set_precision(ref, UNET_PRECISION_BF16), 0);
   assert_int_equal(unet_freeze(ref), 0);
@@ -276,8 +263,8 @@ static void sdxl_bf16_dpo_step_matches_fp32_fixture_within_bound(void **state) {
  * is exactly that of an unfrozen bf16 model with the same weights (the cast is the same rounding). */
 static void frozen_bf16_reference_stores_bf16_and_computes_the_same(void **state) {
   (void)state;
-  unet_t a = load_model("tiny-sd", tu_path("unet.safetensors"));
-  unet_t b = load_model("tiny-sd", tu_path("unet.safetensors"));
+  unet_t a = stu_fixture_model("tiny-sd", tu_path("unet.safetensors"));
+  unet_t b = stu_fixture_model("tiny-sd", tu_path("unet.safetensors"));
   assert_int_equal(unet_set_precision(a, UNET_PRECISION_BF16), 0);
   assert_int_equal(unet_freeze(b), 0);
   assert_non_null(unet_param_buffer(b, NULL)); /* frozen at fp32: still float32 */
@@ -319,7 +306,7 @@ static void frozen_bf16_reference_stores_bf16_and_computes_the_same(void **state
 
 static void fp16_is_refused_on_the_cpu_by_name(void **state) {
   (void)state;
-  unet_t m = load_model("tiny-sd", NULL);
+  unet_t m = stu_fixture_model("tiny-sd", NULL);
   assert_int_equal(unet_set_precision(m, UNET_PRECISION_FP16), DPOD_EUNSUPPORTED);
   assert_non_null(strstr(unet_last_error(m), "fp16"));
   assert_non_null(strstr(unet_last_error(m), "CPU"));
