@@ -28,4 +28,12 @@ static inline int test_mkdtemp(char *buf, size_t len, const char *prefix) {
   return mkdtemp(buf) ? 0 : -1;
 }
 
+/* Removes dir and everything under it (a test's temporary directory). Returns 0, or -1 if rm failed. */
+static inline int test_rmtree(const char *dir) {
+  char cmd[4200];
+  int n = snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (n < 0 || (size_t)n >= sizeof cmd) return -1;
+  return system(cmd) == 0 ? 0 : -1;
+}
+
 #endif

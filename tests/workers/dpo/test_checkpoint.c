@@ -31,9 +31,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", run_dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(run_dir);
 }
 
 static void write_file(const char *dir, const char *name, const char *text) {

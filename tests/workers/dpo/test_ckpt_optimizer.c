@@ -28,9 +28,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(dir);
 }
 
 static void optimizer_state_round_trips_for_adamw_and_adafactor(void **state) {

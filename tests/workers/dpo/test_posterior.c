@@ -36,9 +36,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(tmpdir);
 }
 
 enum { PC = 4, PH = 3, PW = 2, PL = 2, PD = 3, PIMG = PC * PH * PW, PEMB = PL * PD, PAIRS = 10 };

@@ -16,9 +16,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(tmpdir);
 }
 
 /* Writes 8-byte LE `hlen` (or strlen(header) if hlen < 0), the header and `ndata` data bytes. */

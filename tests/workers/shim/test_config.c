@@ -19,9 +19,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(tmpdir);
 }
 
 /* Fixture `dir`'s config with the first occurrence of `from` replaced by `to`. Caller frees. */

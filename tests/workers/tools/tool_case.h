@@ -21,9 +21,7 @@ static int tc_setup(void **state) {
 
 static int tc_teardown(void **state) {
   (void)state;
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tc_dir);
-  return system(cmd) == 0 ? 0 : -1;
+  return test_rmtree(tc_dir);
 }
 
 /* "<case dir>/<name>" in one of 16 static buffers: valid for the next 15 calls. */
