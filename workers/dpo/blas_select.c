@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "dpod_log.h"
+#include "reexec.h"
 
 /* The cores OpenBLAS falls back to for a CPU it does not know; none of them uses AVX2. */
 static const char *const fallback_cores[] = {"prescott", "core2", "penryn", "dunnington", "nehalem",
@@ -45,13 +46,8 @@ void blas_select_kernels(char **argv) {
                __builtin_cpu_supports("avx512cd");
   const char *want = blas_select_coretype(corename(), avx2_fma, avx512);
   if (!want) return;
-  /* By its real path, not /proc/self/exe, so that the process keeps its name (ps, pgrep, pkill). */
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n <= 0 || (size_t)n >= sizeof self - 1) return;
-  self[n] = '\0';
   setenv("OPENBLAS_CORETYPE", want, 1);
-  execv(self, argv);
+  dpod_reexec_self(argv);
   /* Still here: run on with the slow kernels, and say so. */
   log_warn("OpenBLAS chose %s kernels for this CPU and re-executing with OPENBLAS_CORETYPE=%s failed; "
            "set it in the environment for 2-3x faster training", corename(), want);

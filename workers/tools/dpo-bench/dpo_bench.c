@@ -31,6 +31,8 @@
 #include <sys/wait.h>
 
 #include "blas_select.h"
+#include "omp_wait.h"
+#include "reexec.h"
 #include "rng.h"
 #include "schedule.h"
 #include "loss.h"
@@ -218,6 +220,7 @@ static int run_shape(const bench_shape *sh, unet_precision prec, int threads, in
     printf("%-8s %s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name,
            unet_precision_name(prec), P, n, hw, hw, L, info.num_params, threads,
            prec == UNET_PRECISION_FP32 ? unet_attention_gemm() : "aten", blas_select_corename());
+    printf("  OpenMP   idle threads %s\n", omp_wait_describe());
     printf("  device   %s%s\n", unet_device(policy), unet_host_copies(policy) ? " (host copies: the optimizer phase includes the gradient's round trip through the staging buffer)" : "");
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
@@ -329,14 +332,44 @@ static void usage(FILE *out) {
           "(diffusers' default targets, alpha = rank) instead of every weight; --memory runs full\n"
           "fine-tuning and LoRA (rank from --lora, else 4), each without and with checkpointing, in child\n"
           "processes and prints their ms/step and peak resident memory side by side.\n"
-          "--precision: each listed precision in turn (default fp32); the machine's fp32 and bf16 1024^3\n"
-          "matmul rates through the same libtorch are printed first.\n");
+          "--precision: each listed precision in turn (default fp32), each in a process of its own whose\n"
+          "OpenMP threads wait as a worker's would (bf16 spins GOMP_SPINCOUNT=" OMP_WAIT_SPINCOUNT " when the threads fit\n"
+          "the CPUs; a GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE set by you wins); the machine's fp32 and bf16\n"
+          "1024^3 matmul rates through the same libtorch, under that wait, are printed first.\n");
 }
 
 /* A whole number from 0 to 1000000, or -1 (refused by the checks after the options). */
 static int int_arg(const char *text) {
   uint64_t v;
   return dpod_parse_u64(text, 1000000, &v) == 0 ? (int)v : -1;
+}
+
+/* Several precisions: each in a process of its own (this program again, with --precision naming one),
+ * since each runs with the OpenMP wait a worker of that precision would (omp_wait.h), and libgomp
+ * takes it from the environment only when it is loaded. Returns the worst exit status. */
+static int run_each_precision(int argc, char **argv, const unet_precision *precs, int nprec) {
+  char **args = calloc((size_t)argc + 3, sizeof *args);
+  if (!args) {
+    fprintf(stderr, "dpo-bench: out of memory\n");
+    return 1;
+  }
+  memcpy(args, argv, (size_t)argc * sizeof *args);
+  args[argc] = "--precision"; /* the last --precision given wins */
+  int rc = 0;
+  for (int k = 0; k < nprec; k++) {
+    args[argc + 1] = (char *)unet_precision_name(precs[k]);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      dpod_reexec_self(args);
+      perror("dpo-bench: re-executing itself");
+      _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) rc = 1;
+  }
+  free(args);
+  return rc;
 }
 
 int main(int argc, char **argv) {
@@ -414,14 +447,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "dpo-bench: --profile needs one precision\n");
     return 2;
   }
+  if (nprec > 1) return run_each_precision(argc, argv, precs, nprec);
+  omp_wait_select(argv, precs[0] != UNET_PRECISION_FP32, (unsigned)threads);
   /* Not before --memory's fork()s: a child of a process whose OpenMP pool has started hangs in its first
    * parallel region (libgomp does not survive fork). */
   if (!memory) {
     char err[512];
     double f32 = unet_matmul_gflops(1024, UNET_PRECISION_FP32, threads, 5, err, sizeof err);
     double b16 = unet_matmul_gflops(1024, UNET_PRECISION_BF16, threads, 5, err, sizeof err);
-    printf("machine  matmul 1024^3 through libtorch, %d threads: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n", threads, f32,
-           b16);
+    printf("machine  matmul 1024^3 through libtorch, %d threads, OpenMP %s: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n",
+           threads, omp_wait_describe(), f32, b16);
   }
   if (config) {
     char *json = NULL, err[1024];

@@ -1,0 +1,58 @@
+/* See omp_wait.h. */
+#include "omp_wait.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "dpod_log.h"
+#include "reexec.h"
+
+const char *omp_wait_spincount(int low_precision, const char *policy, const char *spincount, unsigned threads,
+                               unsigned local_ranks, unsigned cpus) {
+  if (spincount && *spincount) return NULL;
+  if (policy && strcasecmp(policy, "ACTIVE") == 0) return NULL;
+  if (!low_precision || threads < 2 || cpus == 0) return NULL;
+  if (local_ranks == 0) local_ranks = 1;
+  if ((unsigned long long)threads * local_ranks > cpus) return NULL;
+  return OMP_WAIT_SPINCOUNT;
+}
+
+/* The leading whole number of an environment variable ("2(x3)" is 2), or 0. */
+static unsigned env_leading_count(const char *name) {
+  const char *v = getenv(name);
+  if (!v) return 0;
+  unsigned long n = 0;
+  for (; *v >= '0' && *v <= '9' && n < 1000000; v++) n = n * 10 + (unsigned long)(*v - '0');
+  return (unsigned)n;
+}
+
+void omp_wait_select(char **argv, int low_precision, unsigned threads) {
+  unsigned local = env_leading_count("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (!local) local = env_leading_count("SLURM_STEP_TASKS_PER_NODE");
+  cpu_set_t set;
+  unsigned cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? (unsigned)CPU_COUNT(&set) : 0;
+  const char *want =
+      omp_wait_spincount(low_precision, getenv("OMP_WAIT_POLICY"), getenv("GOMP_SPINCOUNT"), threads, local, cpus);
+  if (!want) return;
+  setenv("GOMP_SPINCOUNT", want, 1);
+  dpod_reexec_self(argv);
+  log_warn("re-executing with GOMP_SPINCOUNT=%s failed; bf16 steps run slower without it", want);
+  unsetenv("GOMP_SPINCOUNT");
+}
+
+const char *omp_wait_describe(void) {
+  static char text[48];
+  const char *spin = getenv("GOMP_SPINCOUNT"), *policy = getenv("OMP_WAIT_POLICY");
+  if (spin && *spin)
+    snprintf(text, sizeof text, "spin %.24s", spin);
+  else if (policy && *policy)
+    snprintf(text, sizeof text, "%.24s", policy);
+  else
+    snprintf(text, sizeof text, "libgomp's default");
+  for (char *c = text; *c; c++)
+    if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+  return text;
+}
