@@ -16,6 +16,7 @@ Elementwise ops, norms, softmax, bias adds, the loss and the optimizer are left 
   GFLOP/s    = FLOPs/step / (seconds/step) / 1e9
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -39,7 +40,7 @@ SHAPES = {
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", choices=SHAPES, default="tiny")
 ap.add_argument("--steps", type=int, default=20)  # >= 1
-ap.add_argument("--warmup", type=int, default=3)
+ap.add_argument("--warmup", type=int, default=3)  # at least one is run
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--beta", type=float, default=5000.0)  # train.py --beta_dpo default
 ap.add_argument("--gradient-checkpointing", action="store_true",
@@ -50,6 +51,9 @@ ap.add_argument("--device", default="cpu")
 ap.add_argument("--config")
 ap.add_argument("--pairs", type=int)
 ap.add_argument("--text-len", type=int)
+# train.py's --mixed_precision as accelerate runs it: the policy's forward under autocast (its weights,
+# gradients and AdamW state fp32), the frozen reference cast to the half type, fp16 with a GradScaler.
+ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
 args = ap.parse_args()
 # Debian's torch does its GEMMs in OpenBLAS (pthread build), whose pool torch.set_num_threads
 # does not govern: pin it too, before torch loads it.
@@ -118,6 +122,16 @@ if isinstance(cfg, str):
 torch.manual_seed(0)
 unet = UNet2DConditionModel.from_config(cfg).train().to(dev)
 ref_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+half = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+if half is not None:
+    ref_unet.to(half)
+scaler = torch.cuda.amp.GradScaler() if args.precision == "fp16" else None
+
+
+def autocast():
+    return torch.autocast(dev.type, dtype=half) if half is not None else contextlib.nullcontext()
+
+
 if args.gradient_checkpointing:
     unet.enable_gradient_checkpointing()
 optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-5, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
@@ -139,21 +153,30 @@ def dpo_step():
     encoder_hidden_states = text.repeat(2, 1, 1)
     target = noise
 
-    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
-    model_losses = (model_pred - target).pow(2).mean(dim=[1, 2, 3])
+    with autocast():
+        model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+    model_losses = (model_pred.float() - target).pow(2).mean(dim=[1, 2, 3])
     model_losses_w, model_losses_l = model_losses.chunk(2)
     model_diff = model_losses_w - model_losses_l
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         ref_pred = ref_unet(noisy_latents, timesteps, encoder_hidden_states).sample.detach()
-        ref_losses = (ref_pred - target).pow(2).mean(dim=[1, 2, 3])
+    with torch.no_grad():
+        ref_losses = (ref_pred.float() - target).pow(2).mean(dim=[1, 2, 3])
         ref_losses_w, ref_losses_l = ref_losses.chunk(2)
         ref_diff = ref_losses_w - ref_losses_l
     inside_term = -0.5 * args.beta * (model_diff - ref_diff)
     loss = -1 * F.logsigmoid(inside_term).mean()
 
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-    optimizer.step()
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
     optimizer.zero_grad()  # train.py's default (torch 1.13: set_to_none=False)
     return loss.item()
 
@@ -162,7 +185,16 @@ fwd_flops = count_forward_flops(unet, latents, torch.zeros(2 * P, dtype=torch.lo
 step_flops = 4 * fwd_flops
 params = sum(p.numel() for p in unet.parameters())
 
-for _ in range(args.warmup):
+try:
+    dpo_step()  # the first warmup step: where a precision the build cannot run fails
+except RuntimeError as e:
+    if half is None or dev.type != "cpu":
+        raise
+    # Debian's torch 1.13 refuses bf16 autocast's mixed dtypes in group_norm on the CPU.
+    print(f"shape={args.shape} precision={args.precision} not measured (torch {torch.__version__} on the CPU: "
+          f"{str(e).splitlines()[0][:160]})")
+    sys.exit(0)
+for _ in range(args.warmup - 1):
     dpo_step()
 times = []
 for _ in range(args.steps):
@@ -177,7 +209,7 @@ print(f"shape={args.shape} ms/step={dt * 1e3:.2f} samples/s={2 * P / dt:.2f} "
       f"min_ms={min(times) * 1e3:.2f} median_ms={sorted(times)[len(times) // 2] * 1e3:.2f} "
       f"threads={torch.get_num_threads()} steps={args.steps} warmup={args.warmup} "
       f"loss={loss:.4f} torch={torch.__version__} device={dev} "
-      f"gradient_checkpointing={int(args.gradient_checkpointing)} "
+      f"gradient_checkpointing={int(args.gradient_checkpointing)} precision={args.precision} "
       # ru_maxrss is in KiB on Linux: the process's peak resident memory, the interpreter included.
       f"peak_rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}"
       + (f" gpu_peak_mb={torch.cuda.max_memory_allocated(dev) / 2**20:.0f}" if dev.type == "cuda" else ""))
