@@ -6,12 +6,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "cmocka_main.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "dpod_error.h"
 #include "loss_scale.h"
 
@@ -193,6 +196,33 @@ static void state_round_trips_and_bad_state_is_refused(void **state) {
   assert_true(o.scale == 65536 && o.skipped == 0);
 }
 
+/* In a checkpoint directory: saved and loaded back; a checkpoint without the file (written without loss
+ * scaling) is DPOD_ENOENT and leaves the scaler at its start. */
+static void checkpoint_file_round_trips_and_may_be_absent(void **state) {
+  (void)state;
+  char dir[256], err[512];
+  assert_int_equal(test_mkdtemp(dir, sizeof dir, "dpod-loss-scale"), 0);
+  dpo_loss_scaler s = make(1024, 7), r = make(1024, 7);
+  assert_int_equal(dpo_loss_scaler_load(&r, dir, err, sizeof err), DPOD_ENOENT);
+  assert_true(r.scale == 1024);
+  dpo_loss_scaler_update(&s, 1);
+  dpo_loss_scaler_update(&s, 0);
+  if (dpo_loss_scaler_save(&s, dir, err, sizeof err) != 0) fail_msg("%s", err);
+  if (dpo_loss_scaler_load(&r, dir, err, sizeof err) != 0) fail_msg("%s", err);
+  assert_true(r.scale == 512);
+  assert_int_equal(r.growth_tracker, 1);
+  assert_int_equal(r.skipped, 1);
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, CKPT_LOSS_SCALE);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("{\"magic\": \"dpod-loss-scale\", \"version\": 1, \"scale\": 6", f);
+  fclose(f);
+  assert_int_equal(dpo_loss_scaler_load(&r, dir, err, sizeof err), DPOD_EFORMAT);
+  assert_non_null(strstr(err, CKPT_LOSS_SCALE));
+  assert_int_equal(test_rmtree(dir), 0);
+}
+
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(defaults_are_grad_scalers),
@@ -202,6 +232,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(bad_parameters_are_refused_by_name),
       cmocka_unit_test(unscale_is_exact_and_finds_inf_and_nan),
       cmocka_unit_test(state_round_trips_and_bad_state_is_refused),
+      cmocka_unit_test(checkpoint_file_round_trips_and_may_be_absent),
   };
   return CMOCKA_MAIN("dpo.loss_scale", tests, NULL, NULL);
 }

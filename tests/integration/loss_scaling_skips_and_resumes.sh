@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Dynamic loss scaling on the CPU, which has no fp16: the scaler forced on in fp32 runs
+# (DPOD_LOSS_SCALE=force:65536:2, growth every 2 clean steps), an inf put into one rank's gradient at
+# step 3 (DPOD_TEST_NONFINITE_STEP=3), 2 ranks, a warmup that makes the learning rate depend on the
+# optimizer steps taken, a checkpoint every step:
+#   - without an overflow, scaled training is bit for bit unscaled training (power-of-two scales are
+#     exact), while the scale grows 65536 -> 131072 -> 262144;
+#   - the step with the inf is skipped: its weights and optimizer state are those of step 2, AdamW's step
+#     count does not advance, the scale halves (logged on rank 0 naming the step), later steps train;
+#   - the inf on rank 1 or on rank 0 gives the same run: both ranks skip and stay replicas;
+#   - a resume from the checkpoint after the skip (step 4) is bit-exact with the uninterrupted run,
+#     scaler state included.
+source "$(dirname "$0")/lib.sh"
+
+sets=(--set ranks=2 --set train.batch_size=2 --set train.steps=6 --set train.checkpoint_every=1
+  --set train.keep_last=6 --set train.warmup_steps=4 --set train.learning_rate=1e-4)
+files=(diffusion_pytorch_model.safetensors optimizer.safetensors)
+ck() { echo "$T/$1/checkpoints/step-$(printf %06d "$2")"; }
+same() {  # same RUN_A STEP_A RUN_B STEP_B: every weight and optimizer file identical
+  for f in "${files[@]}"; do cmp -s "$(ck "$1" "$2")/$f" "$(ck "$3" "$4")/$f" || return 1; done
+}
+adam_step() {  # the AdamW step count recorded in a checkpoint's optimizer.safetensors
+  /usr/bin/python3 -c 'import json, struct, sys
+f = open(sys.argv[1], "rb"); n = struct.unpack("<Q", f.read(8))[0]
+print(json.loads(f.read(n))["__metadata__"]["step"])' "$(ck "$1" "$2")/optimizer.safetensors"
+}
+scales() { grep '^step [0-9]*/' "$T/$1.log" | grep -o 'scale [0-9.e+]*\( skipped\)\?$' | tr '\n' ','; }
+losses() { grep -o '^step [0-9]*/[0-9]* loss [0-9.]*' "$T/$1.log"; }
+
+run() {  # run NAME [ENV=VALUE...]: the job on 2 ranks, its run in $T/NAME
+  local name=$1
+  shift
+  cp "$T/job.yaml" "$T/$name.yaml"
+  (if [ $# -gt 0 ]; then export "$@"; fi; it_standalone_run "$name" 2)
+}
+it_standalone_spec job "${sets[@]}"
+run plain
+run scaled DPOD_LOSS_SCALE=force:65536:2
+grep -q "loss scaling: initial scale 65536, doubled after 2 clean steps" "$T/scaled.log" \
+  || it_fail "the forced scaler did not say it is on: $(head -n 8 "$T/scaled.log")"
+grep -q "loss scaling" "$T/plain.log" && it_fail "an fp32 run scales its loss without being asked"
+for s in 1 2 3 4 5 6; do same plain $s scaled $s || it_fail "step $s: scaled fp32 training differs from unscaled"; done
+[ "$(scales scaled)" = "scale 65536,scale 65536,scale 131072,scale 131072,scale 262144,scale 262144," ] \
+  || it_fail "the scale did not double every 2 clean steps: $(scales scaled)"
+# The comparison can fail: steps 2 and 3 differ.
+same plain 2 plain 3 && it_fail "steps 2 and 3 have the same weights; the test proves nothing"
+
+for r in 1 0; do
+  run "inf$r" DPOD_LOSS_SCALE=force:65536:2 DPOD_TEST_NONFINITE_STEP=3 DPOD_TEST_NONFINITE_RANK=$r
+done
+grep -q "step 3: the gradients hold inf or nan at loss scale 131072: step skipped, loss scale now 65536" "$T/inf1.log" \
+  || it_fail "rank 0 did not log the skip with the new scale: $(grep -m3 'step 3' "$T/inf1.log")"
+[ "$(scales inf1)" = "scale 65536,scale 65536,scale 131072 skipped,scale 65536,scale 65536,scale 131072," ] \
+  || it_fail "scales around the skip: $(scales inf1)"
+same plain 2 inf1 2 || it_fail "before the inf the run differs from unscaled training"
+same inf1 2 inf1 3 || it_fail "the skipped step 3 changed the weights or the optimizer state"
+[ "$(adam_step inf1 3)" = 2 ] || it_fail "the skipped step advanced AdamW's step count to $(adam_step inf1 3)"
+[ "$(adam_step inf1 4)" = 3 ] || it_fail "step 4 did not take AdamW's third step: $(adam_step inf1 4)"
+same inf1 3 inf1 4 && it_fail "the step after the skip did not train"
+same plain 4 inf1 4 && it_fail "a run with a skipped step ends step 4 where the unskipped run does"
+for s in 1 2 3 4 5 6; do same inf1 $s inf0 $s || it_fail "step $s: the inf on rank 1 and on rank 0 train differently"; done
+diff <(losses inf1) <(losses inf0) >/dev/null || it_fail "the losses differ with the inf on rank 1 and on rank 0"
+grep -q '"skipped": 1' "$(ck inf1 4)/loss_scale.json" || it_fail "the checkpoint does not count the skip: $(cat "$(ck inf1 4)/loss_scale.json")"
+
+# Resume from step 4 (after the skip, one clean step into the next growth interval).
+cp -a "$T/inf1" "$T/resumed"
+rm -rf "$(ck resumed 5)" "$(ck resumed 6)"
+run resumed DPOD_LOSS_SCALE=force:65536:2
+grep -q "resumed from .*step-000004" "$T/resumed.log" || it_fail "did not resume from step 4: $(tail -n 5 "$T/resumed.log")"
+for s in 5 6; do
+  same inf1 $s resumed $s || it_fail "step $s: the resumed run differs from the uninterrupted one"
+  cmp -s "$(ck inf1 $s)/loss_scale.json" "$(ck resumed $s)/loss_scale.json" \
+    || it_fail "step $s: the loss scaler's state differs after resume"
+done
+[ "$(scales resumed)" = "scale 65536,scale 131072," ] || it_fail "the resumed run's scales: $(scales resumed)"
+echo "PASS: scaled fp32 = unscaled bit for bit; the inf step skipped on both ranks, scale halved; exact resume"
