@@ -73,4 +73,25 @@ for s in 5 6; do
     || it_fail "step $s: the loss scaler's state differs after resume"
 done
 [ "$(scales resumed)" = "scale 65536,scale 131072," ] || it_fail "the resumed run's scales: $(scales resumed)"
+# Through dpod (its environment reaches the ranks): the scale and the skip reach GetJob, dpoctl watch's
+# lines, dpoctl metrics and TensorBoard (train/loss_scale, train/skipped).
+export DPOD_LOSS_SCALE=force:65536:2 DPOD_TEST_NONFINITE_STEP=2
+it_start_dpod
+unset DPOD_LOSS_SCALE DPOD_TEST_NONFINITE_STEP
+id=$(it_submit "$DPOD_SOURCE_DIR/deploy/examples/tiny-dpo.yaml" --set train.steps=3 --name scaled)
+"$DPOCTL_BIN" watch "$id" >"$T/watch.out" 2>&1 || it_fail "job $id did not succeed: $(tail -n 5 "$T/watch.out")"
+grep -q "step 2/3 .* scale 65536 skipped (inf/nan gradients)" "$T/watch.out" \
+  || it_fail "dpoctl watch does not show step 2's scale and skip: $(grep 'step 2/3' "$T/watch.out")"
+grep -q "step 3/3 .* scale 32768$" "$T/watch.out" || it_fail "dpoctl watch: step 3's scale: $(grep 'step 3/3' "$T/watch.out")"
+[ "$(it_job_field "$id" '.last_metrics | [.loss_scale, .skipped] | @csv')" = "32768,false" ] \
+  || it_fail "GetJob's last metrics: $(it_job_field "$id" .last_metrics)"
+"$DPOCTL_BIN" metrics "$id" --format jsonl | jq -e -s '[.[] | .skipped] == [false, true, false] and
+  ([.[] | .loss_scale] == [65536, 65536, 32768]) and (.[1] | has("grad_norm") | not)' >/dev/null \
+  || it_fail "dpoctl metrics: $("$DPOCTL_BIN" metrics "$id" --format jsonl)"
+it_check_tensorboard "$id" 3 1
+/usr/bin/python3 - "$IT_JOBS/$id/tensorboard" <<'PY' || it_fail "TensorBoard has no train/loss_scale or train/skipped"
+import os, sys
+blob = b"".join(open(os.path.join(sys.argv[1], f), "rb").read() for f in os.listdir(sys.argv[1]))
+sys.exit(0 if b"train/loss_scale" in blob and b"train/skipped" in blob else 1)
+PY
 echo "PASS: scaled fp32 = unscaled bit for bit; the inf step skipped on both ranks, scale halved; exact resume"
