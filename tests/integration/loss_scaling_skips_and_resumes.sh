@@ -8,8 +8,9 @@
 #   - the step with the inf is skipped: its weights and optimizer state are those of step 2, AdamW's step
 #     count does not advance, the scale halves (logged on rank 0 naming the step), later steps train;
 #   - the inf on rank 1 or on rank 0 gives the same run: both ranks skip and stay replicas;
-#   - a resume from the checkpoint after the skip (step 4) is bit-exact with the uninterrupted run,
-#     scaler state included.
+#   - a resume from the skipped step's checkpoint, or the one after, is bit-exact with the uninterrupted
+#     run, scaler state included; one from a checkpoint without the scaler's state is not (it starts
+#     afresh, as an older checkpoint does).
 source "$(dirname "$0")/lib.sh"
 
 sets=(--set ranks=2 --set train.batch_size=2 --set train.steps=6 --set train.checkpoint_every=1
@@ -62,17 +63,32 @@ for s in 1 2 3 4 5 6; do same inf1 $s inf0 $s || it_fail "step $s: the inf on ra
 diff <(losses inf1) <(losses inf0) >/dev/null || it_fail "the losses differ with the inf on rank 1 and on rank 0"
 grep -q '"skipped": 1' "$(ck inf1 4)/loss_scale.json" || it_fail "the checkpoint does not count the skip: $(cat "$(ck inf1 4)/loss_scale.json")"
 
-# Resume from step 4 (after the skip, one clean step into the next growth interval).
-cp -a "$T/inf1" "$T/resumed"
-rm -rf "$(ck resumed 5)" "$(ck resumed 6)"
-run resumed DPOD_LOSS_SCALE=force:65536:2
-grep -q "resumed from .*step-000004" "$T/resumed.log" || it_fail "did not resume from step 4: $(tail -n 5 "$T/resumed.log")"
-for s in 5 6; do
-  same inf1 $s resumed $s || it_fail "step $s: the resumed run differs from the uninterrupted one"
-  cmp -s "$(ck inf1 $s)/loss_scale.json" "$(ck resumed $s)/loss_scale.json" \
-    || it_fail "step $s: the loss scaler's state differs after resume"
+# Resume from step 3 (the skipped step's checkpoint) and from step 4 (one clean step into the next
+# growth interval): the same run as the uninterrupted one, scaler state included.
+for from in 3 4; do
+  cp -a "$T/inf1" "$T/resumed$from"
+  for s in $(seq $((from + 1)) 6); do rm -rf "$(ck "resumed$from" "$s")"; done
+  run "resumed$from" DPOD_LOSS_SCALE=force:65536:2
+  grep -q "resumed from .*step-00000$from" "$T/resumed$from.log" \
+    || it_fail "did not resume from step $from: $(tail -n 5 "$T/resumed$from.log")"
+  for s in $(seq $((from + 1)) 6); do
+    same inf1 $s "resumed$from" $s || it_fail "step $s: the run resumed at $from differs from the uninterrupted one"
+    cmp -s "$(ck inf1 $s)/loss_scale.json" "$(ck "resumed$from" $s)/loss_scale.json" \
+      || it_fail "step $s: the loss scaler's state differs after a resume at $from"
+  done
 done
-[ "$(scales resumed)" = "scale 65536,scale 131072," ] || it_fail "the resumed run's scales: $(scales resumed)"
+[ "$(scales resumed3)" = "scale 65536,scale 65536,scale 131072," ] || it_fail "the scales resumed at 3: $(scales resumed3)"
+[ "$(scales resumed4)" = "scale 65536,scale 131072," ] || it_fail "the scales resumed at 4: $(scales resumed4)"
+# And the comparison can fail: without the scaler's state (an older checkpoint) the resumed run starts at
+# the initial scale again and its skip count is lost, which shifts the warmup.
+cp -a "$T/inf1" "$T/stateless"
+for s in 5 6; do rm -rf "$(ck stateless "$s")"; done
+rm "$(ck stateless 4)/loss_scale.json"
+jq 'del(.files["loss_scale.json"])' "$(ck stateless 4)/COMPLETE" >"$T/complete" && mv "$T/complete" "$(ck stateless 4)/COMPLETE"
+run stateless DPOD_LOSS_SCALE=force:65536:2
+grep -q "resume: .*step-000004 holds no loss scale: starting at 65536" "$T/stateless.log" \
+  || it_fail "a checkpoint without loss_scale.json: $(grep -m2 resume "$T/stateless.log")"
+same inf1 6 stateless 6 && it_fail "a resume that lost the skip count trained as the uninterrupted run"
 # Through dpod (its environment reaches the ranks): the scale and the skip reach GetJob, dpoctl watch's
 # lines, dpoctl metrics and TensorBoard (train/loss_scale, train/skipped).
 export DPOD_LOSS_SCALE=force:65536:2 DPOD_TEST_NONFINITE_STEP=2
