@@ -383,9 +383,11 @@ static void loss_scaling_setup(trainer *tr) {
     log_info("loss scaling: initial scale %g, doubled after %u clean steps, halved on inf/nan gradients (the step "
              "skipped)%s",
              tr->scaler.scale, tr->scaler.p.growth_interval, strcmp(prec, "fp16") ? " (forced by DPOD_LOSS_SCALE)" : "");
-  if (g_rank == 0 && tr->poison_step)
+  if (g_rank == 0 && tr->poison_step && tr->scaling)
     log_info("test: an inf goes into rank %d's gradient at step %u (DPOD_TEST_NONFINITE_STEP)", tr->poison_rank,
              tr->poison_step);
+  else if (g_rank == 0 && tr->poison_step)
+    log_warn("DPOD_TEST_NONFINITE_STEP is ignored: this run does not scale its loss");
 }
 
 static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
@@ -648,9 +650,9 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
 
 /* Sums the gradient buffer over ranks in a few large in-place calls, on the host: a device model's
  * gradient goes through the shim's (pinned) staging buffer and back; on the CPU the staging buffer is
- * the gradient buffer itself. With LoRA only the adapters have gradients, and only they are staged. */
-/* With loss scaling the summed buffer is then unscaled, on every rank alike, and the return value says
- * whether it held an inf or a nan (1) or not (0); without, 0. */
+ * the gradient buffer itself. With LoRA only the adapters have gradients, and only they are staged.
+ * With loss scaling (also on one rank) the summed buffer is then unscaled, on every rank alike, and the
+ * return value says whether it held an inf or a nan (1) or not (0); without, 0. */
 static int allreduce_grads(trainer *tr, uint32_t step) {
   const int poison = tr->scaling && step == tr->poison_step && g_rank == tr->poison_rank;
   if (g_world == 1 && !tr->scaling) return 0;
