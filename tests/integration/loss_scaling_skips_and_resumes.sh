@@ -4,7 +4,7 @@
 # step 3 (DPOD_TEST_NONFINITE_STEP=3), 2 ranks, a warmup that makes the learning rate depend on the
 # optimizer steps taken, a checkpoint every step:
 #   - without an overflow, scaled training is bit for bit unscaled training (power-of-two scales are
-#     exact), while the scale grows 65536 -> 131072 -> 262144;
+#     exact), while the scale grows 65536 -> 131072 -> 262144; in bf16 too;
 #   - the step with the inf is skipped: its weights and optimizer state are those of step 2, AdamW's step
 #     count does not advance, the scale halves (logged on rank 0 naming the step), later steps train;
 #   - the inf on rank 1 or on rank 0 gives the same run: both ranks skip and stay replicas;
@@ -45,6 +45,14 @@ for s in 1 2 3 4 5 6; do same plain $s scaled $s || it_fail "step $s: scaled fp3
   || it_fail "the scale did not double every 2 clean steps: $(scales scaled)"
 # The comparison can fail: steps 2 and 3 differ.
 same plain 2 plain 3 && it_fail "steps 2 and 3 have the same weights; the test proves nothing"
+# The same through bf16's casts (what fp16 shares): bf16 has float32's exponent range, so scaling its
+# backward by a power of two is as exact.
+it_standalone_spec bf16job "${sets[@]}" --set train.steps=4 --set train.precision=bf16
+for r in bf16_plain bf16_scaled; do cp "$T/bf16job.yaml" "$T/$r.yaml"; done
+it_standalone_run bf16_plain 2
+(export DPOD_LOSS_SCALE=force:65536:1; it_standalone_run bf16_scaled 2)
+for s in 1 2 3 4; do same bf16_plain $s bf16_scaled $s || it_fail "step $s: scaled bf16 training differs from unscaled"; done
+[ "$(scales bf16_scaled)" = "scale 65536,scale 131072,scale 262144,scale 524288," ] || it_fail "bf16 scales: $(scales bf16_scaled)"
 
 for r in 1 0; do
   run "inf$r" DPOD_LOSS_SCALE=force:65536:2 DPOD_TEST_NONFINITE_STEP=3 DPOD_TEST_NONFINITE_RANK=$r
