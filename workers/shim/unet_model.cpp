@@ -396,7 +396,10 @@ struct fwd_ {
       q = linear(a.q, x);                                                            /* [b, n, dim] */
       kv = fused_lora(at::linear(C(ctx), fused(a.kv)), ctx, {a.k.w, a.v.w}); /* [b, m, 2 dim] */
     }
-    /* The direct sgemm_ core is float32 only: bf16 runs on ATen's batched matmuls. */
+    /* The direct sgemm_ core is float32 only: bf16 runs on ATen's batched matmuls. fp16 with the config's
+     * upcast_attention (SD 2.x, whose scores overflow fp16) takes the core in float32, as diffusers does. */
+    if (lowp && m.precision == UNET_PRECISION_FP16 && m.cfg.upcast_attention)
+      return linear(a.out, C(attention_core_lowp(F32(q), F32(kv), a.heads, a.scale)));
     if (lowp) return linear(a.out, attention_core_lowp(q, kv, a.heads, a.scale));
     return linear(a.out, attention_core(q, kv, a.heads, a.scale));
   }
