@@ -4,7 +4,7 @@
 # step 3 (DPOD_TEST_NONFINITE_STEP=3), 2 ranks, a warmup that makes the learning rate depend on the
 # optimizer steps taken, a checkpoint every step:
 #   - without an overflow, scaled training is bit for bit unscaled training (power-of-two scales are
-#     exact), while the scale grows 65536 -> 131072 -> 262144; in bf16 too;
+#     exact), while the scale grows 65536 -> 131072 -> 262144; in bf16, with LoRA and with Adafactor too;
 #   - the step with the inf is skipped: its weights and optimizer state are those of step 2, AdamW's step
 #     count does not advance, the scale halves (logged on rank 0 naming the step), later steps train;
 #   - the inf on rank 1 or on rank 0 gives the same run: both ranks skip and stay replicas;
@@ -53,6 +53,27 @@ it_standalone_run bf16_plain 2
 (export DPOD_LOSS_SCALE=force:65536:1; it_standalone_run bf16_scaled 2)
 for s in 1 2 3 4; do same bf16_plain $s bf16_scaled $s || it_fail "step $s: scaled bf16 training differs from unscaled"; done
 [ "$(scales bf16_scaled)" = "scale 65536,scale 131072,scale 262144,scale 524288," ] || it_fail "bf16 scales: $(scales bf16_scaled)"
+# LoRA (only the adapters' gradients are staged and unscaled) and Adafactor: the same exactness, and
+# the inf at step 3 leaves their state as it was.
+for v in lora adafactor; do
+  extra=("${IT_LORA_SETS[@]}")
+  state=lora_adapters.safetensors
+  [ $v = adafactor ] && extra=(--set train.optimizer=adafactor) state=diffusion_pytorch_model.safetensors
+  it_standalone_spec "${v}_plain" "${sets[@]}" --set train.steps=4 "${extra[@]}"
+  for r in scaled inf; do cp "$T/${v}_plain.yaml" "$T/${v}_$r.yaml"; done
+  it_standalone_run "${v}_plain" 2
+  (export DPOD_LOSS_SCALE=force:65536:1; it_standalone_run "${v}_scaled" 2)
+  (export DPOD_LOSS_SCALE=force:65536:1 DPOD_TEST_NONFINITE_STEP=3; it_standalone_run "${v}_inf" 2)
+  for s in 1 2 3 4; do
+    for f in $state optimizer.safetensors; do
+      cmp -s "$(ck "${v}_plain" $s)/$f" "$(ck "${v}_scaled" $s)/$f" || it_fail "$v, step $s: scaled $f differs from unscaled"
+    done
+  done
+  for f in $state optimizer.safetensors; do
+    cmp -s "$(ck "${v}_inf" 2)/$f" "$(ck "${v}_inf" 3)/$f" || it_fail "$v: the skipped step 3 changed $f"
+  done
+  cmp -s "$(ck "${v}_inf" 3)/$state" "$(ck "${v}_inf" 4)/$state" && it_fail "$v: step 4 did not train after the skip"
+done
 
 for r in 1 0; do
   run "inf$r" DPOD_LOSS_SCALE=force:65536:2 DPOD_TEST_NONFINITE_STEP=3 DPOD_TEST_NONFINITE_RANK=$r
