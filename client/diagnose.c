@@ -66,6 +66,14 @@ static int diag_flat(const diagnose *d) {
   return 1;
 }
 
+/* Steps skipped on inf/nan gradients among the last `window` (loss scaling), or 0 with fewer steps. */
+static size_t diag_skipped(const diagnose *d) {
+  size_t w = d->p.window, n = 0;
+  if (d->count < w) return 0;
+  for (size_t k = 0; k < w; k++) n += diag_back(d, k)->skipped ? 1 : 0;
+  return n;
+}
+
 unsigned diag_active(const diagnose *d) { return d->active; }
 
 unsigned diag_add(diagnose *d, const Dpod__V1__StepMetrics *m) {
@@ -77,6 +85,8 @@ unsigned diag_add(diagnose *d, const Dpod__V1__StepMetrics *m) {
                    .saturated = m->saturated_share,
                    .has_acc = m->has_implicit_acc,
                    .has_saturated = m->has_saturated_share,
+                   .loss_scale = m->has_loss_scale ? m->loss_scale : 0.0,
+                   .skipped = m->has_skipped && m->skipped,
                    .step = m->step};
   d->next = (d->next + 1) % DIAG_HISTORY;
   if (d->count < DIAG_HISTORY) d->count++;
@@ -84,6 +94,8 @@ unsigned diag_add(diagnose *d, const Dpod__V1__StepMetrics *m) {
   if (diag_saturated_mean(d) > d->p.saturated_share) now |= DIAG_SATURATED;
   if (diag_hacking(d)) now |= DIAG_HACKING;
   if (diag_flat(d)) now |= DIAG_FLAT;
+  size_t skipped = diag_skipped(d);
+  if (skipped > 0 && 2 * skipped >= d->p.window) now |= DIAG_SKIPPING;
   unsigned raised = now & ~d->active;
   d->active = now;
   return raised;
@@ -112,6 +124,13 @@ const char *diag_describe(const diagnose *d, diag_kind kind, char *buf, size_t l
                "the loss has stayed at ln 2 (%.4f) for the last %u steps: the policy is not moving away from the "
                "reference; train.beta or train.learning_rate is likely too small",
                M_LN2, d->p.flat_window);
+      break;
+    case DIAG_SKIPPING:
+      snprintf(buf, len,
+               "%zu of the last %zu steps were skipped: their fp16 gradients held inf or nan even after the loss "
+               "scale backed off (it is %g now); the run is barely training: try train.precision bf16, or a lower "
+               "train.learning_rate",
+               diag_skipped(d), w, diag_back(d, 0)->loss_scale);
       break;
   }
   return buf;

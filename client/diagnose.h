@@ -10,6 +10,8 @@
  *   DIAG_FLAT       the dpo loss has stayed at ln 2 (within `flat_tolerance`) for the last `flat_window`
  *                   steps: the policy is not moving away from the reference (beta or the learning rate
  *                   too small).
+ *   DIAG_SKIPPING   with loss scaling (fp16), at least half of the last `window` steps were skipped on
+ *                   inf/nan gradients (StepMetrics.skipped): the run is barely training.
  * Only steps carrying the fields a rule reads count (the sft objective has no sigmoid, no implicit
  * accuracy: no rule applies to it). Pure bookkeeping: fed one step at a time, it keeps the last
  * DIAG_HISTORY steps. */
@@ -27,7 +29,10 @@ typedef enum {
   DIAG_SATURATED = 1 << 0,
   DIAG_HACKING = 1 << 1,
   DIAG_FLAT = 1 << 2,
+  DIAG_SKIPPING = 1 << 3,
 } diag_kind;
+/* The last kind: loops over every kind run from 1 to this. */
+#define DIAG_LAST DIAG_SKIPPING
 
 typedef struct {
   unsigned window;          /* steps the saturation and reward-hacking rules look back over */
@@ -41,8 +46,8 @@ typedef struct {
 diag_params diag_default_params(void);
 
 typedef struct {
-  double loss, acc, policy_mse, saturated;
-  int has_acc, has_saturated;
+  double loss, acc, policy_mse, saturated, loss_scale;
+  int has_acc, has_saturated, skipped;
   uint32_t step;
 } diag_step;
 

@@ -137,7 +137,7 @@ static const char *const usage_get =
     "\n"
     "Describes a job: state, reason, times, run directory, its complete spec, the last metrics and the\n"
     "last checkpoint, and warnings drawn from its steps (most pairs saturated, reward hacking, a loss\n"
-    "flat at ln 2).\n"
+    "flat at ln 2, fp16 steps mostly skipped on inf/nan gradients).\n"
     "  -o FORMAT   table (the default), json (dpod.v1.Job in protobuf's JSON mapping) or yaml\n"
     "  --json      the same as -o json\n";
 
@@ -165,8 +165,8 @@ static const char *const usage_watch =
     "the latest loss and accuracy), with state changes, evaluations and checkpoints printed above it;\n"
     "otherwise every event is a line of its own. Reconnects if the daemon restarts, without losing or\n"
     "repeating events. Warns on stderr, in words, when most pairs are saturated, when implicit accuracy\n"
-    "sits at 1 while the policy's MSE rises, or when the loss stays at ln 2. Exits 0 only if the job\n"
-    "succeeded.\n"
+    "sits at 1 while the policy's MSE rises, when the loss stays at ln 2, or when most fp16 steps are\n"
+    "skipped on inf/nan gradients. Exits 0 only if the job succeeded.\n"
     "  --after-seq K    start after event K (default: replay from the first event)\n"
     "  --events-jsonl   each event (dpod.v1.JobEvent in protobuf's JSON mapping) as one line; the\n"
     "                   summary goes to stderr\n"
@@ -662,7 +662,7 @@ static void watch_print_warnings(watch_state *w) {
   char text[512];
   if (!w->raised) return;
   watch_clear_progress(w);
-  for (unsigned k = 1; k <= DIAG_FLAT; k <<= 1)
+  for (unsigned k = 1; k <= DIAG_LAST; k <<= 1)
     if (w->raised & k)
       fprintf(stderr, "warning: step %u: %s\n", w->metrics.step, diag_describe(&w->diag, (diag_kind)k, text, sizeof text));
   w->raised = 0;
@@ -1083,7 +1083,7 @@ static void print_job(const Dpod__V1__Job *j, const diagnose *diag) {
     printf("  last eval:   %s\n", fmt_eval(j->last_eval, line, sizeof line) + strlen("eval "));
   if (diag && diag_active(diag)) {
     printf("  warnings:\n");
-    for (unsigned k = 1; k <= DIAG_FLAT; k <<= 1)
+    for (unsigned k = 1; k <= DIAG_LAST; k <<= 1)
       if (diag_active(diag) & k) printf("    - %s\n", diag_describe(diag, (diag_kind)k, line, sizeof line));
   }
   if (j->spec) {

@@ -99,6 +99,8 @@ char *fmt_metrics(const Dpod__V1__StepMetrics *m, char *buf, size_t len) {
   if (m->has_grad_norm) fmt_cat(buf, len, &n, " gnorm %.3g", m->grad_norm);
   if (m->has_learning_rate) fmt_cat(buf, len, &n, " lr %.1e", m->learning_rate);
   if (m->has_samples_per_sec) fmt_cat(buf, len, &n, " %.1f samples/s", m->samples_per_sec);
+  if (m->has_loss_scale) fmt_cat(buf, len, &n, " scale %g", m->loss_scale);
+  if (m->has_skipped && m->skipped) fmt_cat(buf, len, &n, " skipped (inf/nan gradients)");
   return buf;
 }
 

@@ -89,6 +89,9 @@ size_t tb_writer_record_(const Dpod__V1__JobEvent *ev, int64_t *step, unsigned c
     tb_add(&vs, m->has_grad_norm, "train/grad_norm", m->grad_norm);
     tb_add(&vs, m->has_learning_rate, "train/lr", m->learning_rate);
     tb_add(&vs, m->has_samples_per_sec, "train/samples_per_sec", m->samples_per_sec);
+    /* Loss scaling (fp16): the step's scale, and 1 for a step skipped on inf/nan gradients. */
+    tb_add(&vs, m->has_loss_scale, "train/loss_scale", m->loss_scale);
+    tb_add(&vs, m->has_skipped, "train/skipped", m->skipped ? 1.0 : 0.0);
     break;
   }
   case DPOD__V1__JOB_EVENT__EVENT_EVAL: {

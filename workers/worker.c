@@ -39,6 +39,7 @@
 #include "model_unet.h"
 #include "posterior.h"
 #include "lr_schedule.h"
+#include "loss_scale.h"
 #include "sampler.h"
 #include "dpod_error.h"
 #include "dpod_file.h"
@@ -228,6 +229,10 @@ typedef struct {
   int have_eval;
   const char *best_field;    /* train.keep_best's EvalMetrics field, NULL without one */
   int best_lower;            /* ... and whether lower is better */
+  int scaling;               /* dynamic loss scaling (fp16, or DPOD_LOSS_SCALE=force): scaler is live */
+  dpo_loss_scaler scaler;
+  uint32_t poison_step;      /* DPOD_TEST_NONFINITE_STEP: the step whose gradient gets an inf (0: none) */
+  int poison_rank;           /* ... on this rank (DPOD_TEST_NONFINITE_RANK, default 0) */
 } trainer;
 
 /* Rank 0's copy of n floats to every rank, in calls of at most g_mpi_chunk. */
@@ -340,6 +345,50 @@ static int worker_latent_source(const Dpod__V1__DataSpec *d, const dpo_dataset *
     log_info("latents: %s%s", draw ? "drawn from the VAE posteriors every step" : "frozen (data.latents: frozen)",
              d->random_flip ? ", each image flipped with probability 1/2" : "");
   return draw;
+}
+
+/* Dynamic loss scaling (loss_scale.h): on for precision fp16, with train.loss_scale's settings. Test-only
+ * switches, for a CPU, which has no fp16: DPOD_LOSS_SCALE=force turns it on at any precision
+ * (force:INIT:INTERVAL also sets the initial scale and growth interval), and DPOD_TEST_NONFINITE_STEP=K puts
+ * an inf into the gradient of step K on rank DPOD_TEST_NONFINITE_RANK (0) before the all-reduce. */
+static void loss_scaling_setup(trainer *tr) {
+  const char *prec = tr->train->precision ? tr->train->precision : "fp32", *force = getenv("DPOD_LOSS_SCALE");
+  dpo_loss_scale_params p = dpo_loss_scale_default_params();
+  if (tr->train->loss_scale) {
+    p.init_scale = tr->train->loss_scale->init_scale;
+    p.growth_interval = tr->train->loss_scale->growth_interval;
+  }
+  tr->scaling = strcmp(prec, "fp16") == 0;
+  if (force && strncmp(force, "force", 5) == 0) {
+    tr->scaling = 1;
+    double init;
+    unsigned interval;
+    if (force[5] == ':' && sscanf(force + 6, "%lf:%u", &init, &interval) == 2) {
+      p.init_scale = init;
+      p.growth_interval = interval;
+    } else if (force[5] != '\0') {
+      worker_die_input("DPOD_LOSS_SCALE: expected force or force:INIT:INTERVAL");
+    }
+  }
+  char err[256];
+  if (tr->scaling && dpo_loss_scaler_init(&tr->scaler, &p, err, sizeof err) != 0)
+    worker_die_input("train.loss_scale: %s", err);
+  const char *k = getenv("DPOD_TEST_NONFINITE_STEP"), *r = getenv("DPOD_TEST_NONFINITE_RANK");
+  uint64_t v;
+  if (k && (dpod_parse_u64(k, UINT32_MAX, &v) != 0 || v == 0))
+    worker_die_input("DPOD_TEST_NONFINITE_STEP: expected a step number from 1");
+  tr->poison_step = k ? (uint32_t)v : 0;
+  if (r && (dpod_parse_u64(r, 4096, &v) != 0)) worker_die_input("DPOD_TEST_NONFINITE_RANK: expected a rank number");
+  tr->poison_rank = r ? (int)v : 0;
+  if (g_rank == 0 && tr->scaling)
+    log_info("loss scaling: initial scale %g, doubled after %u clean steps, halved on inf/nan gradients (the step "
+             "skipped)%s",
+             tr->scaler.scale, tr->scaler.p.growth_interval, strcmp(prec, "fp16") ? " (forced by DPOD_LOSS_SCALE)" : "");
+  if (g_rank == 0 && tr->poison_step && tr->scaling)
+    log_info("test: an inf goes into rank %d's gradient at step %u (DPOD_TEST_NONFINITE_STEP)", tr->poison_rank,
+             tr->poison_step);
+  else if (g_rank == 0 && tr->poison_step)
+    log_warn("DPOD_TEST_NONFINITE_STEP is ignored: this run does not scale its loss");
 }
 
 static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
@@ -494,6 +543,7 @@ static void trainer_init(trainer *tr, const Dpod__V1__JobSpec *spec) {
   if (job_spec_optimizer_index(tr->train->optimizer) == 1 &&
       unet_adafactor_new(tr->policy, &tr->adafactor, err, sizeof err) != 0)
     worker_die("train.optimizer adafactor: %s", err);
+  loss_scaling_setup(tr);
 
   size_t n = 2 * (size_t)b;
   tr->x0 = alloc_array(n * tr->img, sizeof(float));
@@ -592,24 +642,33 @@ static void trainer_micro_step(trainer *tr, uint64_t g0, dpo_loss_sums *sums) {
   } else {
     sft_loss(b, tr->mse_policy, NULL, scale, sums, tr->grad_mse);
   }
+  /* Loss scaling: the backward starts from the scaled loss; a power of two, so exactly. */
+  if (tr->scaling)
+    for (int i = 0; i < n; i++) tr->grad_mse[i] = (float)((double)tr->grad_mse[i] * tr->scaler.scale);
   if (unet_backward_mse(tr->policy, tr->grad_mse) != 0)
     worker_die("backward: %s", unet_last_error(tr->policy));
 }
 
 /* Sums the gradient buffer over ranks in a few large in-place calls, on the host: a device model's
  * gradient goes through the shim's (pinned) staging buffer and back; on the CPU the staging buffer is
- * the gradient buffer itself. With LoRA only the adapters have gradients, and only they are staged. */
-static void allreduce_grads(trainer *tr) {
-  if (g_world == 1) return;
+ * the gradient buffer itself. With LoRA only the adapters have gradients, and only they are staged.
+ * With loss scaling (also on one rank) the summed buffer is then unscaled, on every rank alike, and the
+ * return value says whether it held an inf or a nan (1) or not (0); without, 0. */
+static int allreduce_grads(trainer *tr, uint32_t step) {
+  const int poison = tr->scaling && step == tr->poison_step && g_rank == tr->poison_rank;
+  if (g_world == 1 && !tr->scaling) return 0;
   size_t n = 0;
   float *g = unet_grad_stage(tr->policy, &n);
   if (!g) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
-  for (size_t off = 0; off < n; off += g_mpi_chunk) {
+  if (poison && n > 0) g[n / 2] = INFINITY;
+  for (size_t off = 0; g_world > 1 && off < n; off += g_mpi_chunk) {
     size_t len = n - off < g_mpi_chunk ? n - off : g_mpi_chunk;
     if (MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of gradients failed");
   }
+  int nonfinite = tr->scaling ? dpo_loss_scale_unscale(tr->scaler.scale, g, n) : 0;
   if (unet_grad_unstage(tr->policy) != 0) worker_die("the gradient buffer: %s", unet_last_error(tr->policy));
+  return nonfinite;
 }
 
 static void report(trainer *tr, const Dpod__V1__WorkerEvent *ev) {
@@ -698,6 +757,7 @@ static void trainer_checkpoint(trainer *tr, uint32_t step, const char *run_dir, 
       worker_die("saving %s: %s", partial, unet_last_error(tr->policy));
     heartbeat(tr, step, "checkpoint");
     save_optimizer(tr, partial);
+    if (tr->scaling && dpo_loss_scaler_save(&tr->scaler, partial, err, sizeof err) != 0) worker_die("%s", err);
     const Dpod__V1__EvalMetrics *eval = tr->have_eval && tr->last_eval.step == step ? &tr->last_eval : NULL;
     if (provenance_write(partial, step, tr->spec, tr->dataset_hash, unet_torch_version(), eval, err, sizeof err) != 0)
       worker_die("%s", err);
@@ -766,6 +826,14 @@ static uint32_t trainer_resume(trainer *tr, const char *run_dir) {
   if (rc != 0) worker_die("resume: %s", err);
   if (tr->adafactor ? unet_adafactor_set_step(tr->adafactor, o.step) != 0 : unet_adamw_set_step(tr->policy, o.step) != 0)
     worker_die("resume: the optimizer's step count %" PRIu64 " was refused", o.step);
+  /* The loss scaler's state; a checkpoint written without scaling has none and starts it afresh. */
+  if (tr->scaling) {
+    rc = dpo_loss_scaler_load(&tr->scaler, dir, err, sizeof err);
+    if (rc == DPOD_ENOENT && g_rank == 0)
+      log_info("resume: %s holds no loss scale: starting at %g", dir, tr->scaler.scale);
+    else if (rc != 0 && rc != DPOD_ENOENT)
+      worker_die("resume: %s", err);
+  }
   if (g_rank == 0) log_info("resumed from %s (step %u)", dir, step);
   return step;
 }
@@ -1014,17 +1082,19 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
      * with the ranks already in step it costs one round trip of a few microseconds. */
     if (g_world > 1) MPI_Barrier(MPI_COMM_WORLD);
     double t_wait = now_seconds() - t_reduce;
-    allreduce_grads(tr);
+    const double used_scale = tr->scaling ? tr->scaler.scale : 0.0;
+    int nonfinite = allreduce_grads(tr, step);
 
     /* Metric sums and the stop requests travel in one small all-reduce, so every rank acts on the same
      * step: [7] counts ranks told to cancel, [8] ranks that received a preemption signal, [9] counts the
-     * pairs whose sigmoid is saturated. */
-    double red[10] = {sums.loss_sum, sums.acc_sum, sums.margin_sum, sums.policy_mse_sum, sums.ref_mse_sum,
+     * pairs whose sigmoid is saturated, [10] ranks whose unscaled gradient held an inf or nan (all or none
+     * of them, as they unscale the same sum; reduced anyway, so that the skip is one decision). */
+    double red[11] = {sums.loss_sum, sums.acc_sum, sums.margin_sum, sums.policy_mse_sum, sums.ref_mse_sum,
                       sums.pairs,    sums.samples, 0.0,             g_stop_signals > 0 ? 1.0 : 0.0,
-                      sums.saturated_sum};
+                      sums.saturated_sum, nonfinite ? 1.0 : 0.0};
     if (g_rank == 0 && tr->rep && reporter_directive(tr->rep) == DPOD__V1__DIRECTIVE__DIRECTIVE_CANCEL)
       red[7] = 1.0;
-    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 10, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+    if (g_world > 1 && MPI_Allreduce(MPI_IN_PLACE, red, 11, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
       worker_die("MPI_Allreduce of metrics failed");
     double t_allreduce = now_seconds() - t_reduce;
     if (red[7] > 0) {
@@ -1033,9 +1103,18 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     }
     if (!isfinite(red[0])) worker_die("step %u: the loss is not finite (%g)", step, red[0]);
 
-    opt.lr = dpo_lr_schedule_at(tr->lr_kind, tr->peak_lr, tr->warmup_steps, steps, step);
+    /* A skipped step (loss scaling) steps neither the optimizer nor the lr schedule, as accelerate does:
+     * the schedule counts the optimizer steps taken. */
+    const int skip = red[10] > 0;
+    const uint32_t lr_step = tr->scaling ? step - (uint32_t)tr->scaler.skipped : step;
+    opt.lr = dpo_lr_schedule_at(tr->lr_kind, tr->peak_lr, tr->warmup_steps, steps, lr_step);
     double gnorm = 0;
-    if (tr->adafactor) {
+    if (tr->scaling && dpo_loss_scaler_update(&tr->scaler, skip) == DPO_LOSS_SCALE_BACKOFF && g_rank == 0)
+      log_info("step %u: the gradients hold inf or nan at loss scale %g: step skipped, loss scale now %g", step,
+               used_scale, tr->scaler.scale);
+    if (skip) {
+      /* No update: the weights, the optimizer's moments and its step count stay as they were. */
+    } else if (tr->adafactor) {
       af.lr = opt.lr;
       if (unet_adafactor_step(tr->policy, tr->adafactor, &af, &gnorm) != 0)
         worker_die("optimizer: %s", unet_adafactor_last_error(tr->adafactor));
@@ -1059,9 +1138,17 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
       m.loss = red[0] / red[5];
       m.policy_mse = red[3] / red[6];
       m.grad_norm = gnorm;
+      m.has_grad_norm = !skip;
       m.learning_rate = opt.lr;
+      if (tr->scaling) {
+        m.has_loss_scale = m.has_skipped = 1;
+        m.loss_scale = used_scale;
+        m.skipped = skip;
+      }
       m.samples_per_sec = red[6] / dt;
       m.step_seconds = dt;
+      char scaled[64] = "";
+      if (tr->scaling) snprintf(scaled, sizeof scaled, " scale %g%s", used_scale, skip ? " skipped" : "");
       if (tr->dpo) {
         m.has_implicit_acc = m.has_ref_mse = m.has_reward_margin = 1;
         m.implicit_acc = red[1] / red[5];
@@ -1070,12 +1157,12 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
         m.has_saturated_share = m.has_drift = 1;
         m.saturated_share = red[9] / red[5];
         m.drift = m.policy_mse - m.ref_mse;
-        printf("step %u/%u loss %.6f acc %.3f mse %.6f/%.6f margin %.4g gnorm %.4g lr %.3g %.1f samples/s\n", step,
+        printf("step %u/%u loss %.6f acc %.3f mse %.6f/%.6f margin %.4g gnorm %.4g lr %.3g %.1f samples/s%s\n", step,
                steps, m.loss, m.implicit_acc, m.policy_mse, m.ref_mse, m.reward_margin, m.grad_norm, m.learning_rate,
-               m.samples_per_sec);
+               m.samples_per_sec, scaled);
       } else {
-        printf("step %u/%u loss %.6f gnorm %.4g lr %.3g %.1f samples/s\n", step, steps, m.loss, m.grad_norm,
-               m.learning_rate, m.samples_per_sec);
+        printf("step %u/%u loss %.6f gnorm %.4g lr %.3g %.1f samples/s%s\n", step, steps, m.loss, m.grad_norm,
+               m.learning_rate, m.samples_per_sec, scaled);
       }
       fflush(stdout);
       Dpod__V1__WorkerEvent ev = DPOD__V1__WORKER_EVENT__INIT;

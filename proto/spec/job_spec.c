@@ -1120,6 +1120,7 @@ int job_spec_validate(const Dpod__V1__JobSpec *spec, unsigned max_ranks, char *e
   const char *prec = t->precision ? t->precision : "fp32";
   if (strcmp(prec, "fp32") != 0 && strcmp(prec, "bf16") != 0 && strcmp(prec, "fp16") != 0)
     return js_errf(err, errlen, "train.precision: must be \"fp32\", \"bf16\" or \"fp16\" (got '%.64s')", prec);
+  if ((status = job_spec_validate_loss_scale_(spec, err, errlen)) != 0) return status;
 
   js_uint_in("resources.ranks_per_node", r->ranks_per_node, 0, JS_RANKS_MAX);
   js_uint_in("resources.gpus_per_rank", r->gpus_per_rank, 0, 64);

@@ -40,6 +40,8 @@ int job_spec_lr_scheduler_index(const char *name);
 int job_spec_optimizer_index(const char *name);
 /* job_spec_validate's checks of train.device (job_spec_device.c). */
 int job_spec_validate_device_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
+/* job_spec_validate's checks of train.loss_scale (job_spec_loss_scale.c). */
+int job_spec_validate_loss_scale_(const Dpod__V1__JobSpec *spec, char *err, size_t errlen);
 
 /* Makes every relative path the spec names (model.config, model.weights, model.reference_weights,
  * model.scheduler_config, data.dataset) absolute against `base` (an absolute directory, e.g. the

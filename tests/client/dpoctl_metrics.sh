@@ -8,9 +8,9 @@ dpoctl=$1 fake=$2
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-want="time_unix_ms,step,total_steps,loss,implicit_acc,policy_mse,ref_mse,reward_margin,grad_norm,learning_rate,samples_per_sec,step_seconds,saturated_share,drift
-1700000003000,1,3,0.6631,0.5,1.0433,1.0436,0.012,1.23,1e-05,12.3,,,
-1700000004000,2,3,0.6531,0.5,1.0433,1.0436,0.012,1.23,1e-05,12.3,,,"
+want="time_unix_ms,step,total_steps,loss,implicit_acc,policy_mse,ref_mse,reward_margin,grad_norm,learning_rate,samples_per_sec,step_seconds,saturated_share,drift,loss_scale,skipped
+1700000003000,1,3,0.6631,0.5,1.0433,1.0436,0.012,1.23,1e-05,12.3,,,,,
+1700000004000,2,3,0.6531,0.5,1.0433,1.0436,0.012,1.23,1e-05,12.3,,,,,"
 out=$("$dpoctl" --addr "$addr" metrics 1) || fail "metrics 1 exited $?"
 [ "$out" = "$want" ] || fail "metrics 1 (csv) printed:
 $out"

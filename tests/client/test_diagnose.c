@@ -50,6 +50,50 @@ static Dpod__V1__StepMetrics sft(uint32_t s) {
   return m;
 }
 
+/* A step under loss scaling: skipped or not, at scale `scale`. */
+static Dpod__V1__StepMetrics scaled_step(uint32_t s, int skipped, double scale) {
+  Dpod__V1__StepMetrics m = healthy(s);
+  m.has_loss_scale = m.has_skipped = 1;
+  m.loss_scale = scale;
+  m.skipped = skipped;
+  return m;
+}
+
+/* Half of the last window's steps skipped on inf/nan gradients is raised once, naming the count and the
+ * scale; four of ten, or an occasional skip, is not; a run of clean steps clears it. */
+static void loss_scaling_that_keeps_skipping_is_raised(void **state) {
+  (void)state;
+  diagnose d;
+  diag_init(&d, NULL);
+  unsigned raised = 0;
+  for (uint32_t s = 1; s <= 30; s++) { /* one skip in ten */
+    Dpod__V1__StepMetrics m = scaled_step(s, s % 10 == 0, 65536);
+    raised |= diag_add(&d, &m);
+  }
+  for (uint32_t s = 31; s <= 40; s++) { /* four in ten */
+    Dpod__V1__StepMetrics m = scaled_step(s, s % 10 < 4, 65536);
+    raised |= diag_add(&d, &m);
+  }
+  assert_int_equal(raised, 0);
+  for (uint32_t s = 41; s <= 50; s++) { /* every other step: five in ten */
+    Dpod__V1__StepMetrics m = scaled_step(s, s % 2 == 0, 1024);
+    raised |= diag_add(&d, &m);
+  }
+  assert_int_equal(raised, DIAG_SKIPPING);
+  assert_int_equal(diag_active(&d), DIAG_SKIPPING);
+  char buf[512];
+  diag_describe(&d, DIAG_SKIPPING, buf, sizeof buf);
+  assert_non_null(strstr(buf, "5 of the last 10 steps were skipped"));
+  assert_non_null(strstr(buf, "1024"));
+  raised = 0;
+  for (uint32_t s = 51; s <= 60; s++) {
+    Dpod__V1__StepMetrics m = scaled_step(s, 0, 2048);
+    raised |= diag_add(&d, &m);
+  }
+  assert_int_equal(raised, 0);
+  assert_int_equal(diag_active(&d), 0);
+}
+
 static void a_healthy_run_raises_nothing(void **state) {
   (void)state;
   diagnose d;
@@ -129,6 +173,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(accuracy_at_one_with_a_rising_policy_mse_is_reward_hacking),
       cmocka_unit_test(a_loss_flat_at_ln2_is_raised_after_the_flat_window),
       cmocka_unit_test(sft_steps_and_repeated_steps_raise_nothing),
+      cmocka_unit_test(loss_scaling_that_keeps_skipping_is_raised),
   };
   return CMOCKA_MAIN("diagnose", tests, NULL, NULL);
 }

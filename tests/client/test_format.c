@@ -44,6 +44,19 @@ static void metrics_line_leaves_out_absent_fields(void **state) {
   assert_string_equal(fmt_metrics(&m, buf, sizeof buf), "step 7 loss 0.1250 mse 0.1250");
 }
 
+/* Loss scaling (fp16): the step's scale, and a skipped step named as one; neither without scaling (above). */
+static void metrics_line_shows_the_loss_scale_and_a_skip(void **state) {
+  (void)state;
+  Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
+  m.step = 3, m.total_steps = 20;
+  m.has_loss = 1, m.loss = 0.5;
+  m.has_loss_scale = 1, m.loss_scale = 65536;
+  m.has_skipped = 1, m.skipped = 0;
+  assert_string_equal(fmt_metrics(&m, buf, sizeof buf), "step 3/20 loss 0.5000 scale 65536");
+  m.skipped = 1;
+  assert_string_equal(fmt_metrics(&m, buf, sizeof buf), "step 3/20 loss 0.5000 scale 65536 skipped (inf/nan gradients)");
+}
+
 static void metrics_line_never_overruns_a_small_buffer(void **state) {
   (void)state;
   Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
@@ -193,14 +206,18 @@ static void csv_has_a_column_per_field_and_leaves_absent_ones_empty(void **state
   (void)state;
   assert_string_equal(fmt_csv_header(&dpod__v1__step_metrics__descriptor, buf, sizeof buf),
                       "time_unix_ms,step,total_steps,loss,implicit_acc,policy_mse,ref_mse,reward_margin,grad_norm,"
-                      "learning_rate,samples_per_sec,step_seconds,saturated_share,drift");
+                      "learning_rate,samples_per_sec,step_seconds,saturated_share,drift,loss_scale,skipped");
   Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
   m.has_step = 1, m.step = 4;
   m.has_total_steps = 1, m.total_steps = 8;
   m.has_loss = 1, m.loss = 0.5;
   m.has_learning_rate = 1, m.learning_rate = 1e-4;
   m.grad_norm = 3; /* not marked present: an empty cell */
-  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf), "1700000000123,4,8,0.5,,,,,,0.0001,,,,");
+  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf), "1700000000123,4,8,0.5,,,,,,0.0001,,,,,,");
+  m.has_loss_scale = 1, m.loss_scale = 32768;
+  m.has_skipped = 1, m.skipped = 1;
+  assert_string_equal(fmt_csv_row(&m.base, 1700000000123, buf, sizeof buf),
+                      "1700000000123,4,8,0.5,,,,,,0.0001,,,,,32768,true");
 }
 
 static void json_carries_present_fields_by_proto_name(void **state) {
@@ -225,6 +242,7 @@ int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       T(metrics_line_has_every_present_field),
       T(metrics_line_leaves_out_absent_fields),
+      T(metrics_line_shows_the_loss_scale_and_a_skip),
       T(metrics_line_never_overruns_a_small_buffer),
       T(eval_line_with_pairs_and_samples),
       T(eval_line_with_samples_only),

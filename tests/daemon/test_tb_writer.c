@@ -179,6 +179,40 @@ static void every_kind_of_event_is_written_under_its_tag(void **state) {
   assert_int_equal(tb_writer_record_(&ev, &step, buf, 20), 0);
 }
 
+/* Loss scaling's metrics become scalars of their own: train/loss_scale, and train/skipped as 1 or 0; a
+ * step without scaling has neither. */
+static void loss_scale_and_skip_are_scalars(void **state) {
+  (void)state;
+  Dpod__V1__StepMetrics m = DPOD__V1__STEP_METRICS__INIT;
+  m.has_step = m.has_loss = 1;
+  m.step = 5;
+  m.loss = 0.25;
+  Dpod__V1__JobEvent ev = DPOD__V1__JOB_EVENT__INIT;
+  ev.event_case = DPOD__V1__JOB_EVENT__EVENT_METRICS;
+  ev.metrics = &m;
+  unsigned char buf[1024];
+  for (int scaled = 0; scaled < 2; scaled++) {
+    m.has_loss_scale = m.has_skipped = scaled;
+    m.loss_scale = 32768;
+    m.skipped = 1;
+    int64_t step = 0;
+    size_t n = tb_writer_record_(&ev, &step, buf, sizeof buf);
+    assert_true(n > TFRECORD_OVERHEAD);
+    assert_int_equal(step, 5);
+    Dpod__Tb__Event *out = dpod__tb__event__unpack(NULL, n - TFRECORD_OVERHEAD, buf + 12);
+    assert_non_null(out);
+    assert_int_equal(out->summary->n_value, scaled ? 3 : 1);
+    assert_string_equal(out->summary->value[0]->tag, "train/loss");
+    if (scaled) {
+      assert_string_equal(out->summary->value[1]->tag, "train/loss_scale");
+      assert_float_equal(out->summary->value[1]->simple_value, 32768, 0);
+      assert_string_equal(out->summary->value[2]->tag, "train/skipped");
+      assert_float_equal(out->summary->value[2]->simple_value, 1, 0);
+    }
+    dpod__tb__event__free_unpacked(out, NULL);
+  }
+}
+
 static void a_restarted_writer_goes_on_after_its_last_record(void **state) {
   fixture *f = *state;
   uint64_t id = create_job(f);
@@ -250,6 +284,7 @@ static void a_torn_last_record_is_cut_off_and_written_again(void **state) {
 int main(int argc, char **argv) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(every_kind_of_event_is_written_under_its_tag, setup, teardown),
+      cmocka_unit_test(loss_scale_and_skip_are_scalars),
       cmocka_unit_test_setup_teardown(a_restarted_writer_goes_on_after_its_last_record, setup, teardown),
       cmocka_unit_test_setup_teardown(a_torn_last_record_is_cut_off_and_written_again, setup, teardown),
   };

@@ -1,15 +1,17 @@
-/* A checkpoint's records: the COMPLETE marker (its file list, sizes and CRCs) and rank 0's record. The
- * input is split into the files of one checkpoint directory (fuzz_util.h), which is then looked for,
- * verified and read as a resuming worker does: ckpt_find_latest(), ckpt_verify(), ckpt_read_rank_state(). */
+/* A checkpoint's records: the COMPLETE marker (its file list, sizes and CRCs), rank 0's record and the loss
+ * scaler's state. The input is split into the files of one checkpoint directory (fuzz_util.h), which is
+ * then looked for, verified and read as a resuming worker does: ckpt_find_latest(), ckpt_verify(),
+ * ckpt_read_rank_state(), dpo_loss_scaler_load(). */
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/stat.h>
 
 #include "checkpoint.h"
 #include "fuzz_util.h"
+#include "loss_scale.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  static const char *const names[] = {CKPT_MARKER, "rank-00000.json", CKPT_WEIGHTS, "config.json"};
+  static const char *const names[] = {CKPT_MARKER, "rank-00000.json", CKPT_WEIGHTS, "config.json", CKPT_LOSS_SCALE};
   const char *scratch = fuzz_scratch_dir();
   fuzz_quiet_logs();
   fuzz_clear_dir(scratch);
@@ -25,5 +27,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_note("ckpt_verify", ckpt_verify(dir, &step, err, sizeof err), err);
   ckpt_rank_state st;
   fuzz_note("ckpt_read_rank_state", ckpt_read_rank_state(dir, 0, &st, err, sizeof err), err);
+  dpo_loss_scaler ls;
+  if (dpo_loss_scaler_init(&ls, NULL, err, sizeof err) == 0)
+    fuzz_note("dpo_loss_scaler_load", dpo_loss_scaler_load(&ls, dir, err, sizeof err), err);
   return 0;
 }

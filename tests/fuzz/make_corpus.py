@@ -133,6 +133,10 @@ def corpus_checkpoint():
     write(t, "broken-no-weights", SEP.join(checkpoint_files(no_weights=True)))
     write(t, "broken-rank-record", SEP.join(checkpoint_files(rank_json=b'{"magic": "dpod-rank-state", "rank": -1}')))
     write(t, "broken-marker", b'{"magic": "dpod-checkpoint", "step": 1.5, "files": []}')
+    # A fifth part: the loss scaler's state (fp16), as loss_scale.c writes it.
+    scaler = (b'{"magic": "dpod-loss-scale", "version": 1, "scale": 32768, "growth_tracker": 3, "skipped": 1, '
+              b'"init_scale": 65536, "growth_interval": 2000}\n')
+    write(t, "valid-loss-scale", SEP.join(checkpoint_files() + [scaler]))
 
 
 def corpus_job_spec():

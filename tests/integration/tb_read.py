@@ -32,7 +32,8 @@ except ImportError:  # protobuf < 4.21
 
 TRAIN = {"train/loss": "loss", "train/implicit_acc": "implicit_acc", "train/policy_mse": "policy_mse",
          "train/ref_mse": "ref_mse", "train/reward_margin": "reward_margin", "train/grad_norm": "grad_norm",
-         "train/lr": "learning_rate", "train/samples_per_sec": "samples_per_sec"}
+         "train/lr": "learning_rate", "train/samples_per_sec": "samples_per_sec",
+         "train/loss_scale": "loss_scale", "train/skipped": "skipped"}
 EVAL = {"eval/loss", "eval/implicit_acc", "eval/reward_margin", "eval/preferred_mode_rate", "eval/mode_distance"}
 
 

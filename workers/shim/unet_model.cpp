@@ -284,8 +284,10 @@ struct fwd_ {
   /* bf16 (unet_set_precision): weights and activations cast to bf16 at the matmul-shaped ops (a no-op for
    * what already is), norms in float32, the output back to float32. Casts of a parameter are recorded by
    * autograd, so its float32 gradient lands in the flat gradient buffer. */
-  bool lowp = m.precision == UNET_PRECISION_BF16;
-  at::Tensor C(const at::Tensor &t) const { return lowp && t.defined() ? t.to(at::kBFloat16) : t; }
+  bool lowp = m.precision != UNET_PRECISION_FP32;
+  /* fp16 (CUDA only: set_precision refuses it on the CPU) takes exactly bf16's cast points. */
+  at::ScalarType lowt = lowp_dtype(m.precision);
+  at::Tensor C(const at::Tensor &t) const { return lowp && t.defined() ? t.to(lowt) : t; }
   at::Tensor F32(const at::Tensor &t) const { return lowp ? t.to(at::kFloat) : t; }
   /* bf16 convolutions on channels-last operands (oneDNN's native layout): see channels_last_bf16(). */
   bool cl = lowp && channels_last_bf16();
@@ -345,7 +347,7 @@ struct fwd_ {
      * the SiLU after it and its backward see one layout (mixed layouts take TensorIterator's slow path). */
     if (lowp && n.groups > 0 && x.dim() == 4) {
       at::Tensor y = norm32(n, x.to(at::kFloat, false, false, at::MemoryFormat::Contiguous));
-      return y.to(at::kBFloat16, false, false, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+      return y.to(lowt, false, false, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
     }
     if (lowp) return C(norm32(n, F32(x)));
     return norm32(n, x);
@@ -394,7 +396,10 @@ struct fwd_ {
       q = linear(a.q, x);                                                            /* [b, n, dim] */
       kv = fused_lora(at::linear(C(ctx), fused(a.kv)), ctx, {a.k.w, a.v.w}); /* [b, m, 2 dim] */
     }
-    /* The direct sgemm_ core is float32 only: bf16 runs on ATen's batched matmuls. */
+    /* The direct sgemm_ core is float32 only: bf16 runs on ATen's batched matmuls. fp16 with the config's
+     * upcast_attention (SD 2.x, whose scores overflow fp16) takes the core in float32, as diffusers does. */
+    if (lowp && m.precision == UNET_PRECISION_FP16 && m.cfg.upcast_attention)
+      return linear(a.out, C(attention_core_lowp(F32(q), F32(kv), a.heads, a.scale)));
     if (lowp) return linear(a.out, attention_core_lowp(q, kv, a.heads, a.scale));
     return linear(a.out, attention_core(q, kv, a.heads, a.scale));
   }

@@ -155,9 +155,9 @@ struct unet {
   bool grad_ckpt = false;
   mutable uint64_t ckpt_forwards = 0, ckpt_recomputes = 0;
 
-  /* Mixed precision (unet_precision.cpp): 0 fp32, 1 bf16 (unet_precision values). With bf16_stored
-   * (a frozen bf16 model) flat is bfloat16, the parameters and fused leaves are views of it, and
-   * flat_grad is undefined. */
+  /* Mixed precision (unet_precision.cpp): 0 fp32, 1 bf16, 2 fp16 (unet_precision values). With bf16_stored
+   * (a frozen bf16 or fp16 model; the name is older than fp16) flat is bfloat16 (or half), the parameters
+   * and fused leaves are views of it, and flat_grad is undefined. */
   int precision = 0;
   bool bf16_stored = false;
 };
@@ -214,7 +214,9 @@ at::Tensor attention_core_lowp(const at::Tensor &q, const at::Tensor &kv, int64_
 void set_precision(unet &m, int p);
 /* unet_matmul_gflops without its boundary. */
 double matmul_gflops(int n, int p, int threads, int reps);
-/* Converts a frozen bf16 model's stored weights to bf16 (once; see unet_set_precision). */
+/* The compute dtype of a low precision: at::kHalf for fp16, at::kBFloat16 otherwise (bf16; unused at fp32). */
+inline at::ScalarType lowp_dtype(int p) { return p == 2 /* UNET_PRECISION_FP16 */ ? at::kHalf : at::kBFloat16; }
+/* Converts a frozen bf16 (or fp16) model's stored weights to that dtype (once; see unet_set_precision). */
 void store_frozen_bf16(unet &m);
 /* Throws DPOD_ESTATE, naming `fn`, when the model's weights are stored in bf16. */
 void require_fp32_storage(const unet &m, const char *fn);

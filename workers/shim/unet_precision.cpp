@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "unet_model.h"
@@ -18,19 +19,24 @@ extern "C" {
 
 namespace shim {
 
+static_assert(UNET_PRECISION_FP16 == 2, "lowp_dtype (unet_model.h) spells fp16 as 2");
+
+static const char *lowp_name(int p) { return p == UNET_PRECISION_FP16 ? "fp16" : "bf16"; }
+
 void require_fp32_storage(const unet &m, const char *fn) {
   if (m.bf16_stored)
-    throw error(DPOD_ESTATE, std::string(fn) + ": this frozen bf16 model stores its weights in bf16 (no float32 "
-                                                "copy); set its weights before unet_freeze/unet_set_precision");
+    throw error(DPOD_ESTATE, std::string(fn) + ": this frozen " + lowp_name(m.precision) + " model stores its weights in " +
+                                 lowp_name(m.precision) +
+                                 " (no float32 copy); set its weights before unet_freeze/unet_set_precision");
 }
 
-/* One bf16 buffer in the layout of the float32 one; every weight of two or more dimensions and every fused
+/* One bf16 (fp16) buffer in the layout of the float32 one; every weight of two or more dimensions and every fused
  * leaf becomes a view of it, so the forward's cast to bf16 is a no-op, and the float32 copy and the
  * (unused) gradient buffer go. */
 void store_frozen_bf16(unet &m) {
-  if (m.bf16_stored || !m.frozen || m.precision != UNET_PRECISION_BF16 || !m.lora.empty()) return;
+  if (m.bf16_stored || !m.frozen || m.precision == UNET_PRECISION_FP32 || !m.lora.empty()) return;
   at::NoGradGuard ng;
-  at::Tensor b = m.flat.to(at::kBFloat16);
+  at::Tensor b = m.flat.to(lowp_dtype(m.precision));
   /* Biases and norm scales (1-D, a few thousandths of the weights) stay float32: the norms read theirs
    * in float32 and the others are cast where they are used, exactly as in the unfrozen model. */
   for (auto &p : m.params)
@@ -46,17 +52,22 @@ void store_frozen_bf16(unet &m) {
 }
 
 void set_precision(unet &m, int p) {
-  if (p == UNET_PRECISION_FP16) {
-    if (!m.flat.defined() || m.flat.is_cpu())
-      throw error(DPOD_EUNSUPPORTED, "precision fp16 is not supported on the CPU (its fp16 convolutions and "
-                                     "matmuls are not vectorised in this libtorch); use bf16");
-    throw error(DPOD_EUNSUPPORTED, "precision fp16 is not implemented yet (it needs loss scaling); use bf16");
-  }
-  if (p != UNET_PRECISION_FP32 && p != UNET_PRECISION_BF16)
+  if (p != UNET_PRECISION_FP32 && p != UNET_PRECISION_BF16 && p != UNET_PRECISION_FP16)
     throw error(DPOD_EINVAL, "unet_set_precision: unknown precision " + std::to_string(p));
-  if (p == UNET_PRECISION_FP32 && m.bf16_stored)
-    throw error(DPOD_ESTATE, "unet_set_precision: this frozen model's weights are stored in bf16; it cannot "
-                             "return to fp32");
+  /* fp16 runs only on CUDA: a CPU libtorch (Debian's 1.13) has no fp16 convolution, addmm, bmm, group_norm,
+   * softmax or silu kernels at all ("not implemented for 'Half'"). On CUDA it takes bf16's cast points;
+   * dpo-worker scales its loss (workers/dpo/loss_scale.h). */
+  /* DPOD_TEST_FP16_ON_CPU=1 (tests only) lets a CPU model take fp16 anyway, so that the cast points and the
+   * fp16 storage can be checked where there is no GPU: its forward then fails at the first fp16 kernel. */
+  const char *test_cpu = std::getenv("DPOD_TEST_FP16_ON_CPU");
+  const bool allow_cpu = test_cpu && std::strcmp(test_cpu, "1") == 0;
+  if (p == UNET_PRECISION_FP16 && !allow_cpu && (!m.flat.defined() || m.flat.is_cpu()))
+    throw error(DPOD_EUNSUPPORTED, "precision fp16 is not supported on the CPU (this libtorch has no fp16 "
+                                   "convolution or matmul kernels for it); use bf16, or fp16 on a CUDA device");
+  if (m.bf16_stored && p != m.precision)
+    throw error(DPOD_ESTATE, std::string("unet_set_precision: this frozen model's weights are stored in ") +
+                                 lowp_name(m.precision) + "; it cannot change to " +
+                                 (p == UNET_PRECISION_FP32 ? "fp32" : lowp_name(p)));
   m.precision = p;
   m.mse = at::Tensor();
   store_frozen_bf16(m);

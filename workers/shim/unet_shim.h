@@ -319,9 +319,11 @@ int unet_lora_merge(unet_t m);
  * back). A frozen model (unet_freeze) at bf16 STORES its weights in bf16, converted once, and frees the
  * fp32 copy and the gradient buffer: half the reference's memory. Such a model refuses
  * unet_param_buffer, unet_grad_buffer, unet_load_weights, unet_copy_weights (into it), unet_save and a
- * return to fp32 (DPOD_ESTATE); set the weights before freezing. UNET_PRECISION_FP16 is refused on the
- * CPU (DPOD_EUNSUPPORTED) and not implemented elsewhere yet. FP32 (the default) is the float32 path,
- * bit for bit as without this call. */
+ * return to fp32 (DPOD_ESTATE); set the weights before freezing. UNET_PRECISION_FP16 is the same in half
+ * precision (a frozen model stores fp16) on a CUDA model only; on the CPU it is refused (DPOD_EUNSUPPORTED:
+ * this libtorch has no fp16 kernels there). It needs loss scaling, which is the caller's: scale grad_mse
+ * before unet_backward_mse, unscale the gradient after (workers/dpo/loss_scale.h). Never run on a GPU yet.
+ * FP32 (the default) is the float32 path, bit for bit as without this call. */
 typedef enum { UNET_PRECISION_FP32 = 0, UNET_PRECISION_BF16 = 1, UNET_PRECISION_FP16 = 2 } unet_precision;
 
 int unet_set_precision(unet_t m, unet_precision p);

@@ -913,6 +913,73 @@ static void validate_bounds_train_precision(void **state) {
   }
 }
 
+/* train.loss_scale: GradScaler's defaults; init_scale a power of two from 1 to 2^32 and growth_interval from
+ * 1 to 1e8, each refused by name; changed settings refused unless the precision is fp16; YAML read and
+ * written back. */
+static void validate_bounds_train_loss_scale(void **state) {
+  (void)state;
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  assert_non_null(spec->train->loss_scale);
+  assert_true(spec->train->loss_scale->init_scale == 65536);
+  assert_int_equal(spec->train->loss_scale->growth_interval, 2000);
+  static const struct {
+    const char *key, *value, *prefix;
+  } bad[] = {
+      {"train.loss_scale.init_scale", "3", "train.loss_scale.init_scale:"},
+      {"train.loss_scale.init_scale", "0.5", "train.loss_scale.init_scale:"},
+      {"train.loss_scale.init_scale", "0", "train.loss_scale.init_scale:"},
+      {"train.loss_scale.init_scale", "-65536", "train.loss_scale.init_scale:"},
+      {"train.loss_scale.init_scale", "8589934592", "train.loss_scale.init_scale:"},
+      {"train.loss_scale.growth_interval", "0", "train.loss_scale.growth_interval:"},
+      {"train.loss_scale.growth_interval", "100000001", "train.loss_scale.growth_interval:"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    Dpod__V1__JobSpec *saved = spec;
+    spec = job_spec_new();
+    set_ok("train.precision", "fp16");
+    set_ok(bad[i].key, bad[i].value);
+    refused_validate(0, bad[i].prefix);
+    protobuf_c_message_free_unpacked(&spec->base, NULL);
+    spec = saved;
+  }
+  /* The bounds themselves pass with fp16. */
+  set_ok("train.precision", "fp16");
+  set_ok("train.loss_scale.init_scale", "4294967296");
+  set_ok("train.loss_scale.growth_interval", "100000000");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  set_ok("train.loss_scale.init_scale", "1");
+  set_ok("train.loss_scale.growth_interval", "1");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  /* Non-finite, which only the wire can carry. */
+  spec->train->loss_scale->init_scale = INFINITY;
+  refused_validate(0, "train.loss_scale.init_scale:");
+  spec->train->loss_scale->init_scale = NAN;
+  refused_validate(0, "train.loss_scale.init_scale:");
+  spec->train->loss_scale->init_scale = 1024;
+  /* Another precision with a changed setting: refused, naming the precision; at the defaults it passes. */
+  const char *others[] = {"fp32", "bf16"};
+  for (size_t i = 0; i < 2; i++) {
+    set_ok("train.precision", others[i]);
+    refused_validate(0, "train.loss_scale:");
+    assert_err_has(others[i]);
+  }
+  set_ok("train.loss_scale.init_scale", "65536");
+  set_ok("train.loss_scale.growth_interval", "2000");
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  /* YAML, and back. */
+  Dpod__V1__JobSpec *saved = spec;
+  spec = job_spec_new();
+  assert_int_equal(parse("train:\n  precision: fp16\n  loss_scale:\n    init_scale: 1024\n    growth_interval: 50\n"), 0);
+  assert_int_equal(job_spec_validate(spec, 0, err, sizeof err), 0);
+  Dpod__V1__JobSpec *back = written_and_read_back();
+  assert_true(back->train->loss_scale->init_scale == 1024);
+  assert_int_equal(back->train->loss_scale->growth_interval, 50);
+  protobuf_c_message_free_unpacked(&back->base, NULL);
+  refused_yaml("train:\n  loss_scale:\n    init_scal: 1024\n", "train.loss_scale.init_scal");
+  protobuf_c_message_free_unpacked(&spec->base, NULL);
+  spec = saved;
+}
+
 /* target_modules is a list: YAML flow or block sequences, a comma list in --set, written back as a list. */
 static void lora_target_modules_read_as_lists_and_write_back(void **state) {
   (void)state;
@@ -1054,6 +1121,7 @@ int main(int argc, char **argv) {
       T(validate_refuses_each_bad_lora_value),
       T(validate_bounds_train_device),
       T(validate_bounds_train_precision),
+      T(validate_bounds_train_loss_scale),
       T(lora_target_modules_read_as_lists_and_write_back),
       T(validate_bounds_loss_lr_scheduler_and_optimizer),
   };

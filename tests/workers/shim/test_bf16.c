@@ -323,6 +323,52 @@ static void fp16_is_refused_on_the_cpu_by_name(void **state) {
   unet_free(m);
 }
 
+/* fp16's cast points, as far as a CPU can show them (DPOD_TEST_FP16_ON_CPU=1 lets a CPU model take fp16,
+ * which this libtorch cannot run): the forward hands an op half-precision operands and fails there
+ * cleanly, naming Half (had fp16 cast to bf16, or not at all, it would succeed); a frozen fp16 model
+ * stores its weights in fp16 and refuses, naming fp16, what needs float32 ones and a change of precision. */
+static void fp16_casts_to_half_and_a_frozen_fp16_model_stores_half(void **state) {
+  (void)state;
+  setenv("DPOD_TEST_FP16_ON_CPU", "1", 1);
+  unet_t a = stu_fixture_model("tiny-sd", tu_path("unet.safetensors"));
+  unet_t b = stu_fixture_model("tiny-sd", tu_path("unet.safetensors"));
+  assert_int_equal(unet_set_precision(a, UNET_PRECISION_FP16), 0);
+  assert_int_equal(unet_get_precision(a), UNET_PRECISION_FP16);
+  size_t n;
+  const char *in = tu_path("inputs.safetensors");
+  float *x = tu_load(in, "sample", &n);
+  int batch = (int)(n / PER);
+  float *t = tu_load(in, "timestep_f32", &n);
+  float *ehs = tu_load(in, "encoder_hidden_states", &n);
+  unet_info ia;
+  unet_get_info(a, &ia);
+  int L = (int)(n / ((size_t)batch * ia.cross_attention_dim));
+  float *y = calloc((size_t)batch * PER, sizeof(float));
+  assert_int_not_equal(unet_forward(a, batch, 8, 8, L, x, t, ehs, y), 0);
+  printf("fp16 forward on the CPU: %s\n", unet_last_error(a));
+  assert_non_null(strstr(unet_last_error(a), "Half"));
+  /* At fp32 again the same model runs: the failure was fp16's. */
+  assert_int_equal(unet_set_precision(a, UNET_PRECISION_FP32), 0);
+  if (unet_forward(a, batch, 8, 8, L, x, t, ehs, y) != 0) fail_msg("%s", unet_last_error(a));
+
+  assert_int_equal(unet_freeze(b), 0);
+  assert_int_equal(unet_set_precision(b, UNET_PRECISION_FP16), 0);
+  assert_null(unet_param_buffer(b, &n));
+  assert_non_null(strstr(unet_last_error(b), "fp16"));
+  assert_int_equal(unet_set_precision(b, UNET_PRECISION_BF16), DPOD_ESTATE);
+  assert_non_null(strstr(unet_last_error(b), "fp16"));
+  assert_int_equal(unet_set_precision(b, UNET_PRECISION_FP32), DPOD_ESTATE);
+  assert_int_equal(unet_set_precision(b, UNET_PRECISION_FP16), 0); /* the same precision: nothing to do */
+  unsetenv("DPOD_TEST_FP16_ON_CPU");
+  /* Without the switch, a CPU model refuses fp16 again. */
+  unet_t c = stu_fixture_model("tiny-sd", NULL);
+  assert_int_equal(unet_set_precision(c, UNET_PRECISION_FP16), DPOD_EUNSUPPORTED);
+  free(x), free(t), free(ehs), free(y);
+  unet_free(a);
+  unet_free(b);
+  unet_free(c);
+}
+
 /* The machine's matmul rate dpo-bench prints: positive in both precisions, refused for fp16. */
 static void matmul_rate_is_measured_in_fp32_and_bf16(void **state) {
   (void)state;
@@ -340,6 +386,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(sdxl_bf16_dpo_step_matches_fp32_fixture_within_bound),
       cmocka_unit_test(frozen_bf16_reference_stores_bf16_and_computes_the_same),
       cmocka_unit_test(fp16_is_refused_on_the_cpu_by_name),
+      cmocka_unit_test(fp16_casts_to_half_and_a_frozen_fp16_model_stores_half),
       cmocka_unit_test(matmul_rate_is_measured_in_fp32_and_bf16),
   };
   return CMOCKA_MAIN("bf16", tests, NULL, NULL);
