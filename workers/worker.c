@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 #include "blas_select.h"
-#include "omp_wait.h"
+#include "thread_wait.h"
 #include "checkpoint.h"
 #include "dataset.h"
 #include "device_pick.h"
@@ -1047,11 +1047,12 @@ static int trainer_run(trainer *tr, const char *run_dir, uint32_t start_step) {
     ev.started = &st;
     report(tr, &ev);
     log_info("training %s: steps %u..%u, %d ranks x %u pairs x %u accumulation = %" PRIu64 " pairs per step, "
-             "%zu parameters, %s loss, beta %g, %s lr %g (warmup %u steps), %s, BLAS kernels %s, OpenMP wait %s",
+             "%zu parameters, %s loss, beta %g, %s lr %g (warmup %u steps), %s, BLAS kernels %s (thread timeout %s), OpenMP wait %s",
              tr->dpo ? "dpo" : "sft", start_step + 1, steps, g_world, b, accum, tr->global_batch, tr->info.num_params,
              tr->dpo ? dpo_loss_kind_name(tr->loss) : "sft", tr->train->beta, dpo_lr_kind_name(tr->lr_kind),
              tr->peak_lr, tr->warmup_steps, tr->adafactor ? "adafactor" : "adamw", blas_select_corename(),
-             omp_wait_describe());
+             getenv("OPENBLAS_THREAD_TIMEOUT") ? getenv("OPENBLAS_THREAD_TIMEOUT") : "OpenBLAS's default",
+             thread_wait_describe());
     if (tr->lora) {
       unet_lora_info li;
       unet_lora_get_info(tr->policy, &li);
@@ -1221,10 +1222,10 @@ static void trainer_free(trainer *tr) {
   synth_task_free(&tr->task);
 }
 
-/* Before MPI_Init: how this rank's OpenMP threads should wait depends on the job's precision
- * (omp_wait.h), and choosing means re-executing. A spec that does not load is left for load_spec() to
- * report once MPI is up. */
-static void select_omp_wait(const char *spec_path, char **argv) {
+/* Before MPI_Init: how this rank's idle threads should wait depends on the job's precision and threads
+ * (thread_wait.h). Returns 1 when it changed the environment, which takes a re-exec. A spec that does
+ * not load is left for load_spec() to report once MPI is up. */
+static int prepare_thread_wait(const char *spec_path) {
   char err[512];
   size_t plen = strlen(spec_path), len = 0;
   Dpod__V1__JobSpec *spec = NULL;
@@ -1241,24 +1242,24 @@ static void select_omp_wait(const char *spec_path, char **argv) {
       spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
     free(bytes);
   }
-  if (!spec) return;
+  if (!spec) return 0;
   if (job_spec_normalize(spec) == 0) {
     const char *prec = spec->train && spec->train->precision ? spec->train->precision : "fp32";
     int low_precision = strcmp(prec, "fp32") != 0;
     unsigned threads = spec->threads_per_rank;
     dpod__v1__job_spec__free_unpacked(spec, NULL);
-    omp_wait_select(argv, low_precision, threads);
-    return;
+    return thread_wait_prepare(low_precision, threads);
   }
   dpod__v1__job_spec__free_unpacked(spec, NULL);
+  return 0;
 }
 
 int main(int argc, char **argv) {
-  blas_select_kernels(argv); /* may re-execute this program with faster sgemm kernels */
   worker_args args;
   int pa = parse_args(argc, argv, &args);
   if (pa != 0) return pa > 0 ? 0 : WORKER_EXIT_BAD_INPUT;
-  select_omp_wait(args.spec_path, argv); /* may re-execute it with spinning OpenMP threads */
+  /* May re-execute this program, once, with faster sgemm kernels and the threads' wait settings. */
+  blas_select_kernels(argv, prepare_thread_wait(args.spec_path));
 
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);

@@ -35,21 +35,29 @@ const char *blas_select_corename(void) {
   return corename ? corename() : "not OpenBLAS";
 }
 
-void blas_select_kernels(char **argv) {
-  if (getenv("OPENBLAS_CORETYPE")) return;
+/* The kernels to ask OpenBLAS for on this CPU, or NULL (see blas_select_coretype). */
+static const char *wanted_coretype(void) {
+  if (getenv("OPENBLAS_CORETYPE")) return NULL;
   corename_fn corename = openblas_corename();
-  if (!corename) return;
+  if (!corename) return NULL;
   __builtin_cpu_init();
   int avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512cd");
-  const char *want = blas_select_coretype(corename(), avx2_fma, avx512);
-  if (!want) return;
-  setenv("OPENBLAS_CORETYPE", want, 1);
+  return blas_select_coretype(corename(), avx2_fma, avx512);
+}
+
+void blas_select_kernels(char **argv, int env_changed) {
+  const char *want = wanted_coretype();
+  if (!want && !env_changed) return;
+  if (want) setenv("OPENBLAS_CORETYPE", want, 1);
   dpod_reexec_self(argv);
-  /* Still here: run on with the slow kernels, and say so. */
-  log_warn("OpenBLAS chose %s kernels for this CPU and re-executing with OPENBLAS_CORETYPE=%s failed; "
-           "set it in the environment for 2-3x faster training", corename(), want);
-  unsetenv("OPENBLAS_CORETYPE");
+  /* Still here: run on as loaded, and say so. */
+  if (want)
+    log_warn("OpenBLAS chose %s kernels for this CPU and re-executing with OPENBLAS_CORETYPE=%s failed; "
+             "set it in the environment for 2-3x faster training", blas_select_corename(), want);
+  else
+    log_warn("re-executing with the threads' wait settings failed; training goes on without them");
+  if (want) unsetenv("OPENBLAS_CORETYPE");
 }

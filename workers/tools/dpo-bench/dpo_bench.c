@@ -31,7 +31,7 @@
 #include <sys/wait.h>
 
 #include "blas_select.h"
-#include "omp_wait.h"
+#include "thread_wait.h"
 #include "reexec.h"
 #include "rng.h"
 #include "schedule.h"
@@ -220,7 +220,9 @@ static int run_shape(const bench_shape *sh, unet_precision prec, int threads, in
     printf("%-8s %s %2d pairs (%d images) %dx%d, text %d, %zu params, %d threads, attention %s, BLAS %s\n", sh->name,
            unet_precision_name(prec), P, n, hw, hw, L, info.num_params, threads,
            prec == UNET_PRECISION_FP32 ? unet_attention_gemm() : "aten", blas_select_corename());
-    printf("  OpenMP   idle threads %s\n", omp_wait_describe());
+    const char *blas_timeout = getenv("OPENBLAS_THREAD_TIMEOUT");
+    printf("  OpenMP   idle threads %s\n", thread_wait_describe());
+    printf("  OpenBLAS idle threads poll 2^%s cycles\n", blas_timeout ? blas_timeout : "28 (its default)");
     printf("  device   %s%s\n", unet_device(policy), unet_host_copies(policy) ? " (host copies: the optimizer phase includes the gradient's round trip through the staging buffer)" : "");
     printf("  step     %9.2f ms median  %9.2f ms min  (%d steps after %d warmup)\n", med, mn, steps, warmup);
     printf("  samples/s %8.1f   GFLOP/s %7.2f   (FLOPs/step %.0f)\n", 1e3 * n / med, flops / (med * 1e6), flops);
@@ -333,8 +335,9 @@ static void usage(FILE *out) {
           "fine-tuning and LoRA (rank from --lora, else 4), each without and with checkpointing, in child\n"
           "processes and prints their ms/step and peak resident memory side by side.\n"
           "--precision: each listed precision in turn (default fp32), each in a process of its own whose\n"
-          "OpenMP threads wait as a worker's would (bf16 spins GOMP_SPINCOUNT=" OMP_WAIT_SPINCOUNT " when the threads fit\n"
-          "the CPUs; a GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE set by you wins); the machine's fp32 and bf16\n"
+          "OpenMP threads wait as a worker's would (bf16 spins GOMP_SPINCOUNT=" THREAD_WAIT_SPINCOUNT " when the threads fit\n"
+          "the CPUs; a GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE set by you wins; with 2 or more threads OpenBLAS's\n"
+          "idle threads sleep at once, OPENBLAS_THREAD_TIMEOUT=" THREAD_WAIT_BLAS_TIMEOUT ", unless you set it); the machine's fp32 and bf16\n"
           "1024^3 matmul rates through the same libtorch, under that wait, are printed first.\n");
 }
 
@@ -345,7 +348,7 @@ static int int_arg(const char *text) {
 }
 
 /* Several precisions: each in a process of its own (this program again, with --precision naming one),
- * since each runs with the OpenMP wait a worker of that precision would (omp_wait.h), and libgomp
+ * since each runs with the OpenMP wait a worker of that precision would (thread_wait.h), and libgomp
  * takes it from the environment only when it is loaded. Returns the worst exit status. */
 static int run_each_precision(int argc, char **argv, const unet_precision *precs, int nprec) {
   char **args = calloc((size_t)argc + 3, sizeof *args);
@@ -373,7 +376,6 @@ static int run_each_precision(int argc, char **argv, const unet_precision *precs
 }
 
 int main(int argc, char **argv) {
-  blas_select_kernels(argv);
   static const struct option opts[] = {{"shape", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
                                        {"steps", required_argument, 0, 'n'},  {"warmup", required_argument, 0, 'w'},
                                        {"config", required_argument, 0, 'c'}, {"pairs", required_argument, 0, 'p'},
@@ -448,7 +450,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (nprec > 1) return run_each_precision(argc, argv, precs, nprec);
-  omp_wait_select(argv, precs[0] != UNET_PRECISION_FP32, (unsigned)threads);
+  /* May re-execute, once, with faster sgemm kernels and the threads' wait a worker would have. */
+  blas_select_kernels(argv, thread_wait_prepare(precs[0] != UNET_PRECISION_FP32, (unsigned)threads));
   /* Not before --memory's fork()s: a child of a process whose OpenMP pool has started hangs in its first
    * parallel region (libgomp does not survive fork). */
   if (!memory) {
@@ -456,7 +459,7 @@ int main(int argc, char **argv) {
     double f32 = unet_matmul_gflops(1024, UNET_PRECISION_FP32, threads, 5, err, sizeof err);
     double b16 = unet_matmul_gflops(1024, UNET_PRECISION_BF16, threads, 5, err, sizeof err);
     printf("machine  matmul 1024^3 through libtorch, %d threads, OpenMP %s: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s\n",
-           threads, omp_wait_describe(), f32, b16);
+           threads, thread_wait_describe(), f32, b16);
   }
   if (config) {
     char *json = NULL, err[1024];

@@ -401,7 +401,7 @@ done:
 
 int main(int argc, char **argv) {
   /* Only the commands that run the UNet need fast sgemm; the rest do not pay for a re-exec. */
-  if (argc > 1 && (strcmp(argv[1], "forward") == 0 || strcmp(argv[1], "sample") == 0)) blas_select_kernels(argv);
+  if (argc > 1 && (strcmp(argv[1], "forward") == 0 || strcmp(argv[1], "sample") == 0)) blas_select_kernels(argv, 0);
   if (argc == 2 && strcmp(argv[1], "--version") == 0) {
     printf("dpo-tool %s\n", DPOD_VERSION_STRING);
     return 0;

@@ -1,5 +1,5 @@
-/* See omp_wait.h. */
-#include "omp_wait.h"
+/* See thread_wait.h. */
+#include "thread_wait.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -7,17 +7,15 @@
 #include <string.h>
 #include <strings.h>
 
-#include "dpod_log.h"
-#include "reexec.h"
 
-const char *omp_wait_spincount(int low_precision, const char *policy, const char *spincount, unsigned threads,
+const char *thread_wait_spincount(int low_precision, const char *policy, const char *spincount, unsigned threads,
                                unsigned local_ranks, unsigned cpus) {
   if (spincount && *spincount) return NULL;
   if (policy && strcasecmp(policy, "ACTIVE") == 0) return NULL;
   if (!low_precision || threads < 2 || cpus == 0) return NULL;
   if (local_ranks == 0) local_ranks = 1;
   if ((unsigned long long)threads * local_ranks > cpus) return NULL;
-  return OMP_WAIT_SPINCOUNT;
+  return THREAD_WAIT_SPINCOUNT;
 }
 
 /* The leading whole number of an environment variable ("2(x3)" is 2), or 0. */
@@ -29,21 +27,25 @@ static unsigned env_leading_count(const char *name) {
   return (unsigned)n;
 }
 
-void omp_wait_select(char **argv, int low_precision, unsigned threads) {
+const char *thread_wait_blas_timeout(const char *timeout, unsigned threads) {
+  if ((timeout && *timeout) || threads < 2) return NULL;
+  return THREAD_WAIT_BLAS_TIMEOUT;
+}
+
+int thread_wait_prepare(int low_precision, unsigned threads) {
   unsigned local = env_leading_count("OMPI_COMM_WORLD_LOCAL_SIZE");
   if (!local) local = env_leading_count("SLURM_STEP_TASKS_PER_NODE");
   cpu_set_t set;
   unsigned cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? (unsigned)CPU_COUNT(&set) : 0;
-  const char *want =
-      omp_wait_spincount(low_precision, getenv("OMP_WAIT_POLICY"), getenv("GOMP_SPINCOUNT"), threads, local, cpus);
-  if (!want) return;
-  setenv("GOMP_SPINCOUNT", want, 1);
-  dpod_reexec_self(argv);
-  log_warn("re-executing with GOMP_SPINCOUNT=%s failed; bf16 steps run slower without it", want);
-  unsetenv("GOMP_SPINCOUNT");
+  const char *spin = thread_wait_spincount(low_precision, getenv("OMP_WAIT_POLICY"), getenv("GOMP_SPINCOUNT"),
+                                           threads, local, cpus);
+  const char *timeout = thread_wait_blas_timeout(getenv("OPENBLAS_THREAD_TIMEOUT"), threads);
+  if (spin) setenv("GOMP_SPINCOUNT", spin, 1);
+  if (timeout) setenv("OPENBLAS_THREAD_TIMEOUT", timeout, 1);
+  return spin || timeout;
 }
 
-const char *omp_wait_describe(void) {
+const char *thread_wait_describe(void) {
   static char text[48];
   const char *spin = getenv("GOMP_SPINCOUNT"), *policy = getenv("OMP_WAIT_POLICY");
   if (spin && *spin)
