@@ -169,24 +169,56 @@ static int parse_args(int argc, char **argv, worker_args *a) {
 }
 
 /* A packed dpod.v1.JobSpec (what dpod writes), or a YAML job file (.yaml/.yml) for standalone runs. */
-static Dpod__V1__JobSpec *load_spec(const char *path) {
-  char err[512];
+/* The job spec at `path` (.yaml/.yml as a job file, else a packed dpod.v1.JobSpec), normalised and
+ * validated; NULL with the reason in err, and *oom set when the reason is memory, not the file. */
+static Dpod__V1__JobSpec *read_spec(const char *path, char *err, size_t errlen, int *oom) {
   size_t plen = strlen(path);
   Dpod__V1__JobSpec *spec = NULL;
+  *oom = 0;
   if ((plen > 5 && strcmp(path + plen - 5, ".yaml") == 0) || (plen > 4 && strcmp(path + plen - 4, ".yml") == 0)) {
     spec = job_spec_new();
-    if (!spec) worker_die("out of memory");
-    if (job_spec_load_yaml(spec, path, err, sizeof err) != 0) worker_die_input("%s", err);
+    if (!spec) {
+      *oom = 1;
+      snprintf(err, errlen, "out of memory");
+      return NULL;
+    }
+    if (job_spec_load_yaml(spec, path, err, errlen) != 0) goto fail;
   } else {
     size_t len = 0;
-    char *bytes = NULL;
-    if (dpod_read_file(path, WORKER_SPEC_MAX, &bytes, &len, err, sizeof err) != 0) worker_die_input("job spec %s", err);
+    char *bytes = NULL, why[512];
+    if (dpod_read_file(path, WORKER_SPEC_MAX, &bytes, &len, why, sizeof why) != 0) {
+      snprintf(err, errlen, "job spec %s", why);
+      return NULL;
+    }
     spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
     free(bytes);
-    if (!spec) worker_die_input("%s: not a valid dpod.v1.JobSpec", path);
+    if (!spec) {
+      snprintf(err, errlen, "%s: not a valid dpod.v1.JobSpec", path);
+      return NULL;
+    }
   }
-  if (job_spec_normalize(spec) != 0) worker_die("out of memory");
-  if (job_spec_validate(spec, 0, err, sizeof err) != 0) worker_die_input("%s: %s", path, err);
+  if (job_spec_normalize(spec) != 0) {
+    *oom = 1;
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
+  char why[512];
+  if (job_spec_validate(spec, 0, why, sizeof why) != 0) {
+    snprintf(err, errlen, "%s: %s", path, why);
+    goto fail;
+  }
+  return spec;
+fail:
+  dpod__v1__job_spec__free_unpacked(spec, NULL);
+  return NULL;
+}
+
+static Dpod__V1__JobSpec *load_spec(const char *path) {
+  char err[1024];
+  int oom;
+  Dpod__V1__JobSpec *spec = read_spec(path, err, sizeof err, &oom);
+  if (!spec && oom) worker_die("%s", err);
+  if (!spec) worker_die_input("%s", err);
   return spec;
 }
 
@@ -1226,32 +1258,15 @@ static void trainer_free(trainer *tr) {
  * (thread_wait.h). Returns 1 when it changed the environment, which takes a re-exec. A spec that does
  * not load is left for load_spec() to report once MPI is up. */
 static int prepare_thread_wait(const char *spec_path) {
-  char err[512];
-  size_t plen = strlen(spec_path), len = 0;
-  Dpod__V1__JobSpec *spec = NULL;
-  if ((plen > 5 && strcmp(spec_path + plen - 5, ".yaml") == 0) ||
-      (plen > 4 && strcmp(spec_path + plen - 4, ".yml") == 0)) {
-    spec = job_spec_new();
-    if (spec && job_spec_load_yaml(spec, spec_path, err, sizeof err) != 0) {
-      dpod__v1__job_spec__free_unpacked(spec, NULL);
-      spec = NULL;
-    }
-  } else {
-    char *bytes = NULL;
-    if (dpod_read_file(spec_path, WORKER_SPEC_MAX, &bytes, &len, err, sizeof err) == 0)
-      spec = dpod__v1__job_spec__unpack(NULL, len, (const uint8_t *)bytes);
-    free(bytes);
-  }
+  char err[1024];
+  int oom;
+  Dpod__V1__JobSpec *spec = read_spec(spec_path, err, sizeof err, &oom);
   if (!spec) return 0;
-  if (job_spec_normalize(spec) == 0) {
-    const char *prec = spec->train && spec->train->precision ? spec->train->precision : "fp32";
-    int low_precision = strcmp(prec, "fp32") != 0;
-    unsigned threads = spec->threads_per_rank;
-    dpod__v1__job_spec__free_unpacked(spec, NULL);
-    return thread_wait_prepare(low_precision, threads);
-  }
+  const char *prec = spec->train && spec->train->precision ? spec->train->precision : "fp32";
+  int low_precision = strcmp(prec, "fp32") != 0;
+  unsigned threads = spec->threads_per_rank;
   dpod__v1__job_spec__free_unpacked(spec, NULL);
-  return 0;
+  return thread_wait_prepare(low_precision, threads);
 }
 
 int main(int argc, char **argv) {
